@@ -1,0 +1,176 @@
+"""The ``sftscope`` command line: one Typer app, one subcommand per stage.
+
+Every stage command takes ``--config FILE.yaml`` and trailing ``key=value`` overrides besides its
+options; bad input ends with a one-line ``error:`` message and exit code 2.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from sftscope.errors import SftscopeError
+
+app = typer.Typer(
+    help="Measure and control what supervised fine-tuning does to a model's knowledge.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+data_app = typer.Typer(help="Build and inspect QA datasets.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+console = Console()
+
+ConfigOpt = Annotated[Path | None, typer.Option("--config", help="YAML config file")]
+Overrides = Annotated[list[str] | None, typer.Argument(help="key=value config overrides")]
+
+
+def _one_line_errors(fn):
+    """Turn SftscopeError into ``error: …`` on stderr and exit code 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except SftscopeError as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+@app.callback()
+def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("sftscope").setLevel(logging.INFO)
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f}"
+
+
+def summary_table(summary: dict[str, Any], title: str) -> Table:
+    """Per-relation accuracy under both criteria, then the in-domain / OOD / overall rows."""
+    table = Table(title=title)
+    for col in ("relation", "domain", "n", "containment %", "exact %"):
+        table.add_column(col, justify="left" if col in ("relation", "domain") else "right")
+    for rel, v in summary["per_relation"].items():
+        table.add_row(rel, v["domain"], str(v["n"]), _pct(v["containment"]), _pct(v["exact"]))
+    table.add_section()
+    for key, label in (("in_domain", "in-domain"), ("ood", "out-of-domain"), ("overall", "all")):
+        v = summary[key]
+        if v["n"]:
+            table.add_row(label, "", str(v["n"]), _pct(v["containment"]), _pct(v["exact"]))
+    macro = summary["macro_relations"]
+    table.add_row("mean of relations", "", "", _pct(macro["containment"]), _pct(macro["exact"]))
+    return table
+
+
+@app.command("eval")
+@_one_line_errors
+def eval_cmd(
+    overrides: Overrides = None,
+    config: ConfigOpt = None,
+    model: Annotated[str | None, typer.Option(help="path, hub id, or 'smollm2'")] = None,
+    data: Annotated[str | None, typer.Option(help="geo | entityquestions")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="dataset folder")] = None,
+    split: Annotated[str | None, typer.Option(help="train | dev | test")] = None,
+    relations: Annotated[str | None, typer.Option(help="comma-separated ids, e.g. P17,P36")] = None,
+    limit_per_relation: Annotated[int | None, typer.Option(help="first N items each")] = None,
+    prompt: Annotated[str | None, typer.Option(help="fewshot | sft")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="prompts per batch")] = None,
+    device: Annotated[str | None, typer.Option(help="auto | cpu | cuda")] = None,
+    out: Annotated[Path | None, typer.Option(help="output folder")] = None,
+) -> None:
+    """Closed-book QA accuracy with per-item records (DIR/records.jsonl, DIR/summary.json)."""
+    from sftscope.config import EvalConfig, load_config
+    from sftscope.evaluate import run_eval
+
+    options = dict(
+        model=model, data=data, data_dir=data_dir, split=split, relations=relations,
+        limit_per_relation=limit_per_relation, prompt=prompt, batch_size=batch_size,
+        device=device, out=out,
+    )  # fmt: skip
+    cfg = load_config(EvalConfig, config, options, overrides)
+    summary = run_eval(cfg)
+    console.print(summary_table(summary, f"{cfg.model} on {cfg.data}/{cfg.split} ({cfg.prompt})"))
+    console.print(f"records and summary in {cfg.out}")
+
+
+@data_app.command("build-geo")
+@_one_line_errors
+def build_geo_cmd(
+    out: Annotated[Path, typer.Option(help="output folder (EntityQuestions layout)")],
+    seed: Annotated[int, typer.Option(help="split seed")] = 0,
+) -> None:
+    """Build the offline geography QA set (GeoNames, CLDR, countryinfo facts)."""
+    from sftscope.data.geography import build_geography
+
+    if out.exists() and any(out.iterdir()):
+        raise SftscopeError(f"output folder {out} exists and is not empty")
+    counts = build_geography(out, seed=seed)
+    table = Table(title=f"geography set in {out}")
+    for col in ("relation", "train", "dev", "test"):
+        table.add_column(col, justify="left" if col == "relation" else "right")
+    for rel, c in counts.items():
+        table.add_row(rel, *(str(c.get(s, 0)) for s in ("train", "dev", "test")))
+    console.print(table)
+
+
+@data_app.command("stats")
+@_one_line_errors
+def stats_cmd(
+    data: Annotated[str, typer.Option(help="geo | entityquestions")] = "geo",
+    data_dir: Annotated[Path | None, typer.Option(help="dataset folder")] = None,
+) -> None:
+    """Items per relation and split, and how many subjects could not be recovered."""
+    from sftscope.data.dataset import dataset_stats, resolve_dataset
+
+    ds = resolve_dataset(data, data_dir)
+    rows = dataset_stats(ds)
+    table = Table(title=f"{ds.name} ({ds.root})")
+    for col in ("relation", "domain", "train", "dev", "test", "no subject"):
+        table.add_column(col, justify="left" if col in ("relation", "domain") else "right")
+    totals = {"train": 0, "dev": 0, "test": 0, "no subject": 0}
+    for r in rows:
+        table.add_row(
+            r.relation, r.domain, *(str(r.counts[s]) for s in ("train", "dev", "test")),
+            str(r.no_subject),
+        )  # fmt: skip
+        for s in ("train", "dev", "test"):
+            totals[s] += r.counts[s]
+        totals["no subject"] += r.no_subject
+    table.add_section()
+    table.add_row("total", "", *(str(v) for v in totals.values()))
+    console.print(table)
+
+
+@app.command("demo")
+@_one_line_errors
+def demo_cmd(
+    out: Annotated[Path, typer.Option(help="run folder")] = Path("runs/demo"),
+    limit_per_relation: Annotated[int, typer.Option(help="test items per relation")] = 50,
+) -> None:
+    """The embedded default end to end: bundled SmolLM2 on the geography set."""
+    from sftscope.config import EvalConfig
+    from sftscope.evaluate import run_eval
+
+    cfg = EvalConfig(
+        model="smollm2", data="geo", split="test", prompt="fewshot",
+        limit_per_relation=limit_per_relation, out=out / "eval" / "base",
+    )  # fmt: skip
+    summary = run_eval(cfg)
+    console.print(summary_table(summary, "SmolLM2-135M-Instruct, geography test (4-shot)"))
+    console.print(f"records and summary in {cfg.out}")
+
+
+if __name__ == "__main__":
+    app()

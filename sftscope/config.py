@@ -1,0 +1,97 @@
+"""Pydantic configs, one per stage. Each loads from YAML, takes ``key=value`` overrides, and is
+what the CLI fills in, so a YAML file and a command line describe the same run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from sftscope.data.schema import Split
+from sftscope.errors import SftscopeError
+from sftscope.prompts import PromptStyle
+
+C = TypeVar("C", bound=BaseModel)
+
+
+class StageConfig(BaseModel):
+    """Common base: unknown keys are errors (a typo must not silently become a default)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataConfig(StageConfig):
+    data: str = Field("geo", description="'geo' (built-in geography set) or 'entityquestions'")
+    data_dir: Path | None = Field(None, description="dataset folder ({split}/{rel}.{split}.json)")
+    relations: list[str] | None = Field(None, description="relation ids (default: all)")
+    limit_per_relation: int | None = Field(None, ge=1, description="first N items per relation")
+
+    @field_validator("relations", mode="before")
+    @classmethod
+    def _split_commas(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            return [r.strip() for r in v.split(",") if r.strip()] or None
+        return v
+
+
+class EvalConfig(DataConfig):
+    """Closed-book QA evaluation (PAPER.md §4): greedy, 16 new tokens, stop at newline."""
+
+    model: str = Field(description="local path, hub id, or 'smollm2' (the bundled model)")
+    split: Split = "test"
+    prompt: PromptStyle = Field("fewshot", description="'sft' for fine-tuned models")
+    n_shots: int = Field(4, ge=0, description="few-shot exemplars from the train split")
+    max_new_tokens: int = Field(16, ge=1)
+    batch_size: int = Field(32, ge=1)
+    device: str = Field("auto", description="auto, cpu or cuda[:N]")
+    seed: int = Field(0, description="seed for exemplar choice")
+    fold_accents: bool = Field(False, description="accent-insensitive answer matching")
+    trust_remote_code: bool = False
+    out: Path
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """``key=value`` strings to a dict; values are parsed as YAML scalars (``true``, ``3``)."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise SftscopeError(f"override {pair!r}: expected key=value")
+        out[key.strip()] = yaml.safe_load(value) if value else None
+    return out
+
+
+def load_config(
+    cls: type[C],
+    path: str | Path | None = None,
+    options: dict[str, Any] | None = None,
+    overrides: list[str] | None = None,
+) -> C:
+    """YAML file < CLI options (those given) < ``key=value`` overrides, validated by ``cls``."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.exists():
+            raise SftscopeError(f"config file {p} does not exist")
+        try:
+            loaded = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as e:
+            raise SftscopeError(f"{p}: malformed YAML ({str(e).splitlines()[0]})") from None
+        if not isinstance(loaded, dict):
+            raise SftscopeError(f"{p}: expected a mapping of config fields")
+        values.update(loaded)
+    values.update({k: v for k, v in (options or {}).items() if v is not None})
+    values.update(parse_overrides(overrides or []))
+    try:
+        return cls.model_validate(values)
+    except ValidationError as e:
+        err = e.errors()[0]
+        field = ".".join(str(x) for x in err["loc"]) or "config"
+        where = f"{path}: " if path else ""
+        raise SftscopeError(f"{where}config field {field!r}: {err['msg']}") from None
+
+
+def dump_config(cfg: BaseModel) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

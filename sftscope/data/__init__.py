@@ -1,0 +1,1 @@
+"""QA data: typed records, dataset layouts, aliases and answer matching."""

@@ -1,0 +1,208 @@
+"""Read a QA dataset in the EntityQuestions layout into typed records.
+
+Layout: ``ROOT/{split}/{relation}.{split}.json``, each a JSON list of objects with
+``question`` and ``answers`` (and optionally ``subject`` and ``popularity``). An optional
+``ROOT/dataset.json`` names the relations, their question templates and domains; without it the
+folder is taken to be EntityQuestions. The built-in geography set is written in the same layout,
+so every stage treats both alike.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from sftscope.data.aliases import AliasTable
+from sftscope.data.entityquestions import EQ_RELATIONS
+from sftscope.data.schema import SPLITS, Domain, QAItem, Relation, item_id
+from sftscope.errors import SftscopeError
+from sftscope.paths import cache_dir
+
+log = logging.getLogger(__name__)
+
+DATASET_META = "dataset.json"
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A dataset folder and its relations (in a stable order)."""
+
+    name: str
+    root: Path
+    relations: dict[str, Relation]
+
+    def relation_ids(self, domain: Domain | None = None) -> list[str]:
+        return [r.id for r in self.relations.values() if domain is None or r.domain == domain]
+
+    def file(self, relation: str, split: str) -> Path:
+        return self.root / split / f"{relation}.{split}.json"
+
+    def select(self, relations: Sequence[str] | None) -> list[Relation]:
+        """The named relations (all when None); an unknown id is an error naming it."""
+        if not relations:
+            return list(self.relations.values())
+        unknown = [r for r in relations if r not in self.relations]
+        if unknown:
+            known = ",".join(self.relations)
+            raise SftscopeError(f"unknown relation {unknown[0]!r} in {self.name} (known: {known})")
+        return [self.relations[r] for r in relations]
+
+
+def open_dataset(root: str | Path) -> Dataset:
+    """Open a dataset folder; fails with one line when it is missing or its metadata is bad."""
+    root = Path(root)
+    if not root.is_dir():
+        raise SftscopeError(f"data directory {root} does not exist")
+    meta_path = root / DATASET_META
+    if not meta_path.exists():
+        return Dataset("entityquestions", root, {r.id: r for r in EQ_RELATIONS})
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        relations = [Relation.model_validate(r) for r in meta["relations"]]
+    except (json.JSONDecodeError, KeyError, TypeError, ValidationError) as e:
+        first = str(e).splitlines()[0]
+        raise SftscopeError(f"{meta_path}: invalid dataset metadata ({first})") from None
+    return Dataset(str(meta.get("name", root.name)), root, {r.id: r for r in relations})
+
+
+@lru_cache(maxsize=256)
+def _template_regex(template: str) -> re.Pattern[str]:
+    before, after = template.split("{subject}", 1)
+    return re.compile(rf"^\s*{re.escape(before)}(?P<subject>.+?){re.escape(after)}\s*$")
+
+
+def recover_subject(template: str, question: str) -> str | None:
+    """The subject filled into ``template`` to make ``question``, or None if it does not fit."""
+    m = _template_regex(template).match(question)
+    return m.group("subject").strip() if m else None
+
+
+def _read_file(path: Path) -> list:
+    if not path.exists():
+        raise SftscopeError(f"{path}: file not found")
+    try:
+        rows = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise SftscopeError(f"{path}: malformed JSON at line {e.lineno} ({e.msg})") from None
+    if not isinstance(rows, list):
+        raise SftscopeError(f"{path}: expected a JSON list of items")
+    return rows
+
+
+def _parse_item(raw: object, path: Path, index: int, rel: Relation, split: str) -> QAItem:
+    where = f"{path}: item {index}"
+    if not isinstance(raw, dict):
+        raise SftscopeError(f"{where}: expected an object with 'question' and 'answers'")
+    question = raw.get("question")
+    answers = raw.get("answers")
+    if not isinstance(question, str) or not question.strip():
+        raise SftscopeError(f"{where}: missing or empty 'question'")
+    if not isinstance(answers, list) or not all(isinstance(a, str) for a in answers):
+        raise SftscopeError(f"{where}: 'answers' must be a list of strings")
+    answers = [a.strip() for a in answers if a.strip()]
+    if not answers:
+        raise SftscopeError(f"{where}: item has no answers")
+    subject = raw.get("subject") or recover_subject(rel.question_template, question)
+    popularity = raw.get("popularity")
+    return QAItem(
+        id=item_id(rel.id, split, index),
+        relation=rel.id,
+        subject=subject,
+        question=question.strip(),
+        answers=tuple(dict.fromkeys(answers)),
+        split=split,  # type: ignore[arg-type]
+        domain=rel.domain,
+        popularity=float(popularity) if popularity is not None else None,
+    )
+
+
+def load_items(
+    dataset: Dataset,
+    splits: Iterable[str] = ("test",),
+    relations: Sequence[str] | None = None,
+    limit_per_relation: int | None = None,
+    aliases: AliasTable | None = None,
+) -> list[QAItem]:
+    """Load items, relation by relation, in file order (so ids and ``limit`` are stable).
+
+    Gold answers are extended with the alias table (the packaged default unless one is given).
+    Items whose subject cannot be recovered from the question are kept with ``subject=None``
+    and counted in a warning: later stages decide what to do with them.
+    """
+    aliases = aliases if aliases is not None else AliasTable.default()
+    items: list[QAItem] = []
+    for split in splits:
+        if split not in SPLITS:
+            raise SftscopeError(f"unknown split {split!r} (expected one of {', '.join(SPLITS)})")
+        chosen = dataset.select(relations)
+        if not relations:  # "all relations" = those the folder has for this split
+            absent = [r.id for r in chosen if not dataset.file(r.id, split).exists()]
+            if len(absent) == len(chosen):
+                raise SftscopeError(f"{dataset.root / split}: no relation files for split {split}")
+            if absent:
+                log.warning("%s: no %s file for %s", dataset.root, split, ",".join(absent))
+            chosen = [r for r in chosen if r.id not in absent]
+        for rel in chosen:
+            path = dataset.file(rel.id, split)
+            rows = _read_file(path)
+            if limit_per_relation is not None:
+                rows = rows[:limit_per_relation]
+            for i, raw in enumerate(rows):
+                item = _parse_item(raw, path, i, rel, split)
+                extra = aliases.aliases_for(item.answers)
+                items.append(item.model_copy(update={"aliases": extra}) if extra else item)
+    missing = Counter(it.relation for it in items if it.subject is None)
+    if missing:
+        detail = ", ".join(f"{r}: {n}" for r, n in sorted(missing.items()))
+        log.warning("subject not recovered for %d items (%s)", sum(missing.values()), detail)
+    return items
+
+
+def resolve_dataset(data: str, data_dir: str | Path | None = None) -> Dataset:
+    """``geo`` = the built-in geography set (built once into the cache); ``entityquestions``
+    (or any other name) = the folder given by ``data_dir``."""
+    if data == "geo" and data_dir is None:
+        from sftscope import __version__
+        from sftscope.data.geography import build_geography
+
+        root = cache_dir() / "data" / f"geo-{__version__}"
+        if not (root / DATASET_META).exists():
+            log.info("building the geography set into %s", root)
+            build_geography(root)
+        return open_dataset(root)
+    if data_dir is None:
+        raise SftscopeError(f"--data {data} needs --data-dir (the dataset folder)")
+    return open_dataset(data_dir)
+
+
+@dataclass(frozen=True)
+class StatsRow:
+    relation: str
+    domain: str
+    counts: dict[str, int]
+    no_subject: int
+
+
+def dataset_stats(dataset: Dataset, splits: Sequence[str] = SPLITS) -> list[StatsRow]:
+    """Per relation: items per split (files that are absent count 0) and unrecovered subjects."""
+    none = AliasTable()
+    rows = []
+    for rel in dataset.relations.values():
+        counts, no_subject = {}, 0
+        for split in splits:
+            if not dataset.file(rel.id, split).exists():
+                counts[split] = 0
+                continue
+            items = load_items(dataset, [split], [rel.id], aliases=none)
+            counts[split] = len(items)
+            no_subject += sum(it.subject is None for it in items)
+        rows.append(StatsRow(rel.id, rel.domain.value, counts, no_subject))
+    return rows

@@ -1,0 +1,165 @@
+"""Answer matching between generated text and gold answer strings (aliases included).
+
+Closed-book QA scores free-form generations, so the same fact arrives in many surface forms:
+"U.S.A." / "USA", "Saint-Étienne" / "Saint Étienne", a decomposed "é" from one tokenizer and a
+precomposed one from another. Both sides therefore go through one :func:`normalize` before any
+comparison, and two criteria are offered on top of it:
+
+* :func:`contains_answer` -- the paper's criterion: some gold alias occurs in the prediction on
+  word boundaries, so "in Paris, France." counts for "Paris" but "Indiana" never counts for
+  "India".
+* :func:`exact_match` -- the lm-evaluation-harness / SQuAD convention: after normalisation and
+  dropping the articles "a", "an", "the", the prediction equals some alias.
+
+Word boundaries are whitespace after normalisation (punctuation and symbols become spaces).
+Consequences worth knowing, all deliberate and covered by tests:
+
+* Scripts written without spaces (Chinese, Japanese, Thai) only match whole whitespace-delimited
+  tokens: "東京" is *not* found in "東京都" nor in "首都は東京です". Substring matching there
+  would also accept "京都" inside "東京都"; a script-aware segmenter would be needed to do better.
+* Apostrophes become spaces, so the possessive "India's capital" contains the alias "India"
+  (models write possessives far more often than they drop an apostrophe); the price is that
+  "Peoples Republic" does not equal "People's Republic" -- list such spellings in the alias table.
+* Periods are deleted so abbreviations compare equal ("U.S.A." == "USA"); as a side effect a
+  decimal point vanishes too ("3.5" -> "35"), while a thousands comma becomes a space
+  ("1,000" -> "1 000", which does not equal "1000").
+* Accents are significant unless ``fold_accents=True``; folding strips combining marks only, so
+  letters without a decomposition ("ø", "ł", "đ") stay as they are.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+
+__all__ = ["MatchResult", "contains_answer", "exact_match", "match", "normalize"]
+
+# Periods are deleted rather than spaced so abbreviations collapse to one token:
+# "U.S.A." -> "usa", "St. Petersburg" -> "st petersburg". Apostrophes are spaced like other
+# punctuation, so "India's" -> "india s" still contains "india".
+_DELETED = "."
+# Invisible format characters that only split or glue a word visually.
+_INVISIBLE = "\u00ad\u2060\ufeff"  # soft hyphen, word joiner, byte-order mark
+_ARTICLES = frozenset({"a", "an", "the"})
+
+
+def _build_table() -> dict[int, str | None]:
+    """Map every punctuation (P*) and symbol (S*) code point to a space, bar the deletions.
+
+    Only planes 0-3 are scanned: planes 4-13 are unassigned and 14-16 hold no P*/S*
+    characters, and scanning all of Unicode would cost ~0.2 s at import.
+    """
+    table: dict[int, str | None] = {
+        cp: " " for cp in range(0x40000) if unicodedata.category(chr(cp))[0] in "PS"
+    }
+    table[0x200B] = " "  # zero-width space marks a word break (e.g. in Thai text)
+    table[0x02BC] = " "  # modifier letter apostrophe is a letter (Lm) but used as an apostrophe
+    for ch in _DELETED + _INVISIBLE:
+        table[ord(ch)] = None
+    return table
+
+
+_TABLE = _build_table()
+# ASCII inputs (most generations) take a bytes.translate path, ~5x faster than str.translate.
+_ASCII_TABLE = bytes(32 if _TABLE.get(b, b) == " " else b for b in range(256))
+_ASCII_DELETED = b"."
+
+
+def normalize(text: str, *, fold_accents: bool = False) -> str:
+    """Canonicalise *text* for answer comparison.
+
+    NFKC (precomposed and decomposed accents compare equal, full-width "ＵＳＡ" becomes "usa"),
+    casefold, delete periods, turn other punctuation (apostrophes too) and symbols into spaces,
+    collapse whitespace. With ``fold_accents`` combining marks are dropped too
+    ("São Paulo" -> "sao paulo").
+    """
+    if text.isascii():  # fast path: ASCII is NFKC-stable and has no combining marks
+        raw = text.lower().encode("ascii").translate(_ASCII_TABLE, _ASCII_DELETED)
+        return " ".join(raw.decode("ascii").split())
+    text = unicodedata.normalize("NFKC", text).casefold()
+    if fold_accents:
+        decomposed = unicodedata.normalize("NFKD", text)
+        text = "".join(ch for ch in decomposed if unicodedata.category(ch) != "Mn")
+    # casefold can emit decomposed sequences (e.g. "İ" -> "i̇"); recompose for stability.
+    text = unicodedata.normalize("NFC", text)
+    return " ".join(text.translate(_TABLE).split())
+
+
+def _drop_articles(normalized: str) -> str:
+    """Remove "a", "an", "the" as whole words from an already-normalised string."""
+    return " ".join(tok for tok in normalized.split(" ") if tok not in _ARTICLES)
+
+
+@lru_cache(maxsize=1 << 16)
+def _gold_forms(alias: str, fold_accents: bool) -> tuple[str, str]:
+    """Return (space-padded containment needle, exact-match form) for one alias, or "" each.
+
+    Cached because the same gold strings are scored against many generations; predictions are
+    not cached since they are mostly unique and would only evict gold entries.
+    """
+    norm = normalize(alias, fold_accents=fold_accents)
+    return (f" {norm} " if norm else "", _drop_articles(norm))
+
+
+def _check_answers(answers: Sequence[str]) -> None:
+    # A bare str is a Sequence[str] of characters: "Paris" would silently match any "p".
+    if isinstance(answers, str):
+        raise TypeError("answers must be a sequence of alias strings, not a single str")
+
+
+def _contains(padded_pred: str, answers: Sequence[str], fold_accents: bool) -> bool:
+    for alias in answers:
+        needle = _gold_forms(alias, fold_accents)[0]
+        if needle and needle in padded_pred:
+            return True
+    return False
+
+
+def _exact(pred_exact: str, answers: Sequence[str], fold_accents: bool) -> bool:
+    for alias in answers:
+        form = _gold_forms(alias, fold_accents)[1]
+        if form and form == pred_exact:
+            return True
+    return False
+
+
+def contains_answer(prediction: str, answers: Sequence[str], *, fold_accents: bool = False) -> bool:
+    """True if some non-empty alias occurs in *prediction* as a run of whole words.
+
+    This is the paper's knowledge criterion: it tolerates the extra words a model generates
+    around the answer without letting "India" match "Indiana".
+    """
+    _check_answers(answers)
+    padded = f" {normalize(prediction, fold_accents=fold_accents)} "
+    return _contains(padded, answers, fold_accents)
+
+
+def exact_match(prediction: str, answers: Sequence[str], *, fold_accents: bool = False) -> bool:
+    """True if *prediction* equals some non-empty alias once normalised and stripped of articles.
+
+    Matches the lm-evaluation-harness / SQuAD convention, so "The Netherlands." equals
+    "Netherlands" but "Paris, France" does not equal "Paris".
+    """
+    _check_answers(answers)
+    pred = _drop_articles(normalize(prediction, fold_accents=fold_accents))
+    return _exact(pred, answers, fold_accents)
+
+
+@dataclass(frozen=True, slots=True)
+class MatchResult:
+    """Both criteria for one prediction: ``containment`` (paper) and ``exact`` (SQuAD)."""
+
+    containment: bool
+    exact: bool
+
+
+def match(prediction: str, answers: Sequence[str], *, fold_accents: bool = False) -> MatchResult:
+    """Score *prediction* with both criteria, normalising it only once."""
+    _check_answers(answers)
+    norm = normalize(prediction, fold_accents=fold_accents)
+    return MatchResult(
+        containment=_contains(f" {norm} ", answers, fold_accents),
+        exact=_exact(_drop_articles(norm), answers, fold_accents),
+    )

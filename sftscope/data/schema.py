@@ -1,0 +1,72 @@
+"""Typed records shared by every stage: one relation, one closed-book QA fact."""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+Split = Literal["train", "dev", "test"]
+SPLITS: tuple[Split, ...] = ("train", "dev", "test")
+
+
+class Domain(str, Enum):
+    """In-domain relations supply training data; out-of-domain ones only test generalisation."""
+
+    IN_DOMAIN = "in-domain"
+    OOD = "out-of-domain"
+
+
+class Relation(BaseModel):
+    """A relation (Wikidata property where one fits) and the question asked about it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    name: str
+    question_template: str = Field(description="question with a '{subject}' placeholder")
+    domain: Domain
+
+    @field_validator("question_template")
+    @classmethod
+    def _has_placeholder(cls, v: str) -> str:
+        if "{subject}" not in v:
+            raise ValueError("question_template must contain '{subject}'")
+        return v
+
+
+class QAItem(BaseModel):
+    """One fact as a closed-book question.
+
+    ``answers`` are the dataset's own gold answers (the first one is the SFT target);
+    ``aliases`` are extra strings the alias table accepts for them. Matching uses both.
+    ``id`` is ``{relation}/{split}/{index}`` with the item's index in its source file, so it
+    is stable across runs and subsets.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    relation: str
+    subject: str | None
+    question: str
+    answers: tuple[str, ...]
+    aliases: tuple[str, ...] = ()
+    split: Split
+    domain: Domain
+    popularity: float | None = None
+
+    @property
+    def accepted(self) -> tuple[str, ...]:
+        """Every string that counts as a correct answer: gold answers, then aliases."""
+        return self.answers + tuple(a for a in self.aliases if a not in self.answers)
+
+    @property
+    def target(self) -> str:
+        """The answer string used as the training target."""
+        return self.answers[0]
+
+
+def item_id(relation: str, split: str, index: int) -> str:
+    return f"{relation}/{split}/{index}"

@@ -1,0 +1,141 @@
+"""Closed-book QA evaluation (PAPER.md §4): per-item records and accuracy summaries.
+
+Greedy decoding, 16 new tokens, stop at the first newline; an answer is correct under
+*containment* (the paper: a gold alias appears in the output on word boundaries) and under
+*exact match* (lm-eval convention). Records are per item, in the manner of
+lm-evaluation-harness, so any later aggregate (per mastery level, per cell) is recomputable.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from sftscope.config import EvalConfig, dump_config
+from sftscope.data.dataset import Dataset, load_items, resolve_dataset
+from sftscope.data.matching import match
+from sftscope.data.schema import Domain, QAItem
+from sftscope.errors import SftscopeError
+from sftscope.io import atomic_write_json, atomic_write_jsonl, atomic_write_text
+from sftscope.models.engines import Engine
+from sftscope.prompts import PromptStyle, build_prompt, pick_exemplars
+
+STOP = ("\n",)
+
+
+def exemplar_pool(dataset: Dataset, split: str, relations: Sequence[str]) -> list[QAItem]:
+    """Few-shot exemplars come from train; when train itself is evaluated, from dev, so no
+    prompt ever contains its own answer."""
+    source = "dev" if split == "train" else "train"
+    return load_items(dataset, [source], relations)
+
+
+def evaluate_items(
+    engine: Engine,
+    items: Sequence[QAItem],
+    style: PromptStyle = "fewshot",
+    exemplars: dict[str, list[QAItem]] | None = None,
+    max_new_tokens: int = 16,
+    fold_accents: bool = False,
+) -> list[dict[str, Any]]:
+    """Generate greedily for every item and score it; one record per item, in input order."""
+    prompts = [build_prompt(it, style, exemplars or {}) for it in items]
+    outputs = engine.generate(prompts, max_new_tokens=max_new_tokens, stop=STOP, desc="eval")
+    records = []
+    for it, prompt, (raw,) in zip(items, prompts, outputs, strict=True):
+        prediction = raw.strip()
+        m = match(prediction, it.accepted, fold_accents=fold_accents)
+        records.append(
+            {
+                "id": it.id,
+                "relation": it.relation,
+                "domain": it.domain.value,
+                "question": it.question,
+                "answers": list(it.accepted),
+                "prompt": prompt,
+                "prediction": prediction,
+                "containment": m.containment,
+                "exact": m.exact,
+            }
+        )
+    return records
+
+
+def _acc(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    n = len(rows)
+    return {
+        "n": n,
+        "containment": sum(r["containment"] for r in rows) / n if n else None,
+        "exact": sum(r["exact"] for r in rows) / n if n else None,
+    }
+
+
+def summarize(records: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """Accuracy (both criteria) per relation, in-domain, out-of-domain and overall.
+
+    Group accuracies are micro-averages over items; ``macro_relations`` is the unweighted mean
+    over relations, which does not let one large relation dominate.
+    """
+    records = list(records)
+    by_rel: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in records:
+        by_rel[r["relation"]].append(r)
+    per_relation = {
+        rel: {"domain": rows[0]["domain"], **_acc(rows)} for rel, rows in by_rel.items()
+    }
+    rel_accs = [v for v in per_relation.values() if v["n"]]
+    macro = {
+        key: sum(v[key] for v in rel_accs) / len(rel_accs) if rel_accs else None
+        for key in ("containment", "exact")
+    }
+    return {
+        "overall": _acc(records),
+        "in_domain": _acc([r for r in records if r["domain"] == Domain.IN_DOMAIN.value]),
+        "ood": _acc([r for r in records if r["domain"] == Domain.OOD.value]),
+        "macro_relations": macro,
+        "per_relation": per_relation,
+    }
+
+
+def prepare_eval(cfg: EvalConfig) -> tuple[list[QAItem], dict[str, list[QAItem]]]:
+    """Everything that can fail on bad input, done before a model is loaded or a file written."""
+    dataset = resolve_dataset(cfg.data, cfg.data_dir)
+    items = load_items(dataset, [cfg.split], cfg.relations, cfg.limit_per_relation)
+    if not items:
+        raise SftscopeError(f"no items to evaluate in {dataset.root} (split {cfg.split})")
+    exemplars: dict[str, list[QAItem]] = {}
+    if cfg.prompt == "fewshot" and cfg.n_shots:
+        relations = sorted({it.relation for it in items})
+        pool = exemplar_pool(dataset, cfg.split, relations)
+        exemplars = pick_exemplars(pool, cfg.n_shots, cfg.seed)
+    return items, exemplars
+
+
+def run_eval(cfg: EvalConfig, engine: Engine | None = None) -> dict[str, Any]:
+    """The ``sftscope eval`` stage: writes records.jsonl, summary.json and config.yaml."""
+    items, exemplars = prepare_eval(cfg)
+    if engine is None:
+        from sftscope.models.engines import HFEngine
+        from sftscope.models.loading import load_model
+
+        model, tokenizer = load_model(
+            cfg.model, device=cfg.device, trust_remote_code=cfg.trust_remote_code
+        )
+        engine = HFEngine(model, tokenizer, batch_size=cfg.batch_size)
+    records = evaluate_items(
+        engine, items, cfg.prompt, exemplars, cfg.max_new_tokens, cfg.fold_accents
+    )
+    summary = {
+        "model": cfg.model,
+        "data": cfg.data,
+        "split": cfg.split,
+        "prompt": cfg.prompt,
+        **summarize(records),
+    }
+    out = Path(cfg.out)
+    atomic_write_jsonl(out / "records.jsonl", records)
+    atomic_write_text(out / "config.yaml", dump_config(cfg))
+    atomic_write_json(out / "summary.json", summary)  # last: its presence marks completion
+    return summary

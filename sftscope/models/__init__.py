@@ -1,0 +1,1 @@
+"""Model loading and the inference engine every stage uses."""

@@ -1,0 +1,177 @@
+"""The inference engine: batched generation and teacher-forced scoring.
+
+Every stage talks to a model through two calls, so a faster backend (e.g. vLLM) can be added
+later by implementing :class:`Engine` without touching the stages:
+
+* ``generate`` — left-padded batches sorted by length, KV cache, greedy or pure temperature
+  sampling (no top-k/top-p truncation, so probabilities mean what the probe assumes), ``n``
+  return sequences per prompt sharing the prompt's prefill, stop strings.
+* ``score`` — per-token log-probabilities of given continuations after given prompts.
+
+Determinism: one seed per batch, derived from ``seed`` and the batch's position in the
+length-sorted order; the same inputs, batch size and seed give the same samples.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+import torch
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel
+
+
+class Engine(Protocol):
+    """What the stages need from a model."""
+
+    def generate(
+        self,
+        prompts: Sequence[str],
+        max_new_tokens: int = 16,
+        temperature: float = 0.0,
+        n: int = 1,
+        seed: int = 0,
+        stop: Sequence[str] = (),
+    ) -> list[list[str]]:
+        """``n`` completions per prompt (greedy when temperature is 0), cut at stop strings."""
+        ...
+
+    def score(self, prompts: Sequence[str], continuations: Sequence[str]) -> list[list[float]]:
+        """Log-probability of each continuation token given the prompt and earlier tokens."""
+        ...
+
+
+def cut_at_stop(text: str, stop: Sequence[str]) -> str:
+    """``text`` up to (not including) the earliest stop string."""
+    cut = len(text)
+    for s in stop:
+        i = text.find(s)
+        if i != -1:
+            cut = min(cut, i)
+    return text[:cut]
+
+
+class HFEngine:
+    """:class:`Engine` over a transformers causal LM (CPU or CUDA)."""
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer,
+        batch_size: int = 32,
+        progress: bool = True,
+    ) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+        self.progress = progress
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    def _encode(self, texts: Sequence[str], special: bool) -> list[list[int]]:
+        return self.tokenizer(list(texts), add_special_tokens=special)["input_ids"]
+
+    def _left_pad(self, rows: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        width = max(len(r) for r in rows)
+        pad = self.tokenizer.pad_token_id
+        ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            if r:
+                ids[i, width - len(r) :] = torch.tensor(r, dtype=torch.long)
+                mask[i, width - len(r) :] = 1
+        return ids.to(self.device), mask.to(self.device)
+
+    def _batches(self, lengths: Sequence[int]) -> list[list[int]]:
+        """Indices grouped into batches of similar length, longest first (fails fast on OOM)."""
+        order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+        return [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+
+    @torch.inference_mode()
+    def generate(
+        self,
+        prompts: Sequence[str],
+        max_new_tokens: int = 16,
+        temperature: float = 0.0,
+        n: int = 1,
+        seed: int = 0,
+        stop: Sequence[str] = (),
+        desc: str = "generate",
+    ) -> list[list[str]]:
+        if not prompts:
+            return []
+        encoded = self._encode(prompts, special=True)
+        sample = temperature > 0
+        out: list[list[str]] = [[] for _ in prompts]
+        batches = self._batches([len(e) for e in encoded])
+        kwargs: dict = dict(
+            max_new_tokens=max_new_tokens,
+            do_sample=sample,
+            num_return_sequences=n,
+            pad_token_id=self.tokenizer.pad_token_id,
+        )
+        if sample:
+            kwargs.update(temperature=temperature, top_k=0, top_p=1.0)
+        else:
+            kwargs.update(temperature=None, top_k=None, top_p=None)
+            if n > 1:
+                raise ValueError("greedy decoding with n > 1 would repeat one answer n times")
+        if stop:
+            kwargs.update(stop_strings=list(stop), tokenizer=self.tokenizer)
+        bar = tqdm(total=len(prompts), desc=desc, unit="prompt", disable=not self.progress)
+        for b, idx in enumerate(batches):
+            ids, mask = self._left_pad([encoded[i] for i in idx])
+            if sample:
+                torch.manual_seed(seed * 1_000_003 + b)
+            gen = self.model.generate(input_ids=ids, attention_mask=mask, **kwargs)
+            texts = self.tokenizer.batch_decode(gen[:, ids.shape[1] :], skip_special_tokens=True)
+            for j, text in enumerate(texts):
+                out[idx[j // n]].append(cut_at_stop(text, stop))
+            bar.update(len(idx))
+        bar.close()
+        return out
+
+    @torch.inference_mode()
+    def score(
+        self,
+        prompts: Sequence[str],
+        continuations: Sequence[str],
+        desc: str = "score",
+    ) -> list[list[float]]:
+        """Continuations are tokenised on their own (no special tokens) and appended to the
+        prompt's tokens, the same split the SFT stage uses, so scores match what is trained."""
+        if len(prompts) != len(continuations):
+            raise ValueError("score: prompts and continuations differ in length")
+        if not prompts:
+            return []
+        p_ids = self._encode(prompts, special=True)
+        c_ids = self._encode(continuations, special=False)
+        rows = [p + c for p, c in zip(p_ids, c_ids, strict=True)]
+        out: list[list[float]] = [[] for _ in prompts]
+        bar = tqdm(total=len(prompts), desc=desc, unit="prompt", disable=not self.progress)
+        for idx in self._batches([len(r) for r in rows]):
+            ids, mask = self._left_pad([rows[i] for i in idx])
+            position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+            # Left padding puts every continuation at the end, so only the last
+            # (longest continuation + 1) positions' logits are ever needed.
+            keep = max(len(c_ids[i]) for i in idx) + 1
+            logits = self.model(
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=position_ids,
+                logits_to_keep=keep,
+            ).logits.float()
+            logprobs = torch.log_softmax(logits[:, :-1], dim=-1)
+            targets = ids[:, ids.shape[1] - keep + 1 :]
+            token_lp = logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+            for j, i in enumerate(idx):
+                k = len(c_ids[i])
+                out[i] = token_lp[j, token_lp.shape[1] - k :].tolist() if k else []
+            bar.update(len(idx))
+        bar.close()
+        return out

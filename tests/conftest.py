@@ -1,0 +1,54 @@
+"""Shared fixtures: the EntityQuestions fixture folder and a tiny model saved to disk."""
+
+from __future__ import annotations
+
+import os
+
+# No test may reach a model hub; set before transformers/huggingface_hub are imported.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+import json  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+from sftscope.models.tiny import save_tiny  # noqa: E402
+
+FIXTURES = Path(__file__).parent / "fixtures"
+EQ_FIXTURE = FIXTURES / "entityquestions"
+SHARED_EQ = Path(__file__).resolve().parents[2] / "shared" / "data" / "entityquestions"
+
+
+def fixture_questions() -> list[str]:
+    texts = []
+    for path in sorted(EQ_FIXTURE.glob("*/*.json")):
+        for item in json.loads(path.read_text(encoding="utf-8")):
+            texts.append(f"Question: {item['question']}\nAnswer: {item['answers'][0]}\n")
+    return texts
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-layer LLaMA with a BPE tokenizer trained on the fixture questions, saved to disk."""
+    return save_tiny(fixture_questions(), tmp_path_factory.mktemp("tiny") / "model")
+
+
+@pytest.fixture(scope="session")
+def tiny_engine(tiny_model_dir: Path):
+    from sftscope.models.engines import HFEngine
+    from sftscope.models.loading import load_model
+
+    model, tok = load_model(str(tiny_model_dir), device="cpu")
+    return HFEngine(model, tok, batch_size=4, progress=False)
+
+
+def write_dataset(root: Path, items: dict[str, dict[str, list]], meta: dict | None = None) -> Path:
+    """Write ``{split: {relation: [item, ...]}}`` in the EntityQuestions layout."""
+    for split, by_rel in items.items():
+        (root / split).mkdir(parents=True, exist_ok=True)
+        for rel, rows in by_rel.items():
+            (root / split / f"{rel}.{split}.json").write_text(json.dumps(rows), encoding="utf-8")
+    if meta is not None:
+        (root / "dataset.json").write_text(json.dumps(meta), encoding="utf-8")
+    return root

@@ -1,0 +1,90 @@
+"""`sftscope eval` end to end on a tiny model, and its one-line errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import EQ_FIXTURE
+from typer.testing import CliRunner
+
+from sftscope.cli import app
+from sftscope.evaluate import summarize
+
+runner = CliRunner()
+
+
+def _eval(tiny_model_dir: Path, out: Path, *extra: str):
+    args = ["eval", "--model", str(tiny_model_dir), "--data", "entityquestions",
+            "--data-dir", str(EQ_FIXTURE), "--out", str(out), *extra]  # fmt: skip
+    return runner.invoke(app, args)
+
+
+def test_eval_end_to_end(tiny_model_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "e"
+    res = _eval(tiny_model_dir, out, "--relations", "P17,P26", "--limit-per-relation", "6",
+                "batch_size=4")  # fmt: skip
+    assert res.exit_code == 0, res.output
+    records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
+    assert len(records) == 12
+    assert {"id", "relation", "domain", "prompt", "prediction", "containment", "exact"} <= set(
+        records[0]
+    )
+    assert records[0]["prompt"].count("Question:") == 5  # 4 exemplars + the question
+    assert records[0]["prompt"].endswith(
+        "Question: Which country is Darreh Sib located in?\nAnswer:"
+    )
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["per_relation"]) == {"P17", "P26"}
+    assert summary["in_domain"]["n"] == 6 and summary["ood"]["n"] == 6
+    assert "containment" in res.output
+
+
+def test_eval_sft_prompt_and_config_file(tiny_model_dir: Path, tmp_path: Path) -> None:
+    cfg = tmp_path / "eval.yaml"
+    cfg.write_text(f"model: {tiny_model_dir}\ndata: entityquestions\ndata_dir: {EQ_FIXTURE}\n"
+                   f"relations: [P36]\nlimit_per_relation: 3\nout: {tmp_path / 'o'}\n")  # fmt: skip
+    res = runner.invoke(app, ["eval", "--config", str(cfg), "--prompt", "sft"])
+    assert res.exit_code == 0, res.output
+    rec = json.loads((tmp_path / "o" / "records.jsonl").read_text().splitlines()[0])
+    assert rec["prompt"] == "<|question|> What is the capital of Marin County? <|answer|>"
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--relations", "P999"], "unknown relation 'P999'"),
+        (["--split", "validation"], "config field 'split'"),
+        (["bogus_field=1"], "config field 'bogus_field'"),
+        (["--data-dir", "/nonexistent/eq"], "data directory /nonexistent/eq does not exist"),
+    ],
+)
+def test_eval_bad_input_one_line_exit_2(
+    tiny_model_dir: Path, tmp_path: Path, extra: list[str], message: str
+) -> None:
+    out = tmp_path / "never"
+    res = _eval(tiny_model_dir, out, *extra)
+    assert res.exit_code == 2
+    assert message in res.output
+    assert res.output.strip().count("\n") == 0
+    assert not out.exists()
+
+
+def test_eval_missing_model_path(tmp_path: Path) -> None:
+    res = _eval(tmp_path / "no-model", tmp_path / "never", "--limit-per-relation", "1")
+    assert res.exit_code == 2 and "does not exist" in res.output
+    assert not (tmp_path / "never").exists()
+
+
+def test_summarize_macro_and_micro() -> None:
+    rows = [
+        {"relation": "A", "domain": "in-domain", "containment": True, "exact": True},
+        {"relation": "A", "domain": "in-domain", "containment": True, "exact": False},
+        {"relation": "A", "domain": "in-domain", "containment": False, "exact": False},
+        {"relation": "B", "domain": "out-of-domain", "containment": False, "exact": False},
+    ]
+    s = summarize(rows)
+    assert s["overall"] == {"n": 4, "containment": 0.5, "exact": 0.25}
+    assert s["in_domain"]["containment"] == pytest.approx(2 / 3)
+    assert s["macro_relations"]["containment"] == pytest.approx((2 / 3 + 0) / 2)
