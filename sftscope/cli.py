@@ -114,8 +114,6 @@ def build_geo_cmd(
     """Build the offline geography QA set (GeoNames, CLDR, countryinfo facts)."""
     from sftscope.data.geography import build_geography
 
-    if out.exists() and any(out.iterdir()):
-        raise SftscopeError(f"output folder {out} exists and is not empty")
     counts = build_geography(out, seed=seed)
     table = Table(title=f"geography set in {out}")
     for col in ("relation", "train", "dev", "test"):

@@ -170,10 +170,9 @@ def resolve_dataset(data: str, data_dir: str | Path | None = None) -> Dataset:
     """``geo`` = the built-in geography set (built once into the cache); ``entityquestions``
     (or any other name) = the folder given by ``data_dir``."""
     if data == "geo" and data_dir is None:
-        from sftscope import __version__
-        from sftscope.data.geography import build_geography
+        from sftscope.data.geography import GEO_VERSION, build_geography
 
-        root = cache_dir() / "data" / f"geo-{__version__}"
+        root = cache_dir() / "data" / f"geo-v{GEO_VERSION}"
         if not (root / DATASET_META).exists():
             log.info("building the geography set into %s", root)
             build_geography(root)

@@ -19,7 +19,7 @@ from typing import Protocol
 
 import torch
 from tqdm.auto import tqdm
-from transformers import PreTrainedModel
+from transformers import DynamicCache, PreTrainedModel
 
 
 class Engine(Protocol):
@@ -40,6 +40,19 @@ class Engine(Protocol):
     def score(self, prompts: Sequence[str], continuations: Sequence[str]) -> list[list[float]]:
         """Log-probability of each continuation token given the prompt and earlier tokens."""
         ...
+
+
+PREFIX_SLACK = 16  # tokens of shared prefix a batch may give up to take one more prompt
+
+
+def _common_prefix_len(*rows: Sequence[int]) -> int:
+    """Length of the longest token prefix all ``rows`` share."""
+    n = 0
+    for column in zip(*rows):
+        if any(t != column[0] for t in column[1:]):
+            break
+        n += 1
+    return n
 
 
 def cut_at_stop(text: str, stop: Sequence[str]) -> str:
@@ -92,6 +105,65 @@ class HFEngine:
         order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
         return [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
 
+    def _prefix_batches(self, encoded: Sequence[Sequence[int]]) -> list[list[int]]:
+        """Batches of prompts that share a long token prefix (e.g. the same few-shot exemplars).
+
+        Prompts are sorted by their tokens, so shared prefixes sit together; a batch is cut when
+        it is full or when the next prompt would shorten the batch's shared prefix by more than
+        ``PREFIX_SLACK`` tokens (typically: the next prompt belongs to another relation).
+        """
+        order = sorted(range(len(encoded)), key=lambda i: (list(encoded[i]), i))
+        batches: list[list[int]] = []
+        shared = 0
+        for i in order:
+            if batches and len(batches[-1]) < self.batch_size:
+                first = encoded[batches[-1][0]]
+                common = _common_prefix_len(first, encoded[i])
+                if len(batches[-1]) == 1 or common >= shared - PREFIX_SLACK:
+                    batches[-1].append(i)
+                    shared = common if len(batches[-1]) == 2 else min(shared, common)
+                    continue
+            batches.append([i])
+            shared = len(encoded[i])
+        return batches
+
+    def _prefill(self, rows: Sequence[Sequence[int]], n: int):
+        """Run every prompt but its last token through the model and return the batch layout
+        and a KV cache that ``generate`` continues from.
+
+        The prefix all rows share is computed once (batch of one) and its cache broadcast; each
+        row's remainder follows after padding, ``[prefix][pad…][rest]``, with position ids from
+        the attention mask so every token keeps its unpadded position. The cache is then
+        repeated ``n`` times, so the ``n`` samples of a prompt share its prefill.
+        """
+        shortest = min(len(r) for r in rows)
+        shared = min(_common_prefix_len(*rows) if len(rows) > 1 else shortest, shortest) - 1
+        shared = max(shared, 0)
+        rests = [r[shared:] for r in rows]
+        ids_rest, mask_rest = self._left_pad(rests)
+        prefix = torch.tensor([list(rows[0][:shared])], dtype=torch.long, device=self.device)
+        ids = torch.cat([prefix.expand(len(rows), -1), ids_rest], dim=1)
+        mask = torch.cat([torch.ones_like(prefix).expand(len(rows), -1), mask_rest], dim=1)
+        cache = DynamicCache(config=self.model.config)
+        if shared:
+            self.model(input_ids=prefix, past_key_values=cache, use_cache=True, logits_to_keep=1)
+            cache.batch_repeat_interleave(len(rows))
+        width = ids.shape[1]
+        if width - 1 > shared:
+            position_ids = (mask[:, : width - 1].cumsum(-1) - 1).clamp(min=0)
+            self.model(
+                input_ids=ids[:, shared : width - 1],
+                attention_mask=mask[:, : width - 1],
+                position_ids=position_ids[:, shared:],
+                past_key_values=cache,
+                use_cache=True,
+                logits_to_keep=1,
+            )
+        if n > 1:
+            cache.batch_repeat_interleave(n)
+            ids, mask = ids.repeat_interleave(n, dim=0), mask.repeat_interleave(n, dim=0)
+        return ids, mask, cache
+
     @torch.inference_mode()
     def generate(
         self,
@@ -106,29 +178,27 @@ class HFEngine:
         if not prompts:
             return []
         encoded = self._encode(prompts, special=True)
+        if any(not e for e in encoded):
+            raise ValueError("generate: a prompt encodes to no tokens")
         sample = temperature > 0
-        out: list[list[str]] = [[] for _ in prompts]
-        batches = self._batches([len(e) for e in encoded])
-        kwargs: dict = dict(
-            max_new_tokens=max_new_tokens,
-            do_sample=sample,
-            num_return_sequences=n,
-            pad_token_id=self.tokenizer.pad_token_id,
-        )
+        if not sample and n > 1:
+            raise ValueError("greedy decoding with n > 1 would repeat one answer n times")
+        kwargs: dict = dict(max_new_tokens=max_new_tokens, pad_token_id=self.tokenizer.pad_token_id)
         if sample:
-            kwargs.update(temperature=temperature, top_k=0, top_p=1.0)
+            kwargs.update(do_sample=True, temperature=temperature, top_k=0, top_p=1.0)
         else:
-            kwargs.update(temperature=None, top_k=None, top_p=None)
-            if n > 1:
-                raise ValueError("greedy decoding with n > 1 would repeat one answer n times")
+            kwargs.update(do_sample=False, temperature=None, top_k=None, top_p=None)
         if stop:
             kwargs.update(stop_strings=list(stop), tokenizer=self.tokenizer)
+        out: list[list[str]] = [[] for _ in prompts]
         bar = tqdm(total=len(prompts), desc=desc, unit="prompt", disable=not self.progress)
-        for b, idx in enumerate(batches):
-            ids, mask = self._left_pad([encoded[i] for i in idx])
+        for b, idx in enumerate(self._prefix_batches(encoded)):
+            ids, mask, cache = self._prefill([encoded[i] for i in idx], n)
             if sample:
                 torch.manual_seed(seed * 1_000_003 + b)
-            gen = self.model.generate(input_ids=ids, attention_mask=mask, **kwargs)
+            gen = self.model.generate(
+                input_ids=ids, attention_mask=mask, past_key_values=cache, **kwargs
+            )
             texts = self.tokenizer.batch_decode(gen[:, ids.shape[1] :], skip_special_tokens=True)
             for j, text in enumerate(texts):
                 out[idx[j // n]].append(cut_at_stop(text, stop))
