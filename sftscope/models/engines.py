@@ -48,7 +48,7 @@ PREFIX_SLACK = 16  # tokens of shared prefix a batch may give up to take one mor
 def _common_prefix_len(*rows: Sequence[int]) -> int:
     """Length of the longest token prefix all ``rows`` share."""
     n = 0
-    for column in zip(*rows):
+    for column in zip(*rows, strict=False):  # stops at the shortest row
         if any(t != column[0] for t in column[1:]):
             break
         n += 1
