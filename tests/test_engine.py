@@ -64,3 +64,64 @@ def test_score_matches_unbatched_forward(tiny_engine: HFEngine) -> None:
             lp = torch.log_softmax(model(torch.tensor([p + c])).logits[0].float(), -1)
         want = [lp[len(p) - 1 + k, c[k]].item() for k in range(len(c))]
         assert torch.allclose(torch.tensor(got), torch.tensor(want), atol=1e-5)
+
+
+FEWSHOT = [
+    "Question: Which country is Pulkal mandal located in?\nAnswer: India\n\n"
+    "Question: Which country is Mount Stromlo located in?\nAnswer: Australia\n\n",
+    "Question: Who is Carol II of Romania married to?\nAnswer: Zizi Lambrino\n\n"
+    "Question: Who is Philip the Bold married to?\nAnswer: Margaret\n\n",
+]
+SHARED_PROMPTS = [
+    FEWSHOT[0] + "Question: Which country is Hull located in?\nAnswer:",
+    FEWSHOT[0] + "Question: Which country is Darreh Sib located in?\nAnswer:",
+    FEWSHOT[0] + "Question: Which country is Iran located in?\nAnswer:",
+    FEWSHOT[1] + "Question: Who is Cedric Wyatt married to?\nAnswer:",
+    FEWSHOT[1] + "Question: Who is Ada married to?\nAnswer:",
+    "Where was Bob born?",
+    "Who",
+]
+
+
+def test_shared_prefix_groups(tiny_engine: HFEngine) -> None:
+    from sftscope.models.engines import MIN_SHARED_PREFIX, _shared_prefixes
+
+    enc = tiny_engine._encode(SHARED_PROMPTS, special=True)
+    order = sorted(range(len(enc)), key=lambda i: enc[i])
+    prefixes, group_of_row = _shared_prefixes([enc[i] for i in order])
+    assert len(prefixes) == 4  # two few-shot groups + two singletons
+    assert sorted(len(p) >= MIN_SHARED_PREFIX for p in prefixes).count(True) >= 2
+    for row, g in zip([enc[i] for i in order], group_of_row, strict=True):
+        assert row[: len(prefixes[g])] == list(prefixes[g]) and len(prefixes[g]) < len(row)
+
+
+def test_shared_prefix_prefill_gives_unshared_results(tiny_engine: HFEngine) -> None:
+    """Mixed groups in one batch (shared prefixes, singletons) = one prompt at a time."""
+    single = HFEngine(tiny_engine.model, tiny_engine.tokenizer, batch_size=1, progress=False)
+    wide = HFEngine(tiny_engine.model, tiny_engine.tokenizer, batch_size=16, progress=False)
+    assert wide.generate(SHARED_PROMPTS, max_new_tokens=8) == single.generate(
+        SHARED_PROMPTS, max_new_tokens=8
+    )
+    # n samples share one prefill and differ from each other.
+    outs = wide.generate(SHARED_PROMPTS, max_new_tokens=6, temperature=1.0, n=4, seed=3)
+    assert all(len(o) == 4 for o in outs) and any(len(set(o)) > 1 for o in outs)
+
+
+def test_prefill_cache_gives_exact_next_token_logits(tiny_engine: HFEngine) -> None:
+    """The cache built from shared prefixes + padded remainders predicts the next token
+    exactly as a plain forward over each unpadded prompt does."""
+    model = tiny_engine.model
+    wide = HFEngine(model, tiny_engine.tokenizer, batch_size=16, progress=False)
+    enc = wide._encode(SHARED_PROMPTS, special=True)
+    rows = [enc[i] for i in sorted(range(len(enc)), key=lambda i: enc[i])]
+    with torch.inference_mode():
+        ids, mask, cache = wide._prefill(rows, n=2)
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        out = model(
+            input_ids=ids[:, -1:], attention_mask=mask, position_ids=pos[:, -1:],
+            past_key_values=cache,
+        ).logits[:, -1]  # fmt: skip
+        for j, row in enumerate(rows):
+            ref = model(torch.tensor([row])).logits[0, -1]
+            for k in (2 * j, 2 * j + 1):  # both copies of the n=2 expansion
+                assert torch.allclose(out[k], ref, atol=1e-4), (j, (out[k] - ref).abs().max())

@@ -42,7 +42,7 @@ class Engine(Protocol):
         ...
 
 
-PREFIX_SLACK = 16  # tokens of shared prefix a batch may give up to take one more prompt
+MIN_SHARED_PREFIX = 16  # tokens prompts must share for their prefix to be prefilled once
 
 
 def _common_prefix_len(*rows: Sequence[int]) -> int:
@@ -53,6 +53,35 @@ def _common_prefix_len(*rows: Sequence[int]) -> int:
             break
         n += 1
     return n
+
+
+def _shared_prefixes(rows: Sequence[Sequence[int]]) -> tuple[list[Sequence[int]], list[int]]:
+    """Split token-sorted ``rows`` into prefix groups: (distinct prefixes, group of each row).
+
+    Consecutive rows sharing at least ``MIN_SHARED_PREFIX`` tokens with the run's first row
+    form a group whose prefix is what they all share (always leaving each row one token, which
+    ``generate`` feeds); any other row is its own group with everything but its last token.
+    """
+    runs: list[list[int]] = []
+    for i, row in enumerate(rows):
+        if runs and _common_prefix_len(rows[runs[-1][0]], row) >= MIN_SHARED_PREFIX:
+            runs[-1].append(i)
+        else:
+            runs.append([i])
+    prefixes: list[Sequence[int]] = []
+    group_of_row = [0] * len(rows)
+    for run in runs:
+        members = [rows[i] for i in run]
+        cut = min(_common_prefix_len(*members), min(len(r) for r in members) - 1)
+        if len(run) > 1 and cut >= MIN_SHARED_PREFIX:
+            parts = [(run, members[0][:cut])]
+        else:
+            parts = [([i], rows[i][:-1]) for i in run]
+        for part, prefix in parts:
+            for i in part:
+                group_of_row[i] = len(prefixes)
+            prefixes.append(prefix)
+    return prefixes, group_of_row
 
 
 def cut_at_stop(text: str, stop: Sequence[str]) -> str:
@@ -106,55 +135,47 @@ class HFEngine:
         return [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
 
     def _prefix_batches(self, encoded: Sequence[Sequence[int]]) -> list[list[int]]:
-        """Batches of prompts that share a long token prefix (e.g. the same few-shot exemplars).
-
-        Prompts are sorted by their tokens, so shared prefixes sit together; a batch is cut when
-        it is full or when the next prompt would shorten the batch's shared prefix by more than
-        ``PREFIX_SLACK`` tokens (typically: the next prompt belongs to another relation).
-        """
+        """Batches of prompts in token order, so prompts sharing a prefix (the same few-shot
+        exemplars) sit together and their prefix is prefilled once (see :meth:`_prefill`)."""
         order = sorted(range(len(encoded)), key=lambda i: (list(encoded[i]), i))
-        batches: list[list[int]] = []
-        shared = 0
-        for i in order:
-            if batches and len(batches[-1]) < self.batch_size:
-                first = encoded[batches[-1][0]]
-                common = _common_prefix_len(first, encoded[i])
-                if len(batches[-1]) == 1 or common >= shared - PREFIX_SLACK:
-                    batches[-1].append(i)
-                    shared = common if len(batches[-1]) == 2 else min(shared, common)
-                    continue
-            batches.append([i])
-            shared = len(encoded[i])
-        return batches
+        return [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
 
     def _prefill(self, rows: Sequence[Sequence[int]], n: int):
-        """Run every prompt but its last token through the model and return the batch layout
-        and a KV cache that ``generate`` continues from.
+        """Run every prompt but its last token through the model; return the batch layout and
+        the KV cache that ``generate`` continues from.
 
-        The prefix all rows share is computed once (batch of one) and its cache broadcast; each
-        row's remainder follows after padding, ``[prefix][pad…][rest]``, with position ids from
-        the attention mask so every token keeps its unpadded position. The cache is then
-        repeated ``n`` times, so the ``n`` samples of a prompt share its prefill.
+        Rows (in token order) form groups that share at least ``MIN_SHARED_PREFIX`` tokens;
+        each group's shared prefix is computed once (one padded forward over the distinct
+        prefixes) and its cache gathered to the group's rows; a row without partners is its
+        own group. Each row's remainder follows, laid out as ``[pad][prefix][pad][rest]``, with
+        position ids from the attention mask, so every token keeps its unpadded position.
+        Finally the cache is repeated ``n`` times: the ``n`` samples of a prompt share its prefill.
         """
-        shortest = min(len(r) for r in rows)
-        shared = min(_common_prefix_len(*rows) if len(rows) > 1 else shortest, shortest) - 1
-        shared = max(shared, 0)
-        rests = [r[shared:] for r in rows]
-        ids_rest, mask_rest = self._left_pad(rests)
-        prefix = torch.tensor([list(rows[0][:shared])], dtype=torch.long, device=self.device)
-        ids = torch.cat([prefix.expand(len(rows), -1), ids_rest], dim=1)
-        mask = torch.cat([torch.ones_like(prefix).expand(len(rows), -1), mask_rest], dim=1)
+        prefixes, group_of_row = _shared_prefixes(rows)
+        rests = [r[len(prefixes[g]) :] for r, g in zip(rows, group_of_row, strict=True)]
+        pre_ids, pre_mask = self._left_pad(prefixes)
         cache = DynamicCache(config=self.model.config)
-        if shared:
-            self.model(input_ids=prefix, past_key_values=cache, use_cache=True, logits_to_keep=1)
-            cache.batch_repeat_interleave(len(rows))
-        width = ids.shape[1]
-        if width - 1 > shared:
+        if pre_ids.shape[1]:
+            self.model(
+                input_ids=pre_ids,
+                attention_mask=pre_mask,
+                position_ids=(pre_mask.cumsum(-1) - 1).clamp(min=0),
+                past_key_values=cache,
+                use_cache=True,
+                logits_to_keep=1,
+            )
+            cache.batch_select_indices(torch.tensor(group_of_row, device=self.device))
+        rest_ids, rest_mask = self._left_pad(rests)
+        index = torch.tensor(group_of_row, device=self.device)
+        ids = torch.cat([pre_ids[index], rest_ids], dim=1)
+        mask = torch.cat([pre_mask[index], rest_mask], dim=1)
+        done, width = pre_ids.shape[1], ids.shape[1]
+        if width - 1 > done:
             position_ids = (mask[:, : width - 1].cumsum(-1) - 1).clamp(min=0)
             self.model(
-                input_ids=ids[:, shared : width - 1],
+                input_ids=ids[:, done : width - 1],
                 attention_mask=mask[:, : width - 1],
-                position_ids=position_ids[:, shared:],
+                position_ids=position_ids[:, done:],
                 past_key_values=cache,
                 use_cache=True,
                 logits_to_keep=1,
