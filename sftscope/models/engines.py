@@ -33,11 +33,15 @@ class Engine(Protocol):
         n: int = 1,
         seed: int = 0,
         stop: Sequence[str] = (),
+        desc: str = "generate",
     ) -> list[list[str]]:
-        """``n`` completions per prompt (greedy when temperature is 0), cut at stop strings."""
+        """``n`` completions per prompt (greedy when temperature is 0), cut at stop strings.
+        ``desc`` labels the progress bar."""
         ...
 
-    def score(self, prompts: Sequence[str], continuations: Sequence[str]) -> list[list[float]]:
+    def score(
+        self, prompts: Sequence[str], continuations: Sequence[str], desc: str = "score"
+    ) -> list[list[float]]:
         """Log-probability of each continuation token given the prompt and earlier tokens."""
         ...
 
