@@ -105,6 +105,81 @@ def eval_cmd(
     console.print(f"records and summary in {cfg.out}")
 
 
+def histogram_table(summary: dict[str, Any]) -> Table:
+    """Facts per mastery level and relation (PAPER.md §1.3 style)."""
+    title = f"mastery levels: {summary['method']} probe, {summary['data']}/{summary['split']}"
+    table = Table(title=title)
+    table.add_column("relation")
+    for k in range(5):
+        table.add_column(f"level {k}", justify="right")
+    table.add_column("facts", justify="right")
+    hist = summary["histogram"]
+    for rel, counts in hist.items():
+        if rel == "total":
+            table.add_section()
+        table.add_row(rel, *(str(c) for c in counts), str(sum(counts)))
+    return table
+
+
+@app.command("probe")
+@_one_line_errors
+def probe_cmd(
+    overrides: Overrides = None,
+    config: ConfigOpt = None,
+    model: Annotated[str | None, typer.Option(help="path, hub id, or 'smollm2'")] = None,
+    data: Annotated[str | None, typer.Option(help="geo | entityquestions")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="dataset folder")] = None,
+    split: Annotated[str | None, typer.Option(help="train | dev | test")] = None,
+    relations: Annotated[str | None, typer.Option(help="comma-separated ids, e.g. P17,P36")] = None,
+    limit_per_relation: Annotated[int | None, typer.Option(help="first N items each")] = None,
+    method: Annotated[str | None, typer.Option(help="sampling | likelihood | slick")] = None,
+    templates: Annotated[int | None, typer.Option(help="mapping templates per fact")] = None,
+    samples: Annotated[int | None, typer.Option(help="samples per template")] = None,
+    temperature: Annotated[float | None, typer.Option(help="sampling temperature")] = None,
+    calibration: Annotated[Path | None, typer.Option(help="likelihood thresholds")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="prompts per batch")] = None,
+    device: Annotated[str | None, typer.Option(help="auto | cpu | cuda")] = None,
+    out: Annotated[Path | None, typer.Option(help="output folder")] = None,
+) -> None:
+    """Mastery level (0-4) of every fact for the base model: DIR/mastery.jsonl, summary.json."""
+    from sftscope.config import ProbeConfig, load_config
+    from sftscope.probe import run_probe
+
+    options = dict(
+        model=model, data=data, data_dir=data_dir, split=split, relations=relations,
+        limit_per_relation=limit_per_relation, method=method, templates=templates,
+        samples=samples, temperature=temperature, calibration=calibration,
+        batch_size=batch_size, device=device, out=out,
+    )  # fmt: skip
+    cfg = load_config(ProbeConfig, config, options, overrides)
+    summary = run_probe(cfg)
+    console.print(histogram_table(summary))
+    rate = summary["facts_per_second"]
+    console.print(
+        f"{summary['n_probed']} facts probed"
+        + (f" at {rate} facts/s" if rate else "")
+        + (f"; {summary['no_subject']} without a subject skipped" if summary["no_subject"] else "")
+        + f"; results in {cfg.out}"
+    )
+
+
+@app.command("calibrate")
+@_one_line_errors
+def calibrate_cmd(
+    labels: Annotated[Path, typer.Option(help="sampling-probe folder (reference levels)")],
+    scores: Annotated[Path, typer.Option(help="likelihood-probe folder (R-hat scores)")],
+    out: Annotated[Path, typer.Option(help="calibration.json to write")],
+) -> None:
+    """Fit the likelihood estimator's four thresholds to the sampling protocol's levels."""
+    from sftscope.calibration import calibrate
+
+    result = calibrate(labels, scores, out)
+    console.print(
+        f"thresholds {', '.join(f'{t:.4g}' for t in result['thresholds'])}: "
+        f"{100 * result['agreement']:.1f}% level agreement on {result['n']} facts; wrote {out}"
+    )
+
+
 @data_app.command("build-geo")
 @_one_line_errors
 def build_geo_cmd(

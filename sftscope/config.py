@@ -4,7 +4,7 @@ what the CLI fills in, so a YAML file and a command line describe the same run."
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -50,6 +50,45 @@ class EvalConfig(DataConfig):
     fold_accents: bool = Field(False, description="accent-insensitive answer matching")
     trust_remote_code: bool = False
     out: Path
+
+
+ProbeMethod = Literal["sampling", "likelihood", "slick"]
+PAPER_THRESHOLDS = (0.0, 0.25, 0.5, 0.75)
+
+
+class ProbeConfig(DataConfig):
+    """Knowledge-mastery probe of a base model (PAPER.md §2); defaults are the paper's."""
+
+    model: str = Field(description="local path, hub id, or 'smollm2' (the bundled model)")
+    split: Split = "train"
+    method: ProbeMethod = "sampling"
+    templates: int = Field(21, ge=1, description="mapping templates per fact (N_map)")
+    samples: int = Field(10, ge=1, description="samples per template (N_sample)")
+    temperature: float = Field(0.7, gt=0)
+    max_new_tokens: int = Field(32, ge=1)
+    thresholds: tuple[float, float, float, float] = Field(
+        PAPER_THRESHOLDS, description="level k when R > thresholds[k-1] (R=0 is level 0)"
+    )
+    calibration: Path | None = Field(None, description="likelihood: calibration.json to use")
+    templates_file: Path | None = Field(None, description="mapping templates (default: bundled)")
+    early_exit: bool = Field(True, description="sampling: stop a sample once an alias appears")
+    slick_sets: int = Field(10, ge=1, description="SliCK: few-shot exemplar sets")
+    slick_shots: int = Field(4, ge=1, description="SliCK: exemplars per set")
+    slick_samples: int = Field(4, ge=1, description="SliCK: samples per set at slick_temperature")
+    slick_temperature: float = Field(0.5, gt=0)
+    chunk_size: int = Field(64, ge=1, description="facts per resumable chunk")
+    batch_size: int = Field(64, ge=1)
+    device: str = "auto"
+    seed: int = 0
+    trust_remote_code: bool = False
+    out: Path
+
+    @field_validator("thresholds")
+    @classmethod
+    def _ascending(cls, v: tuple[float, ...]) -> tuple[float, ...]:
+        if list(v) != sorted(v):
+            raise ValueError("thresholds must be ascending")
+        return v
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:

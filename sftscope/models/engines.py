@@ -3,23 +3,31 @@
 Every stage talks to a model through two calls, so a faster backend (e.g. vLLM) can be added
 later by implementing :class:`Engine` without touching the stages:
 
-* ``generate`` — left-padded batches sorted by length, KV cache, greedy or pure temperature
-  sampling (no top-k/top-p truncation, so probabilities mean what the probe assumes), ``n``
-  return sequences per prompt sharing the prompt's prefill, stop strings.
-* ``score`` — per-token log-probabilities of given continuations after given prompts.
+* ``generate`` — batches of token-sorted prompts whose shared prefixes are prefilled once, KV
+  cache, greedy or pure temperature sampling (no top-k/top-p truncation, so probabilities mean
+  what the probe assumes), ``n`` samples per prompt sharing the prompt's prefill, stop strings,
+  and an optional per-prompt early exit once a sample's outcome is decided.
+* ``score`` — per-token (temperature-scaled) log-probabilities of given continuations.
 
 Determinism: one seed per batch, derived from ``seed`` and the batch's position in the
-length-sorted order; the same inputs, batch size and seed give the same samples.
+token-sorted order; the same inputs, batch size and seed give the same samples. Early exit
+does not change the samples: finished rows still draw (discarded) tokens, so every other
+row's random stream is the same with or without it.
+
+A vLLM backend would implement the same two calls (``SamplingParams(n=…, temperature=…,
+stop=…)`` for ``generate``, ``prompt_logprobs`` for ``score``) and may ignore ``done_if``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import torch
 from tqdm.auto import tqdm
-from transformers import DynamicCache, PreTrainedModel
+from transformers import DynamicCache, PreTrainedModel, StoppingCriteria, StoppingCriteriaList
+
+DoneIf = Callable[[str], bool]
 
 
 class Engine(Protocol):
@@ -34,15 +42,24 @@ class Engine(Protocol):
         seed: int = 0,
         stop: Sequence[str] = (),
         desc: str = "generate",
+        done_if: Sequence[DoneIf] | None = None,
     ) -> list[list[str]]:
         """``n`` completions per prompt (greedy when temperature is 0), cut at stop strings.
+
+        ``done_if[i](text)`` may end prompt ``i``'s sequences early once their outcome is decided;
+        it is an optimisation a backend may ignore, so it must never change what is counted.
         ``desc`` labels the progress bar."""
         ...
 
     def score(
-        self, prompts: Sequence[str], continuations: Sequence[str], desc: str = "score"
+        self,
+        prompts: Sequence[str],
+        continuations: Sequence[str],
+        desc: str = "score",
+        temperature: float = 1.0,
     ) -> list[list[float]]:
-        """Log-probability of each continuation token given the prompt and earlier tokens."""
+        """Log-probability of each continuation token given the prompt and earlier tokens,
+        under the temperature-scaled distribution ``softmax(logits / temperature)``."""
         ...
 
 
@@ -98,6 +115,28 @@ def cut_at_stop(text: str, stop: Sequence[str]) -> str:
     return text[:cut]
 
 
+class _DoneCriteria(StoppingCriteria):
+    """Per-row early exit: a row stops once its predicate holds for its text so far."""
+
+    def __init__(self, tokenizer, prompt_width: int, checks: Sequence[DoneIf]) -> None:
+        self.tokenizer = tokenizer
+        self.prompt_width = prompt_width
+        self.checks = checks
+        self.done: torch.Tensor | None = None
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
+        if self.done is None:
+            self.done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        todo = (~self.done).nonzero().flatten().tolist()
+        texts = self.tokenizer.batch_decode(
+            input_ids[todo, self.prompt_width :], skip_special_tokens=True
+        )
+        for row, text in zip(todo, texts, strict=True):
+            if self.checks[row](text):
+                self.done[row] = True
+        return self.done.clone()
+
+
 class HFEngine:
     """:class:`Engine` over a transformers causal LM (CPU or CUDA)."""
 
@@ -112,6 +151,7 @@ class HFEngine:
         self.tokenizer = tokenizer
         self.batch_size = batch_size
         self.progress = progress
+        self.tokens_forwarded = 0  # non-padding token positions run through the model
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
 
@@ -159,6 +199,7 @@ class HFEngine:
         rests = [r[len(prefixes[g]) :] for r, g in zip(rows, group_of_row, strict=True)]
         pre_ids, pre_mask = self._left_pad(prefixes)
         cache = DynamicCache(config=self.model.config)
+        self.tokens_forwarded += int(pre_mask.sum())
         if pre_ids.shape[1]:
             self.model(
                 input_ids=pre_ids,
@@ -174,6 +215,7 @@ class HFEngine:
         ids = torch.cat([pre_ids[index], rest_ids], dim=1)
         mask = torch.cat([pre_mask[index], rest_mask], dim=1)
         done, width = pre_ids.shape[1], ids.shape[1]
+        self.tokens_forwarded += int(mask[:, done : width - 1].sum())
         if width - 1 > done:
             position_ids = (mask[:, : width - 1].cumsum(-1) - 1).clamp(min=0)
             self.model(
@@ -199,6 +241,7 @@ class HFEngine:
         seed: int = 0,
         stop: Sequence[str] = (),
         desc: str = "generate",
+        done_if: Sequence[DoneIf] | None = None,
     ) -> list[list[str]]:
         if not prompts:
             return []
@@ -221,9 +264,19 @@ class HFEngine:
             ids, mask, cache = self._prefill([encoded[i] for i in idx], n)
             if sample:
                 torch.manual_seed(seed * 1_000_003 + b)
+            criteria = None
+            if done_if is not None:
+                checks = [done_if[idx[j // n]] for j in range(len(idx) * n)]
+                done = _DoneCriteria(self.tokenizer, ids.shape[1], checks)
+                criteria = StoppingCriteriaList([done])
             gen = self.model.generate(
-                input_ids=ids, attention_mask=mask, past_key_values=cache, **kwargs
+                input_ids=ids,
+                attention_mask=mask,
+                past_key_values=cache,
+                stopping_criteria=criteria,
+                **kwargs,
             )
+            self.tokens_forwarded += ids.shape[0] * (gen.shape[1] - ids.shape[1])
             texts = self.tokenizer.batch_decode(gen[:, ids.shape[1] :], skip_special_tokens=True)
             for j, text in enumerate(texts):
                 out[idx[j // n]].append(cut_at_stop(text, stop))
@@ -237,6 +290,7 @@ class HFEngine:
         prompts: Sequence[str],
         continuations: Sequence[str],
         desc: str = "score",
+        temperature: float = 1.0,
     ) -> list[list[float]]:
         """Continuations are tokenised on their own (no special tokens) and appended to the
         prompt's tokens, the same split the SFT stage uses, so scores match what is trained."""
@@ -255,13 +309,14 @@ class HFEngine:
             # Left padding puts every continuation at the end, so only the last
             # (longest continuation + 1) positions' logits are ever needed.
             keep = max(len(c_ids[i]) for i in idx) + 1
+            self.tokens_forwarded += int(mask.sum())
             logits = self.model(
                 input_ids=ids,
                 attention_mask=mask,
                 position_ids=position_ids,
                 logits_to_keep=keep,
             ).logits.float()
-            logprobs = torch.log_softmax(logits[:, :-1], dim=-1)
+            logprobs = torch.log_softmax(logits[:, :-1] / temperature, dim=-1)
             targets = ids[:, ids.shape[1] - keep + 1 :]
             token_lp = logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
             for j, i in enumerate(idx):

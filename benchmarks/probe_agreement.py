@@ -1,0 +1,177 @@
+"""Sampling protocol (paper) vs the calibrated likelihood estimator, on geography facts.
+
+Draws a seeded sample of geography train facts, splits it into a calibration part and a
+disjoint evaluation part, probes both with the paper's sampling protocol (21 templates x 10
+samples, T=0.7, 32 tokens) and with the likelihood estimator, fits the estimator's thresholds on
+the calibration part, and reports on the evaluation part: level agreement, Spearman rho of R-hat
+vs R, and the compute ratio (wall time, forward tokens). Probe folders are resumable, so a long
+run can be interrupted and continued. Optionally also times the sampling protocol without its
+early exit on a few facts (same R expected, ratio of wall times).
+
+    .venv/bin/python benchmarks/probe_agreement.py --calib 150 --eval 300 --out runs/agreement
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+from pathlib import Path
+
+from sftscope.calibration import agreement_matrix, calibrate
+from sftscope.config import ProbeConfig
+from sftscope.data.dataset import load_items, resolve_dataset
+from sftscope.io import read_jsonl
+from sftscope.mastery import level_of
+from sftscope.models.engines import HFEngine
+from sftscope.models.loading import load_model
+from sftscope.probe import run_probe
+
+
+def spearman(x: list[float], y: list[float]) -> float:
+    def ranks(v: list[float]) -> list[float]:
+        order = sorted(range(len(v)), key=lambda i: v[i])
+        r = [0.0] * len(v)
+        i = 0
+        while i < len(order):
+            j = i
+            while j + 1 < len(order) and v[order[j + 1]] == v[order[i]]:
+                j += 1
+            for k in range(i, j + 1):
+                r[order[k]] = (i + j) / 2
+            i = j + 1
+        return r
+
+    rx, ry = ranks(x), ranks(y)
+    mx, my = sum(rx) / len(rx), sum(ry) / len(ry)
+    cov = sum((a - mx) * (b - my) for a, b in zip(rx, ry, strict=True))
+    vx = sum((a - mx) ** 2 for a in rx) ** 0.5
+    vy = sum((b - my) ** 2 for b in ry) ** 0.5
+    return cov / (vx * vy) if vx and vy else float("nan")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="smollm2")
+    ap.add_argument("--calib", type=int, default=150, help="facts to calibrate on")
+    ap.add_argument("--eval", type=int, default=300, help="facts to evaluate on (disjoint)")
+    ap.add_argument(
+        "--no-exit-facts", type=int, default=0,
+        help="also time the sampling protocol without early exit on this many facts",
+    )  # fmt: skip
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--out", type=Path, default=Path("runs/agreement"))
+    args = ap.parse_args()
+
+    ds = resolve_dataset("geo")
+    items = load_items(ds, ["train"])
+    rng = random.Random(args.seed)
+    picked = rng.sample(items, args.calib + args.eval)
+    view_ids = _view_ids(picked)
+    ids = {"calib": view_ids[: args.calib], "eval": view_ids[args.calib :]}
+    model, tok = load_model(args.model, device="cpu")
+    engine = HFEngine(model, tok, batch_size=args.batch_size, progress=False)
+    base = dict(model=args.model, data="geo", split="train", batch_size=args.batch_size,
+                seed=args.seed, device="cpu")  # fmt: skip
+    # The probes take relation/limit filters, not id lists: write the sample as a dataset view.
+    view = _write_view(ds, picked, args.out / "data")
+    summaries = {}
+    for method in ("sampling", "likelihood"):
+        cfg = ProbeConfig(**base, data_dir=view, method=method, out=args.out / method)
+        summaries[method] = run_probe(cfg, engine=engine)
+    samp = {r["id"]: r for r in read_jsonl(args.out / "sampling" / "mastery.jsonl")}
+    lik = {r["id"]: r for r in read_jsonl(args.out / "likelihood" / "mastery.jsonl")}
+    # Calibrate on the calibration ids only.
+    calib_dir = args.out / "calib"
+    for name, rows in (("sampling", samp), ("likelihood", lik)):
+        (calib_dir / name).mkdir(parents=True, exist_ok=True)
+        text = "".join(
+            json.dumps(rows[i]) + "\n" for i in ids["calib"] if rows[i]["level"] is not None
+        )
+        (calib_dir / name / "mastery.jsonl").write_text(text)
+    cal = calibrate(calib_dir / "sampling", calib_dir / "likelihood", args.out / "calibration.json")
+    ev = [i for i in ids["eval"] if samp[i]["level"] is not None and lik[i]["R"] is not None]
+    pred = [level_of(lik[i]["R"], cal["thresholds"]) for i in ev]
+    ref = [samp[i]["level"] for i in ev]
+    agree = sum(p == r for p, r in zip(pred, ref, strict=True)) / len(ev)
+    within1 = sum(abs(p - r) <= 1 for p, r in zip(pred, ref, strict=True)) / len(ev)
+    rho = spearman([lik[i]["R"] for i in ev], [samp[i]["R"] for i in ev])
+    s, l_ = summaries["sampling"], summaries["likelihood"]
+    print(f"facts: calibration {len(ids['calib'])}, evaluation {len(ev)} (geography train)")
+    print(f"sampling protocol: {s['wall_seconds']} s, {s['facts_per_second']} facts/s, "
+          f"{s['forward_tokens']} forward tokens (this invocation)")  # fmt: skip
+    print(f"likelihood:        {l_['wall_seconds']} s, {l_['facts_per_second']} facts/s, "
+          f"{l_['forward_tokens']} forward tokens")  # fmt: skip
+    if s["wall_seconds"] and l_["wall_seconds"] and l_["forward_tokens"]:
+        wall = s["wall_seconds"] / l_["wall_seconds"]
+        toks = s["forward_tokens"] / l_["forward_tokens"]
+        print(f"compute ratio (likelihood / sampling): wall 1/{wall:.0f}, tokens 1/{toks:.0f}")
+    print(f"calibrated thresholds: {[round(t, 5) for t in cal['thresholds']]} "
+          f"(agreement on calibration set {100 * cal['agreement']:.1f}%)")  # fmt: skip
+    print(f"level agreement on evaluation set: {100 * agree:.1f}% "
+          f"(within one level {100 * within1:.1f}%)")  # fmt: skip
+    print(f"Spearman rho(R-hat, R): {rho:.3f}")
+    print("confusion (rows: sampling level, cols: likelihood level):")
+    for k, row in enumerate(agreement_matrix(pred, ref)):
+        print(f"  {k}: {row}")
+    print("sampling-level histogram (evaluation set):", [ref.count(k) for k in range(5)])
+    if args.no_exit_facts:
+        _early_exit_speed(args, base, view, engine)
+
+
+def _early_exit_speed(args, base: dict, view: Path, engine: HFEngine) -> None:
+    """Same facts, same seed, with and without early exit: R must match, wall times differ."""
+    runs = {}
+    for flag in (True, False):
+        cfg = ProbeConfig(**base, data_dir=view, method="sampling", early_exit=flag,
+                          limit_per_relation=None, chunk_size=10_000,
+                          out=args.out / f"exit-{flag}")  # fmt: skip
+        cfg = cfg.model_copy(update={"relations": None})
+        runs[flag] = run_probe(_first_n(cfg, args.no_exit_facts), engine=engine)
+    same = (
+        [r["R"] for r in read_jsonl(args.out / "exit-True" / "mastery.jsonl")]
+        == [r["R"] for r in read_jsonl(args.out / "exit-False" / "mastery.jsonl")]
+    )  # fmt: skip
+    t_on, t_off = runs[True]["wall_seconds"], runs[False]["wall_seconds"]
+    print(f"early exit on {args.no_exit_facts} facts: {t_off} s -> {t_on} s "
+          f"({t_off / t_on:.2f}x), identical R: {same}")  # fmt: skip
+
+
+def _first_n(cfg: ProbeConfig, n: int) -> ProbeConfig:
+    view = Path(cfg.data_dir)
+    sub = view.parent / f"first-{n}"
+    if not sub.exists():
+        ds = resolve_dataset("geo", view)
+        _write_view(ds, load_items(ds, ["train"])[:n], sub)
+    return cfg.model_copy(update={"data_dir": sub})
+
+
+def _view_ids(items) -> list[str]:
+    """Ids the items get in the view folder: per relation, in the given order."""
+    seen: dict[str, int] = {}
+    out = []
+    for it in items:
+        out.append(f"{it.relation}/train/{seen.get(it.relation, 0)}")
+        seen[it.relation] = seen.get(it.relation, 0) + 1
+    return out
+
+
+def _write_view(ds, items, root: Path) -> Path:
+    """The chosen facts as a dataset folder (same relations metadata, subject kept)."""
+    if (root / "dataset.json").exists():
+        return root
+    (root / "train").mkdir(parents=True, exist_ok=True)
+    meta = {"name": "geo", "relations": [r.model_dump(mode="json") for r in ds.relations.values()]}
+    by_rel: dict[str, list] = {r: [] for r in ds.relations}
+    for it in items:
+        by_rel[it.relation].append({"question": it.question, "answers": list(it.answers),
+                                    "subject": it.subject})  # fmt: skip
+    for rel, rows in by_rel.items():
+        (root / "train" / f"{rel}.train.json").write_text(json.dumps(rows, ensure_ascii=False))
+    (root / "dataset.json").write_text(json.dumps(meta))
+    return root
+
+
+if __name__ == "__main__":
+    main()

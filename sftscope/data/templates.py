@@ -1,0 +1,124 @@
+"""Mapping templates for the knowledge-mastery probe, loaded from ``templates.yaml``.
+
+The probe (PAPER.md §2) asks the base model to complete declarative sentence prefixes such as
+"{subject} was born in" -- 21 of them per relation in the paper -- and scores a fact by how
+often a gold answer follows. The templates are data, not code: they are kept in a packaged
+YAML file so they can be reviewed, extended or replaced (``templates_file`` in the probe
+config) without touching the probe. The file maps dataset name -> relation id ->
+``{question, mapping}``; see its header comment. Loading checks every template a run would
+use and fails with one line naming the file and the dataset, relation or template at fault.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sftscope.errors import SftscopeError
+
+__all__ = ["MIN_TEMPLATES", "PLACEHOLDER", "RelationTemplates", "fill", "load_templates"]
+
+PLACEHOLDER = "{subject}"
+MIN_TEMPLATES = 21  # the paper's N_map
+DEFAULT_PATH = Path(__file__).parent / "templates.yaml"
+
+
+@dataclass(frozen=True)
+class RelationTemplates:
+    """One relation's question template and its mapping templates, in file order."""
+
+    relation: str
+    question: str
+    mapping: tuple[str, ...]
+
+
+def fill(template: str, subject: str) -> str:
+    """``template`` with its ``{subject}`` placeholder replaced (no ``str.format``: subjects
+    and templates may contain braces)."""
+    if PLACEHOLDER not in template:
+        raise SftscopeError(f"template {template!r} has no {PLACEHOLDER} placeholder")
+    return template.replace(PLACEHOLDER, subject, 1)
+
+
+def load_templates(dataset: str, path: Path | str | None = None) -> dict[str, RelationTemplates]:
+    """Relation id -> templates for ``dataset`` (``entityquestions``, ``geo``, ...).
+
+    ``path`` is a user-supplied YAML file with the packaged file's layout; by default the
+    packaged ``templates.yaml`` is used (parsed once per process).
+    """
+    if path is None:
+        return dict(_packaged(dataset))
+    path = Path(path)
+    return _parse_dataset(_read(path), dataset, str(path))
+
+
+@functools.cache
+def _packaged(dataset: str) -> dict[str, RelationTemplates]:
+    return _parse_dataset(_packaged_data(), dataset, DEFAULT_PATH.name)
+
+
+@functools.cache
+def _packaged_data() -> Any:
+    return _read(DEFAULT_PATH)
+
+
+def _read(path: Path) -> Any:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SftscopeError(f"{path}: template file not found") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise SftscopeError(f"{path}: cannot read template file ({e})") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        first = " ".join(str(e).split())
+        raise SftscopeError(f"{path}: invalid YAML ({first})") from None
+
+
+def _parse_dataset(data: Any, dataset: str, source: str) -> dict[str, RelationTemplates]:
+    if not isinstance(data, dict):
+        raise SftscopeError(f"{source}: expected a mapping of dataset names at top level")
+    if dataset not in data:
+        known = ", ".join(map(str, data)) or "none"
+        raise SftscopeError(f"{source}: unknown dataset {dataset!r} (known: {known})")
+    relations = data[dataset]
+    if not isinstance(relations, dict) or not relations:
+        raise SftscopeError(f"{source}: {dataset}: expected a mapping of relation ids")
+    return {
+        str(rel): _parse_relation(entry, f"{source}: {dataset}/{rel}", str(rel))
+        for rel, entry in relations.items()
+    }
+
+
+def _parse_relation(entry: Any, where: str, relation: str) -> RelationTemplates:
+    if not isinstance(entry, dict):
+        raise SftscopeError(f"{where}: expected 'question' and 'mapping' keys")
+    question = entry.get("question")
+    if not isinstance(question, str) or question.count(PLACEHOLDER) != 1:
+        raise SftscopeError(f"{where}: 'question' must be a string with one {PLACEHOLDER}")
+    mapping = entry.get("mapping")
+    if not isinstance(mapping, list):
+        raise SftscopeError(f"{where}: 'mapping' must be a list of templates")
+    seen: dict[str, int] = {}
+    for i, template in enumerate(mapping):
+        at = f"{where}: mapping[{i}]"
+        if not isinstance(template, str):
+            raise SftscopeError(f"{at}: expected a string, got {type(template).__name__}")
+        if template.count(PLACEHOLDER) != 1:
+            raise SftscopeError(f"{at}: {template!r} must contain {PLACEHOLDER} exactly once")
+        if template != template.strip():
+            raise SftscopeError(f"{at}: {template!r} has leading or trailing whitespace")
+        key = " ".join(template.casefold().split())
+        if key in seen:
+            raise SftscopeError(f"{at}: {template!r} duplicates mapping[{seen[key]}]")
+        seen[key] = i
+    if len(mapping) < MIN_TEMPLATES:
+        raise SftscopeError(
+            f"{where}: {len(mapping)} mapping templates, at least {MIN_TEMPLATES} needed"
+        )
+    return RelationTemplates(relation=relation, question=question, mapping=tuple(mapping))

@@ -1,0 +1,306 @@
+"""Knowledge-mastery probe (PAPER.md §2): how well the base model knows each fact.
+
+Three methods, one output contract (``mastery.jsonl``: id, relation, split, R, level,
+n_correct, n_total, method):
+
+* ``sampling`` — the paper: N_map mapping templates × N_sample samples at temperature T, max 32
+  new tokens; a sample is correct when it contains a gold alias; R = correct / total. Batched
+  across facts and templates, each prompt's prefill shared by its samples, and a sample stops
+  as soon as its outcome is decided (this never changes R; see ``mastery.decided``).
+  Generations are kept in ``generations.jsonl.gz`` so facts can be relabelled offline.
+* ``likelihood`` — one teacher-forced pass per template: R̂ = mean over templates of
+  P_T(continuation is a gold alias); levels from thresholds calibrated against ``sampling``.
+* ``slick`` — Gekhman et al. (2024): greedy and sampled answers under several few-shot
+  exemplar sets; HighlyKnown / MaybeKnown / WeaklyKnown / Unknown.
+
+Facts are processed in fixed chunks, each written atomically to ``parts/``; a killed probe
+rerun with the same settings skips finished chunks and gives the same result.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import shutil
+import time
+from collections.abc import Sequence
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from sftscope.config import ProbeConfig, dump_config
+from sftscope.data.dataset import load_items, resolve_dataset
+from sftscope.data.matching import contains_answer
+from sftscope.data.schema import QAItem
+from sftscope.data.templates import fill, load_templates
+from sftscope.errors import SftscopeError
+from sftscope.evaluate import STOP, exemplar_pool
+from sftscope.io import atomic_write_json, atomic_write_jsonl, atomic_write_text, read_jsonl
+from sftscope.mastery import (
+    N_LEVELS,
+    alias_probability,
+    decided,
+    level_of,
+    prefix_free,
+    slick_category,
+    slick_level,
+)
+from sftscope.models.engines import Engine
+from sftscope.prompts import fewshot_prompt, pick_exemplars
+
+Record = dict[str, Any]
+
+
+def _record(item: QAItem, method: str, r: float | None, level: int | None, **extra) -> Record:
+    return {"id": item.id, "relation": item.relation, "split": item.split, "R": r,
+            "level": level, "method": method, **extra}  # fmt: skip
+
+
+def probe_sampling(
+    engine: Engine, items: Sequence[QAItem], templates: dict[str, Sequence[str]],
+    cfg: ProbeConfig, seed: int,
+) -> tuple[list[Record], list[Record]]:  # fmt: skip
+    """The paper's protocol; returns (mastery records, generation records)."""
+    prompts, owner = [], []
+    for i, it in enumerate(items):
+        for t in templates[it.relation]:
+            prompts.append(fill(t, it.subject or ""))
+            owner.append(i)
+    done_if = [partial(decided, answers=items[i].accepted) for i in owner]
+    outs = engine.generate(
+        prompts, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+        n=cfg.samples, seed=seed, done_if=done_if if cfg.early_exit else None, desc="probe",
+    )  # fmt: skip
+    per_item: list[list[tuple[str, list[str]]]] = [[] for _ in items]
+    for i, prompt, samples in zip(owner, prompts, outs, strict=True):
+        per_item[i].append((prompt, samples))
+    records, gens = [], []
+    for it, rows in zip(items, per_item, strict=True):
+        total = sum(len(s) for _, s in rows)
+        correct = sum(contains_answer(x, it.accepted) for _, s in rows for x in s)
+        r = correct / total
+        records.append(_record(it, "sampling", r, level_of(r, cfg.thresholds),
+                               n_correct=correct, n_total=total))  # fmt: skip
+        gens.append({"id": it.id, "prompts": [p for p, _ in rows], "samples": [s for _, s in rows]})
+    return records, gens
+
+
+def likelihood_scores(
+    engine: Engine, items: Sequence[QAItem], templates: dict[str, Sequence[str]],
+    temperature: float,
+) -> list[list[float]]:  # fmt: skip
+    """Per fact, per template: P_T(the continuation is a gold alias), one scoring pass."""
+    prompts, conts, owner = [], [], []
+    for i, it in enumerate(items):
+        aliases = prefix_free(it.accepted)
+        for j, t in enumerate(templates[it.relation]):
+            for alias in aliases:
+                prompts.append(fill(t, it.subject or ""))
+                conts.append(" " + alias)
+                owner.append((i, j))
+    logprobs = engine.score(prompts, conts, temperature=temperature, desc="probe")
+    sums: dict[tuple[int, int], list[float]] = {}
+    for key, lp in zip(owner, logprobs, strict=True):
+        sums.setdefault(key, []).append(sum(lp))
+    return [
+        [alias_probability(sums.get((i, j), [])) for j in range(len(templates[it.relation]))]
+        for i, it in enumerate(items)
+    ]
+
+
+def probe_likelihood(
+    engine: Engine, items: Sequence[QAItem], templates: dict[str, Sequence[str]],
+    cfg: ProbeConfig, thresholds: Sequence[float],
+) -> list[Record]:  # fmt: skip
+    records = []
+    for it, probs in zip(items, likelihood_scores(engine, items, templates, cfg.temperature),
+                         strict=True):  # fmt: skip
+        r = sum(probs) / len(probs)
+        records.append(_record(it, "likelihood", r, level_of(r, thresholds),
+                               n_correct=None, n_total=len(probs)))  # fmt: skip
+    return records
+
+
+def probe_slick(
+    engine: Engine, items: Sequence[QAItem], exemplar_sets: dict[str, list[list[QAItem]]],
+    cfg: ProbeConfig, seed: int,
+) -> list[Record]:  # fmt: skip
+    """Greedy and T=0.5 answers under each few-shot exemplar set (answers cut at newline)."""
+    prompts, owner = [], []
+    for i, it in enumerate(items):
+        for shots in exemplar_sets.get(it.relation, []):
+            prompts.append(fewshot_prompt(it.question, shots))
+            owner.append(i)
+    greedy = engine.generate(prompts, max_new_tokens=16, stop=STOP, desc="slick greedy")
+    sampled = engine.generate(
+        prompts, max_new_tokens=16, temperature=cfg.slick_temperature, n=cfg.slick_samples,
+        seed=seed, stop=STOP, desc="slick sampled",
+    )  # fmt: skip
+    g_ok = [0] * len(items)
+    s_ok = [0] * len(items)
+    g_n = [0] * len(items)
+    for i, (g,), s in zip(owner, greedy, sampled, strict=True):
+        g_n[i] += 1
+        g_ok[i] += contains_answer(g, items[i].accepted)
+        s_ok[i] += sum(contains_answer(x, items[i].accepted) for x in s)
+    records = []
+    for i, it in enumerate(items):
+        p_g = g_ok[i] / g_n[i]
+        p_s = s_ok[i] / (g_n[i] * cfg.slick_samples)
+        records.append(_record(
+            it, "slick", p_g, slick_level(p_g, p_s), n_correct=g_ok[i] + s_ok[i],
+            n_total=g_n[i] * (1 + cfg.slick_samples), p_greedy=p_g, p_sampled=p_s,
+            category=slick_category(p_g, p_s),
+        ))  # fmt: skip
+    return records
+
+
+def slick_exemplar_sets(pool: Sequence[QAItem], cfg: ProbeConfig) -> dict[str, list[list]]:
+    sets: dict[str, list[list[QAItem]]] = {}
+    for s in range(cfg.slick_sets):
+        for rel, shots in pick_exemplars(pool, cfg.slick_shots, cfg.seed * 7919 + s).items():
+            sets.setdefault(rel, []).append(shots)
+    return sets
+
+
+def load_thresholds(cfg: ProbeConfig) -> tuple[float, ...]:
+    if cfg.calibration is None:
+        return tuple(cfg.thresholds)
+    try:
+        data = json.loads(Path(cfg.calibration).read_text(encoding="utf-8"))
+        thresholds = tuple(float(x) for x in data["thresholds"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise SftscopeError(f"{cfg.calibration}: not a calibration file ({e})") from None
+    if len(thresholds) != N_LEVELS - 1:
+        raise SftscopeError(f"{cfg.calibration}: expected {N_LEVELS - 1} thresholds")
+    return thresholds
+
+
+def histogram(records: Sequence[Record]) -> dict[str, list[int]]:
+    """Facts per level, per relation (in first-seen order) and in total."""
+    hist: dict[str, list[int]] = {}
+    for r in records:
+        if r["level"] is not None:
+            hist.setdefault(r["relation"], [0] * N_LEVELS)[r["level"]] += 1
+    hist["total"] = [sum(h[k] for h in hist.values()) for k in range(N_LEVELS)]
+    return hist
+
+
+def _settings(cfg: ProbeConfig) -> str:
+    return dump_config(cfg.model_copy(update={"out": Path(".")}))
+
+
+def run_probe(cfg: ProbeConfig, engine: Engine | None = None) -> dict[str, Any]:
+    """The ``sftscope probe`` stage; resumable, see the module docstring."""
+    out = Path(cfg.out)
+    dataset = resolve_dataset(cfg.data, cfg.data_dir)
+    items = load_items(dataset, [cfg.split], cfg.relations, cfg.limit_per_relation)
+    if not items:
+        raise SftscopeError(f"no items to probe in {dataset.root} (split {cfg.split})")
+    thresholds = load_thresholds(cfg)
+    templates: dict[str, Sequence[str]] = {}
+    exemplar_sets: dict[str, list[list[QAItem]]] = {}
+    if cfg.method == "slick":
+        pool = exemplar_pool(dataset, cfg.split, sorted({it.relation for it in items}))
+        exemplar_sets = slick_exemplar_sets(pool, cfg)
+    else:
+        table = load_templates(dataset.name, cfg.templates_file)
+        for rel in sorted({it.relation for it in items}):
+            if rel not in table:
+                raise SftscopeError(f"no mapping templates for relation {rel} of {dataset.name}")
+            if len(table[rel].mapping) < cfg.templates:
+                raise SftscopeError(
+                    f"config field 'templates': {cfg.templates} > the {len(table[rel].mapping)} "
+                    f"mapping templates of {rel}"
+                )
+            templates[rel] = table[rel].mapping[: cfg.templates]
+    settings = _settings(cfg)
+    settings_path = out / "probe.yaml"
+    if settings_path.exists() and settings_path.read_text(encoding="utf-8") != settings:
+        raise SftscopeError(f"{out} holds a probe with other settings; use another --out")
+    if (out / "summary.json").exists():
+        return json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    atomic_write_text(settings_path, settings)
+
+    probe_items = [it for it in items if it.subject is not None or cfg.method == "slick"]
+    chunks = [
+        probe_items[i : i + cfg.chunk_size] for i in range(0, len(probe_items), cfg.chunk_size)
+    ]
+    parts = out / "parts"
+    todo = [c for c in range(len(chunks)) if not (parts / f"{c:05d}.jsonl").exists()]
+    started, done_now = time.perf_counter(), 0
+    if todo and engine is None:
+        from sftscope.models.engines import HFEngine
+        from sftscope.models.loading import load_model
+
+        model, tok = load_model(
+            cfg.model, device=cfg.device, trust_remote_code=cfg.trust_remote_code
+        )
+        engine = HFEngine(model, tok, batch_size=cfg.batch_size, progress=False)
+    tokens_before = getattr(engine, "tokens_forwarded", 0)
+    bar = tqdm(total=len(probe_items), desc=f"probe ({cfg.method})", unit="fact",
+               initial=len(probe_items) - sum(len(chunks[c]) for c in todo))  # fmt: skip
+    for c in todo:
+        chunk, seed = chunks[c], cfg.seed * 1_000_003 + c
+        gens: list[Record] = []
+        if cfg.method == "sampling":
+            records, gens = probe_sampling(engine, chunk, templates, cfg, seed)
+        elif cfg.method == "likelihood":
+            records = probe_likelihood(engine, chunk, templates, cfg, thresholds)
+        else:
+            records = probe_slick(engine, chunk, exemplar_sets, cfg, seed)
+        if gens:
+            text = "".join(json.dumps(g, ensure_ascii=False) + "\n" for g in gens)
+            _atomic_write_bytes(
+                parts / f"{c:05d}.gen.jsonl.gz", gzip.compress(text.encode(), mtime=0)
+            )
+        atomic_write_jsonl(parts / f"{c:05d}.jsonl", records)  # last: marks the chunk done
+        done_now += len(chunk)
+        bar.update(len(chunk))
+    bar.close()
+    wall = time.perf_counter() - started
+    return _finish(cfg, out, items, chunks, wall, done_now,
+                   getattr(engine, "tokens_forwarded", 0) - tokens_before)  # fmt: skip
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    tmp.write_bytes(data)
+    tmp.replace(path)
+
+
+def _finish(
+    cfg: ProbeConfig, out: Path, items: Sequence[QAItem], chunks: list, wall: float,
+    done_now: int, tokens: int,
+) -> dict[str, Any]:  # fmt: skip
+    parts = out / "parts"
+    records = [r for c in range(len(chunks)) for r in read_jsonl(parts / f"{c:05d}.jsonl")]
+    probed = {r["id"] for r in records}
+    records += [_record(it, cfg.method, None, None, n_correct=None, n_total=0)
+                for it in items if it.id not in probed]  # fmt: skip
+    order = {it.id: k for k, it in enumerate(items)}
+    records.sort(key=lambda r: order[r["id"]])
+    if cfg.method == "sampling":
+        blobs = [(parts / f"{c:05d}.gen.jsonl.gz").read_bytes() for c in range(len(chunks))]
+        _atomic_write_bytes(out / "generations.jsonl.gz", b"".join(blobs))  # gzip members
+    atomic_write_jsonl(out / "mastery.jsonl", records)
+    summary = {
+        "method": cfg.method,
+        "model": cfg.model,
+        "data": cfg.data,
+        "split": cfg.split,
+        "thresholds": list(load_thresholds(cfg)),
+        "n_items": len(items),
+        "n_probed": len(probed),
+        "no_subject": len(items) - len(probed),
+        "histogram": histogram(records),
+        "wall_seconds": round(wall, 2),
+        "facts_per_second": round(done_now / wall, 3) if done_now and wall else None,
+        "forward_tokens": tokens,
+    }
+    atomic_write_json(out / "summary.json", summary)
+    shutil.rmtree(parts, ignore_errors=True)
+    return summary
