@@ -37,7 +37,13 @@ from sftscope.data.schema import QAItem
 from sftscope.data.templates import fill, load_templates
 from sftscope.errors import SftscopeError
 from sftscope.evaluate import STOP, exemplar_pool
-from sftscope.io import atomic_write_json, atomic_write_jsonl, atomic_write_text, read_jsonl
+from sftscope.io import (
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_jsonl,
+    atomic_write_text,
+    read_jsonl,
+)
 from sftscope.mastery import (
     N_LEVELS,
     alias_probability,
@@ -253,7 +259,7 @@ def run_probe(cfg: ProbeConfig, engine: Engine | None = None) -> dict[str, Any]:
             records = probe_slick(engine, chunk, exemplar_sets, cfg, seed)
         if gens:
             text = "".join(json.dumps(g, ensure_ascii=False) + "\n" for g in gens)
-            _atomic_write_bytes(
+            atomic_write_bytes(
                 parts / f"{c:05d}.gen.jsonl.gz", gzip.compress(text.encode(), mtime=0)
             )
         atomic_write_jsonl(parts / f"{c:05d}.jsonl", records)  # last: marks the chunk done
@@ -263,13 +269,6 @@ def run_probe(cfg: ProbeConfig, engine: Engine | None = None) -> dict[str, Any]:
     wall = time.perf_counter() - started
     return _finish(cfg, out, items, chunks, wall, done_now,
                    getattr(engine, "tokens_forwarded", 0) - tokens_before)  # fmt: skip
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.parent.mkdir(parents=True, exist_ok=True)
-    tmp.write_bytes(data)
-    tmp.replace(path)
 
 
 def _finish(
@@ -285,7 +284,7 @@ def _finish(
     records.sort(key=lambda r: order[r["id"]])
     if cfg.method == "sampling":
         blobs = [(parts / f"{c:05d}.gen.jsonl.gz").read_bytes() for c in range(len(chunks))]
-        _atomic_write_bytes(out / "generations.jsonl.gz", b"".join(blobs))  # gzip members
+        atomic_write_bytes(out / "generations.jsonl.gz", b"".join(blobs))  # gzip members
     atomic_write_jsonl(out / "mastery.jsonl", records)
     summary = {
         "method": cfg.method,

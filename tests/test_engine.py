@@ -125,3 +125,19 @@ def test_prefill_cache_gives_exact_next_token_logits(tiny_engine: HFEngine) -> N
             ref = model(torch.tensor([row])).logits[0, -1]
             for k in (2 * j, 2 * j + 1):  # both copies of the n=2 expansion
                 assert torch.allclose(out[k], ref, atol=1e-4), (j, (out[k] - ref).abs().max())
+
+
+def test_score_shares_prompts_across_continuations(tiny_engine: HFEngine) -> None:
+    """Several aliases after one prompt: scored with the prompt run once, same numbers."""
+    prompts = [PROMPTS[0]] * 4 + [PROMPTS[1]] * 2
+    conts = [" Iran", " Islamic Republic of Iran", " I", "", " Ben", " Ben Wyatt"]
+    single = HFEngine(tiny_engine.model, tiny_engine.tokenizer, batch_size=1, progress=False)
+    before = tiny_engine.tokens_forwarded
+    shared = tiny_engine.score(prompts, conts, temperature=0.7)
+    assert tiny_engine.tokens_forwarded - before < sum(
+        len(tiny_engine.tokenizer(p + c)["input_ids"]) for p, c in zip(prompts, conts, strict=True)
+    )
+    alone = single.score(prompts, conts, temperature=0.7)
+    assert [len(s) for s in shared] == [len(s) for s in alone]
+    for a, b in zip(shared, alone, strict=True):
+        assert torch.allclose(torch.tensor(a), torch.tensor(b), atol=1e-5)

@@ -284,6 +284,73 @@ class HFEngine:
         bar.close()
         return out
 
+    def _score_batch(
+        self,
+        prompts: Sequence[Sequence[int]],
+        conts: Sequence[Sequence[int]],
+        temperature: float,
+    ) -> list[list[float]]:
+        """Score one batch, running each distinct prompt once.
+
+        Rows sharing a prompt (one fact-template, several aliases) are adjacent; the distinct
+        prompts go through one left-padded forward whose last logits predict every row's first
+        continuation token, their cache is gathered to the rows, and the continuations (right-
+        padded) follow in a second forward whose logits predict the remaining tokens.
+        """
+        distinct: list[Sequence[int]] = []
+        group_of_row: list[int] = []
+        for p in prompts:
+            if not distinct or list(distinct[-1]) != list(p):
+                distinct.append(p)
+            group_of_row.append(len(distinct) - 1)
+        pre_ids, pre_mask = self._left_pad(distinct)
+        cache = DynamicCache(config=self.model.config)
+        first = (
+            self.model(
+                input_ids=pre_ids,
+                attention_mask=pre_mask,
+                position_ids=(pre_mask.cumsum(-1) - 1).clamp(min=0),
+                past_key_values=cache,
+                use_cache=True,
+                logits_to_keep=1,
+            )
+            .logits[:, -1]
+            .float()
+        )
+        self.tokens_forwarded += int(pre_mask.sum())
+        index = torch.tensor(group_of_row, device=self.device)
+        first_lp = torch.log_softmax(first / temperature, dim=-1)[index]
+        width = max(len(c) for c in conts) - 1
+        rest_lp = None
+        if width > 0:
+            cache.batch_select_indices(index)
+            pad = self.tokenizer.pad_token_id
+            rest = torch.full((len(conts), width), pad, dtype=torch.long)
+            rest_mask = torch.zeros((len(conts), width), dtype=torch.long)
+            for j, c in enumerate(conts):
+                rest[j, : len(c) - 1] = torch.tensor(c[:-1], dtype=torch.long)
+                rest_mask[j, : len(c) - 1] = 1
+            rest, rest_mask = rest.to(self.device), rest_mask.to(self.device)
+            mask = torch.cat([pre_mask[index], rest_mask], dim=1)
+            position_ids = (mask.cumsum(-1) - 1).clamp(min=0)[:, pre_ids.shape[1] :]
+            logits = self.model(
+                input_ids=rest,
+                attention_mask=mask,
+                position_ids=position_ids,
+                past_key_values=cache,
+                use_cache=True,
+            ).logits.float()
+            self.tokens_forwarded += int(rest_mask.sum())
+            rest_lp = torch.log_softmax(logits / temperature, dim=-1)
+        scores = []
+        for j, c in enumerate(conts):
+            values = [first_lp[j, c[0]].item()]
+            if len(c) > 1:
+                targets = torch.tensor(c[1:], device=self.device)
+                values += rest_lp[j, : len(c) - 1].gather(-1, targets[:, None])[:, 0].tolist()
+            scores.append(values)
+        return scores
+
     @torch.inference_mode()
     def score(
         self,
@@ -300,28 +367,17 @@ class HFEngine:
             return []
         p_ids = self._encode(prompts, special=True)
         c_ids = self._encode(continuations, special=False)
-        rows = [p + c for p, c in zip(p_ids, c_ids, strict=True)]
         out: list[list[float]] = [[] for _ in prompts]
         bar = tqdm(total=len(prompts), desc=desc, unit="prompt", disable=not self.progress)
-        for idx in self._batches([len(r) for r in rows]):
-            ids, mask = self._left_pad([rows[i] for i in idx])
-            position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
-            # Left padding puts every continuation at the end, so only the last
-            # (longest continuation + 1) positions' logits are ever needed.
-            keep = max(len(c_ids[i]) for i in idx) + 1
-            self.tokens_forwarded += int(mask.sum())
-            logits = self.model(
-                input_ids=ids,
-                attention_mask=mask,
-                position_ids=position_ids,
-                logits_to_keep=keep,
-            ).logits.float()
-            logprobs = torch.log_softmax(logits[:, :-1] / temperature, dim=-1)
-            targets = ids[:, ids.shape[1] - keep + 1 :]
-            token_lp = logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-            for j, i in enumerate(idx):
-                k = len(c_ids[i])
-                out[i] = token_lp[j, token_lp.shape[1] - k :].tolist() if k else []
-            bar.update(len(idx))
+        order = sorted(range(len(prompts)), key=lambda i: (p_ids[i], c_ids[i], i))
+        for b in range(0, len(order), self.batch_size):
+            idx = [i for i in order[b : b + self.batch_size] if c_ids[i]]
+            if idx:
+                scores = self._score_batch(
+                    [p_ids[i] for i in idx], [c_ids[i] for i in idx], temperature
+                )
+                for i, values in zip(idx, scores, strict=True):
+                    out[i] = values
+            bar.update(len(order[b : b + self.batch_size]))
         bar.close()
         return out
