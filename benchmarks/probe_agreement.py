@@ -73,7 +73,7 @@ def main() -> None:
     model, tok = load_model(args.model, device="cpu")
     engine = HFEngine(model, tok, batch_size=args.batch_size, progress=False)
     base = dict(model=args.model, data="geo", split="train", batch_size=args.batch_size,
-                seed=args.seed, device="cpu")  # fmt: skip
+                chunk_size=8, seed=args.seed, device="cpu")  # fmt: skip
     # The probes take relation/limit filters, not id lists: write the sample as a dataset view.
     view = _write_view(ds, picked, args.out / "data")
     summaries = {}

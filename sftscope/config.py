@@ -76,7 +76,7 @@ class ProbeConfig(DataConfig):
     slick_shots: int = Field(4, ge=1, description="SliCK: exemplars per set")
     slick_samples: int = Field(4, ge=1, description="SliCK: samples per set at slick_temperature")
     slick_temperature: float = Field(0.5, gt=0)
-    chunk_size: int = Field(64, ge=1, description="facts per resumable chunk")
+    chunk_size: int = Field(16, ge=1, description="facts per resumable chunk")
     batch_size: int = Field(64, ge=1)
     device: str = "auto"
     seed: int = 0
