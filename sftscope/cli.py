@@ -28,6 +28,16 @@ console = Console()
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", help="YAML config file")]
 Overrides = Annotated[list[str] | None, typer.Argument(help="key=value config overrides")]
+# Options several stages share; None = "not given", so YAML and defaults apply.
+ModelOpt = Annotated[str | None, typer.Option(help="path, hub id, or 'smollm2'")]
+DataOpt = Annotated[str | None, typer.Option(help="geo | entityquestions")]
+DataDirOpt = Annotated[Path | None, typer.Option(help="dataset folder")]
+SplitOpt = Annotated[str | None, typer.Option(help="train | dev | test")]
+RelationsOpt = Annotated[str | None, typer.Option(help="comma-separated ids, e.g. P17,P36")]
+LimitOpt = Annotated[int | None, typer.Option(help="first N items per relation")]
+BatchOpt = Annotated[int | None, typer.Option(help="prompts per batch")]
+DeviceOpt = Annotated[str | None, typer.Option(help="auto | cpu | cuda")]
+OutOpt = Annotated[Path | None, typer.Option(help="output folder")]
 
 
 def _one_line_errors(fn):
@@ -79,16 +89,16 @@ def summary_table(summary: dict[str, Any], title: str) -> Table:
 def eval_cmd(
     overrides: Overrides = None,
     config: ConfigOpt = None,
-    model: Annotated[str | None, typer.Option(help="path, hub id, or 'smollm2'")] = None,
-    data: Annotated[str | None, typer.Option(help="geo | entityquestions")] = None,
-    data_dir: Annotated[Path | None, typer.Option(help="dataset folder")] = None,
-    split: Annotated[str | None, typer.Option(help="train | dev | test")] = None,
-    relations: Annotated[str | None, typer.Option(help="comma-separated ids, e.g. P17,P36")] = None,
-    limit_per_relation: Annotated[int | None, typer.Option(help="first N items each")] = None,
+    model: ModelOpt = None,
+    data: DataOpt = None,
+    data_dir: DataDirOpt = None,
+    split: SplitOpt = None,
+    relations: RelationsOpt = None,
+    limit_per_relation: LimitOpt = None,
     prompt: Annotated[str | None, typer.Option(help="fewshot | sft")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="prompts per batch")] = None,
-    device: Annotated[str | None, typer.Option(help="auto | cpu | cuda")] = None,
-    out: Annotated[Path | None, typer.Option(help="output folder")] = None,
+    batch_size: BatchOpt = None,
+    device: DeviceOpt = None,
+    out: OutOpt = None,
 ) -> None:
     """Closed-book QA accuracy with per-item records (DIR/records.jsonl, DIR/summary.json)."""
     from sftscope.config import EvalConfig, load_config
@@ -126,20 +136,20 @@ def histogram_table(summary: dict[str, Any]) -> Table:
 def probe_cmd(
     overrides: Overrides = None,
     config: ConfigOpt = None,
-    model: Annotated[str | None, typer.Option(help="path, hub id, or 'smollm2'")] = None,
-    data: Annotated[str | None, typer.Option(help="geo | entityquestions")] = None,
-    data_dir: Annotated[Path | None, typer.Option(help="dataset folder")] = None,
-    split: Annotated[str | None, typer.Option(help="train | dev | test")] = None,
-    relations: Annotated[str | None, typer.Option(help="comma-separated ids, e.g. P17,P36")] = None,
-    limit_per_relation: Annotated[int | None, typer.Option(help="first N items each")] = None,
+    model: ModelOpt = None,
+    data: DataOpt = None,
+    data_dir: DataDirOpt = None,
+    split: SplitOpt = None,
+    relations: RelationsOpt = None,
+    limit_per_relation: LimitOpt = None,
     method: Annotated[str | None, typer.Option(help="sampling | likelihood | slick")] = None,
     templates: Annotated[int | None, typer.Option(help="mapping templates per fact")] = None,
     samples: Annotated[int | None, typer.Option(help="samples per template")] = None,
     temperature: Annotated[float | None, typer.Option(help="sampling temperature")] = None,
     calibration: Annotated[Path | None, typer.Option(help="likelihood thresholds")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="prompts per batch")] = None,
-    device: Annotated[str | None, typer.Option(help="auto | cpu | cuda")] = None,
-    out: Annotated[Path | None, typer.Option(help="output folder")] = None,
+    batch_size: BatchOpt = None,
+    device: DeviceOpt = None,
+    out: OutOpt = None,
 ) -> None:
     """Mastery level (0-4) of every fact for the base model: DIR/mastery.jsonl, summary.json."""
     from sftscope.config import ProbeConfig, load_config

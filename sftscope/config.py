@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from sftscope.data.schema import Split
 from sftscope.errors import SftscopeError
+from sftscope.io import read_yaml
 from sftscope.prompts import PromptStyle
 
 C = TypeVar("C", bound=BaseModel)
@@ -111,15 +112,9 @@ def load_config(
     """YAML file < CLI options (those given) < ``key=value`` overrides, validated by ``cls``."""
     values: dict[str, Any] = {}
     if path is not None:
-        p = Path(path)
-        if not p.exists():
-            raise SftscopeError(f"config file {p} does not exist")
-        try:
-            loaded = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as e:
-            raise SftscopeError(f"{p}: malformed YAML ({str(e).splitlines()[0]})") from None
+        loaded = read_yaml(path, "config file") or {}
         if not isinstance(loaded, dict):
-            raise SftscopeError(f"{p}: expected a mapping of config fields")
+            raise SftscopeError(f"{path}: expected a mapping of config fields")
         values.update(loaded)
     values.update({k: v for k, v in (options or {}).items() if v is not None})
     values.update(parse_overrides(overrides or []))

@@ -63,3 +63,22 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
             except json.JSONDecodeError as e:
                 raise SftscopeError(f"{path}:{lineno}: malformed JSON line ({e.msg})") from None
     return rows
+
+
+def read_yaml(path: str | Path, what: str = "file") -> Any:
+    """Parse a YAML file; a missing, unreadable or malformed one is a one-line error naming it."""
+    import yaml
+
+    from sftscope.errors import SftscopeError
+
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SftscopeError(f"{path}: {what} not found") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise SftscopeError(f"{path}: cannot read {what} ({e})") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise SftscopeError(f"{path}: invalid YAML ({' '.join(str(e).split())})") from None

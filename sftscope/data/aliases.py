@@ -28,6 +28,7 @@ from typing import Any
 import yaml
 
 from sftscope.errors import SftscopeError
+from sftscope.io import read_yaml
 
 _NON_WORD = re.compile(r"[\W_]+")
 _SPACE = re.compile(r"\s+")
@@ -77,13 +78,7 @@ class AliasTable:
     def from_file(cls, path: str | Path) -> AliasTable:
         """Load a user-supplied YAML table; malformed content names the file and entry."""
         path = Path(path)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise SftscopeError(f"{path}: alias file not found") from None
-        except (OSError, UnicodeDecodeError) as e:
-            raise SftscopeError(f"{path}: cannot read alias file ({e})") from None
-        return cls.from_yaml(text, source=str(path))
+        return cls.from_data(read_yaml(path, "alias file"), source=str(path))
 
     @classmethod
     def from_yaml(cls, text: str, source: str = "<string>") -> AliasTable:
@@ -91,6 +86,11 @@ class AliasTable:
             data = yaml.safe_load(text)
         except yaml.YAMLError as e:
             raise SftscopeError(f"{source}: invalid YAML ({_one_line(e)})") from None
+        return cls.from_data(data, source)
+
+    @classmethod
+    def from_data(cls, data: Any, source: str = "<data>") -> AliasTable:
+        """Build from parsed YAML: a list of entries (see the packaged aliases.yaml)."""
         if data is None:
             return cls()
         if not isinstance(data, list):

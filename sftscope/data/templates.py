@@ -16,9 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from sftscope.errors import SftscopeError
+from sftscope.io import read_yaml
 
 __all__ = ["MIN_TEMPLATES", "PLACEHOLDER", "RelationTemplates", "fill", "load_templates"]
 
@@ -53,7 +52,7 @@ def load_templates(dataset: str, path: Path | str | None = None) -> dict[str, Re
     if path is None:
         return dict(_packaged(dataset))
     path = Path(path)
-    return _parse_dataset(_read(path), dataset, str(path))
+    return _parse_dataset(read_yaml(path, "template file"), dataset, str(path))
 
 
 @functools.cache
@@ -63,21 +62,7 @@ def _packaged(dataset: str) -> dict[str, RelationTemplates]:
 
 @functools.cache
 def _packaged_data() -> Any:
-    return _read(DEFAULT_PATH)
-
-
-def _read(path: Path) -> Any:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise SftscopeError(f"{path}: template file not found") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise SftscopeError(f"{path}: cannot read template file ({e})") from None
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        first = " ".join(str(e).split())
-        raise SftscopeError(f"{path}: invalid YAML ({first})") from None
+    return read_yaml(DEFAULT_PATH, "template file")
 
 
 def _parse_dataset(data: Any, dataset: str, source: str) -> dict[str, RelationTemplates]:
