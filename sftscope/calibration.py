@@ -8,11 +8,12 @@ probes with ``calibration=FILE``.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 from sftscope.errors import SftscopeError
-from sftscope.io import atomic_write_json, read_jsonl
+from sftscope.io import atomic_write_json, atomic_write_jsonl, read_jsonl
 from sftscope.mastery import N_LEVELS, fit_thresholds, level_of
 
 
@@ -56,3 +57,32 @@ def calibrate(labels: Path, scores: Path, out: Path) -> dict[str, Any]:
     }
     atomic_write_json(out, result)
     return result
+
+
+def relevel(probe_dir: Path, calibration: Path, out: Path) -> dict[str, Any]:
+    """Relabel a finished likelihood probe with calibrated thresholds, without the model:
+    writes ``out/mastery.jsonl`` and ``out/summary.json`` (R-hat unchanged, levels refitted)."""
+    from sftscope.probe import histogram
+
+    rows = list(_mastery(probe_dir, "likelihood").values())
+    cal = read_calibration(calibration)
+    for r in rows:
+        r["level"] = level_of(r["R"], cal)
+    summary_path = Path(probe_dir) / "summary.json"
+    summary = json.loads(summary_path.read_text(encoding="utf-8")) if summary_path.exists() else {}
+    summary.update(thresholds=list(cal), calibration=str(calibration), histogram=histogram(rows))
+    atomic_write_jsonl(Path(out) / "mastery.jsonl", rows)
+    atomic_write_json(Path(out) / "summary.json", summary)
+    return summary
+
+
+def read_calibration(path: Path) -> tuple[float, ...]:
+    """The four thresholds saved by :func:`calibrate`."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        thresholds = tuple(float(x) for x in data["thresholds"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise SftscopeError(f"{path}: not a calibration file ({e})") from None
+    if len(thresholds) != N_LEVELS - 1 or list(thresholds) != sorted(thresholds):
+        raise SftscopeError(f"{path}: expected {N_LEVELS - 1} ascending thresholds")
+    return thresholds

@@ -190,6 +190,19 @@ def calibrate_cmd(
     )
 
 
+@app.command("relevel")
+@_one_line_errors
+def relevel_cmd(
+    probe_dir: Annotated[Path, typer.Argument(help="finished likelihood-probe folder")],
+    calibration: Annotated[Path, typer.Option(help="calibration.json from sftscope calibrate")],
+    out: Annotated[Path, typer.Option(help="folder for the relabelled mastery.jsonl")],
+) -> None:
+    """Relabel a likelihood probe's levels with calibrated thresholds (no model needed)."""
+    from sftscope.calibration import relevel
+
+    console.print(histogram_table(relevel(probe_dir, calibration, out)))
+
+
 @data_app.command("build-geo")
 @_one_line_errors
 def build_geo_cmd(

@@ -174,14 +174,9 @@ def slick_exemplar_sets(pool: Sequence[QAItem], cfg: ProbeConfig) -> dict[str, l
 def load_thresholds(cfg: ProbeConfig) -> tuple[float, ...]:
     if cfg.calibration is None:
         return tuple(cfg.thresholds)
-    try:
-        data = json.loads(Path(cfg.calibration).read_text(encoding="utf-8"))
-        thresholds = tuple(float(x) for x in data["thresholds"])
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise SftscopeError(f"{cfg.calibration}: not a calibration file ({e})") from None
-    if len(thresholds) != N_LEVELS - 1:
-        raise SftscopeError(f"{cfg.calibration}: expected {N_LEVELS - 1} thresholds")
-    return thresholds
+    from sftscope.calibration import read_calibration
+
+    return read_calibration(cfg.calibration)
 
 
 def histogram(records: Sequence[Record]) -> dict[str, list[int]]:

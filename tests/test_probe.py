@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import EQ_FIXTURE
-from sftscope.data.templates import fill, load_templates
 from typer.testing import CliRunner
 
 import sftscope.probe as probe_mod
 from sftscope.cli import app
 from sftscope.config import ProbeConfig
 from sftscope.data.dataset import load_items, open_dataset
+from sftscope.data.templates import fill, load_templates
 from sftscope.mastery import decided, prefix_free
 from sftscope.models.engines import HFEngine
 from sftscope.probe import likelihood_scores, run_probe
@@ -172,3 +172,23 @@ def test_probe_cli_prints_histogram_and_rejects_bad_input(
     res = runner.invoke(app, [*args[:-1], "99", "--out", str(tmp_path / "bad")])
     assert res.exit_code == 2 and "config field 'templates'" in res.output
     assert not (tmp_path / "bad").exists()
+
+
+def test_calibrate_then_relevel_without_the_model(tiny_model_dir: Path, tmp_path: Path) -> None:
+    from sftscope.calibration import calibrate
+    from sftscope.mastery import level_of
+
+    run_probe(_cfg(tmp_path, "s", tiny_model_dir))
+    run_probe(_cfg(tmp_path, "l", tiny_model_dir, method="likelihood"))
+    cal = calibrate(tmp_path / "s", tmp_path / "l", tmp_path / "cal.json")
+    assert cal["n"] == 8 and 0 <= cal["agreement"] <= 1
+    args = ["relevel", str(tmp_path / "l"), "--calibration", str(tmp_path / "cal.json"),
+            "--out", str(tmp_path / "r")]  # fmt: skip
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    rows = _lines(tmp_path / "r" / "mastery.jsonl")
+    assert [r["level"] for r in rows] == [level_of(r["R"], cal["thresholds"]) for r in rows]
+    with pytest.raises(Exception, match="expected a likelihood probe"):
+        from sftscope.calibration import relevel
+
+        relevel(tmp_path / "s", tmp_path / "cal.json", tmp_path / "bad")
