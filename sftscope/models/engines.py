@@ -173,11 +173,6 @@ class HFEngine:
                 mask[i, width - len(r) :] = 1
         return ids.to(self.device), mask.to(self.device)
 
-    def _batches(self, lengths: Sequence[int]) -> list[list[int]]:
-        """Indices grouped into batches of similar length, longest first (fails fast on OOM)."""
-        order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
-        return [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
-
     def _prefix_batches(self, encoded: Sequence[Sequence[int]]) -> list[list[int]]:
         """Batches of prompts in token order, so prompts sharing a prefix (the same few-shot
         exemplars) sit together and their prefix is prefilled once (see :meth:`_prefill`)."""
