@@ -64,10 +64,12 @@ def relevel(probe_dir: Path, calibration: Path, out: Path) -> dict[str, Any]:
     writes ``out/mastery.jsonl`` and ``out/summary.json`` (R-hat unchanged, levels refitted)."""
     from sftscope.probe import histogram
 
-    rows = list(_mastery(probe_dir, "likelihood").values())
+    _mastery(probe_dir, "likelihood")  # validates the folder and the method
+    rows = read_jsonl(Path(probe_dir) / "mastery.jsonl")  # all rows, unprobed ones included
     cal = read_calibration(calibration)
     for r in rows:
-        r["level"] = level_of(r["R"], cal)
+        if r["R"] is not None:
+            r["level"] = level_of(r["R"], cal)
     summary_path = Path(probe_dir) / "summary.json"
     summary = json.loads(summary_path.read_text(encoding="utf-8")) if summary_path.exists() else {}
     summary.update(thresholds=list(cal), calibration=str(calibration), histogram=histogram(rows))

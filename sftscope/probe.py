@@ -262,13 +262,13 @@ def run_probe(cfg: ProbeConfig, engine: Engine | None = None) -> dict[str, Any]:
         bar.update(len(chunk))
     bar.close()
     wall = time.perf_counter() - started
-    return _finish(cfg, out, items, chunks, wall, done_now,
+    return _finish(cfg, out, items, chunks, thresholds, wall, done_now,
                    getattr(engine, "tokens_forwarded", 0) - tokens_before)  # fmt: skip
 
 
 def _finish(
-    cfg: ProbeConfig, out: Path, items: Sequence[QAItem], chunks: list, wall: float,
-    done_now: int, tokens: int,
+    cfg: ProbeConfig, out: Path, items: Sequence[QAItem], chunks: list,
+    thresholds: Sequence[float], wall: float, done_now: int, tokens: int,
 ) -> dict[str, Any]:  # fmt: skip
     parts = out / "parts"
     records = [r for c in range(len(chunks)) for r in read_jsonl(parts / f"{c:05d}.jsonl")]
@@ -286,7 +286,7 @@ def _finish(
         "model": cfg.model,
         "data": cfg.data,
         "split": cfg.split,
-        "thresholds": list(load_thresholds(cfg)),
+        "thresholds": list(thresholds),
         "n_items": len(items),
         "n_probed": len(probed),
         "no_subject": len(items) - len(probed),
