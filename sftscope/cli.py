@@ -84,6 +84,18 @@ def summary_table(summary: dict[str, Any], title: str) -> Table:
     return table
 
 
+def level_table(by_level: dict[str, Any]) -> Table:
+    """Accuracy per mastery level of the test items and the mean over levels (PAPER.md §4)."""
+    table = Table(title="containment accuracy % per mastery level of the test items")
+    for col in ("items", *(f"level {k}" for k in range(5)), "mean of levels"):
+        table.add_column(col, justify="left" if col == "items" else "right")
+    for key, label in (("in_domain", "in-domain"), ("ood", "out-of-domain")):
+        block = by_level[key]
+        cells = [f"{_pct(v['containment'])} ({v['n']})" for v in block["per_level"]]
+        table.add_row(label, *cells, _pct(block["mean_of_levels"]["containment"]))
+    return table
+
+
 @app.command("eval")
 @_one_line_errors
 def eval_cmd(
@@ -96,6 +108,7 @@ def eval_cmd(
     relations: RelationsOpt = None,
     limit_per_relation: LimitOpt = None,
     prompt: Annotated[str | None, typer.Option(help="fewshot | sft")] = None,
+    mastery: Annotated[Path | None, typer.Option(help="probe folder: accuracy per level")] = None,
     batch_size: BatchOpt = None,
     device: DeviceOpt = None,
     out: OutOpt = None,
@@ -106,12 +119,14 @@ def eval_cmd(
 
     options = dict(
         model=model, data=data, data_dir=data_dir, split=split, relations=relations,
-        limit_per_relation=limit_per_relation, prompt=prompt, batch_size=batch_size,
-        device=device, out=out,
+        limit_per_relation=limit_per_relation, prompt=prompt, mastery=mastery,
+        batch_size=batch_size, device=device, out=out,
     )  # fmt: skip
     cfg = load_config(EvalConfig, config, options, overrides)
     summary = run_eval(cfg)
     console.print(summary_table(summary, f"{cfg.model} on {cfg.data}/{cfg.split} ({cfg.prompt})"))
+    if "by_level" in summary:
+        console.print(level_table(summary["by_level"]))
     console.print(f"records and summary in {cfg.out}")
 
 
@@ -201,6 +216,70 @@ def relevel_cmd(
     from sftscope.calibration import relevel
 
     console.print(histogram_table(relevel(probe_dir, calibration, out)))
+
+
+@app.command("train")
+@_one_line_errors
+def train_cmd(
+    overrides: Overrides = None,
+    config: ConfigOpt = None,
+    model: ModelOpt = None,
+    train_file: Annotated[Path | None, typer.Option(help="JSONL: question + answer")] = None,
+    learning_rate: Annotated[float | None, typer.Option(help="peak learning rate")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="global batch size")] = None,
+    epochs: Annotated[float | None, typer.Option(help="passes over the data")] = None,
+    lora: Annotated[bool | None, typer.Option(help="LoRA adapters instead of full FT")] = None,
+    device: DeviceOpt = None,
+    out: OutOpt = None,
+) -> None:
+    """Fine-tune on question/answer pairs (paper's format, answer-only loss; accelerate-ready)."""
+    from sftscope.config import TrainConfig, load_config
+    from sftscope.train import run_train
+
+    options = dict(
+        model=model, train_file=train_file, learning_rate=learning_rate, batch_size=batch_size,
+        epochs=epochs, lora=lora, device=device, out=out,
+    )  # fmt: skip
+    cfg = load_config(TrainConfig, config, options, overrides)
+    s = run_train(cfg)
+    console.print(
+        f"{s['examples']} examples, {s['steps']} steps, train loss {s['train_loss']:.4f}, "
+        f"{s['wall_seconds']} s on {s['processes']} process(es); model in {cfg.out}"
+    )
+
+
+@app.command("run")
+@_one_line_errors
+def run_cmd(
+    config: Annotated[Path, typer.Argument(help="grid YAML (see configs/)")],
+    overrides: Overrides = None,
+    dry_run: Annotated[bool, typer.Option(help="list what would run, run nothing")] = False,
+) -> None:
+    """The experiment grid: probe, subsets, train, eval per level x size x seed (resumable)."""
+    from sftscope.config import GridConfig, load_config
+    from sftscope.experiment import Grid, cell_table
+
+    cfg = load_config(GridConfig, config, None, overrides)
+    grid = Grid(cfg)
+    if dry_run:
+        table = Table(title=f"plan for {cfg.out}")
+        table.add_column("stage")
+        table.add_column("status")
+        for key, status in grid.plan():
+            table.add_row(key, status)
+        console.print(table)
+        return
+    grid.run()
+    table = Table(title=f"{cfg.out}: containment accuracy % (test levels 0-4, mean of levels)")
+    for col in ("cell", *(f"L{k}" for k in range(5)), "ID mean", "OOD mean", "ID", "OOD"):
+        table.add_column(col, justify="left" if col == "cell" else "right")
+    for r in cell_table(cfg.out):
+        table.add_row(
+            r["cell"], *(_pct(v) for v in r["in_domain_per_level"]), _pct(r["in_domain_mean"]),
+            _pct(r["ood_mean"]), _pct(r["in_domain"]), _pct(r["ood"]),
+        )  # fmt: skip
+    console.print(table)
+    console.print(f"manifest, subsets, models and evals in {cfg.out}")
 
 
 @data_app.command("build-geo")

@@ -37,18 +37,25 @@ class DataConfig(StageConfig):
         return v
 
 
-class EvalConfig(DataConfig):
+class EvalSettings(StageConfig):
+    """How answers are generated and judged; shared by ``sftscope eval`` and the grid."""
+
+    split: Split = "test"
+    limit_per_relation: int | None = Field(None, ge=1, description="first N items per relation")
+    n_shots: int = Field(4, ge=0, description="few-shot exemplars (base model prompts)")
+    max_new_tokens: int = Field(16, ge=1)
+    batch_size: int = Field(32, ge=1)
+    seed: int = Field(0, description="seed for exemplar choice")
+    fold_accents: bool = Field(False, description="accent-insensitive answer matching")
+
+
+class EvalConfig(DataConfig, EvalSettings):
     """Closed-book QA evaluation (PAPER.md §4): greedy, 16 new tokens, stop at newline."""
 
     model: str = Field(description="local path, hub id, or 'smollm2' (the bundled model)")
-    split: Split = "test"
     prompt: PromptStyle = Field("fewshot", description="'sft' for fine-tuned models")
-    n_shots: int = Field(4, ge=0, description="few-shot exemplars from the train split")
-    max_new_tokens: int = Field(16, ge=1)
-    batch_size: int = Field(32, ge=1)
+    mastery: Path | None = Field(None, description="probe folder or mastery.jsonl: per-level acc")
     device: str = Field("auto", description="auto, cpu or cuda[:N]")
-    seed: int = Field(0, description="seed for exemplar choice")
-    fold_accents: bool = Field(False, description="accent-insensitive answer matching")
     trust_remote_code: bool = False
     out: Path
 
@@ -57,11 +64,10 @@ ProbeMethod = Literal["sampling", "likelihood", "slick"]
 PAPER_THRESHOLDS = (0.0, 0.25, 0.5, 0.75)
 
 
-class ProbeConfig(DataConfig):
-    """Knowledge-mastery probe of a base model (PAPER.md §2); defaults are the paper's."""
+class ProbeSettings(StageConfig):
+    """How mastery is measured (PAPER.md §2); defaults are the paper's. Shared by
+    ``sftscope probe`` and the grid."""
 
-    model: str = Field(description="local path, hub id, or 'smollm2' (the bundled model)")
-    split: Split = "train"
     method: ProbeMethod = "sampling"
     templates: int = Field(21, ge=1, description="mapping templates per fact (N_map)")
     samples: int = Field(10, ge=1, description="samples per template (N_sample)")
@@ -79,10 +85,7 @@ class ProbeConfig(DataConfig):
     slick_temperature: float = Field(0.5, gt=0)
     chunk_size: int = Field(16, ge=1, description="facts per resumable chunk")
     batch_size: int = Field(64, ge=1)
-    device: str = "auto"
     seed: int = 0
-    trust_remote_code: bool = False
-    out: Path
 
     @field_validator("thresholds")
     @classmethod
@@ -90,6 +93,52 @@ class ProbeConfig(DataConfig):
         if list(v) != sorted(v):
             raise ValueError("thresholds must be ascending")
         return v
+
+
+class ProbeConfig(DataConfig, ProbeSettings):
+    """``sftscope probe``: the mastery level of every fact of one split, for one base model."""
+
+    model: str = Field(description="local path, hub id, or 'smollm2' (the bundled model)")
+    split: Split = "train"
+    device: str = "auto"
+    trust_remote_code: bool = False
+    out: Path
+
+
+class TrainRecipe(StageConfig):
+    """The SFT recipe (PAPER.md §3.2); defaults are the paper's. Shared by ``sftscope train``
+    and the grid, so a cell's recipe and a single run's are the same object."""
+
+    learning_rate: float = Field(1e-5, gt=0)
+    batch_size: int = Field(8, ge=1, description="global batch (split over processes)")
+    epochs: float = Field(1.0, gt=0)
+    optimizer: str = Field("adamw_torch", description="a transformers optim name")
+    lr_scheduler: str = Field("cosine", description="a transformers scheduler name")
+    warmup: float = Field(0.0, ge=0, description="warmup steps, or a fraction of steps if < 1")
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float = Field(1.0, gt=0)
+    max_length: int = Field(256, ge=8, description="tokens per example (prompt + answer)")
+    lora: bool = Field(False, description="train LoRA adapters (PEFT) instead of all weights")
+    lora_r: int = Field(16, ge=1)
+    lora_alpha: int = Field(32, ge=1)
+    lora_dropout: float = Field(0.05, ge=0, lt=1)
+    lora_targets: str | list[str] = Field("all-linear", description="PEFT target_modules")
+    gradient_checkpointing: bool = False
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="auto: fp32 on CPU, bf16 on GPUs that support it"
+    )
+    device: str = Field("auto", description="auto, cpu or cuda")
+    seed: int = 0
+    logging_steps: int = Field(1, ge=1)
+
+
+class TrainConfig(TrainRecipe):
+    """``sftscope train``: one fine-tuning run on one JSONL file."""
+
+    model: str = Field(description="local path, hub id, or 'smollm2' (the bundled model)")
+    train_file: Path = Field(description="JSONL: question+answer or prompt+completion per line")
+    trust_remote_code: bool = False
+    out: Path
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:
@@ -101,6 +150,20 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
             raise SftscopeError(f"override {pair!r}: expected key=value")
         out[key.strip()] = yaml.safe_load(value) if value else None
     return out
+
+
+def _set_dotted(values: dict[str, Any], key: str, value: Any) -> None:
+    """``train.learning_rate=1e-4`` sets a field of a nested section."""
+    *parents, leaf = key.split(".")
+    node = values
+    for i, part in enumerate(parents):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        elif not isinstance(child, dict):
+            raise SftscopeError(f"override {key!r}: {'.'.join(parents[: i + 1])} is not a section")
+        node = child
+    node[leaf] = value
 
 
 def load_config(
@@ -117,7 +180,8 @@ def load_config(
             raise SftscopeError(f"{path}: expected a mapping of config fields")
         values.update(loaded)
     values.update({k: v for k, v in (options or {}).items() if v is not None})
-    values.update(parse_overrides(overrides or []))
+    for key, value in parse_overrides(overrides or []).items():
+        _set_dotted(values, key, value)
     try:
         return cls.model_validate(values)
     except ValidationError as e:
@@ -129,3 +193,52 @@ def load_config(
 
 def dump_config(cfg: BaseModel) -> str:
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+class GridEval(EvalSettings):
+    """Evaluation inside the grid: every cell (SFT prompt) and, optionally, the base model."""
+
+    base: bool = Field(True, description="also evaluate the base model (few-shot prompt)")
+
+
+class GridConfig(StageConfig):
+    """``sftscope run``: the experiment grid; cells = level x size x seed (PAPER.md §1.4)."""
+
+    model: str = Field(description="base model: local path, hub id, or 'smollm2'")
+    data: str = Field("geo", description="'geo' or 'entityquestions'")
+    data_dir: Path | None = None
+    relations: list[str] | None = Field(None, description="in-domain relations to train on")
+    train_limit_per_relation: int | None = Field(
+        None, ge=1, description="train facts probed per relation (None: all)"
+    )
+    levels: list[int | Literal["mixed"]] = Field([0, 1, 2, 3, 4], min_length=1)
+    sizes: list[int | Literal["all"]] = Field([60, 240, 960, 1920, "all"], min_length=1)
+    seeds: list[int] = Field([0], min_length=1)
+    probe: ProbeSettings = ProbeSettings()
+    train: TrainRecipe = TrainRecipe()
+    eval: GridEval = GridEval()
+    keep_models: bool = Field(True, description="false: delete checkpoints once a cell is done")
+    device: str = "auto"
+    trust_remote_code: bool = False
+    out: Path = Field(description="run folder")
+
+    @field_validator("relations", mode="before")
+    @classmethod
+    def _split_commas(cls, v: Any) -> Any:
+        return DataConfig._split_commas(v)
+
+    @field_validator("levels")
+    @classmethod
+    def _levels(cls, v: list) -> list:
+        bad = [x for x in v if x != "mixed" and x not in range(5)]
+        if bad:
+            raise ValueError(f"level {bad[0]} is not 0..4 or 'mixed'")
+        return v
+
+    @field_validator("sizes")
+    @classmethod
+    def _sizes(cls, v: list) -> list:
+        bad = [x for x in v if x != "all" and x < 1]
+        if bad:
+            raise ValueError(f"size {bad[0]} is not a positive integer or 'all'")
+        return v

@@ -19,6 +19,7 @@ from sftscope.data.matching import match
 from sftscope.data.schema import Domain, QAItem
 from sftscope.errors import SftscopeError
 from sftscope.io import atomic_write_json, atomic_write_jsonl, atomic_write_text
+from sftscope.mastery import N_LEVELS, read_levels
 from sftscope.models.engines import Engine
 from sftscope.prompts import PromptStyle, build_prompt, pick_exemplars
 
@@ -99,6 +100,29 @@ def summarize(records: Iterable[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def level_breakdown(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Accuracy per mastery level of the test items, and the paper's headline: the unweighted
+    mean over levels (PAPER.md §4), in-domain, out-of-domain and overall. Levels without items
+    are listed in ``missing_levels`` and left out of the mean."""
+    out: dict[str, Any] = {}
+    for key, domain in (("in_domain", Domain.IN_DOMAIN), ("ood", Domain.OOD), ("overall", None)):
+        rows = [
+            r for r in records
+            if r.get("level") is not None and (domain is None or r["domain"] == domain.value)
+        ]  # fmt: skip
+        per_level = [_acc([r for r in rows if r["level"] == k]) for k in range(N_LEVELS)]
+        filled = [v for v in per_level if v["n"]]
+        out[key] = {
+            "per_level": per_level,
+            "mean_of_levels": {
+                c: sum(v[c] for v in filled) / len(filled) if filled else None
+                for c in ("containment", "exact")
+            },
+            "missing_levels": [k for k, v in enumerate(per_level) if not v["n"]],
+        }
+    return out
+
+
 def prepare_eval(cfg: EvalConfig) -> tuple[list[QAItem], dict[str, list[QAItem]]]:
     """Everything that can fail on bad input, done before a model is loaded or a file written."""
     dataset = resolve_dataset(cfg.data, cfg.data_dir)
@@ -114,8 +138,10 @@ def prepare_eval(cfg: EvalConfig) -> tuple[list[QAItem], dict[str, list[QAItem]]
 
 
 def run_eval(cfg: EvalConfig, engine: Engine | None = None) -> dict[str, Any]:
-    """The ``sftscope eval`` stage: writes records.jsonl, summary.json and config.yaml."""
+    """The ``sftscope eval`` stage: writes records.jsonl, summary.json and config.yaml; with
+    ``mastery`` set, records carry each item's level and the summary a per-level breakdown."""
     items, exemplars = prepare_eval(cfg)
+    levels = read_levels(cfg.mastery) if cfg.mastery is not None else None
     if engine is None:
         from sftscope.models.engines import HFEngine
         from sftscope.models.loading import load_model
@@ -134,6 +160,11 @@ def run_eval(cfg: EvalConfig, engine: Engine | None = None) -> dict[str, Any]:
         "prompt": cfg.prompt,
         **summarize(records),
     }
+    if levels is not None:
+        for r in records:
+            r["level"] = levels.get(r["id"])
+        summary["by_level"] = level_breakdown(records)
+        summary["unprobed"] = sum(r["level"] is None for r in records)
     out = Path(cfg.out)
     atomic_write_jsonl(out / "records.jsonl", records)
     atomic_write_text(out / "config.yaml", dump_config(cfg))

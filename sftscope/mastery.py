@@ -10,6 +10,7 @@ import math
 from bisect import bisect_left
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 
 from sftscope.data.matching import contains_answer, normalize
 
@@ -118,3 +119,21 @@ def slick_level(p_greedy: float, p_sampled: float) -> int:
     if cat == "MaybeKnown" and p_greedy > 0.5:
         return 3
     return SLICK_LEVEL[cat]
+
+
+def read_levels(path: str | Path) -> dict[str, int | None]:
+    """Fact id -> mastery level from a probe folder or its ``mastery.jsonl`` (None: unprobed)."""
+    from sftscope.errors import SftscopeError
+    from sftscope.io import read_jsonl
+
+    path = Path(path)
+    if path.is_dir():
+        path = path / "mastery.jsonl"
+    if not path.is_file():
+        raise SftscopeError(f"{path}: mastery file not found (run sftscope probe first)")
+    out: dict[str, int | None] = {}
+    for k, row in enumerate(read_jsonl(path), 1):
+        if not isinstance(row, dict) or "id" not in row or "level" not in row:
+            raise SftscopeError(f"{path}: row {k}: expected fields 'id' and 'level'")
+        out[str(row["id"])] = row["level"]
+    return out

@@ -43,6 +43,7 @@ from sftscope.io import (
     atomic_write_jsonl,
     atomic_write_text,
     read_jsonl,
+    read_yaml,
 )
 from sftscope.mastery import (
     N_LEVELS,
@@ -189,8 +190,14 @@ def histogram(records: Sequence[Record]) -> dict[str, list[int]]:
     return hist
 
 
-def _settings(cfg: ProbeConfig) -> str:
-    return dump_config(cfg.model_copy(update={"out": Path(".")}))
+def _settings(cfg: ProbeConfig) -> dict[str, Any]:
+    return cfg.model_copy(update={"out": Path(".")}).model_dump(mode="json")
+
+
+def holds_other_probe(cfg: ProbeConfig) -> bool:
+    """Whether ``cfg.out`` holds (part of) a probe made with other settings."""
+    path = Path(cfg.out) / "probe.yaml"
+    return path.exists() and read_yaml(path, "probe settings") != _settings(cfg)
 
 
 def run_probe(cfg: ProbeConfig, engine: Engine | None = None) -> dict[str, Any]:
@@ -217,13 +224,11 @@ def run_probe(cfg: ProbeConfig, engine: Engine | None = None) -> dict[str, Any]:
                     f"mapping templates of {rel}"
                 )
             templates[rel] = table[rel].mapping[: cfg.templates]
-    settings = _settings(cfg)
-    settings_path = out / "probe.yaml"
-    if settings_path.exists() and settings_path.read_text(encoding="utf-8") != settings:
+    if holds_other_probe(cfg):
         raise SftscopeError(f"{out} holds a probe with other settings; use another --out")
     if (out / "summary.json").exists():
         return json.loads((out / "summary.json").read_text(encoding="utf-8"))
-    atomic_write_text(settings_path, settings)
+    atomic_write_text(out / "probe.yaml", dump_config(cfg.model_copy(update={"out": Path(".")})))
 
     probe_items = [it for it in items if it.subject is not None or cfg.method == "slick"]
     chunks = [

@@ -128,6 +128,10 @@ def load_tokenizer(name: str, trust_remote_code: bool = False):
         )
     except OSError as e:
         raise SftscopeError(_offline_message(name, e)) from None
+    except (ValueError, TypeError) as e:  # e.g. a folder with weights but no tokenizer files
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        msg = f"model {name!r}: no usable tokenizer in {location} ({first})"
+        raise SftscopeError(msg) from None
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok

@@ -1,0 +1,399 @@
+"""The experiment grid (``sftscope run``): probe -> subsets -> train -> eval for every cell
+(level x size x seed), resumable at any point.
+
+Every stage output carries a fingerprint of what made it: the stage's config slice and the
+fingerprints of its inputs (so a changed learning rate redoes training and everything after it,
+and nothing else). A stage is done when its output holds a ``stage.json`` with the expected
+fingerprint; ``stage.json`` is written last, after the output itself was written atomically, so
+a run killed at any moment leaves only outputs that are either complete or recognisably not.
+``manifest.json`` is a report rebuilt from those markers after every stage: cells, status,
+fingerprints, timings and package versions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import platform
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from sftscope.config import EvalConfig, GridConfig, ProbeConfig, TrainConfig, dump_config
+from sftscope.data.dataset import load_items, resolve_dataset
+from sftscope.data.schema import Domain
+from sftscope.data.subsets import draw_subset, subset_name
+from sftscope.errors import SftscopeError
+from sftscope.io import atomic_write_json, atomic_write_jsonl, atomic_write_text
+from sftscope.mastery import read_levels
+
+log = logging.getLogger(__name__)
+MARKER = "stage.json"
+SUBSETS_VERSION = 1  # bump when the drawing algorithm changes: subsets and all after are redone
+_PACKAGES = ("sftscope", "torch", "transformers", "trl", "peft", "accelerate", "datasets")
+
+
+def fingerprint(*parts: Any) -> str:
+    blob = json.dumps(parts, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
+def model_identity(name: str) -> dict[str, Any]:
+    """A base model's identity for fingerprints: its name and, for a local folder, the config
+    and the file sizes (cheap, and changes when the weights are replaced)."""
+    path = Path(name).expanduser()
+    if not path.is_dir():
+        return {"model": name}
+    files = sorted((p.name, p.stat().st_size) for p in path.iterdir() if p.is_file())
+    cfg = path / "config.json"
+    return {"model": name, "files": files, "config": file_digest(cfg) if cfg.exists() else None}
+
+
+@dataclass
+class Stage:
+    """One unit of work whose output folder is complete once it holds ``stage.json``."""
+
+    key: str
+    output: Path
+    fingerprint: str
+    run: Callable[[], dict[str, Any]]
+    keep_partial: bool = False  # the stage resumes from its own partial output (the probe)
+
+    def marker(self) -> dict[str, Any] | None:
+        path = self.output / MARKER
+        if not path.exists():
+            return None
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError:
+            return None
+
+    def done(self) -> bool:
+        m = self.marker()
+        return m is not None and m.get("fingerprint") == self.fingerprint
+
+    def status(self) -> str:
+        if self.done():
+            return "done"
+        return "redo (inputs changed)" if self.marker() is not None else "run"
+
+    def execute(self) -> dict[str, Any]:
+        if self.done():
+            return self.marker() or {}
+        if self.output.exists() and (self.marker() is not None or not self.keep_partial):
+            shutil.rmtree(self.output)  # stale or half-written: never trusted
+        started = time.perf_counter()
+        result = self.run()
+        marker = {
+            "stage": self.key,
+            "fingerprint": self.fingerprint,
+            "seconds": round(time.perf_counter() - started, 2),
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "result": result,
+        }
+        atomic_write_json(self.output / MARKER, marker)
+        return marker
+
+
+@dataclass
+class Cell:
+    level: int | str
+    size: int | str
+    seed: int
+    stages: dict[str, Stage] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return subset_name(self.level, self.size, self.seed)
+
+
+class Grid:
+    """The stages of one run folder, built from a ``GridConfig``; nothing runs until ``run()``."""
+
+    def __init__(self, cfg: GridConfig):
+        self.cfg = cfg
+        self.root = Path(cfg.out)
+        self.dataset = resolve_dataset(cfg.data, cfg.data_dir)
+        in_domain = self.dataset.relation_ids(Domain.IN_DOMAIN)
+        present = [r for r in in_domain if self.dataset.file(r, "train").exists()]
+        self.relations = cfg.relations or present
+        self.dataset.select(self.relations)  # unknown ids fail here
+        ood = [r for r in self.relations if r not in in_domain]
+        if ood:
+            raise SftscopeError(f"config field 'relations': {ood[0]} is not an in-domain relation")
+        self.train_items = load_items(
+            self.dataset, ["train"], self.relations, cfg.train_limit_per_relation
+        )
+        self.eval_items = load_items(
+            self.dataset, [cfg.eval.split], None, cfg.eval.limit_per_relation
+        )
+        if not self.train_items or not self.eval_items:
+            raise SftscopeError(f"{self.dataset.root}: no train or {cfg.eval.split} items")
+        self.data_fp = fingerprint(
+            [it.model_dump(mode="json") for it in (*self.train_items, *self.eval_items)]
+        )
+        self.base_fp = fingerprint(model_identity(cfg.model))
+        self.probes = {
+            "train": self._probe_stage("train", self.relations, cfg.train_limit_per_relation),
+            "eval": self._probe_stage(cfg.eval.split, None, cfg.eval.limit_per_relation),
+        }
+        self.base_eval = self._eval_stage("base", cfg.model, "fewshot", self.base_fp)
+        self.cells = [
+            self._cell(level, size, seed)
+            for level in cfg.levels
+            for size in cfg.sizes
+            for seed in cfg.seeds
+        ]
+
+    # -- stage construction -------------------------------------------------------------
+    def _probe_config(self, split: str, relations, limit) -> ProbeConfig:
+        cfg = self.cfg
+        return ProbeConfig(
+            **cfg.probe.model_dump(), model=cfg.model, data=cfg.data, data_dir=cfg.data_dir,
+            split=split, relations=relations, limit_per_relation=limit, device=cfg.device,
+            trust_remote_code=cfg.trust_remote_code, out=self.root / "probe" / split,
+        )  # fmt: skip
+
+    def _probe_stage(self, split: str, relations, limit) -> Stage:
+        from sftscope.probe import run_probe
+
+        pcfg = self._probe_config(split, relations, limit)
+        fp = fingerprint("probe", pcfg.model_dump(mode="json", exclude={"out"}), self.base_fp)
+        return Stage(f"probe/{split}", Path(pcfg.out), fp, lambda: _brief(run_probe(pcfg)), True)
+
+    def _eval_stage(self, name: str, model: str, prompt: str, upstream: str) -> Stage:
+        from sftscope.evaluate import run_eval
+
+        cfg, ev = self.cfg, self.cfg.eval
+        ecfg = EvalConfig(
+            **ev.model_dump(exclude={"base"}), model=model, data=cfg.data, data_dir=cfg.data_dir,
+            prompt=prompt, mastery=self.probes["eval"].output, device=cfg.device,
+            trust_remote_code=cfg.trust_remote_code, out=self.root / "eval" / name,
+        )  # fmt: skip
+        if prompt == "sft":
+            ecfg = ecfg.model_copy(update={"n_shots": 0})
+        fp = fingerprint("eval", ecfg.model_dump(mode="json", exclude={"out", "model", "mastery"}),
+                         upstream, self.probes["eval"].fingerprint)  # fmt: skip
+        return Stage(f"eval/{name}", Path(ecfg.out), fp, lambda: _eval_brief(run_eval(ecfg)))
+
+    def _cell(self, level, size, seed) -> Cell:
+        cell = Cell(level, size, seed)
+        name = cell.name
+        sub_fp = fingerprint("subset", SUBSETS_VERSION, level, size, seed, self.relations,
+                             self.data_fp, self.probes["train"].fingerprint)  # fmt: skip
+        sub_dir = self.root / "subsets" / name
+        cell.stages["subset"] = Stage(
+            f"subsets/{name}", sub_dir, sub_fp, lambda: self._draw(level, size, seed, sub_dir)
+        )
+        model_dir = self.root / "models" / name
+        tcfg = TrainConfig(
+            **self.cfg.train.model_dump(), model=self.cfg.model,
+            train_file=sub_dir / "train.jsonl", trust_remote_code=self.cfg.trust_remote_code,
+            out=model_dir,
+        )  # fmt: skip
+        train_fp = fingerprint("train", self.cfg.train.model_dump(mode="json"), self.base_fp,
+                               sub_fp)  # fmt: skip
+        cell.stages["train"] = Stage(f"models/{name}", model_dir, train_fp,
+                                     lambda: _train_brief(tcfg))  # fmt: skip
+        cell.stages["eval"] = self._eval_stage(name, str(model_dir), "sft", train_fp)
+        return cell
+
+    def _draw(self, level, size, seed, out: Path) -> dict[str, Any]:
+        levels = read_levels(self.probes["train"].output)
+        sub = draw_subset(self.train_items, levels, level, size, seed, self.eval_items,
+                          self.relations)  # fmt: skip
+        atomic_write_jsonl(out / "train.jsonl", sub.rows())
+        summary = sub.summary()
+        atomic_write_json(out / "composition.json", summary)
+        return {"n": summary["n"], "composition": summary["composition"]}
+
+    # -- running --------------------------------------------------------------------------
+    def plan(self) -> list[tuple[str, str]]:
+        """(stage, status) for every stage, in run order; reads markers only."""
+        rows = [(s.key, s.status()) for s in self.probes.values()]
+        if self.cfg.eval.base:
+            rows.append((self.base_eval.key, self.base_eval.status()))
+        for cell in self.cells:
+            rows += [(s.key, s.status()) for s in cell.stages.values()]
+        return rows
+
+    def run(self) -> dict[str, Any]:
+        with _RunLock(self.root):
+            atomic_write_text(self.root / "config.yaml", dump_config(self.cfg))
+            self._snapshot()
+            for stage in self.probes.values():
+                self._execute(stage)
+            if self.cfg.eval.base:
+                self._execute(self.base_eval)
+            bar = tqdm(self.cells, desc="grid", unit="cell")
+            for cell in bar:
+                bar.set_postfix_str(cell.name)
+                self._run_cell(cell)
+            bar.close()
+            return self.write_manifest()
+
+    def _run_cell(self, cell: Cell) -> None:
+        sub, train, ev = (cell.stages[k] for k in ("subset", "train", "eval"))
+        if ev.done() and sub.done() and train.done():
+            return
+        self._execute(sub)
+        weights = (train.output / "model.safetensors").exists() or any(
+            train.output.glob("model-*.safetensors")
+        )
+        if not train.done() or (not ev.done() and not weights):
+            if train.output.exists():
+                shutil.rmtree(train.output)  # also: weights deleted but needed again
+            self._execute(train)
+        self._execute(ev)
+        if not self.cfg.keep_models:
+            for f in train.output.glob("*.safetensors"):
+                f.unlink()
+            shutil.rmtree(train.output / "adapter", ignore_errors=True)
+
+    def _execute(self, stage: Stage) -> None:
+        if not stage.done():
+            log.info("running %s", stage.key)
+            stage.execute()
+            self.write_manifest()
+
+    def _snapshot(self) -> None:
+        path = self.root / "data" / "items.jsonl"
+        rows = [it.model_dump(mode="json") for it in (*self.train_items, *self.eval_items)]
+        atomic_write_jsonl(path, rows)
+
+    def write_manifest(self) -> dict[str, Any]:
+        stages = [*self.probes.values()] + ([self.base_eval] if self.cfg.eval.base else [])
+        manifest = {
+            "name": self.root.name,
+            "updated": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "versions": _versions(),
+            "data_fingerprint": self.data_fp,
+            "stages": {s.key: _stage_entry(s) for s in stages},
+            "cells": {
+                c.name: {
+                    "level": c.level,
+                    "size": c.size,
+                    "seed": c.seed,
+                    "status": "done" if c.stages["eval"].done() else "pending",
+                    "stages": {k: _stage_entry(s) for k, s in c.stages.items()},
+                }
+                for c in self.cells
+            },
+        }
+        atomic_write_json(self.root / "manifest.json", manifest)
+        return manifest
+
+
+def _stage_entry(stage: Stage) -> dict[str, Any]:
+    m = stage.marker() or {}
+    done = m.get("fingerprint") == stage.fingerprint
+    return {
+        "status": "done" if done else "pending",
+        "fingerprint": stage.fingerprint,
+        "seconds": m.get("seconds") if done else None,
+        "result": m.get("result") if done else None,
+    }
+
+
+def _brief(summary: dict[str, Any]) -> dict[str, Any]:
+    keep = ("n_probed", "histogram", "facts_per_second", "thresholds")
+    return {k: summary[k] for k in keep if k in summary}
+
+
+def _eval_brief(summary: dict[str, Any]) -> dict[str, Any]:
+    out = {k: summary[k]["containment"] for k in ("in_domain", "ood", "overall")}
+    for key, block in summary.get("by_level", {}).items():
+        out[f"{key}_per_level"] = [v["containment"] for v in block["per_level"]]
+        out[f"{key}_mean_of_levels"] = block["mean_of_levels"]["containment"]
+    return out
+
+
+def _train_brief(cfg: TrainConfig) -> dict[str, Any]:
+    from sftscope.train import run_train
+
+    return run_train(cfg)
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for pkg in _PACKAGES:
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
+
+
+class _RunLock:
+    """One ``sftscope run`` per folder: a lock file naming the pid (stale locks of dead
+    processes, e.g. after kill -9, are taken over)."""
+
+    def __init__(self, root: Path):
+        self.path = root / ".lock"
+
+    def __enter__(self) -> _RunLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.exists():
+            try:
+                pid = int(self.path.read_text().strip() or 0)
+            except ValueError:
+                pid = 0
+            if pid and pid != os.getpid() and _alive(pid):
+                raise SftscopeError(f"{self.path.parent}: another sftscope run (pid {pid}) uses it")
+        atomic_write_text(self.path, str(os.getpid()))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def read_manifest(root: Path) -> dict[str, Any]:
+    path = Path(root) / "manifest.json"
+    if not path.exists():
+        raise SftscopeError(f"{path}: not found (run sftscope run first)")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def cell_table(root: Path) -> list[dict[str, Any]]:
+    """Per-cell accuracy rows from the cells' eval summaries (for the CLI and the report)."""
+    rows = []
+    for path in sorted(Path(root).glob("eval/*/summary.json")):
+        s = json.loads(path.read_text(encoding="utf-8"))
+        ind, ood = (s.get("by_level", {}).get(k, {}) for k in ("in_domain", "ood"))
+        rows.append(
+            {
+                "cell": path.parent.name,
+                "in_domain_per_level": [v["containment"] for v in ind.get("per_level", [])],
+                "in_domain_mean": ind.get("mean_of_levels", {}).get("containment"),
+                "ood_mean": ood.get("mean_of_levels", {}).get("containment"),
+                "in_domain": s["in_domain"]["containment"],
+                "ood": s["ood"]["containment"],
+            }
+        )
+    return rows

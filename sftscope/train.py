@@ -1,0 +1,216 @@
+"""Supervised fine-tuning (PAPER.md §3): a thin layer over TRL's ``SFTTrainer``.
+
+Examples are prompt/completion pairs in the paper's format (``<|question|> q <|answer|>`` then
+`` answer <eos>``), so TRL puts the loss on the completion tokens only. TRL silently drops an
+example whose completion was truncated away; here every example is checked after TRL has
+prepared it, before the first step, and a lost answer is an error naming the example.
+
+Runs unchanged under ``accelerate launch`` (DDP, FSDP, DeepSpeed): ``batch_size`` is the global
+batch, split over the processes. The result is written to a temporary folder and renamed into
+place, so ``OUT`` either holds a complete model (``save_pretrained``, safetensors, tokenizer,
+``train_log.jsonl``, ``train_summary.json``) or nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sftscope.config import TrainConfig, dump_config
+from sftscope.errors import SftscopeError
+from sftscope.io import atomic_write_json, atomic_write_jsonl, atomic_write_text, read_jsonl
+from sftscope.prompts import sft_completion, sft_prompt
+
+log = logging.getLogger(__name__)
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def read_examples(path: Path, eos_token: str | None) -> list[dict[str, str]]:
+    """Rows of ``{id, prompt, completion}`` from a JSONL file of ``question`` + ``answer``
+    (formatted here in the paper's format) or ready-made ``prompt`` + ``completion``."""
+    path = Path(path)
+    if not path.is_file():
+        raise SftscopeError(f"{path}: training file not found")
+    out = []
+    for k, row in enumerate(read_jsonl(path), 1):
+        if not isinstance(row, dict):
+            row = {}
+        if _nonempty(row, "question") and _nonempty(row, "answer"):
+            pair = sft_prompt(row["question"]), sft_completion(row["answer"], eos_token)
+        elif _nonempty(row, "prompt") and _nonempty(row, "completion"):
+            pair = row["prompt"], row["completion"]
+        else:
+            raise SftscopeError(
+                f"{path}: row {k}: expected fields 'question' and 'answer' "
+                "(or 'prompt' and 'completion') with non-empty strings"
+            )
+        out.append({"id": str(row.get("id", f"row{k}")), "prompt": pair[0], "completion": pair[1]})
+    if not out:
+        raise SftscopeError(f"{path}: no training examples")
+    return out
+
+
+def _nonempty(row: dict, key: str) -> bool:
+    return isinstance(row.get(key), str) and bool(row[key].strip())
+
+
+def check_loss_mask(
+    prepared: Any, examples: Sequence[dict[str, str]], tokenizer, max_length: int, path: Path
+) -> None:
+    """Every example must reach training with at least one answer token under the loss.
+
+    ``prepared`` is TRL's tokenized dataset (``id``, ``input_ids``, ``labels``). An example TRL
+    dropped, or whose labelled tokens decode to nothing but whitespace and special tokens, had
+    its answer truncated away.
+    """
+    kept = {row["id"]: row for row in prepared}
+    special = set(tokenizer.all_special_ids)
+    for k, ex in enumerate(examples, 1):
+        row = kept.get(ex["id"])
+        labelled = [] if row is None else [t for t in row["labels"] if t != -100]
+        text = tokenizer.decode([t for t in labelled if t not in special]).strip()
+        if not text:
+            raise SftscopeError(
+                f"{path}: example {ex['id']} (#{k}): no answer token is left under the loss "
+                f"after truncation to max_length={max_length}; raise max_length"
+            )
+
+
+def _peft_config(cfg: TrainConfig):
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+        target_modules=cfg.lora_targets, task_type="CAUSAL_LM",
+    )  # fmt: skip
+
+
+def _dtype(cfg: TrainConfig) -> torch.dtype:
+    from sftscope.models.loading import default_dtype, resolve_device
+
+    if cfg.dtype != "auto":
+        return _DTYPES[cfg.dtype]
+    return default_dtype(resolve_device(cfg.device))
+
+
+def build_trainer(cfg: TrainConfig, staging: Path):
+    """The configured ``SFTTrainer`` (model loaded, data prepared and checked); no step taken."""
+    from datasets import Dataset
+    from transformers import set_seed
+    from trl import SFTConfig, SFTTrainer
+
+    from sftscope.models.loading import load_model, resolve_device
+
+    device = resolve_device(cfg.device)
+    dtype = _dtype(cfg)
+    if device.type == "cpu" and dtype != torch.float32:
+        raise SftscopeError(f"config field 'dtype': {cfg.dtype} training is not supported on CPU")
+    world = int(os.environ.get("WORLD_SIZE", "1"))  # set by accelerate launch / torchrun
+    if cfg.batch_size % world:
+        raise SftscopeError(
+            f"config field 'batch_size': {cfg.batch_size} is not divisible by {world} processes"
+        )
+    set_seed(cfg.seed)
+    # Loaded on CPU: the Trainer (accelerate) places it on this process's device.
+    model, tokenizer = load_model(cfg.model, "cpu", dtype, cfg.trust_remote_code)
+    if getattr(tokenizer, "eos_token", None) is None:
+        raise SftscopeError(f"model {cfg.model!r}: its tokenizer has no EOS token to end answers")
+    examples = read_examples(cfg.train_file, tokenizer.eos_token)
+    args = SFTConfig(
+        output_dir=str(staging / "trainer"),
+        per_device_train_batch_size=cfg.batch_size // world,
+        num_train_epochs=cfg.epochs,
+        learning_rate=cfg.learning_rate,
+        lr_scheduler_type=cfg.lr_scheduler,
+        optim=cfg.optimizer,
+        warmup_steps=cfg.warmup,
+        weight_decay=cfg.weight_decay,
+        max_grad_norm=cfg.max_grad_norm,
+        max_length=cfg.max_length,
+        completion_only_loss=True,
+        activation_checkpointing=cfg.gradient_checkpointing,
+        bf16=dtype == torch.bfloat16,
+        fp16=dtype == torch.float16,
+        use_cpu=device.type == "cpu",
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        logging_steps=cfg.logging_steps,
+        ddp_find_unused_parameters=False,
+        save_strategy="no",
+        report_to="none",
+    )
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list(examples),
+        processing_class=tokenizer,
+        peft_config=_peft_config(cfg) if cfg.lora else None,
+    )
+    check_loss_mask(trainer.train_dataset, examples, tokenizer, cfg.max_length, cfg.train_file)
+    return trainer, examples
+
+
+def run_train(cfg: TrainConfig) -> dict[str, Any]:
+    """The ``sftscope train`` stage; see the module docstring."""
+    out = Path(cfg.out)
+    staging = out.parent / f".{out.name}.partial"
+    shutil.rmtree(staging, ignore_errors=True)  # a killed earlier attempt
+    try:
+        trainer, examples = build_trainer(cfg, staging)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    main = trainer.accelerator.is_main_process
+    started = time.perf_counter()
+    result = trainer.train()
+    wall = time.perf_counter() - started
+    model_dir = staging / "model"
+    if cfg.lora:
+        trainer.save_model(str(model_dir / "adapter"))  # the adapter alone, for PEFT users
+        if main:  # later stages compare full weights: save the merged model too
+            trainer.model.merge_and_unload().save_pretrained(str(model_dir))
+    else:
+        trainer.save_model(str(model_dir))  # gathers sharded (FSDP / ZeRO-3) weights
+    trainer.accelerator.wait_for_everyone()
+    for pickled in model_dir.rglob("training_args.bin"):  # Trainer's pickle; we keep YAML
+        pickled.unlink(missing_ok=True)
+    summary = {
+        "model": cfg.model,
+        "train_file": str(cfg.train_file),
+        "examples": len(examples),
+        "steps": trainer.state.global_step,
+        "epochs": cfg.epochs,
+        "train_loss": round(result.training_loss, 6),
+        "processes": trainer.accelerator.num_processes,
+        "dtype": str(trainer.model.dtype).removeprefix("torch."),
+        "lora": cfg.lora,
+        "wall_seconds": round(wall, 2),
+    }
+    if main:
+        trainer.processing_class.save_pretrained(str(model_dir))
+        atomic_write_jsonl(model_dir / "train_log.jsonl", trainer.state.log_history)
+        atomic_write_text(model_dir / "train_config.yaml", dump_config(cfg))
+        atomic_write_json(model_dir / "train_summary.json", summary)
+        _replace_dir(model_dir, out)
+        shutil.rmtree(staging, ignore_errors=True)
+    trainer.accelerator.wait_for_everyone()
+    return summary
+
+
+def _replace_dir(src: Path, dst: Path) -> None:
+    """Move a finished folder into place; an older result at ``dst`` is replaced."""
+    if dst.exists():
+        old = dst.parent / f".{dst.name}.old-{os.getpid()}"
+        os.replace(dst, old)
+        os.replace(src, dst)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(src, dst)
