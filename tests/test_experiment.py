@@ -1,0 +1,141 @@
+"""The grid on a tiny model: end to end, fingerprints and skipping, kill -9 and resume, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import EQ_FIXTURE
+from typer.testing import CliRunner
+
+from sftscope.cli import app
+from sftscope.config import GridConfig, load_config
+from sftscope.experiment import Grid, cell_table
+
+CELLS = ["1-4-0", "1-8-0", "mixed-4-0", "mixed-8-0"]
+
+
+def _grid_yaml(tmp_path: Path, model: Path, **kw) -> Path:
+    cfg = {
+        "model": str(model), "data": "entityquestions", "data_dir": str(EQ_FIXTURE),
+        "train_limit_per_relation": 12, "levels": [1, "mixed"], "sizes": [4, 8], "seeds": [0],
+        "probe": {"method": "likelihood", "templates": 3, "chunk_size": 8, "batch_size": 16},
+        "train": {"batch_size": 4, "learning_rate": 1e-3},
+        "eval": {"limit_per_relation": 3, "batch_size": 16, "max_new_tokens": 6},
+        "device": "cpu", "out": str(tmp_path / "run"), **kw,
+    }  # fmt: skip
+    path = tmp_path / "grid.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _markers(run: Path) -> dict[str, str]:
+    return {str(p.relative_to(run)): p.read_text() for p in run.rglob("stage.json")}
+
+
+def test_grid_end_to_end_and_rerun_skips_everything(tiny_model_dir: Path, tmp_path: Path) -> None:
+    path = _grid_yaml(tmp_path, tiny_model_dir)
+    res = CliRunner().invoke(app, ["run", str(path)])
+    assert res.exit_code == 0, res.output
+    run = tmp_path / "run"
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert set(manifest["cells"]) == set(CELLS)
+    assert all(c["status"] == "done" for c in manifest["cells"].values())
+    assert manifest["versions"]["trl"] and manifest["stages"]["probe/train"]["status"] == "done"
+    for cell in CELLS:
+        assert (run / "subsets" / cell / "train.jsonl").exists()
+        assert (run / "models" / cell / "model.safetensors").exists()
+        summary = json.loads((run / "eval" / cell / "summary.json").read_text())
+        assert "by_level" in summary and summary["prompt"] == "sft"
+    comp = json.loads((run / "subsets" / "1-8-0" / "composition.json").read_text())
+    assert comp["composition"] == {"P17": 4, "P36": 4}  # balanced over the in-domain relations
+    base = json.loads((run / "eval" / "base" / "summary.json").read_text())
+    assert base["prompt"] == "fewshot" and base["by_level"]["in_domain"]["per_level"][1]["n"]
+    rows = cell_table(run)
+    assert {r["cell"] for r in rows} == {*CELLS, "base"}
+    assert len(rows[0]["in_domain_per_level"]) == 5
+    before = _markers(run)
+    grid = Grid(load_config(GridConfig, path))
+    assert {status for _, status in grid.plan()} == {"done"}
+    grid.run()
+    assert _markers(run) == before  # nothing redone
+
+
+def test_changed_recipe_redoes_training_only(tiny_model_dir: Path, tmp_path: Path) -> None:
+    path = _grid_yaml(tmp_path, tiny_model_dir, sizes=[4], levels=[1], keep_models=False)
+    Grid(load_config(GridConfig, path)).run()
+    run = tmp_path / "run"
+    assert not list((run / "models" / "1-4-0").glob("*.safetensors"))  # keep_models: false
+    assert (run / "models" / "1-4-0" / "train_summary.json").exists()
+    before = _markers(run)
+    Grid(load_config(GridConfig, path)).run()
+    assert _markers(run) == before  # deleted weights are not retrained for a finished cell
+    plan = dict(Grid(load_config(GridConfig, path, None, ["train.learning_rate=2e-3"])).plan())
+    assert plan["probe/train"] == "done" and plan["subsets/1-4-0"] == "done"
+    assert plan["models/1-4-0"] == plan["eval/1-4-0"] == "redo (inputs changed)"
+    res = CliRunner().invoke(app, ["run", str(path), "--dry-run", "eval.max_new_tokens=4"])
+    assert res.exit_code == 0 and "redo" in res.output
+
+
+def _cli_run(path: Path) -> subprocess.Popen:
+    # Same thread count in every run: float reductions (hence greedy outputs) depend on it.
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "sftscope.cli", "run", str(path)]
+    log = open(path.parent / "run.log", "a")  # noqa: SIM115 - a pipe could fill up and block
+    return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+def test_kill_9_then_rerun_finishes_without_redoing_finished_cells(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    path = _grid_yaml(tmp_path, tiny_model_dir)
+    run = tmp_path / "run"
+    proc = _cli_run(path)
+    first = run / "eval" / CELLS[0] / "stage.json"
+    deadline = time.time() + 300
+    while not first.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert first.exists(), "the first cell did not finish before the deadline"
+    finished = _markers(run)
+    rerun = _cli_run(path)
+    assert rerun.wait(timeout=600) == 0, (tmp_path / "run.log").read_text()[-2000:]
+    after = _markers(run)
+    changed = [k for k, v in finished.items() if after[k] != v]
+    assert not changed, f"finished stages were redone: {changed}"
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert all(c["status"] == "done" for c in manifest["cells"].values())
+    assert not list(run.rglob("*.partial")) and not list(run.rglob(".*.tmp"))
+    assert not (run / ".lock").exists()
+    # Same result as a run that was never interrupted.
+    clean = tmp_path / "clean"
+    clean.mkdir()
+    assert _cli_run(_grid_yaml(clean, tiny_model_dir)).wait(timeout=600) == 0
+    for cell in CELLS:
+        a = (run / "eval" / cell / "records.jsonl").read_text()
+        assert a == (clean / "run" / "eval" / cell / "records.jsonl").read_text(), cell
+
+
+def test_bad_grid_input_is_one_line(tiny_model_dir: Path, tmp_path: Path) -> None:
+    path = _grid_yaml(tmp_path, tiny_model_dir, sizes=[500], levels=[1])
+    res = CliRunner().invoke(app, ["run", str(path)])
+    assert res.exit_code == 2
+    assert "level 1: size 500 asked, but only 24 facts" in res.output and "P17 12" in res.output
+    res = CliRunner().invoke(app, ["run", str(path), "train.lr=1"])
+    assert res.exit_code == 2 and "config field 'train.lr'" in res.output
+    res = CliRunner().invoke(app, ["run", str(path), "relations=P26"])
+    assert res.exit_code == 2 and "P26 is not an in-domain relation" in res.output
+
+
+@pytest.mark.parametrize("levels", [[7], ["most"]])
+def test_bad_levels(levels: list, tmp_path: Path) -> None:
+    with pytest.raises(Exception, match="level"):
+        GridConfig(model="m", out=tmp_path, levels=levels)
