@@ -91,7 +91,9 @@ class Stage:
     def status(self) -> str:
         if self.done():
             return "done"
-        return "redo (inputs changed)" if self.marker() is not None else "run"
+        if self.marker() is not None:
+            return "redo (inputs changed)"
+        return "resume" if self.keep_partial and self.output.exists() else "run"
 
     def execute(self) -> dict[str, Any]:
         if self.done():
@@ -239,6 +241,8 @@ class Grid:
             self._snapshot()
             for stage in self.probes.values():
                 self._execute(stage)
+            for cell in self.cells:  # all sets first: a level too small fails before training
+                self._execute(cell.stages["subset"])
             if self.cfg.eval.base:
                 self._execute(self.base_eval)
             bar = tqdm(self.cells, desc="grid", unit="cell")
