@@ -67,16 +67,22 @@ def model_identity(name: str) -> dict[str, Any]:
 
 @dataclass
 class Stage:
-    """One unit of work whose output folder is complete once it holds ``stage.json``."""
+    """One unit of work whose output (a folder, or a file) is complete once its marker exists:
+    ``OUTPUT/stage.json`` for a folder, ``OUTPUT.json`` beside a file."""
 
     key: str
     output: Path
     fingerprint: str
     run: Callable[[], dict[str, Any]]
     keep_partial: bool = False  # the stage resumes from its own partial output (the probe)
+    is_file: bool = False
+
+    @property
+    def marker_path(self) -> Path:
+        return self.output.with_suffix(".json") if self.is_file else self.output / MARKER
 
     def marker(self) -> dict[str, Any] | None:
-        path = self.output / MARKER
+        path = self.marker_path
         if not path.exists():
             return None
         try:
@@ -99,7 +105,8 @@ class Stage:
         if self.done():
             return self.marker() or {}
         if self.output.exists() and (self.marker() is not None or not self.keep_partial):
-            shutil.rmtree(self.output)  # stale or half-written: never trusted
+            _remove(self.output)  # stale or half-written: never trusted
+        self.marker_path.unlink(missing_ok=True)
         started = time.perf_counter()
         result = self.run()
         marker = {
@@ -109,8 +116,15 @@ class Stage:
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "result": result,
         }
-        atomic_write_json(self.output / MARKER, marker)
+        atomic_write_json(self.marker_path, marker)
         return marker
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
 
 
 @dataclass
@@ -199,14 +213,15 @@ class Grid:
         name = cell.name
         sub_fp = fingerprint("subset", SUBSETS_VERSION, level, size, seed, self.relations,
                              self.data_fp, self.probes["train"].fingerprint)  # fmt: skip
-        sub_dir = self.root / "subsets" / name
+        sub_file = self.root / "subsets" / f"{name}.jsonl"
         cell.stages["subset"] = Stage(
-            f"subsets/{name}", sub_dir, sub_fp, lambda: self._draw(level, size, seed, sub_dir)
-        )
+            f"subsets/{name}", sub_file, sub_fp, lambda: self._draw(level, size, seed, sub_file),
+            is_file=True,
+        )  # fmt: skip
         model_dir = self.root / "models" / name
         tcfg = TrainConfig(
             **self.cfg.train.model_dump(), model=self.cfg.model,
-            train_file=sub_dir / "train.jsonl", trust_remote_code=self.cfg.trust_remote_code,
+            train_file=sub_file, trust_remote_code=self.cfg.trust_remote_code,
             out=model_dir,
         )  # fmt: skip
         train_fp = fingerprint("train", self.cfg.train.model_dump(mode="json"), self.base_fp,
@@ -220,10 +235,8 @@ class Grid:
         levels = read_levels(self.probes["train"].output)
         sub = draw_subset(self.train_items, levels, level, size, seed, self.eval_items,
                           self.relations)  # fmt: skip
-        atomic_write_jsonl(out / "train.jsonl", sub.rows())
-        summary = sub.summary()
-        atomic_write_json(out / "composition.json", summary)
-        return {"n": summary["n"], "composition": summary["composition"]}
+        atomic_write_jsonl(out, sub.rows())
+        return sub.summary()  # kept in the marker subsets/<cell>.json
 
     # -- running --------------------------------------------------------------------------
     def plan(self) -> list[tuple[str, str]]:

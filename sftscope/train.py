@@ -153,6 +153,11 @@ def build_trainer(cfg: TrainConfig, staging: Path):
         processing_class=tokenizer,
         peft_config=_peft_config(cfg) if cfg.lora else None,
     )
+    if cfg.lora and (trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled):
+        raise SftscopeError(
+            "config field 'lora': merging adapters into sharded (FSDP/DeepSpeed) weights is not "
+            "supported; train LoRA on one GPU or with DDP"
+        )
     check_loss_mask(trainer.train_dataset, examples, tokenizer, cfg.max_length, cfg.train_file)
     return trainer, examples
 

@@ -37,7 +37,8 @@ def _grid_yaml(tmp_path: Path, model: Path, **kw) -> Path:
 
 
 def _markers(run: Path) -> dict[str, str]:
-    return {str(p.relative_to(run)): p.read_text() for p in run.rglob("stage.json")}
+    paths = [*run.rglob("stage.json"), *run.glob("subsets/*.json")]
+    return {str(p.relative_to(run)): p.read_text() for p in paths}
 
 
 def test_grid_end_to_end_and_rerun_skips_everything(tiny_model_dir: Path, tmp_path: Path) -> None:
@@ -50,12 +51,12 @@ def test_grid_end_to_end_and_rerun_skips_everything(tiny_model_dir: Path, tmp_pa
     assert all(c["status"] == "done" for c in manifest["cells"].values())
     assert manifest["versions"]["trl"] and manifest["stages"]["probe/train"]["status"] == "done"
     for cell in CELLS:
-        assert (run / "subsets" / cell / "train.jsonl").exists()
+        assert (run / "subsets" / f"{cell}.jsonl").exists()
         assert (run / "models" / cell / "model.safetensors").exists()
         summary = json.loads((run / "eval" / cell / "summary.json").read_text())
         assert "by_level" in summary and summary["prompt"] == "sft"
-    comp = json.loads((run / "subsets" / "1-8-0" / "composition.json").read_text())
-    assert comp["composition"] == {"P17": 4, "P36": 4}  # balanced over the in-domain relations
+    comp = json.loads((run / "subsets" / "1-8-0.json").read_text())["result"]
+    assert comp["composition"] == {"P17": 4, "P36": 4} and comp["n"] == 8  # balanced
     base = json.loads((run / "eval" / "base" / "summary.json").read_text())
     assert base["prompt"] == "fewshot" and base["by_level"]["in_domain"]["per_level"][1]["n"]
     rows = cell_table(run)
