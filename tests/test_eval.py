@@ -10,7 +10,7 @@ from conftest import EQ_FIXTURE
 from typer.testing import CliRunner
 
 from sftscope.cli import app
-from sftscope.evaluate import summarize
+from sftscope.evaluate import level_breakdown, summarize
 
 runner = CliRunner()
 
@@ -88,3 +88,39 @@ def test_summarize_macro_and_micro() -> None:
     assert s["overall"] == {"n": 4, "containment": 0.5, "exact": 0.25}
     assert s["in_domain"]["containment"] == pytest.approx(2 / 3)
     assert s["macro_relations"]["containment"] == pytest.approx((2 / 3 + 0) / 2)
+
+
+def test_level_breakdown_is_the_unweighted_mean_over_filled_levels() -> None:
+    rows = [
+        {"domain": "in-domain", "level": 0, "containment": False, "exact": False},
+        {"domain": "in-domain", "level": 0, "containment": True, "exact": False},
+        {"domain": "in-domain", "level": 4, "containment": True, "exact": True},
+        {"domain": "out-of-domain", "level": 2, "containment": True, "exact": True},
+        {"domain": "out-of-domain", "level": None, "containment": False, "exact": False},
+    ]
+    by = level_breakdown(rows)
+    ind = by["in_domain"]
+    assert [v["n"] for v in ind["per_level"]] == [2, 0, 0, 0, 1]
+    assert ind["mean_of_levels"]["containment"] == pytest.approx((0.5 + 1.0) / 2)
+    assert ind["mean_of_levels"]["exact"] == pytest.approx(0.5)
+    assert ind["missing_levels"] == [1, 2, 3]
+    assert by["ood"]["per_level"][2]["n"] == 1 and by["overall"]["per_level"][0]["n"] == 2
+
+
+def test_eval_with_mastery_reports_levels(tiny_model_dir: Path, tmp_path: Path) -> None:
+    probe = tmp_path / "probe"
+    probe.mkdir()
+    rows = [{"id": f"P17/test/{i}", "level": i % 5} for i in range(5)]
+    (probe / "mastery.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "e"
+    res = _eval(tiny_model_dir, out, "--relations", "P17", "--limit-per-relation", "6",
+                "--mastery", str(probe))  # fmt: skip
+    assert res.exit_code == 0, res.output
+    records = [json.loads(x) for x in (out / "records.jsonl").read_text().splitlines()]
+    assert [r["level"] for r in records] == [0, 1, 2, 3, 4, None]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["unprobed"] == 1
+    assert [v["n"] for v in summary["by_level"]["in_domain"]["per_level"]] == [1] * 5
+    assert "per mastery level" in " ".join(res.output.split())
+    bad = _eval(tiny_model_dir, tmp_path / "x", "--mastery", str(tmp_path / "nope"))
+    assert bad.exit_code == 2 and "mastery file not found" in bad.output
