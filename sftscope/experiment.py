@@ -399,8 +399,17 @@ def read_manifest(root: Path) -> dict[str, Any]:
 
 def cell_table(root: Path) -> list[dict[str, Any]]:
     """Per-cell accuracy rows from the cells' eval summaries (for the CLI and the report)."""
+
+    def num(x: str) -> float:
+        return int(x) if x.isdigit() else float("inf")  # "all" after every N
+
+    def order(path: Path) -> tuple:
+        level, _, rest = path.parent.name.partition("-")
+        size, _, seed = rest.partition("-")
+        return (path.parent.name != "base", level, num(size), num(seed))
+
     rows = []
-    for path in sorted(Path(root).glob("eval/*/summary.json")):
+    for path in sorted(Path(root).glob("eval/*/summary.json"), key=order):
         s = json.loads(path.read_text(encoding="utf-8"))
         ind, ood = (s.get("by_level", {}).get(k, {}) for k in ("in_domain", "ood"))
         rows.append(
