@@ -271,15 +271,66 @@ def run_cmd(
         return
     grid.run()
     table = Table(title=f"{cfg.out}: containment accuracy % (test levels 0-4, mean of levels)")
-    for col in ("cell", *(f"L{k}" for k in range(5)), "ID mean", "OOD mean", "ID", "OOD"):
+    cols = ("cell", *(f"L{k}" for k in range(5)), "ID mean", "OOD mean", "ID", "OOD",
+            "KL paper (n)", "KL full")  # fmt: skip
+    for col in cols:
         table.add_column(col, justify="left" if col == "cell" else "right")
     for r in cell_table(cfg.out):
+        kl = "-" if r["kl_paper"] is None else f"{r['kl_paper']:.3f} ({r['kl_paper_n']})"
         table.add_row(
             r["cell"], *(_pct(v) for v in r["in_domain_per_level"]), _pct(r["in_domain_mean"]),
-            _pct(r["ood_mean"]), _pct(r["in_domain"]), _pct(r["ood"]),
+            _pct(r["ood_mean"]), _pct(r["in_domain"]), _pct(r["ood"]), kl, _num(r["kl_full"]),
         )  # fmt: skip
     console.print(table)
     console.print(f"manifest, subsets, models and evals in {cfg.out}")
+
+
+@app.command("kl")
+@_one_line_errors
+def kl_cmd(
+    overrides: Overrides = None,
+    config: ConfigOpt = None,
+    base: Annotated[str | None, typer.Option(help="base model: path, hub id, or 'smollm2'")] = None,
+    tuned: Annotated[str | None, typer.Option(help="fine-tuned model folder")] = None,
+    data: DataOpt = None,
+    data_dir: DataDirOpt = None,
+    split: SplitOpt = None,
+    limit_per_relation: LimitOpt = None,
+    probe: Annotated[Path | None, typer.Option(help="base-model probe of the split")] = None,
+    batch_size: BatchOpt = None,
+    device: DeviceOpt = None,
+    out: Annotated[Path | None, typer.Option(help="summary JSON to write")] = None,
+) -> None:
+    """Token-level drift of a fine-tuned model from its base: the paper's top-10 KL and the
+    full-vocabulary KL per mastery level."""
+    from sftscope.config import KLConfig, load_config
+    from sftscope.token_kl import run_kl
+
+    options = dict(
+        base=base, tuned=tuned, data=data, data_dir=data_dir, split=split,
+        limit_per_relation=limit_per_relation, probe=probe, batch_size=batch_size,
+        device=device, out=out,
+    )  # fmt: skip
+    cfg = load_config(KLConfig, config, options, overrides)
+    s = run_kl(cfg)
+    p = s["paper"]
+    console.print(
+        f"paper KL (top-{p['top_k']}, level {p['level']}, {p['answer_first']} of "
+        f"{p['candidates']} facts answer first): mean {_num(p['mean'])} ± {_num(p['std'])}"
+    )
+    if "full" in s:
+        table = Table(title="full-vocabulary KL per answer token, by mastery level")
+        for col in ("level", "facts", "KL mean", "KL std", "Δ log p(gold)", "gained %"):
+            table.add_column(col, justify="right")
+        for k, b in enumerate(s["full"]["per_level"]):
+            table.add_row(str(k), str(b["n"]), _num(b["kl_mean"]), _num(b["kl_std"]),
+                          _num(b["dlogp_mean"]), _pct(b["gained"]))  # fmt: skip
+        console.print(table)
+    console.print(f"summary in {cfg.out}")
+
+
+def _num(x: float | None) -> str:
+    return "-" if x is None else f"{x:.4f}"
 
 
 @data_app.command("build-geo")

@@ -195,6 +195,39 @@ def dump_config(cfg: BaseModel) -> str:
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
 
 
+class KLSettings(StageConfig):
+    """How the token-level distance is measured (PAPER.md §6); shared by ``sftscope kl`` and
+    the grid."""
+
+    level: int = Field(4, ge=0, le=4, description="paper KL: mastery level of the facts")
+    answer_within: int = Field(2, ge=1, description="paper KL: answer starts in the first N tokens")
+    top_k: int = Field(10, ge=2, description="paper KL: tokens compared at the first position")
+    tuned_prompt: Literal["sft", "template"] = "sft"
+    base_prompt: Literal["sft", "template"] = "template"
+    full: bool = Field(True, description="also the full-vocabulary KL (SFT prompt, every fact)")
+    chunk_size: int = Field(256, ge=1, description="answer positions per fp32 KL chunk")
+    batch_size: int = Field(16, ge=1)
+
+
+class KLConfig(DataConfig, KLSettings):
+    """``sftscope kl``: how far a fine-tuned model moved from its base (PAPER.md §6)."""
+
+    base: str = Field(description="the base model (path, hub id or 'smollm2')")
+    tuned: str = Field(description="the fine-tuned model folder")
+    split: Split = "test"
+    probe: Path = Field(description="base-model probe of this split: levels, template success")
+    templates_file: Path | None = None
+    device: str = "auto"
+    trust_remote_code: bool = False
+    out: Path = Field(description="the JSON summary to write (records go beside it)")
+
+
+class GridKL(KLSettings):
+    """The token-level stage inside the grid (on the evaluation split's items)."""
+
+    enabled: bool = Field(True, description="run sftscope kl for every cell")
+
+
 class GridEval(EvalSettings):
     """Evaluation inside the grid: every cell (SFT prompt) and, optionally, the base model."""
 
@@ -217,6 +250,7 @@ class GridConfig(StageConfig):
     probe: ProbeSettings = ProbeSettings()
     train: TrainRecipe = TrainRecipe()
     eval: GridEval = GridEval()
+    kl: GridKL = GridKL()
     keep_models: bool = Field(True, description="false: delete checkpoints once a cell is done")
     device: str = "auto"
     trust_remote_code: bool = False

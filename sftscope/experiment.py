@@ -27,7 +27,14 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from sftscope.config import EvalConfig, GridConfig, ProbeConfig, TrainConfig, dump_config
+from sftscope.config import (
+    EvalConfig,
+    GridConfig,
+    KLConfig,
+    ProbeConfig,
+    TrainConfig,
+    dump_config,
+)
 from sftscope.data.dataset import load_items, resolve_dataset
 from sftscope.data.schema import Domain
 from sftscope.data.subsets import draw_subset, subset_name
@@ -75,11 +82,11 @@ class Stage:
     fingerprint: str
     run: Callable[[], dict[str, Any]]
     keep_partial: bool = False  # the stage resumes from its own partial output (the probe)
-    is_file: bool = False
+    marker_file: Path | None = None  # for a file output: where its marker lives
 
     @property
     def marker_path(self) -> Path:
-        return self.output.with_suffix(".json") if self.is_file else self.output / MARKER
+        return self.marker_file or self.output / MARKER
 
     def marker(self) -> dict[str, Any] | None:
         path = self.marker_path
@@ -216,7 +223,7 @@ class Grid:
         sub_file = self.root / "subsets" / f"{name}.jsonl"
         cell.stages["subset"] = Stage(
             f"subsets/{name}", sub_file, sub_fp, lambda: self._draw(level, size, seed, sub_file),
-            is_file=True,
+            marker_file=sub_file.with_suffix(".json"),
         )  # fmt: skip
         model_dir = self.root / "models" / name
         tcfg = TrainConfig(
@@ -229,7 +236,26 @@ class Grid:
         cell.stages["train"] = Stage(f"models/{name}", model_dir, train_fp,
                                      lambda: _train_brief(tcfg))  # fmt: skip
         cell.stages["eval"] = self._eval_stage(name, str(model_dir), "sft", train_fp)
+        if self.cfg.kl.enabled:
+            cell.stages["kl"] = self._kl_stage(name, model_dir, train_fp)
         return cell
+
+    def _kl_stage(self, name: str, model_dir: Path, upstream: str) -> Stage:
+        from sftscope.token_kl import run_kl
+
+        cfg, probe = self.cfg, self.probes["eval"]
+        kcfg = KLConfig(
+            **cfg.kl.model_dump(exclude={"enabled"}), base=cfg.model, tuned=str(model_dir),
+            data=cfg.data, data_dir=cfg.data_dir, split=cfg.eval.split,
+            limit_per_relation=cfg.eval.limit_per_relation, probe=probe.output,
+            templates_file=cfg.probe.templates_file, device=cfg.device,
+            trust_remote_code=cfg.trust_remote_code, out=self.root / "kl" / f"{name}.json",
+        )  # fmt: skip
+        fp = fingerprint("kl", cfg.kl.model_dump(mode="json"), upstream, probe.fingerprint,
+                         self.base_fp)  # fmt: skip
+        out = Path(kcfg.out)
+        return Stage(f"kl/{name}", out, fp, lambda: _kl_brief(run_kl(kcfg)),
+                     marker_file=out.with_suffix(".stage.json"))  # fmt: skip
 
     def _draw(self, level, size, seed, out: Path) -> dict[str, Any]:
         levels = read_levels(self.probes["train"].output)
@@ -266,18 +292,20 @@ class Grid:
             return self.write_manifest()
 
     def _run_cell(self, cell: Cell) -> None:
-        sub, train, ev = (cell.stages[k] for k in ("subset", "train", "eval"))
-        if ev.done() and sub.done() and train.done():
+        sub, train = cell.stages["subset"], cell.stages["train"]
+        analyses = [s for k, s in cell.stages.items() if k not in ("subset", "train")]
+        if sub.done() and train.done() and all(s.done() for s in analyses):
             return
         self._execute(sub)
         weights = (train.output / "model.safetensors").exists() or any(
             train.output.glob("model-*.safetensors")
         )
-        if not train.done() or (not ev.done() and not weights):
+        if not train.done() or (not all(s.done() for s in analyses) and not weights):
             if train.output.exists():
                 shutil.rmtree(train.output)  # also: weights deleted but needed again
             self._execute(train)
-        self._execute(ev)
+        for stage in analyses:
+            self._execute(stage)
         if not self.cfg.keep_models:
             for f in train.output.glob("*.safetensors"):
                 f.unlink()
@@ -307,7 +335,7 @@ class Grid:
                     "level": c.level,
                     "size": c.size,
                     "seed": c.seed,
-                    "status": "done" if c.stages["eval"].done() else "pending",
+                    "status": "done" if all(s.done() for s in c.stages.values()) else "pending",
                     "stages": {k: _stage_entry(s) for k, s in c.stages.items()},
                 }
                 for c in self.cells
@@ -338,6 +366,15 @@ def _eval_brief(summary: dict[str, Any]) -> dict[str, Any]:
     for key, block in summary.get("by_level", {}).items():
         out[f"{key}_per_level"] = [v["containment"] for v in block["per_level"]]
         out[f"{key}_mean_of_levels"] = block["mean_of_levels"]["containment"]
+    return out
+
+
+def _kl_brief(summary: dict[str, Any]) -> dict[str, Any]:
+    p = summary["paper"]
+    out = {"paper_mean": p["mean"], "paper_std": p["std"], "paper_n": p["n"]}
+    if "full" in summary:
+        out["full_per_level"] = [b["kl_mean"] for b in summary["full"]["per_level"]]
+        out["dlogp_per_level"] = [b["dlogp_mean"] for b in summary["full"]["per_level"]]
     return out
 
 
@@ -420,6 +457,16 @@ def cell_table(root: Path) -> list[dict[str, Any]]:
                 "ood_mean": ood.get("mean_of_levels", {}).get("containment"),
                 "in_domain": s["in_domain"]["containment"],
                 "ood": s["ood"]["containment"],
+                **_kl_columns(Path(root) / "kl" / f"{path.parent.name}.json"),
             }
         )
     return rows
+
+
+def _kl_columns(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        return {"kl_paper": None, "kl_paper_std": None, "kl_paper_n": 0, "kl_full": None}
+    k = json.loads(path.read_text(encoding="utf-8"))
+    full = k.get("full", {}).get("overall", {})
+    return {"kl_paper": k["paper"]["mean"], "kl_paper_std": k["paper"]["std"],
+            "kl_paper_n": k["paper"]["n"], "kl_full": full.get("kl_mean")}  # fmt: skip

@@ -88,8 +88,10 @@ def probe_sampling(
         total = sum(len(s) for _, s in rows)
         correct = sum(contains_answer(x, it.accepted) for _, s in rows for x in s)
         r = correct / total
+        per_template = [sum(contains_answer(x, it.accepted) for x in s) / len(s) for _, s in rows]
         records.append(_record(it, "sampling", r, level_of(r, cfg.thresholds),
-                               n_correct=correct, n_total=total))  # fmt: skip
+                               n_correct=correct, n_total=total,
+                               per_template=per_template))  # fmt: skip
         gens.append({"id": it.id, "prompts": [p for p, _ in rows], "samples": [s for _, s in rows]})
     return records, gens
 
@@ -126,7 +128,8 @@ def probe_likelihood(
                          strict=True):  # fmt: skip
         r = sum(probs) / len(probs)
         records.append(_record(it, "likelihood", r, level_of(r, thresholds),
-                               n_correct=None, n_total=len(probs)))  # fmt: skip
+                               n_correct=None, n_total=len(probs),
+                               per_template=probs))  # fmt: skip
     return records
 
 

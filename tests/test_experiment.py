@@ -37,7 +37,7 @@ def _grid_yaml(tmp_path: Path, model: Path, **kw) -> Path:
 
 
 def _markers(run: Path) -> dict[str, str]:
-    paths = [*run.rglob("stage.json"), *run.glob("subsets/*.json")]
+    paths = [*run.rglob("stage.json"), *run.glob("subsets/*.json"), *run.glob("kl/*.stage.json")]
     return {str(p.relative_to(run)): p.read_text() for p in paths}
 
 
@@ -55,6 +55,8 @@ def test_grid_end_to_end_and_rerun_skips_everything(tiny_model_dir: Path, tmp_pa
         assert (run / "models" / cell / "model.safetensors").exists()
         summary = json.loads((run / "eval" / cell / "summary.json").read_text())
         assert "by_level" in summary and summary["prompt"] == "sft"
+        kl = json.loads((run / "kl" / f"{cell}.json").read_text())
+        assert kl["full"]["overall"]["n"] == 15 and kl["full"]["overall"]["kl_mean"] > 0
     comp = json.loads((run / "subsets" / "1-8-0.json").read_text())["result"]
     assert comp["composition"] == {"P17": 4, "P36": 4} and comp["n"] == 8  # balanced
     base = json.loads((run / "eval" / "base" / "summary.json").read_text())
@@ -80,7 +82,7 @@ def test_changed_recipe_redoes_training_only(tiny_model_dir: Path, tmp_path: Pat
     assert _markers(run) == before  # deleted weights are not retrained for a finished cell
     plan = dict(Grid(load_config(GridConfig, path, None, ["train.learning_rate=2e-3"])).plan())
     assert plan["probe/train"] == "done" and plan["subsets/1-4-0"] == "done"
-    assert plan["models/1-4-0"] == plan["eval/1-4-0"] == "redo (inputs changed)"
+    assert plan["models/1-4-0"] == plan["eval/1-4-0"] == plan["kl/1-4-0"] == "redo (inputs changed)"
     res = CliRunner().invoke(app, ["run", str(path), "--dry-run", "eval.max_new_tokens=4"])
     assert res.exit_code == 0 and "redo" in res.output
 
