@@ -36,6 +36,20 @@ def test_topk_kl_by_hand() -> None:
     assert topk_kl(tuned, base + 7.0, k=2) == pytest.approx(expected, abs=1e-6)  # shift-invariant
 
 
+def test_top10_kl_by_hand_on_a_12_token_vocabulary() -> None:
+    tuned = [float(x) for x in (5, 4, 3, 2, 1, 0, -1, -2, -3, -4, -9, -9)]
+    base = [float(x) for x in (0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 8, 8)]  # mass on ids 10, 11 ignored
+    top = range(10)  # the tuned model's 10 largest logits
+    zt = sum(math.exp(tuned[i]) for i in top)
+    zb = sum(math.exp(base[i]) for i in top)
+    expected = sum(
+        math.exp(tuned[i]) / zt * math.log((math.exp(tuned[i]) / zt) / (math.exp(base[i]) / zb))
+        for i in top
+    )
+    got = topk_kl(torch.tensor(tuned), torch.tensor(base), k=10)
+    assert got == pytest.approx(expected, abs=1e-6) and expected > 0
+
+
 def test_kl_of_a_distribution_with_itself_is_exactly_zero() -> None:
     x = torch.randn(7, 50, generator=torch.Generator().manual_seed(0))
     assert topk_kl(x[0], x[0]) == 0.0
