@@ -21,6 +21,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
 from sftscope.data.schema import QAItem
 from sftscope.mastery import N_LEVELS
@@ -194,7 +195,7 @@ def full_kl_items(
     c_ids = tokenizer([f" {a.strip()}" for a in answers], add_special_tokens=False)["input_ids"]
     pad = tokenizer.pad_token_id
     out: list[dict[str, float]] = []
-    for a in range(0, len(p_ids), batch_size):
+    for a in tqdm(range(0, len(p_ids), batch_size), desc="full-vocabulary KL", unit="batch"):
         conts = c_ids[a : a + batch_size]
         rows = [p + c for p, c in zip(p_ids[a : a + batch_size], conts, strict=True)]
         keep = max(len(c) for c in conts) + 1
@@ -212,6 +213,9 @@ def full_kl_items(
 
 
 # -- the stage ----------------------------------------------------------------------------------
+_ESTIMATED: dict[tuple, int] = {}  # best template per (base, probe, relation, facts)
+
+
 def run_kl(cfg: Any, base_engine: Any = None) -> dict[str, Any]:
     """The ``sftscope kl`` stage: writes ``cfg.out`` (summary JSON) and, beside it,
     ``<name>.records.jsonl`` (one line per fact and measure)."""
@@ -255,9 +259,12 @@ def run_kl(cfg: Any, base_engine: Any = None) -> dict[str, Any]:
         by_rel[it.relation].append(it)
     for rel, group in by_rel.items():
         if best.get(rel) is None:  # probe without per-template success: estimate it here
-            scores = likelihood_scores(engine, group, {rel: table[rel].mapping}, 0.7)
-            means = [sum(col) / len(col) for col in zip(*scores, strict=True)]
-            best[rel] = max(range(len(means)), key=lambda i: (means[i], -i))
+            key = (cfg.base, str(probe_file), rel, tuple(it.id for it in group))
+            if key not in _ESTIMATED:  # a grid asks once per relation, not once per cell
+                scores = likelihood_scores(engine, group, {rel: table[rel].mapping}, 0.7)
+                means = [sum(col) / len(col) for col in zip(*scores, strict=True)]
+                _ESTIMATED[key] = max(range(len(means)), key=lambda i: (means[i], -i))
+            best[rel] = _ESTIMATED[key]
     template = {rel: table[rel].mapping[best[rel]] for rel in by_rel}
 
     def prompt(it: QAItem, style: str) -> str:
