@@ -270,18 +270,29 @@ def run_cmd(
         console.print(table)
         return
     grid.run()
+    rows = cell_table(cfg.out)
     table = Table(title=f"{cfg.out}: containment accuracy % (test levels 0-4, mean of levels)")
-    cols = ("cell", *(f"L{k}" for k in range(5)), "ID mean", "OOD mean", "ID", "OOD",
-            "KL paper (n)", "KL full")  # fmt: skip
-    for col in cols:
+    for col in ("cell", *(f"L{k}" for k in range(5)), "ID mean", "OOD mean", "ID", "OOD"):
         table.add_column(col, justify="left" if col == "cell" else "right")
-    for r in cell_table(cfg.out):
-        kl = "-" if r["kl_paper"] is None else f"{r['kl_paper']:.3f} ({r['kl_paper_n']})"
+    for r in rows:
         table.add_row(
             r["cell"], *(_pct(v) for v in r["in_domain_per_level"]), _pct(r["in_domain_mean"]),
-            _pct(r["ood_mean"]), _pct(r["in_domain"]), _pct(r["ood"]), kl, _num(r["kl_full"]),
+            _pct(r["ood_mean"]), _pct(r["in_domain"]), _pct(r["ood"]),
         )  # fmt: skip
     console.print(table)
+    if any(r["kl_paper_n"] for r in rows):
+        table = Table(title="KL(fine-tuned || base): paper top-10 at the first token; full "
+                      "vocabulary per answer token by test level")  # fmt: skip
+        for col in ("cell", "paper mean ± std (n)", *(f"L{k}" for k in range(5)), "all"):
+            table.add_column(col, justify="left" if col == "cell" else "right")
+        for r in rows:
+            if r["cell"] == "base":
+                continue
+            paper = "-" if r["kl_paper"] is None else (
+                f"{r['kl_paper']:.3f} ± {r['kl_paper_std']:.3f} ({r['kl_paper_n']})")  # fmt: skip
+            table.add_row(r["cell"], paper, *(_num(v, 2) for v in r["kl_full_per_level"]),
+                          _num(r["kl_full"], 2))  # fmt: skip
+        console.print(table)
     console.print(f"manifest, subsets, models and evals in {cfg.out}")
 
 
@@ -329,8 +340,8 @@ def kl_cmd(
     console.print(f"summary in {cfg.out}")
 
 
-def _num(x: float | None) -> str:
-    return "-" if x is None else f"{x:.4f}"
+def _num(x: float | None, digits: int = 4) -> str:
+    return "-" if x is None else f"{x:.{digits}f}"
 
 
 @data_app.command("build-geo")

@@ -465,8 +465,14 @@ def cell_table(root: Path) -> list[dict[str, Any]]:
 
 def _kl_columns(path: Path) -> dict[str, Any]:
     if not path.exists():
-        return {"kl_paper": None, "kl_paper_std": None, "kl_paper_n": 0, "kl_full": None}
+        return {"kl_paper": None, "kl_paper_std": None, "kl_paper_n": 0, "kl_full": None,
+                "kl_full_per_level": [None] * 5}  # fmt: skip
     k = json.loads(path.read_text(encoding="utf-8"))
-    full = k.get("full", {}).get("overall", {})
-    return {"kl_paper": k["paper"]["mean"], "kl_paper_std": k["paper"]["std"],
-            "kl_paper_n": k["paper"]["n"], "kl_full": full.get("kl_mean")}  # fmt: skip
+    full = k.get("full", {})
+    return {
+        "kl_paper": k["paper"]["mean"],
+        "kl_paper_std": k["paper"]["std"],
+        "kl_paper_n": k["paper"]["n"],
+        "kl_full": full.get("overall", {}).get("kl_mean"),
+        "kl_full_per_level": [b["kl_mean"] for b in full.get("per_level", [{}] * 5)],
+    }
