@@ -137,7 +137,7 @@ def _naive_speed(args, base: dict, view: Path, engine: HFEngine) -> None:
     from sftscope.data.matching import contains_answer
     from sftscope.data.templates import fill, load_templates
 
-    cfg = ProbeConfig(**base, data_dir=view, method="sampling", chunk_size=10_000,
+    cfg = ProbeConfig(**{**base, "chunk_size": 10_000}, data_dir=view, method="sampling",
                       out=args.out / "naive-optimised")  # fmt: skip
     cfg = _first_n(cfg, args.naive_facts)
     fast = run_probe(cfg, engine=engine)
@@ -176,9 +176,8 @@ def _early_exit_speed(args, base: dict, view: Path, engine: HFEngine) -> None:
     """Same facts, same seed, with and without early exit: R must match, wall times differ."""
     runs = {}
     for flag in (True, False):
-        cfg = ProbeConfig(**base, data_dir=view, method="sampling", early_exit=flag,
-                          limit_per_relation=None, chunk_size=10_000,
-                          out=args.out / f"exit-{flag}")  # fmt: skip
+        cfg = ProbeConfig(**{**base, "chunk_size": 10_000}, data_dir=view, method="sampling",
+                          early_exit=flag, out=args.out / f"exit-{flag}")  # fmt: skip
         cfg = cfg.model_copy(update={"relations": None})
         runs[flag] = run_probe(_first_n(cfg, args.no_exit_facts), engine=engine)
     same = (
