@@ -1,0 +1,1 @@
+"""Parameter-level analysis: streaming tensor I/O, update statistics, restoration."""
