@@ -344,6 +344,33 @@ def _num(x: float | None, digits: int = 4) -> str:
     return "-" if x is None else f"{x:.{digits}f}"
 
 
+@app.command("diff")
+@_one_line_errors
+def diff_cmd(
+    base: Annotated[str, typer.Option(help="base model: path or 'smollm2'")],
+    tuned: Annotated[Path, typer.Option(help="fine-tuned model folder")],
+    out: Annotated[Path, typer.Option(help="output folder")],
+    region: Annotated[
+        str, typer.Option(help="paper | attention | mlp | embedding | all | re:PATTERN")
+    ] = "paper",  # fmt: skip
+) -> None:
+    """Relative change of every weight, per tensor/layer/module, and its concentration."""
+    from sftscope.models.loading import resolve_model
+    from sftscope.params.diff import run_diff
+
+    s = run_diff(Path(resolve_model(base)), tuned, out, region)
+    table = Table(title=f"share of the total relative change held by the top k% ({region})")
+    table.add_column("top k %", justify="right")
+    table.add_column("weights", justify="right")
+    table.add_column("share %", justify="right")
+    for row in s["concentration"]:
+        table.add_row(str(row["k"]), str(row["count"]), _pct(row["share"]))
+    console.print(table)
+    console.print(
+        f"{s['tensors']} tensors; diff_summary.tsv, diff.json, concentration.json in {out}"
+    )
+
+
 @data_app.command("build-geo")
 @_one_line_errors
 def build_geo_cmd(

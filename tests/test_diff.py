@@ -1,0 +1,102 @@
+"""Relative-change statistics and the exact streamed concentration table."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from sftscope.errors import SftscopeError
+from sftscope.params.diff import concentration, in_region, module_of, region_names, run_diff
+from sftscope.params.tensors import open_checkpoint
+
+
+def _perturbed(src: Path, out: Path, seed: int = 0, scale: float = 0.05) -> Path:
+    g = torch.Generator().manual_seed(seed)
+    w = load_file(src / "model.safetensors")
+    out.mkdir(parents=True)
+    noisy = {}
+    for k, v in w.items():
+        mask = torch.rand(v.shape, generator=g) < 0.5  # half the weights move
+        noisy[k] = v + mask * scale * torch.randn(v.shape, generator=g) * (
+            1 + 10 * torch.rand(1, generator=g)
+        )
+    save_file(noisy, str(out / "model.safetensors"))
+    return out
+
+
+def test_regions_and_modules() -> None:
+    assert in_region("model.layers.3.self_attn.q_proj.weight", "paper")
+    assert not in_region("model.layers.3.input_layernorm.weight", "paper")
+    assert not in_region("model.embed_tokens.weight", "paper")
+    assert in_region("model.embed_tokens.weight", "embedding")
+    assert in_region("model.layers.0.mlp.up_proj.weight", "mlp")
+    assert not in_region("model.layers.0.mlp.up_proj.weight", "attention")
+    assert in_region("model.layers.0.mlp.up_proj.weight", "re:up_proj")
+    assert module_of("model.layers.0.mlp.down_proj.weight") == "down_proj"
+    with pytest.raises(SftscopeError, match="region 'mlps'"):
+        in_region("x", "mlps")
+
+
+def test_concentration_equals_a_flat_reference(tiny_model_dir: Path, tmp_path: Path) -> None:
+    tuned_dir = _perturbed(tiny_model_dir, tmp_path / "tuned")
+    base, tuned = open_checkpoint(tiny_model_dir), open_checkpoint(tuned_dir)
+    names = region_names(base, "paper")
+    ks = (0.001, 1, 3, 5, 10, 20, 40, 60, 99, 100)
+    got = concentration(base, tuned, names, ks)
+    wb, wt = (
+        load_file(tiny_model_dir / "model.safetensors"),
+        load_file(tuned_dir / "model.safetensors"),
+    )
+    rel = [(wt[n].float() - wb[n].float()).abs() / (wb[n].float().abs() + 1e-8) for n in names]
+    flat = torch.cat([r.flatten() for r in rel]).double()
+    ordered = torch.sort(flat, descending=True).values
+    assert got["n"] == flat.numel()
+    for row, k in zip(got["rows"], ks, strict=True):
+        nk = math.floor(flat.numel() * k / 100)
+        assert row["count"] == nk
+        ref = float(ordered[:nk].sum()) / float(flat.sum())
+        assert row["share"] == pytest.approx(ref, rel=1e-9, abs=1e-12)
+        if nk:
+            assert row["threshold"] == float(ordered[nk - 1])
+    shares = [r["share"] for r in got["rows"]]
+    assert shares == sorted(shares) and shares[-1] == pytest.approx(1.0)
+
+
+def test_run_diff_outputs_and_nan(tiny_model_dir: Path, tmp_path: Path) -> None:
+    tuned_dir = _perturbed(tiny_model_dir, tmp_path / "tuned")
+    s = run_diff(tiny_model_dir, tuned_dir, tmp_path / "out")
+    assert s["tensors"] == 2 * 7 and set(s["per_module"]) == {
+        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}  # fmt: skip
+    assert set(s["per_layer"]) == {"0", "1"}
+    tsv = (tmp_path / "out" / "diff_summary.tsv").read_text().splitlines()
+    assert tsv[0].startswith("tensor\tlayer\tmodule") and len(tsv) == 15
+    assert [r["k"] for r in s["concentration"]] == [1, 3, 5, 10, 20, 40, 60]
+    w = load_file(tuned_dir / "model.safetensors")
+    bad = tmp_path / "nan"
+    bad.mkdir()
+    name = next(n for n in w if "q_proj" in n)
+    w[name][0, 0] = float("nan")
+    save_file(w, str(bad / "model.safetensors"))
+    with pytest.raises(SftscopeError, match=f"tensor {name}: NaN"):
+        run_diff(tiny_model_dir, bad, tmp_path / "out2")
+    assert not (tmp_path / "out2").exists()
+
+
+def test_diff_cli(tiny_model_dir: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from sftscope.cli import app
+
+    tuned_dir = _perturbed(tiny_model_dir, tmp_path / "tuned")
+    res = CliRunner().invoke(app, ["diff", "--base", str(tiny_model_dir), "--tuned",
+                                   str(tuned_dir), "--out", str(tmp_path / "d")])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "d" / "concentration.json").exists() and "top k" in res.output
+    missing = str(tmp_path / "nope")
+    res = CliRunner().invoke(app, ["diff", "--base", str(tiny_model_dir), "--tuned", missing,
+                                   "--out", str(tmp_path / "e")])  # fmt: skip
+    assert res.exit_code == 2 and "checkpoint folder not found" in res.output
