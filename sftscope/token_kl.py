@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from sftscope.data.schema import QAItem
 from sftscope.mastery import N_LEVELS
+from sftscope.models.engines import HFEngine, left_pad
 
 
 def topk_kl(tuned_logits: torch.Tensor, base_logits: torch.Tensor, k: int = 10) -> float:
@@ -150,13 +151,7 @@ def paper_items(items: Sequence[QAItem], levels: dict[str, int | None], level: i
 def tail_logits(model, rows: Sequence[Sequence[int]], keep: int, pad_id: int) -> torch.Tensor:
     """Logits at the last ``keep`` positions of left-padded ``rows`` (position ids from the
     mask, so padding does not shift positions): ``[batch, keep, vocab]``, never the full length."""
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, width - len(r) :] = torch.tensor(list(r), dtype=torch.long)
-        mask[i, width - len(r) :] = 1
-    ids, mask = ids.to(model.device), mask.to(model.device)
+    ids, mask = left_pad(rows, pad_id, model.device)
     out = model(
         input_ids=ids,
         attention_mask=mask,
@@ -225,7 +220,6 @@ def run_kl(cfg: Any, base_engine: Any = None) -> dict[str, Any]:
     from sftscope.data.templates import fill, load_templates
     from sftscope.errors import SftscopeError
     from sftscope.io import atomic_write_json, atomic_write_jsonl, read_jsonl
-    from sftscope.models.engines import HFEngine
     from sftscope.models.loading import load_model
     from sftscope.probe import likelihood_scores
     from sftscope.prompts import sft_prompt

@@ -105,6 +105,20 @@ def _shared_prefixes(rows: Sequence[Sequence[int]]) -> tuple[list[Sequence[int]]
     return prefixes, group_of_row
 
 
+def left_pad(
+    rows: Sequence[Sequence[int]], pad_id: int, device: torch.device | str = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token rows as a left-padded ``[batch, width]`` id tensor and its attention mask."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        if r:
+            ids[i, width - len(r) :] = torch.tensor(list(r), dtype=torch.long)
+            mask[i, width - len(r) :] = 1
+    return ids.to(device), mask.to(device)
+
+
 def cut_at_stop(text: str, stop: Sequence[str]) -> str:
     """``text`` up to (not including) the earliest stop string."""
     cut = len(text)
@@ -163,15 +177,7 @@ class HFEngine:
         return self.tokenizer(list(texts), add_special_tokens=special)["input_ids"]
 
     def _left_pad(self, rows: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        width = max(len(r) for r in rows)
-        pad = self.tokenizer.pad_token_id
-        ids = torch.full((len(rows), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, r in enumerate(rows):
-            if r:
-                ids[i, width - len(r) :] = torch.tensor(r, dtype=torch.long)
-                mask[i, width - len(r) :] = 1
-        return ids.to(self.device), mask.to(self.device)
+        return left_pad(rows, self.tokenizer.pad_token_id, self.device)
 
     def _prefix_batches(self, encoded: Sequence[Sequence[int]]) -> list[list[int]]:
         """Batches of prompts in token order, so prompts sharing a prefix (the same few-shot
