@@ -85,10 +85,11 @@ def probe_sampling(
         per_item[i].append((prompt, samples))
     records, gens = [], []
     for it, rows in zip(items, per_item, strict=True):
+        hits = [sum(contains_answer(x, it.accepted) for x in s) for _, s in rows]
         total = sum(len(s) for _, s in rows)
-        correct = sum(contains_answer(x, it.accepted) for _, s in rows for x in s)
+        correct = sum(hits)
         r = correct / total
-        per_template = [sum(contains_answer(x, it.accepted) for x in s) / len(s) for _, s in rows]
+        per_template = [h / len(s) for h, (_, s) in zip(hits, rows, strict=True)]
         records.append(_record(it, "sampling", r, level_of(r, cfg.thresholds),
                                n_correct=correct, n_total=total,
                                per_template=per_template))  # fmt: skip
@@ -193,14 +194,17 @@ def histogram(records: Sequence[Record]) -> dict[str, list[int]]:
     return hist
 
 
-def _settings(cfg: ProbeConfig) -> dict[str, Any]:
-    return cfg.model_copy(update={"out": Path(".")}).model_dump(mode="json")
+def _settings(cfg: ProbeConfig) -> ProbeConfig:
+    """The settings a probe folder records: the config without its own location."""
+    return cfg.model_copy(update={"out": Path(".")})
 
 
 def holds_other_probe(cfg: ProbeConfig) -> bool:
     """Whether ``cfg.out`` holds (part of) a probe made with other settings."""
     path = Path(cfg.out) / "probe.yaml"
-    return path.exists() and read_yaml(path, "probe settings") != _settings(cfg)
+    if not path.exists():
+        return False
+    return read_yaml(path, "probe settings") != _settings(cfg).model_dump(mode="json")
 
 
 def run_probe(cfg: ProbeConfig, engine: Engine | None = None) -> dict[str, Any]:
@@ -231,7 +235,7 @@ def run_probe(cfg: ProbeConfig, engine: Engine | None = None) -> dict[str, Any]:
         raise SftscopeError(f"{out} holds a probe with other settings; use another --out")
     if (out / "summary.json").exists():
         return json.loads((out / "summary.json").read_text(encoding="utf-8"))
-    atomic_write_text(out / "probe.yaml", dump_config(cfg.model_copy(update={"out": Path(".")})))
+    atomic_write_text(out / "probe.yaml", dump_config(_settings(cfg)))
 
     probe_items = [it for it in items if it.subject is not None or cfg.method == "slick"]
     chunks = [
