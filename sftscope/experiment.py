@@ -168,9 +168,13 @@ class Grid:
         )
         if not self.train_items or not self.eval_items:
             raise SftscopeError(f"{self.dataset.root}: no train or {cfg.eval.split} items")
-        self.data_fp = fingerprint(
-            [it.model_dump(mode="json") for it in (*self.train_items, *self.eval_items)]
-        )
+        # Serialised once: the fingerprint and the data/items.jsonl snapshot use the same rows.
+        self._item_rows = [
+            it.model_dump(mode="json") for it in (*self.train_items, *self.eval_items)
+        ]
+        self.data_fp = fingerprint(self._item_rows)
+        self._train_levels: dict[str, int | None] | None = None  # read once, after the probe
+        self._versions = _versions()
         self.base_fp = fingerprint(model_identity(cfg.model))
         self.probes = {
             "train": self._probe_stage("train", self.relations, cfg.train_limit_per_relation),
@@ -258,8 +262,9 @@ class Grid:
                      marker_file=out.with_suffix(".stage.json"))  # fmt: skip
 
     def _draw(self, level, size, seed, out: Path) -> dict[str, Any]:
-        levels = read_levels(self.probes["train"].output)
-        sub = draw_subset(self.train_items, levels, level, size, seed, self.eval_items,
+        if self._train_levels is None:
+            self._train_levels = read_levels(self.probes["train"].output)
+        sub = draw_subset(self.train_items, self._train_levels, level, size, seed, self.eval_items,
                           self.relations)  # fmt: skip
         atomic_write_jsonl(out, sub.rows())
         return sub.summary()  # kept in the marker subsets/<cell>.json
@@ -318,16 +323,14 @@ class Grid:
             self.write_manifest()
 
     def _snapshot(self) -> None:
-        path = self.root / "data" / "items.jsonl"
-        rows = [it.model_dump(mode="json") for it in (*self.train_items, *self.eval_items)]
-        atomic_write_jsonl(path, rows)
+        atomic_write_jsonl(self.root / "data" / "items.jsonl", self._item_rows)
 
     def write_manifest(self) -> dict[str, Any]:
         stages = [*self.probes.values()] + ([self.base_eval] if self.cfg.eval.base else [])
         manifest = {
             "name": self.root.name,
             "updated": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            "versions": _versions(),
+            "versions": self._versions,
             "data_fingerprint": self.data_fp,
             "stages": {s.key: _stage_entry(s) for s in stages},
             "cells": {
