@@ -64,7 +64,7 @@ class Subset:
     size: Size
     seed: int
     items: list[QAItem]
-    levels: dict[str, int | None]
+    levels: dict[str, int | None]  # of the drawn facts
     composition: dict[str, int]
     pools: dict[str, int]
     excluded_overlap: int = 0
@@ -148,4 +148,5 @@ def draw_subset(
         random.Random(f"subset:{seed}:{level}:{rel}").shuffle(order)
         picked.extend(order[: composition[rel]])
     random.Random(f"order:{seed}:{level}:{size}").shuffle(picked)  # mix relations
-    return Subset(level, size, seed, picked, dict(levels), composition, pools, excluded)
+    picked_levels = {it.id: levels.get(it.id) for it in picked}  # not a copy of the whole map
+    return Subset(level, size, seed, picked, picked_levels, composition, pools, excluded)
