@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import re
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -91,15 +91,24 @@ def tensor_stats(name: str, base: torch.Tensor, tuned: torch.Tensor, r: torch.Te
 
 
 def concentration(
-    base: Checkpoint, tuned: Checkpoint, names: Sequence[str], ks: Iterable[float] = PAPER_K
+    base: Checkpoint,
+    tuned: Checkpoint,
+    names: Sequence[str],
+    ks: Iterable[float] = PAPER_K,
+    each: Callable[[str, torch.Tensor, torch.Tensor, torch.Tensor], None] | None = None,
 ) -> dict[str, Any]:
     """Share of Σr held by the top k% of the region's weights, exactly, in two streamed passes.
 
-    The top n_k = floor(N * k / 100) values are summed; ties do not matter for a sum."""
+    The top n_k = floor(N * k / 100) values are summed; ties do not matter for a sum.
+    ``each(name, base, tuned, r)`` is called for every tensor during the first pass, so per-tensor
+    statistics need no pass of their own."""
     counts = torch.zeros(_BINS, dtype=torch.float64)
     sums = torch.zeros(_BINS, dtype=torch.float64)
-    for _, p, s in iter_pairs(base, tuned, names):
-        r = relative_change(p, s).flatten()
+    for name, p, s in iter_pairs(base, tuned, names):
+        r = relative_change(p, s)
+        if each is not None:
+            each(name, p, s, r)
+        r = r.flatten()
         b = _bins(r)
         counts.index_add_(0, b, torch.ones_like(r, dtype=torch.float64))
         sums.index_add_(0, b, r.double())
@@ -146,12 +155,15 @@ def run_diff(base_dir: Path, tuned_dir: Path, out: Path, region: str = "paper") 
     base, tuned = open_checkpoint(base_dir), open_checkpoint(tuned_dir)
     check_compatible(base, tuned)
     names = region_names(base, region)
-    stats = [tensor_stats(n, p, s, relative_change(p, s))
-             for n, p, s in iter_pairs(base, tuned, names)]  # fmt: skip
-    for row in stats:
+    stats: list[dict[str, Any]] = []
+
+    def collect(name: str, p: torch.Tensor, s: torch.Tensor, r: torch.Tensor) -> None:
+        row = tensor_stats(name, p, s, r)
         if not math.isfinite(row["sum"]):
-            raise SftscopeError(f"tensor {row['tensor']}: NaN or inf in the relative change")
-    conc = concentration(base, tuned, names)
+            raise SftscopeError(f"tensor {name}: NaN or inf in the relative change")
+        stats.append(row)
+
+    conc = concentration(base, tuned, names, each=collect)
 
     def group(key: str) -> dict[str, Any]:
         out: dict[str, dict[str, float]] = {}
