@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from sftscope.models.decoding import row_uniforms, sample_tokens
 from sftscope.models.engines import HFEngine, cut_at_stop
 
 PROMPTS = [
@@ -141,3 +142,51 @@ def test_score_shares_prompts_across_continuations(tiny_engine: HFEngine) -> Non
     assert [len(s) for s in shared] == [len(s) for s in alone]
     for a, b in zip(shared, alone, strict=True):
         assert torch.allclose(torch.tensor(a), torch.tensor(b), atol=1e-5)
+
+
+def test_inverse_cdf_sampling_matches_the_softmax() -> None:
+    """Drawn frequencies follow softmax(logits / T) (within 5 sigma); impossible tokens are
+    never drawn, not even at u = 0 or u just below 1."""
+    logits = torch.tensor([2.0, 1.0, 0.0, -1.0, float("-inf"), 0.5])
+    rows, t = 200_000, 0.7
+    u = torch.rand(rows, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    drawn = sample_tokens(logits.expand(rows, -1), t, u)
+    freq = torch.bincount(drawn, minlength=6).double() / rows
+    p = torch.softmax(logits.double() / t, -1)
+    sigma = (p * (1 - p) / rows).sqrt()
+    assert ((freq - p).abs() <= 5 * sigma + 1e-12).all(), (freq, p)
+    edge = sample_tokens(
+        torch.tensor([[float("-inf"), 1.0, float("-inf")]] * 2), 1.0,
+        torch.tensor([0.0, 1 - 2**-53], dtype=torch.float64),
+    )  # fmt: skip
+    assert edge.tolist() == [1, 1]
+    assert sample_tokens(logits[None], 0.0, None).tolist() == [0]
+
+
+def test_row_uniforms_depend_on_the_prompt_seed_only() -> None:
+    a = row_uniforms([5, 9], n=3, steps=4)
+    b = row_uniforms([9], n=3, steps=4)
+    assert a.shape == (6, 4) and torch.equal(a[3:], b)
+
+
+def test_samples_do_not_depend_on_batch_size(tiny_engine: HFEngine) -> None:
+    single = HFEngine(tiny_engine.model, tiny_engine.tokenizer, batch_size=1, progress=False)
+    kwargs = dict(max_new_tokens=8, temperature=1.0, n=3, seed=11)
+    assert tiny_engine.generate(PROMPTS, **kwargs) == single.generate(PROMPTS, **kwargs)
+
+
+def test_early_exit_drops_rows_without_changing_other_samples(tiny_engine: HFEngine) -> None:
+    """A row stopped by ``done_if`` is a prefix of its full sample; every other row is equal,
+    and stopped rows leave the batch (fewer positions forwarded)."""
+    kwargs = dict(max_new_tokens=10, temperature=1.2, n=6, seed=2)
+    full_engine = HFEngine(tiny_engine.model, tiny_engine.tokenizer, batch_size=4, progress=False)
+    exit_engine = HFEngine(tiny_engine.model, tiny_engine.tokenizer, batch_size=4, progress=False)
+    full = full_engine.generate(PROMPTS, **kwargs)
+    cut = exit_engine.generate(PROMPTS, done_if=[lambda s: " " in s[1:]] * len(PROMPTS), **kwargs)
+    stopped = 0
+    for f_samples, c_samples in zip(full, cut, strict=True):
+        for f, c in zip(f_samples, c_samples, strict=True):
+            assert f.startswith(c)
+            stopped += f != c
+    assert stopped > 0
+    assert exit_engine.tokens_forwarded < full_engine.tokens_forwarded

@@ -9,10 +9,10 @@ later by implementing :class:`Engine` without touching the stages:
   and an optional per-prompt early exit once a sample's outcome is decided.
 * ``score`` — per-token (temperature-scaled) log-probabilities of given continuations.
 
-Determinism: one seed per batch, derived from ``seed`` and the batch's position in the
-token-sorted order; the same inputs, batch size and seed give the same samples. Early exit
-does not change the samples: finished rows still draw (discarded) tokens, so every other
-row's random stream is the same with or without it.
+Determinism: each prompt's samples come from its own random stream, seeded by ``seed`` and
+the prompt's position in the call, and a row leaves the batch once it is finished (EOS, stop
+string, or decided); so the same prompts and seed give the same samples at any batch size,
+with or without early exit (see :mod:`sftscope.models.decoding`).
 
 A vLLM backend would implement the same two calls (``SamplingParams(n=…, temperature=…,
 stop=…)`` for ``generate``, ``prompt_logprobs`` for ``score``) and may ignore ``done_if``.
@@ -20,14 +20,14 @@ stop=…)`` for ``generate``, ``prompt_logprobs`` for ``score``) and may ignore 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Protocol
 
 import torch
 from tqdm.auto import tqdm
-from transformers import DynamicCache, PreTrainedModel, StoppingCriteria, StoppingCriteriaList
+from transformers import DynamicCache, PreTrainedModel
 
-DoneIf = Callable[[str], bool]
+from sftscope.models.decoding import DoneIf, Finish, decode, row_uniforms
 
 
 class Engine(Protocol):
@@ -129,28 +129,6 @@ def cut_at_stop(text: str, stop: Sequence[str]) -> str:
     return text[:cut]
 
 
-class _DoneCriteria(StoppingCriteria):
-    """Per-row early exit: a row stops once its predicate holds for its text so far."""
-
-    def __init__(self, tokenizer, prompt_width: int, checks: Sequence[DoneIf]) -> None:
-        self.tokenizer = tokenizer
-        self.prompt_width = prompt_width
-        self.checks = checks
-        self.done: torch.Tensor | None = None
-
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
-        if self.done is None:
-            self.done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-        todo = (~self.done).nonzero().flatten().tolist()
-        texts = self.tokenizer.batch_decode(
-            input_ids[todo, self.prompt_width :], skip_special_tokens=True
-        )
-        for row, text in zip(todo, texts, strict=True):
-            if self.checks[row](text):
-                self.done[row] = True
-        return self.done.clone()
-
-
 class HFEngine:
     """:class:`Engine` over a transformers causal LM (CPU or CUDA)."""
 
@@ -249,38 +227,29 @@ class HFEngine:
         encoded = self._encode(prompts, special=True)
         if any(not e for e in encoded):
             raise ValueError("generate: a prompt encodes to no tokens")
-        sample = temperature > 0
-        if not sample and n > 1:
+        if temperature <= 0 and n > 1:
             raise ValueError("greedy decoding with n > 1 would repeat one answer n times")
-        kwargs: dict = dict(max_new_tokens=max_new_tokens, pad_token_id=self.tokenizer.pad_token_id)
-        if sample:
-            kwargs.update(do_sample=True, temperature=temperature, top_k=0, top_p=1.0)
-        else:
-            kwargs.update(do_sample=False, temperature=None, top_k=None, top_p=None)
-        if stop:
-            kwargs.update(stop_strings=list(stop), tokenizer=self.tokenizer)
+        eos = self.model.generation_config.eos_token_id
+        eos_ids = {eos} if isinstance(eos, int) else set(eos or ())
+        eos_ids |= {self.tokenizer.eos_token_id} - {None}
         out: list[list[str]] = [[] for _ in prompts]
         bar = tqdm(total=len(prompts), desc=desc, unit="prompt", disable=not self.progress)
-        for b, idx in enumerate(self._prefix_batches(encoded)):
+        for idx in self._prefix_batches(encoded):
             ids, mask, cache = self._prefill([encoded[i] for i in idx], n)
-            if sample:
-                torch.manual_seed(seed * 1_000_003 + b)
-            criteria = None
-            if done_if is not None:
-                checks = [done_if[idx[j // n]] for j in range(len(idx) * n)]
-                done = _DoneCriteria(self.tokenizer, ids.shape[1], checks)
-                criteria = StoppingCriteriaList([done])
-            gen = self.model.generate(
-                input_ids=ids,
-                attention_mask=mask,
-                past_key_values=cache,
-                stopping_criteria=criteria,
-                **kwargs,
-            )
-            self.tokens_forwarded += ids.shape[0] * (gen.shape[1] - ids.shape[1])
-            texts = self.tokenizer.batch_decode(gen[:, ids.shape[1] :], skip_special_tokens=True)
-            for j, text in enumerate(texts):
-                out[idx[j // n]].append(cut_at_stop(text, stop))
+            rows = [idx[j // n] for j in range(len(idx) * n)]
+            uniforms = None
+            if temperature > 0:  # one stream per prompt: see sftscope.models.decoding
+                uniforms = row_uniforms([seed * 1_000_003 + i for i in idx], n, max_new_tokens)
+            finish = Finish(frozenset(eos_ids), tuple(stop),
+                            None if done_if is None else [done_if[i] for i in rows])  # fmt: skip
+            tokens, forwarded = decode(
+                self.model, self.tokenizer, ids[:, -1], mask, cache, max_new_tokens,
+                temperature, uniforms, finish,
+            )  # fmt: skip
+            self.tokens_forwarded += forwarded
+            texts = self.tokenizer.batch_decode(tokens, skip_special_tokens=True)
+            for i, text in zip(rows, texts, strict=True):
+                out[i].append(cut_at_stop(text, stop))
             bar.update(len(idx))
         bar.close()
         return out

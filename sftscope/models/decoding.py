@@ -1,0 +1,129 @@
+"""The decode loop behind ``HFEngine.generate``: rows leave the batch as soon as they finish.
+
+``transformers``' ``generate`` keeps every row of a batch in the forward pass until the last
+one is done, and samples with ``torch.multinomial`` from one global random stream. For the
+probe (640 rows of 32 tokens per batch) that costs twice: a row whose outcome is decided (or
+that emitted EOS or a stop string) still pays for its forward passes, and dropping it would
+change every other row's random draws. This loop fixes both:
+
+* every row draws from its own uniforms, made up front from its prompt's seed (one generator
+  per prompt, ``n`` rows x ``max_new_tokens`` draws), so a row's sample depends on nothing but
+  its prompt, the seed and the model — not on the batch size, the batch's other prompts, or
+  which rows were dropped;
+* a token is drawn by inverse-CDF sampling (cumulative softmax + one binary search per row),
+  which is exact categorical sampling and, on CPU, a fraction of ``multinomial``'s cost;
+* finished rows are removed from the batch and the KV cache before the next step.
+
+Greedy decoding (temperature 0) is the same loop with ``argmax``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from transformers import PreTrainedModel
+
+DoneIf = Callable[[str], bool]
+
+
+@dataclass(frozen=True)
+class Finish:
+    """When a row is finished: an end-of-sequence token, a stop string in its text, or its
+    ``done_if`` predicate (one per row, or ``None``) holding for its text."""
+
+    eos_ids: frozenset[int]
+    stop: Sequence[str] = ()
+    done_if: Sequence[DoneIf] | None = None
+
+    @property
+    def reads_text(self) -> bool:
+        return bool(self.stop) or self.done_if is not None
+
+    def by_text(self, row: int, text: str) -> bool:
+        if any(s in text for s in self.stop):
+            return True
+        return self.done_if is not None and self.done_if[row](text)
+
+
+def row_uniforms(seeds: Sequence[int], n: int, steps: int) -> torch.Tensor:
+    """``[len(seeds) * n, steps]`` float64 uniforms in [0, 1); prompt ``i``'s ``n`` rows come
+    from a generator seeded with ``seeds[i]`` alone."""
+    draws = [
+        torch.rand(n, steps, generator=torch.Generator().manual_seed(s), dtype=torch.float64)
+        for s in seeds
+    ]
+    return torch.cat(draws) if draws else torch.empty(0, steps, dtype=torch.float64)
+
+
+def sample_tokens(logits: torch.Tensor, temperature: float, u: torch.Tensor | None) -> torch.Tensor:
+    """One token per row: ``argmax`` when ``temperature`` is 0, else the token whose cumulative
+    probability under ``softmax(logits / temperature)`` first exceeds ``u`` x the total."""
+    if temperature == 0:
+        return logits.argmax(-1)
+    cdf = torch.softmax(logits.float() / temperature, dim=-1).cumsum(-1)
+    total = cdf[:, -1:]
+    # u < 1, but u * total may round up to total; stay strictly below so the search lands on
+    # a token with non-zero probability.
+    below = torch.nextafter(total, torch.zeros_like(total))
+    target = torch.minimum(u.to(cdf)[:, None] * total, below)
+    return torch.searchsorted(cdf, target, right=True)[:, 0]
+
+
+@torch.inference_mode()
+def decode(
+    model: PreTrainedModel,
+    tokenizer,
+    last: torch.Tensor,
+    mask: torch.Tensor,
+    cache,
+    max_new_tokens: int,
+    temperature: float,
+    uniforms: torch.Tensor | None,
+    finish: Finish,
+) -> tuple[list[list[int]], int]:
+    """Continue prefilled rows; returns each row's new tokens (without EOS) and the number of
+    token positions forwarded.
+
+    ``last`` is ``[rows]``, each row's last prompt token (not yet in ``cache``); ``mask`` is
+    the attention mask over the cached positions plus that token.
+    """
+    device = last.device
+    rows = last.shape[0]
+    out: list[list[int]] = [[] for _ in range(rows)]
+    alive = list(range(rows))  # original row of each batch position
+    cur = last[:, None]
+    pos = mask.sum(-1, keepdim=True) - 1
+    forwarded = 0
+    for step in range(max_new_tokens):
+        logits = model(
+            input_ids=cur, attention_mask=mask, position_ids=pos, past_key_values=cache,
+            use_cache=True,
+        ).logits[:, -1]  # fmt: skip
+        forwarded += len(alive)
+        u = uniforms[alive, step].to(device) if temperature > 0 else None
+        nxt = sample_tokens(logits, temperature, u)
+        done: set[int] = set()
+        for b, (row, token) in enumerate(zip(alive, nxt.tolist(), strict=True)):
+            if token in finish.eos_ids:
+                done.add(b)
+            else:
+                out[row].append(token)
+        if finish.reads_text:
+            todo = [b for b in range(len(alive)) if b not in done]
+            texts = tokenizer.batch_decode([out[alive[b]] for b in todo], skip_special_tokens=True)
+            done.update(b for b, text in zip(todo, texts, strict=True)
+                        if finish.by_text(alive[b], text))  # fmt: skip
+        if step == max_new_tokens - 1 or len(done) == len(alive):
+            break
+        if done:
+            keep = [b for b in range(len(alive)) if b not in done]
+            index = torch.tensor(keep, device=device)
+            cache.batch_select_indices(index)
+            mask, pos, nxt = mask[index], pos[index], nxt[index]
+            alive = [alive[b] for b in keep]
+        mask = torch.cat([mask, mask.new_ones(len(alive), 1)], dim=1)
+        pos = pos + 1
+        cur = nxt[:, None]
+    return out, forwarded
