@@ -364,11 +364,94 @@ def diff_cmd(
     table.add_column("weights", justify="right")
     table.add_column("share %", justify="right")
     for row in s["concentration"]:
-        table.add_row(str(row["k"]), str(row["count"]), _pct(row["share"]))
+        table.add_row(f"{row['k']:g}", str(row["count"]), _pct(row["share"]))
     console.print(table)
     console.print(
         f"{s['tensors']} tensors; diff_summary.tsv, diff.json, concentration.json in {out}"
     )
+
+
+@app.command("restore")
+@_one_line_errors
+def restore_cmd(
+    overrides: Overrides = None,
+    config: ConfigOpt = None,
+    base: Annotated[str | None, typer.Option(help="base model: path or 'smollm2'")] = None,
+    tuned: Annotated[Path | None, typer.Option(help="fine-tuned model folder")] = None,
+    k: Annotated[str | None, typer.Option(help="percentages, e.g. 1,3,5,10,20,40,60")] = None,
+    scope: Annotated[str | None, typer.Option(help="global | layer | tensor")] = None,
+    strategy: Annotated[str | None, typer.Option(help="top | bottom | random")] = None,
+    region: Annotated[
+        str | None, typer.Option(help="paper | attention | mlp | embedding | all | re:PATTERN")
+    ] = None,  # fmt: skip
+    layers: Annotated[
+        str | None, typer.Option(help="layer blocks restored entirely, e.g. 0-3,4-7 (not k)")
+    ] = None,  # fmt: skip
+    seed: Annotated[int | None, typer.Option(help="seed of the random strategy")] = None,
+    evaluate: Annotated[bool, typer.Option("--eval", help="evaluate every restored model")] = False,
+    data: DataOpt = None,
+    data_dir: DataDirOpt = None,
+    split: SplitOpt = None,
+    limit_per_relation: LimitOpt = None,
+    mastery: Annotated[Path | None, typer.Option(help="probe of the split: per-level acc")] = None,
+    pick_on: Annotated[str | None, typer.Option(help="dev: choose k on dev, report test")] = None,
+    device: DeviceOpt = None,
+    out: OutOpt = None,
+) -> None:
+    """Restore the most-changed (or least, or random) fine-tuned weights to their pre-SFT
+    values, every k in one streamed pass; with --eval, evaluate each restored model."""
+    from sftscope.config import RestoreConfig, RestoreEval, load_config
+
+    options = {
+        "base": base, "tuned": tuned, "k": k, "scope": scope, "strategy": strategy,
+        "region": region, "layers": layers, "seed": seed, "device": device, "out": out,
+        "eval.data": data, "eval.data_dir": data_dir, "eval.split": split,
+        "eval.limit_per_relation": limit_per_relation, "eval.mastery": mastery,
+        "eval.pick_on": pick_on,
+    }  # fmt: skip
+    cfg = load_config(RestoreConfig, config, options, overrides)
+    if evaluate and cfg.eval is None:
+        cfg = cfg.model_copy(update={"eval": RestoreEval()})
+    if cfg.eval is None:
+        from sftscope.params.restore import run_restore
+
+        s = run_restore(cfg)
+        table = Table(title=f"restored weights ({cfg.region}, {cfg.scope}, {cfg.strategy})")
+        for col in ("output", "weights", "% of region", "share of Σr %"):
+            table.add_column(col, justify="left" if col == "output" else "right")
+        for o in s["outputs"]:
+            table.add_row(o["label"], str(o["count"]), _pct(o["count"] / s["weights"]),
+                          _pct(o["share_of_r"]))  # fmt: skip
+        console.print(table)
+        console.print(f"checkpoints, selection.json and restore_stats.tsv in {cfg.out}")
+        return
+    from sftscope.params.sweep import run_sweep
+
+    s = run_sweep(cfg)
+    table = Table(title=f"restore sweep: {cfg.eval.split} accuracy % (mean of levels if known)")
+    cols = ["model", "k %", "in-domain", "out-of-domain"]
+    if cfg.eval.pick_on:
+        cols += ["dev in-domain", "dev out-of-domain"]
+    for col in cols:
+        table.add_column(col, justify="left" if col == "model" else "right")
+    for r in s["rows"]:
+        cells = [r["label"], f"{r['k']:g}", _pct(r["in_domain"]), _pct(r["ood"])]
+        if cfg.eval.pick_on:
+            cells += [_pct(r["dev_in_domain"]), _pct(r["dev_ood"])]
+        table.add_row(*cells)
+    console.print(table)
+    pick = s.get("pick")
+    if pick:
+        console.print(
+            f"picked on dev: {pick['label']} (k={pick['k']:g}%): {cfg.eval.split} in-domain "
+            f"{_pct(pick['in_domain'])} ({_signed(pick['gain_in_domain'])} vs unrestored), "
+            f"out-of-domain {_pct(pick['ood'])} ({_signed(pick['gain_ood'])})"
+        )
+    console.print(f"restored models, evals and sweep.json in {cfg.out}")
+
+
+def _signed(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:+.1f}"
 
 
 @data_app.command("build-geo")

@@ -179,7 +179,9 @@ def load_config(
         if not isinstance(loaded, dict):
             raise SftscopeError(f"{path}: expected a mapping of config fields")
         values.update(loaded)
-    values.update({k: v for k, v in (options or {}).items() if v is not None})
+    for key, value in (options or {}).items():  # "eval.data" sets a field of a section
+        if value is not None:
+            _set_dotted(values, key, value)
     for key, value in parse_overrides(overrides or []).items():
         _set_dotted(values, key, value)
     try:
@@ -220,6 +222,64 @@ class KLConfig(DataConfig, KLSettings):
     device: str = "auto"
     trust_remote_code: bool = False
     out: Path = Field(description="the JSON summary to write (records go beside it)")
+
+
+PAPER_K = (1.0, 3.0, 5.0, 10.0, 20.0, 40.0, 60.0)
+
+
+class RestoreSettings(StageConfig):
+    """Which fine-tuned weights go back to their pre-SFT values (PAPER.md §7); defaults are the
+    paper's. Shared by ``sftscope restore`` and the grid."""
+
+    k: list[float] = Field(list(PAPER_K), min_length=1, description="% of region weights, 0<k<100")
+    scope: Literal["global", "layer", "tensor"] = Field("global", description="one ranking per …")
+    strategy: Literal["top", "bottom", "random"] = "top"
+    region: str = Field("paper", description="paper|attention|mlp|embedding|all|re:PATTERN")
+    layers: list[str] | None = Field(
+        None, description="layer blocks A-B restored entirely, one output each (instead of k)"
+    )
+    seed: int = Field(0, description="random strategy")
+    max_shard_bytes: int = Field(2 * 2**30, ge=1, description="output shard size")
+
+    @field_validator("k", "layers", mode="before")
+    @classmethod
+    def _split_commas(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            return [x.strip() for x in v.split(",") if x.strip()]
+        if isinstance(v, int | float):
+            return [v]
+        return v
+
+    @field_validator("k")
+    @classmethod
+    def _percent(cls, v: list[float]) -> list[float]:
+        bad = [x for x in v if not 0 < x < 100]
+        if bad:
+            raise ValueError(f"k={bad[0]:g} is not a percentage strictly between 0 and 100")
+        if len(set(v)) != len(v):
+            raise ValueError("k values repeat")
+        return v
+
+
+class RestoreEval(DataConfig, EvalSettings):
+    """Evaluate every restored model (and the unrestored one, k = 0) after restoring."""
+
+    mastery: Path | None = Field(None, description="probe of the split: per-level accuracy")
+    pick_on: Literal["dev"] | None = Field(
+        None, description="choose k by dev in-domain accuracy and report test at that k"
+    )
+    keep_models: bool = Field(True, description="false: delete restored weights once evaluated")
+
+
+class RestoreConfig(RestoreSettings):
+    """``sftscope restore``: restored checkpoints per k (or layer block), optionally evaluated."""
+
+    base: str = Field(description="the base model (path, hub id or 'smollm2')")
+    tuned: Path = Field(description="the fine-tuned model folder")
+    eval: RestoreEval | None = None
+    device: str = "auto"
+    trust_remote_code: bool = False
+    out: Path
 
 
 class GridKL(KLSettings):

@@ -9,6 +9,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 import json  # noqa: E402
+import shutil  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
@@ -52,3 +53,27 @@ def write_dataset(root: Path, items: dict[str, dict[str, list]], meta: dict | No
     if meta is not None:
         (root / "dataset.json").write_text(json.dumps(meta), encoding="utf-8")
     return root
+
+
+def perturbed_copy(src: Path, out: Path, seed: int = 0, scale: float = 0.05, dtype=None) -> Path:
+    """A "fine-tuned" copy of a checkpoint: half the weights move by seeded noise of varying
+    size (so r has exact ties at 0 and a wide range); optionally cast (both sides) to ``dtype``."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    g = torch.Generator().manual_seed(seed)
+    w = load_file(src / "model.safetensors")
+    out.mkdir(parents=True)
+    noisy = {}
+    for k, v in w.items():
+        mask = torch.rand(v.shape, generator=g) < 0.5
+        noisy[k] = v + mask * scale * torch.randn(v.shape, generator=g) * (
+            1 + 10 * torch.rand(1, generator=g)
+        )
+        if dtype is not None:
+            noisy[k] = noisy[k].to(dtype)
+    save_file(noisy, str(out / "model.safetensors"))
+    for f in src.iterdir():  # config and tokenizer: a loadable model folder
+        if f.is_file() and f.suffix != ".safetensors":
+            shutil.copy2(f, out / f.name)
+    return out

@@ -7,25 +7,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import perturbed_copy
 from safetensors.torch import load_file, save_file
 
 from sftscope.errors import SftscopeError
 from sftscope.params.diff import concentration, in_region, module_of, region_names, run_diff
 from sftscope.params.tensors import open_checkpoint
-
-
-def _perturbed(src: Path, out: Path, seed: int = 0, scale: float = 0.05) -> Path:
-    g = torch.Generator().manual_seed(seed)
-    w = load_file(src / "model.safetensors")
-    out.mkdir(parents=True)
-    noisy = {}
-    for k, v in w.items():
-        mask = torch.rand(v.shape, generator=g) < 0.5  # half the weights move
-        noisy[k] = v + mask * scale * torch.randn(v.shape, generator=g) * (
-            1 + 10 * torch.rand(1, generator=g)
-        )
-    save_file(noisy, str(out / "model.safetensors"))
-    return out
 
 
 def test_regions_and_modules() -> None:
@@ -42,7 +29,7 @@ def test_regions_and_modules() -> None:
 
 
 def test_concentration_equals_a_flat_reference(tiny_model_dir: Path, tmp_path: Path) -> None:
-    tuned_dir = _perturbed(tiny_model_dir, tmp_path / "tuned")
+    tuned_dir = perturbed_copy(tiny_model_dir, tmp_path / "tuned")
     base, tuned = open_checkpoint(tiny_model_dir), open_checkpoint(tuned_dir)
     names = region_names(base, "paper")
     ks = (0.001, 1, 3, 5, 10, 20, 40, 60, 99, 100)
@@ -67,7 +54,7 @@ def test_concentration_equals_a_flat_reference(tiny_model_dir: Path, tmp_path: P
 
 
 def test_run_diff_outputs_and_nan(tiny_model_dir: Path, tmp_path: Path) -> None:
-    tuned_dir = _perturbed(tiny_model_dir, tmp_path / "tuned")
+    tuned_dir = perturbed_copy(tiny_model_dir, tmp_path / "tuned")
     s = run_diff(tiny_model_dir, tuned_dir, tmp_path / "out")
     assert s["tensors"] == 2 * 7 and set(s["per_module"]) == {
         "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}  # fmt: skip
@@ -91,7 +78,7 @@ def test_diff_cli(tiny_model_dir: Path, tmp_path: Path) -> None:
 
     from sftscope.cli import app
 
-    tuned_dir = _perturbed(tiny_model_dir, tmp_path / "tuned")
+    tuned_dir = perturbed_copy(tiny_model_dir, tmp_path / "tuned")
     res = CliRunner().invoke(app, ["diff", "--base", str(tiny_model_dir), "--tuned",
                                    str(tuned_dir), "--out", str(tmp_path / "d")])  # fmt: skip
     assert res.exit_code == 0, res.output

@@ -18,6 +18,7 @@ from sftscope.params.tensors import (
     check_compatible,
     iter_pairs,
     open_checkpoint,
+    plan_of,
 )
 
 
@@ -83,10 +84,10 @@ def test_shard_writer_round_trip_loads_with_from_pretrained(
     tiny_model_dir: Path, tmp_path: Path, max_bytes: int
 ) -> None:
     ckpt = open_checkpoint(tiny_model_dir)
-    writer = ShardWriter(tmp_path / "out", max_shard_bytes=max_bytes)
+    writer = ShardWriter(tmp_path / "out", plan_of(ckpt), max_shard_bytes=max_bytes)
     for name, x, _ in iter_pairs(ckpt, ckpt):
         writer.add(name, x * 2)
-    out = writer.close(side_files_from=tiny_model_dir)
+    out = writer.close(side_files_from=[tiny_model_dir])
     assert (out / INDEX).exists() is (max_bytes == 40_000)
     assert not list(tmp_path.glob(".out.*"))  # the temporary folder was renamed away
     model = AutoModelForCausalLM.from_pretrained(out)

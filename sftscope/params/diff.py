@@ -2,32 +2,30 @@
 
 r_i = |s_i - p_i| / (|p_i| + 1e-8) in fp32, for the tensors of a region (the paper's: decoder
 layer weights, norms excluded). Streamed tensor by tensor; the concentration table (share of the
-total r held by the top k% of weights) is exact without a flat vector: pass 1 fills a histogram
-of log10 r (counts and sums per bin), which brackets each k's threshold inside one bin; pass 2
-collects only that bin's values and sorts them.
+total r held by the top k% of weights) is exact without a flat vector: a histogram pass brackets
+each k's threshold inside one bin, a second pass collects only that bin's values
+(:mod:`sftscope.params.select`).
 """
 
 from __future__ import annotations
 
 import math
 import re
-from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from sftscope.config import PAPER_K
 from sftscope.errors import SftscopeError
+from sftscope.params.select import Ranking
 from sftscope.params.tensors import Checkpoint, check_compatible, iter_pairs
 
 EPS = 1e-8
-PAPER_K = (1, 3, 5, 10, 20, 40, 60)
 REGIONS = ("paper", "attention", "mlp", "embedding", "all")
 _LAYER = re.compile(r"\.layers\.(\d+)\.")
 _MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-# Histogram over log10 r: 1e-12 .. 1e12 in 4,800 bins (200 per decade); r below goes to bin 0.
-_LO, _HI, _BINS = -12.0, 12.0, 4800
 
 
 def layer_of(name: str) -> int | None:
@@ -58,6 +56,13 @@ def in_region(name: str, region: str) -> bool:
     raise SftscopeError(f"region {region!r}: expected one of {', '.join(REGIONS)} or re:PATTERN")
 
 
+def natural_key(name: str) -> list:
+    """Sort key putting ``layers.2`` before ``layers.10``: the canonical tensor order of a
+    ranking's positions, independent of how a checkpoint is sharded."""
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part)
+            for part in re.split(r"(\d+)", name)]  # fmt: skip
+
+
 def relative_change(base: torch.Tensor, tuned: torch.Tensor) -> torch.Tensor:
     p, s = base.float(), tuned.float()
     return (s - p).abs() / (p.abs() + EPS)
@@ -68,11 +73,6 @@ def region_names(ckpt: Checkpoint, region: str) -> list[str]:
     if not names:
         raise SftscopeError(f"region {region!r} selects no tensor of {ckpt.root}")
     return names
-
-
-def _bins(r: torch.Tensor) -> torch.Tensor:
-    x = torch.log10(r.double().clamp_min(10.0**_LO))
-    return ((x - _LO) / (_HI - _LO) * _BINS).long().clamp(0, _BINS - 1)
 
 
 def tensor_stats(name: str, base: torch.Tensor, tuned: torch.Tensor, r: torch.Tensor) -> dict:
@@ -97,54 +97,44 @@ def concentration(
     ks: Iterable[float] = PAPER_K,
     each: Callable[[str, torch.Tensor, torch.Tensor, torch.Tensor], None] | None = None,
 ) -> dict[str, Any]:
-    """Share of Σr held by the top k% of the region's weights, exactly, in two streamed passes.
+    """Share of Σr held by the top k% of the region's weights, exactly, in two streamed passes
+    (see :mod:`sftscope.params.select`).
 
     The top n_k = floor(N * k / 100) values are summed; ties do not matter for a sum.
     ``each(name, base, tuned, r)`` is called for every tensor during the first pass, so per-tensor
     statistics need no pass of their own."""
-    counts = torch.zeros(_BINS, dtype=torch.float64)
-    sums = torch.zeros(_BINS, dtype=torch.float64)
+    ranking = Ranking(descending=True, sums=True)
     for name, p, s in iter_pairs(base, tuned, names):
         r = relative_change(p, s)
         if each is not None:
             each(name, p, s, r)
-        r = r.flatten()
-        b = _bins(r)
-        counts.index_add_(0, b, torch.ones_like(r, dtype=torch.float64))
-        sums.index_add_(0, b, r.double())
-    n, total = int(counts.sum()), float(sums.sum())
-    # From the top bin down: how many values lie strictly above each bin.
-    above_count = torch.flip(torch.cumsum(torch.flip(counts, [0]), 0), [0]) - counts
-    above_sum = torch.flip(torch.cumsum(torch.flip(sums, [0]), 0), [0]) - sums
+        ranking.count("all", checked(name, r))
+    n, total = ranking.size("all"), float(ranking.sums["all"].sum())
     want = {k: math.floor(n * k / 100) for k in ks}
-    bracket = {}
-    for k, nk in want.items():
-        if nk == 0:
-            continue
-        b = int(((above_count < nk) & (above_count + counts >= nk)).nonzero()[-1])
-        bracket[k] = b
-    inside: dict[int, list[torch.Tensor]] = defaultdict(list)
-    if bracket:
-        needed = set(bracket.values())
+    ranking.plan({"all": set(want.values())})
+    if any(want.values()):
+        offset = 0
         for _, p, s in iter_pairs(base, tuned, names):
-            r = relative_change(p, s).flatten()
-            b = _bins(r)
-            for bin_id in needed:
-                sel = r[b == bin_id]
-                if sel.numel():
-                    inside[bin_id].append(sel.double())
+            r = relative_change(p, s)
+            ranking.collect("all", r, offset)
+            offset += r.numel()
+    cuts = ranking.cuts()
     rows = []
     for k, nk in want.items():
         if nk == 0:
             rows.append({"k": k, "count": 0, "share": 0.0, "threshold": None})
             continue
-        b = bracket[k]
-        vals = torch.sort(torch.cat(inside[b]), descending=True).values
-        take = nk - int(above_count[b])
-        top = float(above_sum[b]) + float(vals[:take].sum())
-        rows.append({"k": k, "count": nk, "share": top / total if total else 0.0,
-                     "threshold": float(vals[take - 1])})  # fmt: skip
+        cut = cuts[("all", nk)]
+        rows.append({"k": k, "count": nk, "share": cut.total / total if total else 0.0,
+                     "threshold": cut.value})  # fmt: skip
     return {"n": n, "total": total, "rows": rows}
+
+
+def checked(name: str, r: torch.Tensor) -> torch.Tensor:
+    """``r`` itself; a NaN or inf (from a NaN/inf weight) is an error naming the tensor."""
+    if not bool(torch.isfinite(r).all()):
+        raise SftscopeError(f"tensor {name}: NaN or inf in the relative change")
+    return r
 
 
 def run_diff(base_dir: Path, tuned_dir: Path, out: Path, region: str = "paper") -> dict[str, Any]:
@@ -158,10 +148,7 @@ def run_diff(base_dir: Path, tuned_dir: Path, out: Path, region: str = "paper") 
     stats: list[dict[str, Any]] = []
 
     def collect(name: str, p: torch.Tensor, s: torch.Tensor, r: torch.Tensor) -> None:
-        row = tensor_stats(name, p, s, r)
-        if not math.isfinite(row["sum"]):
-            raise SftscopeError(f"tensor {name}: NaN or inf in the relative change")
-        stats.append(row)
+        stats.append(tensor_stats(name, p, s, checked(name, r)))
 
     conc = concentration(base, tuned, names, each=collect)
 

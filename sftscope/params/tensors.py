@@ -2,8 +2,9 @@
 
 A checkpoint is a ``save_pretrained`` folder holding ``model.safetensors`` or shards listed in
 ``model.safetensors.index.json``. Nothing here holds a whole model: readers open tensors lazily
-(``safe_open``) and the writer flushes a shard as soon as it reaches ``max_shard_bytes``, so memory
-stays at about one tensor plus one shard whatever the model size.
+(``safe_open``) and the writer streams each tensor into its shard file as it comes (the shard
+headers are computed up front from the tensors' shapes), so memory stays at about one tensor
+whatever the model size.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
 from sftscope.errors import SftscopeError
 from sftscope.io import atomic_write_json
@@ -123,57 +123,120 @@ def iter_pairs(
             yield name, get(base, name), get(tuned, name)
 
 
-class ShardWriter:
-    """Writes tensors into ``out`` as shards of at most ``max_shard_bytes`` (a tensor larger than
-    that gets a shard of its own), with an index when there is more than one. Everything is
-    written into a temporary folder and renamed into place by :meth:`close`."""
+# safetensors dtype names (https://github.com/huggingface/safetensors, format spec).
+_DTYPES = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16",
+           torch.bfloat16: "BF16", torch.int64: "I64", torch.int32: "I32", torch.int16: "I16",
+           torch.int8: "I8", torch.uint8: "U8", torch.bool: "BOOL",
+           torch.float8_e4m3fn: "F8_E4M3", torch.float8_e5m2: "F8_E5M2"}  # fmt: skip
+_SIZES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1,
+          "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}  # fmt: skip
 
-    def __init__(self, out: str | Path, max_shard_bytes: int = 5 * 2**30) -> None:
+Plan = Sequence[tuple[str, tuple[int, ...], str]]  # (name, shape, safetensors dtype), in order
+
+
+def plan_of(ckpt: Checkpoint) -> list[tuple[str, tuple[int, ...], str]]:
+    """The tensors of ``ckpt`` as a writing plan, in its order."""
+    return [(name, info.shape, info.dtype) for name, info in ckpt.tensors.items()]
+
+
+def _nbytes(shape: Sequence[int], dtype: str) -> int:
+    if dtype not in _SIZES:
+        raise SftscopeError(f"dtype {dtype} is not supported for writing")
+    n = _SIZES[dtype]
+    for d in shape:
+        n *= d
+    return n
+
+
+def _header(entries: Plan) -> bytes:
+    """A safetensors header for ``entries``: u64 length, JSON, padded to 8 bytes."""
+    meta: dict[str, object] = {"__metadata__": {"format": "pt"}}
+    offset = 0
+    for name, shape, dtype in entries:
+        end = offset + _nbytes(shape, dtype)
+        meta[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, end]}
+        offset = end
+    text = json.dumps(meta, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    return len(text).to_bytes(8, "little") + text
+
+
+class ShardWriter:
+    """Streams tensors to safetensors shards of at most ``max_shard_bytes`` (a larger tensor
+    gets a shard of its own), with an index when there is more than one.
+
+    The ``plan`` (every tensor's name, shape and dtype, in writing order) is known up front, so
+    each shard's header is written first and each tensor goes to disk the moment it is added:
+    memory holds one tensor whatever the model size. Everything is written into a temporary
+    folder and renamed into place by :meth:`close`."""
+
+    def __init__(self, out: str | Path, plan: Plan, max_shard_bytes: int = 5 * 2**30) -> None:
         self.out = Path(out)
         self.out.parent.mkdir(parents=True, exist_ok=True)
+        self.shards: list[list[tuple[str, tuple[int, ...], str]]] = [[]]
+        size = 0
+        for name, shape, dtype in plan:
+            nbytes = _nbytes(shape, dtype)
+            if self.shards[-1] and size + nbytes > max_shard_bytes:
+                self.shards.append([])
+                size = 0
+            self.shards[-1].append((name, tuple(shape), dtype))
+            size += nbytes
+        self.total = sum(_nbytes(s, d) for shard in self.shards for _, s, d in shard)
         self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.", dir=self.out.parent))
-        self.max = max_shard_bytes
-        self.buffer: dict[str, torch.Tensor] = {}
-        self.size = 0
-        self.shards: list[list[str]] = []
-        self.total = 0
+        self._todo = iter([(k, e) for k, shard in enumerate(self.shards) for e in shard])
+        self._file = None
+        self._shard = -1
+
+    def _path(self, k: int) -> Path:
+        return self.tmp / f"shard-{k:05d}.safetensors"
 
     def add(self, name: str, tensor: torch.Tensor) -> None:
-        nbytes = tensor.numel() * tensor.element_size()
-        if self.buffer and self.size + nbytes > self.max:
-            self._flush()
-        self.buffer[name] = tensor.contiguous()
-        self.size += nbytes
-        self.total += nbytes
+        """Write the next tensor of the plan (names, shapes and dtypes must follow it)."""
+        k, (want, shape, dtype) = next(self._todo, (None, (None, None, None)))
+        got = _DTYPES.get(tensor.dtype)
+        if name != want or tuple(tensor.shape) != shape or got != dtype:
+            raise SftscopeError(f"writing {name} {list(tensor.shape)} {got}: the plan expects "
+                                f"{want} {list(shape or [])} {dtype}")  # fmt: skip
+        if k != self._shard:
+            if self._file is not None:
+                self._file.close()
+            self._file = open(self._path(k), "wb")  # noqa: SIM115 - closed on the next shard
+            self._file.write(_header(self.shards[k]))
+            self._shard = k
+        data = tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8)
+        self._file.write(data.numpy().data)
 
-    def _flush(self) -> None:
-        k = len(self.shards)
-        save_file(self.buffer, str(self.tmp / f"shard-{k:05d}.safetensors"), {"format": "pt"})
-        self.shards.append(list(self.buffer))
-        self.buffer, self.size = {}, 0
-
-    def close(self, side_files_from: Path | None = None) -> Path:
-        if self.buffer or not self.shards:
-            self._flush()
+    def close(self, side_files_from: Sequence[Path] = ()) -> Path:
+        """Finish the last shard, write the index, copy config/tokenizer files from the first
+        of ``side_files_from`` that has each, and move the folder into place."""
+        if next(self._todo, None) is not None:
+            raise SftscopeError(f"{self.out}: closed before every planned tensor was written")
+        if self._file is not None:
+            self._file.close()
         n = len(self.shards)
         if n == 1:
-            os.replace(self.tmp / "shard-00000.safetensors", self.tmp / SINGLE)
+            if not self._path(0).exists():  # an empty plan
+                self._path(0).write_bytes(_header([]))
+            os.replace(self._path(0), self.tmp / SINGLE)
         else:
             weight_map = {}
-            for k, names in enumerate(self.shards):
+            for k, entries in enumerate(self.shards):
                 final = f"model-{k + 1:05d}-of-{n:05d}.safetensors"
-                os.replace(self.tmp / f"shard-{k:05d}.safetensors", self.tmp / final)
-                weight_map.update(dict.fromkeys(names, final))
+                os.replace(self._path(k), self.tmp / final)
+                weight_map.update(dict.fromkeys((e[0] for e in entries), final))
             index = {"metadata": {"total_size": self.total}, "weight_map": weight_map}
             atomic_write_json(self.tmp / INDEX, index)
-        if side_files_from is not None:
-            for name in SIDE_FILES:
-                if (side_files_from / name).exists():
-                    shutil.copy2(side_files_from / name, self.tmp / name)
+        for name in SIDE_FILES:  # the first folder holding the file wins
+            src = next((d / name for d in side_files_from if (d / name).exists()), None)
+            if src is not None:
+                shutil.copy2(src, self.tmp / name)
         if self.out.exists():
             shutil.rmtree(self.out)
         os.replace(self.tmp, self.out)
         return self.out
 
     def abort(self) -> None:
+        if self._file is not None:
+            self._file.close()
         shutil.rmtree(self.tmp, ignore_errors=True)

@@ -1,0 +1,268 @@
+"""Restore selected fine-tuned weights to their pre-SFT values (PAPER.md §7.3, §7.5).
+
+The paper ranks every weight of the region by its relative change r (one global ranking,
+``torch.topk`` over a flat vector of the whole model) and sets the top k% back to the base
+values, once per k. Here the ranking is exact and streamed (:mod:`sftscope.params.select`):
+three passes over the two checkpoints, whatever the number of k values, and one output
+checkpoint per k written tensor by tensor, so memory holds a tensor pair, not a model.
+
+* scope: ``global`` (the paper: one ranking over the region), ``layer`` (one ranking per decoder
+  layer) or ``tensor`` (one per tensor); tensors outside any layer form their own group.
+* strategy: ``top`` (largest r first, the paper), ``bottom`` (smallest first) or ``random``
+  (a seeded uniform score per weight, ranked like r; reproducible, and independent of which
+  other tensors are in the region).
+* ties: positions break them, lower first — the flat index in the group's tensors taken in
+  natural name order (``layers.2`` before ``layers.10``, whatever the sharding) — so the
+  selection equals the first n of a stable sort; n = floor(N * k / 100) per group.
+* layer blocks: ``layers: [0-3, 4-7]`` restores every region tensor of those layers entirely,
+  one output per block (PAPER.md Table 11), instead of the k sweep.
+
+Outputs: ``OUT/<scope>-<strategy>-<k>/`` or ``OUT/layers-<a>-<b>/`` (``from_pretrained``-loadable,
+config and tokenizer copied), ``OUT/selection.json`` (per output: count, cut per group, stats of
+the selected r), ``OUT/restore_stats.tsv`` (per output and tensor), ``OUT/restore.yaml``. Built in
+a temporary folder and renamed into place: a failed run leaves nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import zlib
+from collections.abc import Hashable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from tqdm.auto import tqdm
+
+from sftscope.config import RestoreConfig, dump_config
+from sftscope.errors import SftscopeError
+from sftscope.io import atomic_write_json, atomic_write_text, read_yaml
+from sftscope.params.diff import checked, layer_of, natural_key, region_names, relative_change
+from sftscope.params.select import Cut, Ranking
+from sftscope.params.tensors import (
+    Checkpoint,
+    ShardWriter,
+    check_compatible,
+    iter_pairs,
+    open_checkpoint,
+    plan_of,
+)
+
+
+def group_of(name: str, scope: str) -> Hashable:
+    """The ranking a tensor belongs to."""
+    if scope == "global":
+        return "all"
+    if scope == "layer":
+        layer = layer_of(name)
+        return f"layer {layer}" if layer is not None else name
+    return name
+
+
+def random_scores(name: str, shape: torch.Size, seed: int) -> torch.Tensor:
+    """Uniform [0, 1) scores, seeded by ``seed`` and the tensor's name only."""
+    g = torch.Generator().manual_seed((seed * 1_000_003 + zlib.crc32(name.encode())) % 2**63)
+    return torch.rand(shape, generator=g)
+
+
+def parse_block(text: str) -> tuple[int, int]:
+    a, sep, b = text.partition("-")
+    try:
+        lo, hi = int(a), int(b if sep else a)
+    except ValueError:
+        raise SftscopeError(f"layer block {text!r}: expected A-B, e.g. 0-3") from None
+    if lo < 0 or hi < lo:
+        raise SftscopeError(f"layer block {text!r}: expected 0 <= A <= B")
+    return lo, hi
+
+
+@dataclass
+class Output:
+    """One restored checkpoint: a k of the sweep, or a layer block."""
+
+    label: str
+    k: float | None = None
+    block: tuple[int, int] | None = None
+    cuts: dict[Hashable, Cut] = field(default_factory=dict)
+    count: int = 0
+    sum_r: float = 0.0
+    min_r: float = math.inf
+    max_r: float = -math.inf
+
+
+class Restorer:
+    """The three passes of one ``sftscope restore`` (see the module docstring)."""
+
+    def __init__(self, cfg: RestoreConfig, base: Checkpoint, tuned: Checkpoint) -> None:
+        self.cfg, self.base, self.tuned = cfg, base, tuned
+        self.names = sorted(region_names(base, cfg.region), key=natural_key)
+        self.groups = {n: group_of(n, cfg.scope) for n in self.names}
+        self.offset: dict[str, int] = {}
+        sizes: dict[Hashable, int] = {}
+        for n in self.names:
+            g = self.groups[n]
+            self.offset[n] = sizes.get(g, 0)
+            sizes[g] = self.offset[n] + base.numel(n)
+        self.sizes = sizes
+        self.ranking = Ranking(descending=cfg.strategy != "bottom")
+        if cfg.layers:
+            self.outputs = [Output(f"layers-{a}-{b}", block=(a, b))
+                            for a, b in map(parse_block, cfg.layers)]  # fmt: skip
+            for out in self.outputs:
+                if not any(self._in_block(n, out.block) for n in self.names):
+                    raise SftscopeError(f"layer block {out.label[7:]} holds no tensor of region "
+                                        f"{cfg.region!r} in {base.root}")  # fmt: skip
+        else:
+            self.outputs = [Output(f"{cfg.scope}-{cfg.strategy}-{k:g}", k=k) for k in cfg.k]
+        self.total_r = 0.0
+        self.rows: list[dict[str, Any]] = []
+
+    @staticmethod
+    def _in_block(name: str, block: tuple[int, int] | None) -> bool:
+        layer = layer_of(name)
+        return block is not None and layer is not None and block[0] <= layer <= block[1]
+
+    def _scores(self, name: str, r: torch.Tensor) -> torch.Tensor:
+        if self.cfg.strategy == "random":
+            return random_scores(name, r.shape, self.cfg.seed)
+        return r
+
+    def _pairs(self, desc: str, names=None):
+        names = names or self.names
+        return tqdm(iter_pairs(self.base, self.tuned, names), total=len(names), desc=desc,
+                    unit="tensor", leave=False)  # fmt: skip
+
+    def select(self) -> None:
+        """Passes 1 and 2: the exact cut of every (group, k)."""
+        if self.cfg.layers:
+            return
+        for name, p, s in self._pairs("restore: rank"):
+            r = checked(name, relative_change(p, s))
+            self.ranking.count(self.groups[name], self._scores(name, r))
+        wanted = {g: {math.floor(size * k / 100) for k in self.cfg.k}
+                  for g, size in self.sizes.items()}  # fmt: skip
+        self.ranking.plan(wanted)
+        for name, p, s in self._pairs("restore: cut"):
+            r = relative_change(p, s)
+            self.ranking.collect(self.groups[name], self._scores(name, r), self.offset[name])
+        cuts = self.ranking.cuts()
+        for out in self.outputs:
+            for g, size in self.sizes.items():
+                n = math.floor(size * out.k / 100)
+                out.cuts[g] = cuts.get((g, n), Cut(0, None, -1, None))
+
+    def _mask(self, out: Output, name: str, r: torch.Tensor) -> torch.Tensor:
+        if out.block is not None:
+            return torch.full_like(r, self._in_block(name, out.block), dtype=torch.bool)
+        cut = out.cuts[self.groups[name]]
+        return self.ranking.mask(self._scores(name, r), self.offset[name], cut)
+
+    def write(self, staging: Path) -> None:
+        """Pass 3: every output checkpoint, tensor by tensor."""
+        plan = plan_of(self.base)
+        writers = [ShardWriter(staging / o.label, plan, self.cfg.max_shard_bytes)
+                   for o in self.outputs]  # fmt: skip
+        region = set(self.names)
+        try:
+            for name, p, s in self._pairs("restore: write", self.base.names):
+                if name not in region:
+                    for w in writers:
+                        w.add(name, s)
+                    continue
+                r = checked(name, relative_change(p, s))
+                tensor_r = float(r.double().sum())
+                self.total_r += tensor_r
+                for out, w in zip(self.outputs, writers, strict=True):
+                    mask = self._mask(out, name, r)
+                    w.add(name, torch.where(mask, p, s))
+                    self._account(out, name, r, mask, tensor_r)
+            for w in writers:
+                w.close(side_files_from=(self.tuned.root, self.base.root))
+        except BaseException:
+            for w in writers:
+                w.abort()
+            raise
+
+    def _account(self, out: Output, name: str, r: torch.Tensor, mask: torch.Tensor,
+                 tensor_r: float) -> None:  # fmt: skip
+        chosen = r[mask]
+        n = chosen.numel()
+        restored_r = float(chosen.double().sum())
+        out.count += n
+        out.sum_r += restored_r
+        if n:
+            out.min_r = min(out.min_r, float(chosen.min()))
+            out.max_r = max(out.max_r, float(chosen.max()))
+        self.rows.append({"output": out.label, "tensor": name, "layer": layer_of(name),
+                          "numel": r.numel(), "restored": n, "restored_pct": 100 * n / r.numel(),
+                          "sum_r": tensor_r, "restored_sum_r": restored_r})  # fmt: skip
+
+    def selection(self) -> dict[str, Any]:
+        outputs = []
+        for o in self.outputs:
+            entry: dict[str, Any] = {"label": o.label, "k": o.k, "block": o.block,
+                                     "count": o.count, "sum_r": o.sum_r,
+                                     "share_of_r": o.sum_r / self.total_r if self.total_r else 0.0,
+                                     "mean_r": o.sum_r / o.count if o.count else None,
+                                     "min_r": o.min_r if o.count else None,
+                                     "max_r": o.max_r if o.count else None}  # fmt: skip
+            if o.k is not None:
+                entry["cuts"] = {str(g): {"n": c.n, "threshold": c.value, "position": c.position}
+                                 for g, c in o.cuts.items()}  # fmt: skip
+            outputs.append(entry)
+        return {"region": self.cfg.region, "scope": self.cfg.scope, "strategy": self.cfg.strategy,
+                "seed": self.cfg.seed, "weights": sum(self.sizes.values()),
+                "total_r": self.total_r, "outputs": outputs}  # fmt: skip
+
+
+STATS_COLUMNS = ("output", "tensor", "layer", "numel", "restored", "restored_pct", "sum_r",
+                 "restored_sum_r")  # fmt: skip
+
+
+def restore_settings(cfg: RestoreConfig) -> dict[str, Any]:
+    """What a restore folder records (and a rerun compares): the config minus its evaluation."""
+    return cfg.model_dump(mode="json", exclude={"eval", "out", "device", "trust_remote_code"})
+
+
+def run_restore(cfg: RestoreConfig) -> dict[str, Any]:
+    """``sftscope restore`` without ``--eval``: the restored checkpoints and their statistics.
+    A folder already holding this restore is reused; one holding another is an error."""
+    from sftscope.models.loading import resolve_model
+
+    out = Path(cfg.out)
+    if (out / "selection.json").exists():
+        if read_yaml(out / "restore.yaml", "restore settings") != restore_settings(cfg):
+            raise SftscopeError(f"{out} holds a restore with other settings; use another --out")
+        return json.loads((out / "selection.json").read_text(encoding="utf-8"))
+    base = open_checkpoint(resolve_model(cfg.base))
+    tuned = open_checkpoint(cfg.tuned)
+    check_compatible(base, tuned)
+    restorer = Restorer(cfg, base, tuned)
+    staging = out.parent / f".{out.name}.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        restorer.select()
+        restorer.write(staging)
+        selection = restorer.selection()
+        tsv = (
+            "\t".join(STATS_COLUMNS)
+            + "\n"
+            + "".join("\t".join(str(row[c]) for c in STATS_COLUMNS) + "\n" for row in restorer.rows)
+        )
+        atomic_write_text(staging / "restore_stats.tsv", tsv)
+        settings = yaml.safe_dump(restore_settings(cfg), sort_keys=False)
+        atomic_write_text(staging / "restore.yaml", settings)
+        atomic_write_json(staging / "selection.json", selection)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if out.exists():
+        shutil.rmtree(out)
+    staging.rename(out)
+    atomic_write_text(out / "config.yaml", dump_config(cfg))
+    return selection

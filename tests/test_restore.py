@@ -1,0 +1,175 @@
+"""Streamed restoration equals the materialising reference bit for bit; outputs and errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import EQ_FIXTURE, perturbed_copy
+from safetensors.torch import load_file, save_file
+from transformers import AutoModelForCausalLM
+from typer.testing import CliRunner
+
+from sftscope.cli import app
+from sftscope.config import RestoreConfig, load_config
+from sftscope.errors import SftscopeError
+from sftscope.models.tiny import save_tiny
+from sftscope.params.reference import load_all, reference_restore
+from sftscope.params.restore import run_restore
+
+KS = (1, 3, 50, 60, 99.5)
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def pair(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    return tiny_model_dir, perturbed_copy(tiny_model_dir, tmp_path_factory.mktemp("ft") / "m")
+
+
+@pytest.fixture(scope="module")
+def bf16_pair(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """bf16 weights: few distinct values, so r has many exact ties everywhere."""
+    root = tmp_path_factory.mktemp("bf16")
+    base = root / "base"
+    shutil.copytree(tiny_model_dir, base)
+    w = load_file(tiny_model_dir / "model.safetensors")
+    save_file({k: v.bfloat16() for k, v in w.items()}, str(base / "model.safetensors"))
+    return base, perturbed_copy(base, root / "tuned", seed=1, dtype=torch.bfloat16)
+
+
+def _restore(base: Path, tuned: Path, out: Path, **kw) -> dict:
+    cfg = RestoreConfig(base=str(base), tuned=tuned, out=out, **kw)
+    return run_restore(cfg)
+
+
+def _assert_equal_to_reference(base, tuned, out, ks, **kw) -> None:
+    sel = _restore(base, tuned, out, k=list(ks), **kw)
+    ref = reference_restore(base, tuned, ks, **kw)
+    for o, k in zip(sel["outputs"], ks, strict=True):
+        got = load_all(out / o["label"])
+        assert set(got) == set(ref[k])
+        for name, tensor in ref[k].items():
+            assert torch.equal(got[name], tensor), (o["label"], name)
+            assert got[name].dtype == tensor.dtype
+
+
+@pytest.mark.parametrize("scope", ["global", "layer", "tensor"])
+@pytest.mark.parametrize("strategy", ["top", "bottom", "random"])
+def test_streamed_restore_equals_the_reference(pair, tmp_path: Path, scope, strategy) -> None:
+    base, tuned = pair
+    _assert_equal_to_reference(base, tuned, tmp_path / "r", KS, scope=scope, strategy=strategy)
+
+
+@pytest.mark.parametrize(("scope", "strategy", "region"),
+                         [("global", "top", "paper"), ("tensor", "bottom", "all"),
+                          ("layer", "random", "all")])  # fmt: skip
+def test_bf16_ties_and_other_regions(bf16_pair, tmp_path: Path, scope, strategy, region) -> None:
+    base, tuned = bf16_pair
+    _assert_equal_to_reference(base, tuned, tmp_path / "r", KS, scope=scope, strategy=strategy,
+                               region=region)  # fmt: skip
+
+
+def test_sharding_changes_nothing(pair, tmp_path: Path) -> None:
+    """Positions follow natural name order, not file order: a sharded base gives the same
+    selection; small output shards load with from_pretrained."""
+    base, tuned = pair
+    sharded = tmp_path / "sharded"
+    AutoModelForCausalLM.from_pretrained(base).save_pretrained(sharded, max_shard_size="40KB")
+    a = _restore(base, tuned, tmp_path / "a", k=[50], strategy="random")
+    b = _restore(sharded, tuned, tmp_path / "b", k=[50], strategy="random",
+                 max_shard_bytes=30_000)  # fmt: skip
+    label = a["outputs"][0]["label"]
+    assert (tmp_path / "b" / label / "model.safetensors.index.json").exists()
+    assert a["outputs"][0]["cuts"] == b["outputs"][0]["cuts"]
+    restored = AutoModelForCausalLM.from_pretrained(tmp_path / "b" / label).state_dict()
+    single = load_all(tmp_path / "a" / label)
+    for name, tensor in restored.items():
+        assert torch.equal(tensor, single[name])
+    assert (tmp_path / "a" / label / "tokenizer.json").exists()  # from the base: tuned has none
+
+
+def test_random_is_seeded(pair, tmp_path: Path) -> None:
+    base, tuned = pair
+    runs = [_restore(base, tuned, tmp_path / f"s{i}", k=[10], strategy="random", seed=seed)
+            for i, seed in enumerate((3, 3, 4))]  # fmt: skip
+    label = runs[0]["outputs"][0]["label"]
+    w = [load_all(tmp_path / f"s{i}" / label) for i in range(3)]
+    assert all(torch.equal(w[0][n], w[1][n]) for n in w[0])
+    assert not all(torch.equal(w[0][n], w[2][n]) for n in w[0])
+
+
+def test_selection_stats_and_layer_blocks(pair, tmp_path: Path) -> None:
+    base, tuned = pair
+    sel = _restore(base, tuned, tmp_path / "k", k=[10, 60])
+    n = sel["weights"]
+    assert [o["count"] for o in sel["outputs"]] == [n * 10 // 100, n * 60 // 100]
+    assert sel["outputs"][0]["share_of_r"] < sel["outputs"][1]["share_of_r"] <= 1
+    assert sel["outputs"][0]["min_r"] >= sel["outputs"][0]["cuts"]["all"]["threshold"]
+    rows = (tmp_path / "k" / "restore_stats.tsv").read_text().splitlines()
+    assert rows[0].split("\t")[:3] == ["output", "tensor", "layer"] and len(rows) == 1 + 2 * 14
+    blocks = _restore(base, tuned, tmp_path / "b", layers=["0-0", "1-1"])
+    assert [o["label"] for o in blocks["outputs"]] == ["layers-0-0", "layers-1-1"]
+    w_base, w_tuned = load_all(base), load_all(tuned)
+    got = load_all(tmp_path / "b" / "layers-0-0")
+    for name, tensor in got.items():
+        in_block = ".layers.0." in name and "norm" not in name
+        assert torch.equal(tensor, w_base[name] if in_block else w_tuned[name]), name
+
+
+def test_rerun_reuses_and_other_settings_refuse(pair, tmp_path: Path) -> None:
+    base, tuned = pair
+    first = _restore(base, tuned, tmp_path / "r", k=[5])
+    stamp = (tmp_path / "r" / "selection.json").stat().st_mtime_ns
+    assert _restore(base, tuned, tmp_path / "r", k=[5]) == first
+    assert (tmp_path / "r" / "selection.json").stat().st_mtime_ns == stamp
+    with pytest.raises(SftscopeError, match="holds a restore with other settings"):
+        _restore(base, tuned, tmp_path / "r", k=[6])
+
+
+def _nothing_written(tmp_path: Path) -> bool:
+    return not (tmp_path / "out").exists() and not list(tmp_path.glob(".out*"))
+
+
+def test_bad_input_is_an_error_and_writes_nothing(pair, tmp_path: Path) -> None:
+    base, tuned = pair
+    for bad in ("0", "100", "-1", "150"):
+        with pytest.raises(SftscopeError, match="config field 'k'.*strictly between 0 and 100"):
+            load_config(RestoreConfig, None, dict(base=str(base), tuned=tuned, out=tmp_path,
+                                                  k=bad))  # fmt: skip
+    other = save_tiny(["a b c"], tmp_path / "other", num_layers=3)
+    with pytest.raises(SftscopeError, match="tensor .* is missing|shape"):
+        _restore(base, other, tmp_path / "out")
+    w = load_file(tuned / "model.safetensors")
+    name = "model.layers.1.mlp.up_proj.weight"
+    w[name][0, 0] = float("nan")
+    nan = tmp_path / "nan"
+    shutil.copytree(tuned, nan)
+    save_file(w, str(nan / "model.safetensors"))
+    with pytest.raises(SftscopeError, match=f"tensor {name}: NaN"):
+        _restore(base, nan, tmp_path / "out")
+    with pytest.raises(SftscopeError, match="layer block 7-9 holds no tensor"):
+        _restore(base, tuned, tmp_path / "out", layers=["7-9"])
+    assert _nothing_written(tmp_path)
+
+
+def test_restore_cli_sweep_with_dev_pick(pair, tmp_path: Path) -> None:
+    base, tuned = pair
+    out = tmp_path / "sweep"
+    args = ["restore", "--base", str(base), "--tuned", str(tuned), "--k", "1,50", "--out",
+            str(out), "--eval", "--data", "entityquestions", "--data-dir", str(EQ_FIXTURE),
+            "--limit-per-relation", "2", "--pick-on", "dev"]  # fmt: skip
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert "picked on dev" in res.output
+    sweep = json.loads((out / "sweep.json").read_text())
+    assert [r["label"] for r in sweep["rows"]] == ["tuned", "global-top-1", "global-top-50"]
+    assert sweep["pick"]["label"] in {r["label"] for r in sweep["rows"]}
+    for label in ("tuned", "global-top-1", "global-top-50"):
+        assert (out / "eval" / label / "summary.json").exists()
+        assert (out / "eval" / f"{label}.dev" / "summary.json").exists()
+    res = runner.invoke(app, [*args[:6], "0,5", *args[7:]])
+    assert res.exit_code == 2 and res.output.startswith("error: config field 'k'")
+    assert len(res.output.strip().splitlines()) == 1
