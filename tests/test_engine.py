@@ -190,3 +190,16 @@ def test_early_exit_drops_rows_without_changing_other_samples(tiny_engine: HFEng
             stopped += f != c
     assert stopped > 0
     assert exit_engine.tokens_forwarded < full_engine.tokens_forwarded
+
+
+def test_rows_ending_together_with_eos(tiny_engine: HFEngine) -> None:
+    """Every row emitting EOS at the first step (with text checks on) ends cleanly, empty."""
+    config = tiny_engine.model.generation_config
+    saved = config.eos_token_id
+    config.eos_token_id = list(range(len(tiny_engine.tokenizer)))
+    try:
+        outs = tiny_engine.generate(PROMPTS, max_new_tokens=5, temperature=1.0, n=2, stop=["\n"],
+                                    done_if=[lambda s: False] * len(PROMPTS))  # fmt: skip
+    finally:
+        config.eos_token_id = saved
+    assert outs == [["", ""]] * len(PROMPTS)

@@ -110,8 +110,8 @@ def decode(
                 done.add(b)
             else:
                 out[row].append(token)
-        if finish.reads_text:
-            todo = [b for b in range(len(alive)) if b not in done]
+        todo = [b for b in range(len(alive)) if b not in done]
+        if finish.reads_text and todo:  # (batch_decode([]) returns [""] in transformers 5)
             texts = tokenizer.batch_decode([out[alive[b]] for b in todo], skip_special_tokens=True)
             done.update(b for b, text in zip(todo, texts, strict=True)
                         if finish.by_text(alive[b], text))  # fmt: skip

@@ -9,7 +9,7 @@ must give the same weights bit for bit. Used by the tests and ``benchmarks/resto
 from __future__ import annotations
 
 import math
-from collections.abc import Hashable, Iterable
+from collections.abc import Hashable, Iterable, Iterator
 from pathlib import Path
 
 import torch
@@ -28,32 +28,49 @@ def load_all(folder: Path) -> dict[str, torch.Tensor]:
     return out
 
 
+def _select(flat: torch.Tensor, n: int, descending: bool, method: str) -> torch.Tensor:
+    """The first ``n`` of ``flat`` ranked by value (``descending`` or not), ties by index."""
+    mask = torch.zeros(flat.numel(), dtype=torch.bool)
+    if n == 0:
+        return mask
+    if method == "sort":  # the obvious way: a stable sort
+        mask[torch.sort(flat, descending=descending, stable=True).indices[:n]] = True
+        return mask
+    # "kth": the n-th value by selection, then the lowest-index ties (less memory than a sort)
+    t = torch.kthvalue(flat, flat.numel() - n + 1 if descending else n).values
+    mask = flat > t if descending else flat < t
+    ties = (flat == t).nonzero().flatten()
+    mask[ties[: n - int(mask.sum())]] = True
+    return mask
+
+
 def reference_restore(
     base_dir: Path, tuned_dir: Path, ks: Iterable[float], scope: str = "global",
-    strategy: str = "top", region: str = "paper", seed: int = 0,
-) -> dict[float, dict[str, torch.Tensor]]:  # fmt: skip
-    """Restored state dicts, one per k."""
+    strategy: str = "top", region: str = "paper", seed: int = 0, method: str = "sort",
+) -> Iterator[tuple[float, dict[str, torch.Tensor]]]:  # fmt: skip
+    """(k, restored state dict) for each k in turn; ``method`` "sort" or "kth" (same result)."""
     base, tuned = load_all(base_dir), load_all(tuned_dir)
     names = sorted((n for n in base if in_region(n, region)), key=natural_key)
     groups: dict[Hashable, list[str]] = {}
     for n in names:
         groups.setdefault(group_of(n, scope), []).append(n)
-    scores = {}
-    for n in names:
-        r = relative_change(base[n], tuned[n])
-        scores[n] = random_scores(n, r.shape, seed) if strategy == "random" else r
-    out = {}
+    flats = {}
+    for g, members in groups.items():
+        parts = []
+        for n in members:
+            r = relative_change(base[n], tuned[n])
+            parts.append((random_scores(n, r.shape, seed) if strategy == "random" else r).flatten())
+        flats[g] = torch.cat(parts)
+        del parts
     for k in ks:
         restored = dict(tuned)
-        for members in groups.values():
-            flat = torch.cat([scores[n].flatten() for n in members])
-            order = torch.sort(flat, descending=strategy != "bottom", stable=True).indices
-            mask = torch.zeros(flat.numel(), dtype=torch.bool)
-            mask[order[: math.floor(flat.numel() * k / 100)]] = True
+        for g, members in groups.items():
+            flat = flats[g]
+            mask = _select(flat, math.floor(flat.numel() * k / 100), strategy != "bottom", method)
             start = 0
             for n in members:
                 m = mask[start : start + base[n].numel()].view(base[n].shape)
                 restored[n] = torch.where(m, base[n], tuned[n])
                 start += base[n].numel()
-        out[k] = restored
-    return out
+            del mask
+        yield k, restored
