@@ -257,7 +257,8 @@ def run_cmd(
 ) -> None:
     """The experiment grid: probe, subsets, train, eval per level x size x seed (resumable)."""
     from sftscope.config import GridConfig, load_config
-    from sftscope.experiment import Grid, cell_table
+    from sftscope.experiment import Grid
+    from sftscope.run_results import cell_table, restore_tables
 
     cfg = load_config(GridConfig, config, None, overrides)
     grid = Grid(cfg)
@@ -293,6 +294,13 @@ def run_cmd(
             table.add_row(r["cell"], paper, *(_num(v, 2) for v in r["kl_full_per_level"]),
                           _num(r["kl_full"], 2))  # fmt: skip
         console.print(table)
+    for cell, entry in restore_tables(cfg.out).items():
+        if "concentration" in entry:
+            shares = ", ".join(f"{r['k']:g}%: {_pct(r['share'])}" for r in entry["concentration"])
+            console.print(f"{cell}: share of Σr held by the top k% of weights: {shares}")
+        if "sweep" in entry:
+            _print_sweep(entry["sweep"], f"{cell}: restore sweep ({cfg.params.scope}, "
+                         f"{cfg.params.strategy})", cfg.eval.split)  # fmt: skip
     console.print(f"manifest, subsets, models and evals in {cfg.out}")
 
 
@@ -428,26 +436,31 @@ def restore_cmd(
     from sftscope.params.sweep import run_sweep
 
     s = run_sweep(cfg)
-    table = Table(title=f"restore sweep: {cfg.eval.split} accuracy % (mean of levels if known)")
+    title = f"restore sweep: {cfg.eval.split} accuracy % (mean of levels if known)"
+    _print_sweep(s, title, cfg.eval.split)
+    console.print(f"restored models, evals and sweep.json in {cfg.out}")
+
+
+def _print_sweep(s: dict[str, Any], title: str, split: str) -> None:
+    """The restore sweep's rows (and the dev pick) as a table."""
+    dev = "pick" in s
+    table = Table(title=title)
     cols = ["model", "k %", "in-domain", "out-of-domain"]
-    if cfg.eval.pick_on:
-        cols += ["dev in-domain", "dev out-of-domain"]
+    cols += ["dev in-domain", "dev out-of-domain"] if dev else []
     for col in cols:
         table.add_column(col, justify="left" if col == "model" else "right")
     for r in s["rows"]:
         cells = [r["label"], f"{r['k']:g}", _pct(r["in_domain"]), _pct(r["ood"])]
-        if cfg.eval.pick_on:
-            cells += [_pct(r["dev_in_domain"]), _pct(r["dev_ood"])]
+        cells += [_pct(r["dev_in_domain"]), _pct(r["dev_ood"])] if dev else []
         table.add_row(*cells)
     console.print(table)
     pick = s.get("pick")
     if pick:
         console.print(
-            f"picked on dev: {pick['label']} (k={pick['k']:g}%): {cfg.eval.split} in-domain "
+            f"picked on dev: {pick['label']} (k={pick['k']:g}%): {split} in-domain "
             f"{_pct(pick['in_domain'])} ({_signed(pick['gain_in_domain'])} vs unrestored), "
             f"out-of-domain {_pct(pick['ood'])} ({_signed(pick['gain_ood'])})"
         )
-    console.print(f"restored models, evals and sweep.json in {cfg.out}")
 
 
 def _signed(x: float | None) -> str:

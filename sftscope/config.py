@@ -294,6 +294,22 @@ class GridEval(EvalSettings):
     base: bool = Field(True, description="also evaluate the base model (few-shot prompt)")
 
 
+class GridParams(RestoreSettings):
+    """Parameter-level analyses inside the grid (PAPER.md §7), for the cells named: the diff
+    (``params/<cell>/diff/``) and the restore sweep, each restored model evaluated like the
+    cells (``params/<cell>/restore/``)."""
+
+    cells: list[str] = Field([], description="cell names, e.g. 2-240-0, or 'all'")
+    diff: bool = True
+    restore: bool = True
+    pick_on: Literal["dev"] | None = Field(None, description="also pick k on dev")
+
+    @field_validator("cells", mode="before")
+    @classmethod
+    def _split_cells(cls, v: Any) -> Any:
+        return [c.strip() for c in v.split(",") if c.strip()] if isinstance(v, str) else v
+
+
 class GridConfig(StageConfig):
     """``sftscope run``: the experiment grid; cells = level x size x seed (PAPER.md §1.4)."""
 
@@ -311,6 +327,7 @@ class GridConfig(StageConfig):
     train: TrainRecipe = TrainRecipe()
     eval: GridEval = GridEval()
     kl: GridKL = GridKL()
+    params: GridParams = GridParams()
     keep_models: bool = Field(True, description="false: delete checkpoints once a cell is done")
     device: str = "auto"
     trust_remote_code: bool = False

@@ -32,6 +32,8 @@ from sftscope.config import (
     GridConfig,
     KLConfig,
     ProbeConfig,
+    RestoreConfig,
+    RestoreEval,
     TrainConfig,
     dump_config,
 )
@@ -187,6 +189,11 @@ class Grid:
             for size in cfg.sizes
             for seed in cfg.seeds
         ]
+        names = {c.name for c in self.cells} | {"all"}
+        unknown = [c for c in cfg.params.cells if c not in names]
+        if unknown:
+            raise SftscopeError(f"config field 'params.cells': {unknown[0]} is not a cell of this "
+                                f"grid ({', '.join(sorted(names - {'all'}))})")  # fmt: skip
 
     # -- stage construction -------------------------------------------------------------
     def _probe_config(self, split: str, relations, limit) -> ProbeConfig:
@@ -230,8 +237,11 @@ class Grid:
             marker_file=sub_file.with_suffix(".json"),
         )  # fmt: skip
         model_dir = self.root / "models" / name
+        recipe = self.cfg.train
+        if recipe.device == "auto":  # the grid's device, unless the recipe names one
+            recipe = recipe.model_copy(update={"device": self.cfg.device})
         tcfg = TrainConfig(
-            **self.cfg.train.model_dump(), model=self.cfg.model,
+            **recipe.model_dump(), model=self.cfg.model,
             train_file=sub_file, trust_remote_code=self.cfg.trust_remote_code,
             out=model_dir,
         )  # fmt: skip
@@ -242,7 +252,43 @@ class Grid:
         cell.stages["eval"] = self._eval_stage(name, str(model_dir), "sft", train_fp)
         if self.cfg.kl.enabled:
             cell.stages["kl"] = self._kl_stage(name, model_dir, train_fp)
+        params = self.cfg.params
+        if name in params.cells or "all" in params.cells:
+            if params.diff:
+                cell.stages["diff"] = self._diff_stage(name, model_dir, train_fp)
+            if params.restore:
+                cell.stages["restore"] = self._restore_stage(name, model_dir, train_fp)
         return cell
+
+    def _diff_stage(self, name: str, model_dir: Path, upstream: str) -> Stage:
+        from sftscope.models.loading import resolve_model
+        from sftscope.params.diff import run_diff
+
+        region, out = self.cfg.params.region, self.root / "params" / name / "diff"
+
+        def run() -> dict[str, Any]:
+            s = run_diff(Path(resolve_model(self.cfg.model)), model_dir, out, region)
+            return {"concentration": {f"{r['k']:g}": r["share"] for r in s["concentration"]}}
+
+        fp = fingerprint("diff", region, upstream, self.base_fp)
+        return Stage(f"params/{name}/diff", out, fp, run)
+
+    def _restore_stage(self, name: str, model_dir: Path, upstream: str) -> Stage:
+        from sftscope.params.sweep import run_sweep
+
+        cfg, params, probe = self.cfg, self.cfg.params, self.probes["eval"]
+        settings = params.model_dump(exclude={"cells", "diff", "restore", "pick_on"})
+        rcfg = RestoreConfig(
+            **settings, base=cfg.model, tuned=model_dir, device=cfg.device,
+            trust_remote_code=cfg.trust_remote_code, out=self.root / "params" / name / "restore",
+            eval=RestoreEval(**cfg.eval.model_dump(exclude={"base"}), data=cfg.data,
+                             data_dir=cfg.data_dir, mastery=probe.output, pick_on=params.pick_on,
+                             keep_models=cfg.keep_models),
+        )  # fmt: skip
+        fp = fingerprint("restore", rcfg.model_dump(mode="json", exclude={"out", "tuned", "eval"}),
+                         rcfg.eval.model_dump(mode="json", exclude={"mastery"}), upstream,
+                         probe.fingerprint)  # fmt: skip
+        return Stage(f"params/{name}/restore", Path(rcfg.out), fp, lambda: run_sweep(rcfg))
 
     def _kl_stage(self, name: str, model_dir: Path, upstream: str) -> Stage:
         from sftscope.token_kl import run_kl
@@ -428,54 +474,3 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def read_manifest(root: Path) -> dict[str, Any]:
-    path = Path(root) / "manifest.json"
-    if not path.exists():
-        raise SftscopeError(f"{path}: not found (run sftscope run first)")
-    return json.loads(path.read_text(encoding="utf-8"))
-
-
-def cell_table(root: Path) -> list[dict[str, Any]]:
-    """Per-cell accuracy rows from the cells' eval summaries (for the CLI and the report)."""
-
-    def num(x: str) -> float:
-        return int(x) if x.isdigit() else float("inf")  # "all" after every N
-
-    def order(path: Path) -> tuple:
-        level, _, rest = path.parent.name.partition("-")
-        size, _, seed = rest.partition("-")
-        return (path.parent.name != "base", level, num(size), num(seed))
-
-    rows = []
-    for path in sorted(Path(root).glob("eval/*/summary.json"), key=order):
-        s = json.loads(path.read_text(encoding="utf-8"))
-        ind, ood = (s.get("by_level", {}).get(k, {}) for k in ("in_domain", "ood"))
-        rows.append(
-            {
-                "cell": path.parent.name,
-                "in_domain_per_level": [v["containment"] for v in ind.get("per_level", [])],
-                "in_domain_mean": ind.get("mean_of_levels", {}).get("containment"),
-                "ood_mean": ood.get("mean_of_levels", {}).get("containment"),
-                "in_domain": s["in_domain"]["containment"],
-                "ood": s["ood"]["containment"],
-                **_kl_columns(Path(root) / "kl" / f"{path.parent.name}.json"),
-            }
-        )
-    return rows
-
-
-def _kl_columns(path: Path) -> dict[str, Any]:
-    if not path.exists():
-        return {"kl_paper": None, "kl_paper_std": None, "kl_paper_n": 0, "kl_full": None,
-                "kl_full_per_level": [None] * 5}  # fmt: skip
-    k = json.loads(path.read_text(encoding="utf-8"))
-    full = k.get("full", {})
-    return {
-        "kl_paper": k["paper"]["mean"],
-        "kl_paper_std": k["paper"]["std"],
-        "kl_paper_n": k["paper"]["n"],
-        "kl_full": full.get("overall", {}).get("kl_mean"),
-        "kl_full_per_level": [b["kl_mean"] for b in full.get("per_level", [{}] * 5)],
-    }

@@ -17,7 +17,8 @@ from typer.testing import CliRunner
 
 from sftscope.cli import app
 from sftscope.config import GridConfig, load_config
-from sftscope.experiment import Grid, cell_table
+from sftscope.experiment import Grid
+from sftscope.run_results import cell_table
 
 CELLS = ["1-4-0", "1-8-0", "mixed-4-0", "mixed-8-0"]
 
@@ -142,3 +143,27 @@ def test_bad_grid_input_is_one_line(tiny_model_dir: Path, tmp_path: Path) -> Non
 def test_bad_levels(levels: list, tmp_path: Path) -> None:
     with pytest.raises(Exception, match="level"):
         GridConfig(model="m", out=tmp_path, levels=levels)
+
+
+def test_grid_params_hook_diff_and_restore_sweep(tiny_model_dir: Path, tmp_path: Path) -> None:
+    params = {"cells": ["1-4-0"], "k": [10, 50], "pick_on": "dev"}
+    path = _grid_yaml(tmp_path, tiny_model_dir, sizes=[4], levels=[1], keep_models=False,
+                      params=params, kl={"enabled": False})  # fmt: skip
+    res = CliRunner().invoke(app, ["run", str(path)])
+    assert res.exit_code == 0, res.output
+    assert "share of Σr" in res.output and "picked on dev" in res.output
+    cell = tmp_path / "run" / "params" / "1-4-0"
+    conc = json.loads((cell / "diff" / "concentration.json").read_text())
+    assert [r["k"] for r in conc["rows"]] == [1, 3, 5, 10, 20, 40, 60]
+    sweep = json.loads((cell / "restore" / "sweep.json").read_text())
+    assert [r["label"] for r in sweep["rows"]] == ["tuned", "global-top-10", "global-top-50"]
+    assert "by_level" in json.loads((cell / "restore" / "eval" / "global-top-10" /
+                                     "summary.json").read_text())  # fmt: skip
+    assert not list(cell.glob("restore/*/*.safetensors"))  # keep_models: false
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert set(manifest["cells"]["1-4-0"]["stages"]) >= {"diff", "restore"}
+    before = _markers(tmp_path / "run")
+    Grid(load_config(GridConfig, path)).run()
+    assert _markers(tmp_path / "run") == before
+    res = CliRunner().invoke(app, ["run", str(path), "params.cells=9-9-9"])
+    assert res.exit_code == 2 and "params.cells': 9-9-9 is not a cell" in res.output

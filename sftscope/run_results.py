@@ -1,0 +1,77 @@
+"""Reading a run folder's results: the manifest and per-cell tables (for the CLI and the
+report), from the stages' own summary files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from sftscope.errors import SftscopeError
+
+
+def read_manifest(root: Path) -> dict[str, Any]:
+    path = Path(root) / "manifest.json"
+    if not path.exists():
+        raise SftscopeError(f"{path}: not found (run sftscope run first)")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def cell_table(root: Path) -> list[dict[str, Any]]:
+    """Per-cell accuracy rows from the cells' eval summaries (for the CLI and the report)."""
+
+    def num(x: str) -> float:
+        return int(x) if x.isdigit() else float("inf")  # "all" after every N
+
+    def order(path: Path) -> tuple:
+        level, _, rest = path.parent.name.partition("-")
+        size, _, seed = rest.partition("-")
+        return (path.parent.name != "base", level, num(size), num(seed))
+
+    rows = []
+    for path in sorted(Path(root).glob("eval/*/summary.json"), key=order):
+        s = json.loads(path.read_text(encoding="utf-8"))
+        ind, ood = (s.get("by_level", {}).get(k, {}) for k in ("in_domain", "ood"))
+        rows.append(
+            {
+                "cell": path.parent.name,
+                "in_domain_per_level": [v["containment"] for v in ind.get("per_level", [])],
+                "in_domain_mean": ind.get("mean_of_levels", {}).get("containment"),
+                "ood_mean": ood.get("mean_of_levels", {}).get("containment"),
+                "in_domain": s["in_domain"]["containment"],
+                "ood": s["ood"]["containment"],
+                **_kl_columns(Path(root) / "kl" / f"{path.parent.name}.json"),
+            }
+        )
+    return rows
+
+
+def _kl_columns(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        return {"kl_paper": None, "kl_paper_std": None, "kl_paper_n": 0, "kl_full": None,
+                "kl_full_per_level": [None] * 5}  # fmt: skip
+    k = json.loads(path.read_text(encoding="utf-8"))
+    full = k.get("full", {})
+    return {
+        "kl_paper": k["paper"]["mean"],
+        "kl_paper_std": k["paper"]["std"],
+        "kl_paper_n": k["paper"]["n"],
+        "kl_full": full.get("overall", {}).get("kl_mean"),
+        "kl_full_per_level": [b["kl_mean"] for b in full.get("per_level", [{}] * 5)],
+    }
+
+
+def restore_tables(root: Path) -> dict[str, dict[str, Any]]:
+    """Per cell with a parameter-level analysis: concentration shares and the restore sweep."""
+    out: dict[str, dict[str, Any]] = {}
+    for cell_dir in sorted(Path(root).glob("params/*")):
+        entry: dict[str, Any] = {}
+        conc = cell_dir / "diff" / "concentration.json"
+        if conc.exists():
+            entry["concentration"] = json.loads(conc.read_text(encoding="utf-8"))["rows"]
+        sweep = cell_dir / "restore" / "sweep.json"
+        if sweep.exists():
+            entry["sweep"] = json.loads(sweep.read_text(encoding="utf-8"))
+        if entry:
+            out[cell_dir.name] = entry
+    return out
