@@ -374,6 +374,13 @@ def diff_cmd(
     for row in s["concentration"]:
         table.add_row(f"{row['k']:g}", str(row["count"]), _pct(row["share"]))
     console.print(table)
+    zero = s["zero_base"]
+    if zero["share_of_r"] > 0.5:
+        console.print(
+            f"note: {zero['weights']} weights ({_pct(zero['weights'] / s['weights'])}%) are "
+            f"exactly 0 in the base model and hold {_pct(zero['share_of_r'])}% of Σr "
+            "(r = |Δ| / 1e-8 there); the concentration mostly measures them"
+        )
     console.print(
         f"{s['tensors']} tensors; diff_summary.tsv, diff.json, concentration.json in {out}"
     )

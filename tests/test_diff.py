@@ -87,3 +87,27 @@ def test_diff_cli(tiny_model_dir: Path, tmp_path: Path) -> None:
     res = CliRunner().invoke(app, ["diff", "--base", str(tiny_model_dir), "--tuned", missing,
                                    "--out", str(tmp_path / "e")])  # fmt: skip
     assert res.exit_code == 2 and "checkpoint folder not found" in res.output
+
+
+def test_zero_base_weights_are_reported(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """Exact zeros in the base (e.g. a dequantised GGUF) give r = |Δ|/1e-8: the diff says how
+    many there are and how much of Σr they hold, and the CLI warns."""
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from sftscope.cli import app
+
+    base = tmp_path / "base"
+    shutil.copytree(tiny_model_dir, base)
+    w = load_file(base / "model.safetensors")
+    name = next(n for n in w if "q_proj" in n)
+    w[name][0] = 0.0
+    save_file(w, str(base / "model.safetensors"))
+    tuned = perturbed_copy(base, tmp_path / "tuned")
+    s = run_diff(base, tuned, tmp_path / "out")
+    assert s["zero_base"]["weights"] == w[name].shape[1]
+    assert s["zero_base"]["share_of_r"] > 0.9
+    res = CliRunner().invoke(app, ["diff", "--base", str(base), "--tuned", str(tuned), "--out",
+                                   str(tmp_path / "cli")])  # fmt: skip
+    assert res.exit_code == 0 and "exactly 0 in the base model" in " ".join(res.output.split())

@@ -87,6 +87,9 @@ def tensor_stats(name: str, base: torch.Tensor, tuned: torch.Tensor, r: torch.Te
         "sum": float(r.double().sum()),
         "delta_l2": float(delta.double().norm()),
         "changed": int((delta != 0).sum()),
+        # weights whose base value is exactly 0 get r = |delta| / 1e-8: a few can dominate Σr
+        "zero_base": int((base == 0).sum()),
+        "zero_base_sum": float(r[base == 0].double().sum()),
     }
 
 
@@ -163,7 +166,8 @@ def run_diff(base_dir: Path, tuned_dir: Path, out: Path, region: str = "paper") 
             g["mean"] = g["sum"] / g["numel"]
         return out
 
-    cols = ("tensor", "layer", "module", "numel", "mean", "max", "sum", "delta_l2", "changed")
+    cols = ("tensor", "layer", "module", "numel", "mean", "max", "sum", "delta_l2", "changed",
+            "zero_base", "zero_base_sum")  # fmt: skip
     tsv = (
         "\t".join(cols)
         + "\n"
@@ -171,7 +175,11 @@ def run_diff(base_dir: Path, tuned_dir: Path, out: Path, region: str = "paper") 
     )
     atomic_write_text(Path(out) / "diff_summary.tsv", tsv)
     atomic_write_json(Path(out) / "concentration.json", {"region": region, **conc})
-    summary = {"region": region, "tensors": len(stats), "per_layer": group("layer"),
-               "per_module": group("module"), "concentration": conc["rows"]}  # fmt: skip
+    zero_sum = sum(row["zero_base_sum"] for row in stats)
+    summary = {"region": region, "tensors": len(stats), "weights": conc["n"],
+               "zero_base": {"weights": sum(row["zero_base"] for row in stats),
+                             "share_of_r": zero_sum / conc["total"] if conc["total"] else 0.0},
+               "per_layer": group("layer"), "per_module": group("module"),
+               "concentration": conc["rows"]}  # fmt: skip
     atomic_write_json(Path(out) / "diff.json", summary)
     return summary
