@@ -110,7 +110,7 @@ def test_selection_stats_and_layer_blocks(pair, tmp_path: Path) -> None:
     n = sel["weights"]
     assert [o["count"] for o in sel["outputs"]] == [n * 10 // 100, n * 60 // 100]
     assert sel["outputs"][0]["share_of_r"] < sel["outputs"][1]["share_of_r"] <= 1
-    assert sel["outputs"][0]["min_r"] >= sel["outputs"][0]["cuts"]["all"]["threshold"]
+    assert sel["outputs"][0]["mean_r"] >= sel["outputs"][0]["cuts"]["all"]["threshold"]
     rows = (tmp_path / "k" / "restore_stats.tsv").read_text().splitlines()
     assert rows[0].split("\t")[:3] == ["output", "tensor", "layer"] and len(rows) == 1 + 2 * 14
     blocks = _restore(base, tuned, tmp_path / "b", layers=["0-0", "1-1"])

@@ -2,9 +2,8 @@
 
 r_i = |s_i - p_i| / (|p_i| + 1e-8) in fp32, for the tensors of a region (the paper's: decoder
 layer weights, norms excluded). Streamed tensor by tensor; the concentration table (share of the
-total r held by the top k% of weights) is exact without a flat vector: a histogram pass brackets
-each k's threshold inside one bin, a second pass collects only that bin's values
-(:mod:`sftscope.params.select`).
+total r held by the top k% of weights) is exact without a flat vector: two streamed histogram
+passes find each k's threshold value (:mod:`sftscope.params.select`).
 """
 
 from __future__ import annotations
@@ -65,7 +64,8 @@ def natural_key(name: str) -> list:
 
 def relative_change(base: torch.Tensor, tuned: torch.Tensor) -> torch.Tensor:
     p, s = base.float(), tuned.float()
-    return (s - p).abs() / (p.abs() + EPS)
+    d = (s - p).abs_()  # in place where possible: two temporaries instead of four
+    return d.div_(p.abs().add_(EPS))
 
 
 def region_names(ckpt: Checkpoint, region: str) -> list[str]:
@@ -116,11 +116,8 @@ def concentration(
     want = {k: math.floor(n * k / 100) for k in ks}
     ranking.plan({"all": set(want.values())})
     if any(want.values()):
-        offset = 0
         for _, p, s in iter_pairs(base, tuned, names):
-            r = relative_change(p, s)
-            ranking.collect("all", r, offset)
-            offset += r.numel()
+            ranking.refine("all", relative_change(p, s))
     cuts = ranking.cuts()
     rows = []
     for k, nk in want.items():

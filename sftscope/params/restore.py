@@ -42,7 +42,7 @@ from sftscope.config import RestoreConfig, dump_config
 from sftscope.errors import SftscopeError
 from sftscope.io import atomic_write_json, atomic_write_text, read_yaml
 from sftscope.params.diff import checked, layer_of, natural_key, region_names, relative_change
-from sftscope.params.select import Cut, Ranking
+from sftscope.params.select import Cut, Ranking, Selector
 from sftscope.params.tensors import (
     Checkpoint,
     ShardWriter,
@@ -90,8 +90,6 @@ class Output:
     cuts: dict[Hashable, Cut] = field(default_factory=dict)
     count: int = 0
     sum_r: float = 0.0
-    min_r: float = math.inf
-    max_r: float = -math.inf
 
 
 class Restorer:
@@ -101,14 +99,12 @@ class Restorer:
         self.cfg, self.base, self.tuned = cfg, base, tuned
         self.names = sorted(region_names(base, cfg.region), key=natural_key)
         self.groups = {n: group_of(n, cfg.scope) for n in self.names}
-        self.offset: dict[str, int] = {}
-        sizes: dict[Hashable, int] = {}
+        self.sizes: dict[Hashable, int] = {}
         for n in self.names:
-            g = self.groups[n]
-            self.offset[n] = sizes.get(g, 0)
-            sizes[g] = self.offset[n] + base.numel(n)
-        self.sizes = sizes
-        self.ranking = Ranking(descending=cfg.strategy != "bottom")
+            self.sizes[self.groups[n]] = self.sizes.get(self.groups[n], 0) + base.numel(n)
+        descending = cfg.strategy != "bottom"
+        self.ranking = Ranking(descending=descending)
+        self.selector = Selector(descending=descending)
         if cfg.layers:
             self.outputs = [Output(f"layers-{a}-{b}", block=(a, b))
                             for a, b in map(parse_block, cfg.layers)]  # fmt: skip
@@ -147,33 +143,35 @@ class Restorer:
                   for g, size in self.sizes.items()}  # fmt: skip
         self.ranking.plan(wanted)
         for name, p, s in self._pairs("restore: cut"):
-            r = relative_change(p, s)
-            self.ranking.collect(self.groups[name], self._scores(name, r), self.offset[name])
+            self.ranking.refine(self.groups[name], self._scores(name, relative_change(p, s)))
         cuts = self.ranking.cuts()
         for out in self.outputs:
             for g, size in self.sizes.items():
                 n = math.floor(size * out.k / 100)
-                out.cuts[g] = cuts.get((g, n), Cut(0, None, -1, None))
+                out.cuts[g] = cuts.get((g, n), Cut(0, None, 0, None))
 
     def _mask(self, out: Output, name: str, r: torch.Tensor) -> torch.Tensor:
         if out.block is not None:
             return torch.full_like(r, self._in_block(name, out.block), dtype=torch.bool)
-        cut = out.cuts[self.groups[name]]
-        return self.ranking.mask(self._scores(name, r), self.offset[name], cut)
+        group = self.groups[name]
+        return self.selector.mask((out.label, group), self._scores(name, r), out.cuts[group])
 
     def write(self, staging: Path) -> None:
-        """Pass 3: every output checkpoint, tensor by tensor."""
-        plan = plan_of(self.base)
+        """Pass 3: every output checkpoint, tensor by tensor, in natural name order (the
+        order positions count in, which the tie budgets rely on)."""
+        plan = sorted(plan_of(self.base), key=lambda e: natural_key(e[0]))
         writers = [ShardWriter(staging / o.label, plan, self.cfg.max_shard_bytes)
                    for o in self.outputs]  # fmt: skip
         region = set(self.names)
         try:
-            for name, p, s in self._pairs("restore: write", self.base.names):
+            for name, p, s in self._pairs("restore: write", [e[0] for e in plan]):
                 if name not in region:
                     for w in writers:
                         w.add(name, s)
                     continue
-                r = checked(name, relative_change(p, s))
+                r = relative_change(p, s)
+                if self.cfg.layers:  # (the ranking passes checked it otherwise)
+                    checked(name, r)
                 tensor_r = float(r.double().sum())
                 self.total_r += tensor_r
                 for out, w in zip(self.outputs, writers, strict=True):
@@ -189,14 +187,10 @@ class Restorer:
 
     def _account(self, out: Output, name: str, r: torch.Tensor, mask: torch.Tensor,
                  tensor_r: float) -> None:  # fmt: skip
-        chosen = r[mask]
-        n = chosen.numel()
-        restored_r = float(chosen.double().sum())
+        n = int(torch.count_nonzero(mask))  # (several times faster than mask.sum() on CPU)
+        restored_r = float(torch.dot(r.flatten(), mask.flatten().to(r.dtype))) if n else 0.0
         out.count += n
         out.sum_r += restored_r
-        if n:
-            out.min_r = min(out.min_r, float(chosen.min()))
-            out.max_r = max(out.max_r, float(chosen.max()))
         self.rows.append({"output": out.label, "tensor": name, "layer": layer_of(name),
                           "numel": r.numel(), "restored": n, "restored_pct": 100 * n / r.numel(),
                           "sum_r": tensor_r, "restored_sum_r": restored_r})  # fmt: skip
@@ -207,11 +201,9 @@ class Restorer:
             entry: dict[str, Any] = {"label": o.label, "k": o.k, "block": o.block,
                                      "count": o.count, "sum_r": o.sum_r,
                                      "share_of_r": o.sum_r / self.total_r if self.total_r else 0.0,
-                                     "mean_r": o.sum_r / o.count if o.count else None,
-                                     "min_r": o.min_r if o.count else None,
-                                     "max_r": o.max_r if o.count else None}  # fmt: skip
-            if o.k is not None:
-                entry["cuts"] = {str(g): {"n": c.n, "threshold": c.value, "position": c.position}
+                                     "mean_r": o.sum_r / o.count if o.count else None}  # fmt: skip
+            if o.k is not None:  # the score of the last entry taken, and how many equal to it
+                entry["cuts"] = {str(g): {"n": c.n, "threshold": c.value, "ties": c.ties}
                                  for g, c in o.cuts.items()}  # fmt: skip
             outputs.append(entry)
         return {"region": self.cfg.region, "scope": self.cfg.scope, "strategy": self.cfg.strategy,
