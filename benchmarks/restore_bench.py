@@ -147,7 +147,7 @@ def main() -> None:
         base, tuned = Path(resolve_model(args.pair[0])), Path(args.pair[1])
     else:
         ap.error("give --pair BASE TUNED or --synthetic N")
-    refs = [f"reference-{m}" for m in args.reference.split(",")]
+    refs = [f"reference-{m}" for m in args.reference.split(",") if m and m != "none"]
     res = {m: _run(m, base, tuned, args.work / m, ks) for m in ("copy", "ours", *refs)}
     for m, r in res.items():
         print(f"{m:15s}: {r['wall']:8.1f} s  peak RSS {r['rss_gib']:6.2f} GiB")

@@ -172,7 +172,7 @@ class Restorer:
                 r = relative_change(p, s)
                 if self.cfg.layers:  # (the ranking passes checked it otherwise)
                     checked(name, r)
-                tensor_r = float(r.double().sum())
+                tensor_r = float(r.sum())  # fp32 per tensor, like the restored sums below
                 self.total_r += tensor_r
                 for out, w in zip(self.outputs, writers, strict=True):
                     mask = self._mask(out, name, r)
@@ -200,7 +200,9 @@ class Restorer:
         for o in self.outputs:
             entry: dict[str, Any] = {"label": o.label, "k": o.k, "block": o.block,
                                      "count": o.count, "sum_r": o.sum_r,
-                                     "share_of_r": o.sum_r / self.total_r if self.total_r else 0.0,
+                                     # (fp32 sums per tensor: clamp the rounding above 1)
+                                     "share_of_r": min(1.0, o.sum_r / self.total_r)
+                                     if self.total_r else 0.0,
                                      "mean_r": o.sum_r / o.count if o.count else None}  # fmt: skip
             if o.k is not None:  # the score of the last entry taken, and how many equal to it
                 entry["cuts"] = {str(g): {"n": c.n, "threshold": c.value, "ties": c.ties}

@@ -14,7 +14,6 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
-from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -105,22 +104,21 @@ def check_compatible(base: Checkpoint, tuned: Checkpoint) -> None:
             )
 
 
+def read_tensor(ckpt: Checkpoint, name: str) -> torch.Tensor:
+    """One tensor, copied out of its file. The file is opened (memory-mapped) for this read only:
+    a handle kept open for a whole pass keeps every page it touched mapped, so the process's
+    resident memory would grow to the size of the checkpoint."""
+    with safe_open(ckpt.tensors[name].file, framework="pt") as f:
+        return f.get_tensor(name)
+
+
 def iter_pairs(
     base: Checkpoint, tuned: Checkpoint, names: Sequence[str] | None = None
 ) -> Iterator[tuple[str, torch.Tensor, torch.Tensor]]:
     """(name, base tensor, tuned tensor), one pair in memory at a time, in ``names`` order
-    (default: the base checkpoint's order). Files stay open for the whole pass."""
-    with ExitStack() as stack:
-        handles: dict[Path, object] = {}
-
-        def get(ckpt: Checkpoint, name: str) -> torch.Tensor:
-            file = ckpt.tensors[name].file
-            if file not in handles:
-                handles[file] = stack.enter_context(safe_open(file, framework="pt"))
-            return handles[file].get_tensor(name)  # type: ignore[attr-defined]
-
-        for name in names or base.names:
-            yield name, get(base, name), get(tuned, name)
+    (default: the base checkpoint's order)."""
+    for name in names or base.names:
+        yield name, read_tensor(base, name), read_tensor(tuned, name)
 
 
 # safetensors dtype names (https://github.com/huggingface/safetensors, format spec).
