@@ -355,18 +355,24 @@ def _num(x: float | None, digits: int = 4) -> str:
 @app.command("diff")
 @_one_line_errors
 def diff_cmd(
-    base: Annotated[str, typer.Option(help="base model: path or 'smollm2'")],
-    tuned: Annotated[Path, typer.Option(help="fine-tuned model folder")],
-    out: Annotated[Path, typer.Option(help="output folder")],
+    overrides: Overrides = None,
+    config: ConfigOpt = None,
+    base: Annotated[str | None, typer.Option(help="base model: path or 'smollm2'")] = None,
+    tuned: Annotated[Path | None, typer.Option(help="fine-tuned model folder")] = None,
+    out: OutOpt = None,
     region: Annotated[
-        str, typer.Option(help="paper | attention | mlp | embedding | all | re:PATTERN")
-    ] = "paper",  # fmt: skip
+        str | None, typer.Option(help="paper | attention | mlp | embedding | all | re:PATTERN")
+    ] = None,  # fmt: skip
 ) -> None:
     """Relative change of every weight, per tensor/layer/module, and its concentration."""
+    from sftscope.config import DiffConfig, load_config
     from sftscope.models.loading import resolve_model
     from sftscope.params.diff import run_diff
 
-    s = run_diff(Path(resolve_model(base)), tuned, out, region)
+    options = {"base": base, "tuned": tuned, "out": out, "region": region}
+    cfg = load_config(DiffConfig, config, options, overrides)
+    region, out = cfg.region, cfg.out
+    s = run_diff(Path(resolve_model(cfg.base)), cfg.tuned, out, region)
     table = Table(title=f"share of the total relative change held by the top k% ({region})")
     table.add_column("top k %", justify="right")
     table.add_column("weights", justify="right")

@@ -227,6 +227,15 @@ class KLConfig(DataConfig, KLSettings):
 PAPER_K = (1.0, 3.0, 5.0, 10.0, 20.0, 40.0, 60.0)
 
 
+class DiffConfig(StageConfig):
+    """``sftscope diff``: relative change of every weight and its concentration (PAPER.md §7)."""
+
+    base: str = Field(description="the base model (path, hub id or 'smollm2')")
+    tuned: Path = Field(description="the fine-tuned model folder")
+    region: str = Field("paper", description="paper|attention|mlp|embedding|all|re:PATTERN")
+    out: Path
+
+
 class RestoreSettings(StageConfig):
     """Which fine-tuned weights go back to their pre-SFT values (PAPER.md §7); defaults are the
     paper's. Shared by ``sftscope restore`` and the grid."""
