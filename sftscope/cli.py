@@ -372,7 +372,7 @@ def diff_cmd(
     options = {"base": base, "tuned": tuned, "out": out, "region": region}
     cfg = load_config(DiffConfig, config, options, overrides)
     region, out = cfg.region, cfg.out
-    s = run_diff(Path(resolve_model(cfg.base)), cfg.tuned, out, region)
+    s = run_diff(Path(resolve_model(cfg.base)), cfg.tuned, out, region, cfg.nonzero_base)
     table = Table(title=f"share of the total relative change held by the top k% ({region})")
     table.add_column("top k %", justify="right")
     table.add_column("weights", justify="right")
@@ -381,11 +381,12 @@ def diff_cmd(
         table.add_row(f"{row['k']:g}", str(row["count"]), _pct(row["share"]))
     console.print(table)
     zero = s["zero_base"]
-    if zero["share_of_r"] > 0.5:
+    if zero["share_of_r"] > 0.5 and not cfg.nonzero_base:
         console.print(
             f"note: {zero['weights']} weights ({_pct(zero['weights'] / s['weights'])}%) are "
             f"exactly 0 in the base model and hold {_pct(zero['share_of_r'])}% of Σr "
-            "(r = |Δ| / 1e-8 there); the concentration mostly measures them"
+            "(r = |Δ| / 1e-8 there); the concentration mostly measures them "
+            "(nonzero_base=true leaves them out of it)"
         )
     console.print(
         f"{s['tensors']} tensors; diff_summary.tsv, diff.json, concentration.json in {out}"

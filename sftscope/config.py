@@ -233,6 +233,9 @@ class DiffConfig(StageConfig):
     base: str = Field(description="the base model (path, hub id or 'smollm2')")
     tuned: Path = Field(description="the fine-tuned model folder")
     region: str = Field("paper", description="paper|attention|mlp|embedding|all|re:PATTERN")
+    nonzero_base: bool = Field(
+        False, description="concentration over weights whose base value is not exactly 0"
+    )
     out: Path
 
 

@@ -111,3 +111,14 @@ def test_zero_base_weights_are_reported(tiny_model_dir: Path, tmp_path: Path) ->
     res = CliRunner().invoke(app, ["diff", "--base", str(base), "--tuned", str(tuned), "--out",
                                    str(tmp_path / "cli")])  # fmt: skip
     assert res.exit_code == 0 and "exactly 0 in the base model" in " ".join(res.output.split())
+    # Leaving them out: the concentration over the other weights equals a flat reference.
+    nz = run_diff(base, tuned, tmp_path / "nz", nonzero_base=True)
+    wb, wt = load_file(base / "model.safetensors"), load_file(tuned / "model.safetensors")
+    names = region_names(open_checkpoint(base), "paper")
+    flat = torch.cat([((wt[n] - wb[n]).abs() / (wb[n].abs() + 1e-8))[wb[n] != 0] for n in names])
+    flat = flat.double()
+    ordered = torch.sort(flat, descending=True).values
+    for row in nz["concentration"]:
+        top = float(ordered[: math.floor(flat.numel() * row["k"] / 100)].sum())
+        assert row["share"] == pytest.approx(top / float(flat.sum()), rel=1e-9)
+    assert nz["concentration"][0]["share"] < s["concentration"][0]["share"]

@@ -99,25 +99,31 @@ def concentration(
     names: Sequence[str],
     ks: Iterable[float] = PAPER_K,
     each: Callable[[str, torch.Tensor, torch.Tensor, torch.Tensor], None] | None = None,
+    nonzero_base: bool = False,
 ) -> dict[str, Any]:
     """Share of Σr held by the top k% of the region's weights, exactly, in two streamed passes
-    (see :mod:`sftscope.params.select`).
+    (see :mod:`sftscope.params.select`); with ``nonzero_base``, of the weights whose base value
+    is not exactly 0 (their r = |Δ|/1e-8 can swamp everything else).
 
     The top n_k = floor(N * k / 100) values are summed; ties do not matter for a sum.
     ``each(name, base, tuned, r)`` is called for every tensor during the first pass, so per-tensor
     statistics need no pass of their own."""
+
+    def scores(p: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+        return r[p != 0] if nonzero_base else r
+
     ranking = Ranking(descending=True, sums=True)
     for name, p, s in iter_pairs(base, tuned, names):
         r = relative_change(p, s)
         if each is not None:
             each(name, p, s, r)
-        ranking.count("all", checked(name, r))
+        ranking.count("all", scores(p, checked(name, r)))
     n, total = ranking.size("all"), float(ranking.sums["all"].sum())
     want = {k: math.floor(n * k / 100) for k in ks}
     ranking.plan({"all": set(want.values())})
     if any(want.values()):
         for _, p, s in iter_pairs(base, tuned, names):
-            ranking.refine("all", relative_change(p, s))
+            ranking.refine("all", scores(p, relative_change(p, s)))
     cuts = ranking.cuts()
     rows = []
     for k, nk in want.items():
@@ -137,7 +143,9 @@ def checked(name: str, r: torch.Tensor) -> torch.Tensor:
     return r
 
 
-def run_diff(base_dir: Path, tuned_dir: Path, out: Path, region: str = "paper") -> dict[str, Any]:
+def run_diff(
+    base_dir: Path, tuned_dir: Path, out: Path, region: str = "paper", nonzero_base: bool = False
+) -> dict[str, Any]:
     """``sftscope diff``: per-tensor TSV, per-layer / per-module JSON, concentration table."""
     from sftscope.io import atomic_write_json, atomic_write_text
     from sftscope.params.tensors import open_checkpoint
@@ -150,7 +158,7 @@ def run_diff(base_dir: Path, tuned_dir: Path, out: Path, region: str = "paper") 
     def collect(name: str, p: torch.Tensor, s: torch.Tensor, r: torch.Tensor) -> None:
         stats.append(tensor_stats(name, p, s, checked(name, r)))
 
-    conc = concentration(base, tuned, names, each=collect)
+    conc = concentration(base, tuned, names, each=collect, nonzero_base=nonzero_base)
 
     def group(key: str) -> dict[str, Any]:
         out: dict[str, dict[str, float]] = {}
@@ -171,12 +179,13 @@ def run_diff(base_dir: Path, tuned_dir: Path, out: Path, region: str = "paper") 
         + "".join("\t".join(str(row[c]) for c in cols) + "\n" for row in stats)
     )
     atomic_write_text(Path(out) / "diff_summary.tsv", tsv)
-    atomic_write_json(Path(out) / "concentration.json", {"region": region, **conc})
+    atomic_write_json(Path(out) / "concentration.json",
+                      {"region": region, "nonzero_base": nonzero_base, **conc})  # fmt: skip
     zero_sum = sum(row["zero_base_sum"] for row in stats)
     summary = {"region": region, "tensors": len(stats), "weights": conc["n"],
                "zero_base": {"weights": sum(row["zero_base"] for row in stats),
                              "share_of_r": zero_sum / conc["total"] if conc["total"] else 0.0},
                "per_layer": group("layer"), "per_module": group("module"),
-               "concentration": conc["rows"]}  # fmt: skip
+               "nonzero_base": nonzero_base, "concentration": conc["rows"]}  # fmt: skip
     atomic_write_json(Path(out) / "diff.json", summary)
     return summary
