@@ -9,13 +9,24 @@ from __future__ import annotations
 import functools
 import logging
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from sftscope.errors import SftscopeError
+from sftscope.tables import (
+    concentration_table,
+    grid_tables,
+    histogram_table,
+    level_table,
+    num,
+    pct,
+    selection_table,
+    summary_table,
+    sweep_tables,
+)
 
 app = typer.Typer(
     help="Measure and control what supervised fine-tuning does to a model's knowledge.",
@@ -63,39 +74,6 @@ def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> 
     logging.getLogger("sftscope").setLevel(logging.INFO)
 
 
-def _pct(x: float | None) -> str:
-    return "-" if x is None else f"{100 * x:.1f}"
-
-
-def summary_table(summary: dict[str, Any], title: str) -> Table:
-    """Per-relation accuracy under both criteria, then the in-domain / OOD / overall rows."""
-    table = Table(title=title)
-    for col in ("relation", "domain", "n", "containment %", "exact %"):
-        table.add_column(col, justify="left" if col in ("relation", "domain") else "right")
-    for rel, v in summary["per_relation"].items():
-        table.add_row(rel, v["domain"], str(v["n"]), _pct(v["containment"]), _pct(v["exact"]))
-    table.add_section()
-    for key, label in (("in_domain", "in-domain"), ("ood", "out-of-domain"), ("overall", "all")):
-        v = summary[key]
-        if v["n"]:
-            table.add_row(label, "", str(v["n"]), _pct(v["containment"]), _pct(v["exact"]))
-    macro = summary["macro_relations"]
-    table.add_row("mean of relations", "", "", _pct(macro["containment"]), _pct(macro["exact"]))
-    return table
-
-
-def level_table(by_level: dict[str, Any]) -> Table:
-    """Accuracy per mastery level of the test items and the mean over levels (PAPER.md §4)."""
-    table = Table(title="containment accuracy % per mastery level of the test items")
-    for col in ("items", *(f"level {k}" for k in range(5)), "mean of levels"):
-        table.add_column(col, justify="left" if col == "items" else "right")
-    for key, label in (("in_domain", "in-domain"), ("ood", "out-of-domain")):
-        block = by_level[key]
-        cells = [f"{_pct(v['containment'])} ({v['n']})" for v in block["per_level"]]
-        table.add_row(label, *cells, _pct(block["mean_of_levels"]["containment"]))
-    return table
-
-
 @app.command("eval")
 @_one_line_errors
 def eval_cmd(
@@ -128,22 +106,6 @@ def eval_cmd(
     if "by_level" in summary:
         console.print(level_table(summary["by_level"]))
     console.print(f"records and summary in {cfg.out}")
-
-
-def histogram_table(summary: dict[str, Any]) -> Table:
-    """Facts per mastery level and relation (PAPER.md §1.3 style)."""
-    title = f"mastery levels: {summary['method']} probe, {summary['data']}/{summary['split']}"
-    table = Table(title=title)
-    table.add_column("relation")
-    for k in range(5):
-        table.add_column(f"level {k}", justify="right")
-    table.add_column("facts", justify="right")
-    hist = summary["histogram"]
-    for rel, counts in hist.items():
-        if rel == "total":
-            table.add_section()
-        table.add_row(rel, *(str(c) for c in counts), str(sum(counts)))
-    return table
 
 
 @app.command("probe")
@@ -258,7 +220,6 @@ def run_cmd(
     """The experiment grid: probe, subsets, train, eval per level x size x seed (resumable)."""
     from sftscope.config import GridConfig, load_config
     from sftscope.experiment import Grid
-    from sftscope.run_results import cell_table, restore_tables
 
     cfg = load_config(GridConfig, config, None, overrides)
     grid = Grid(cfg)
@@ -271,36 +232,8 @@ def run_cmd(
         console.print(table)
         return
     grid.run()
-    rows = cell_table(cfg.out)
-    table = Table(title=f"{cfg.out}: containment accuracy % (test levels 0-4, mean of levels)")
-    for col in ("cell", *(f"L{k}" for k in range(5)), "ID mean", "OOD mean", "ID", "OOD"):
-        table.add_column(col, justify="left" if col == "cell" else "right")
-    for r in rows:
-        table.add_row(
-            r["cell"], *(_pct(v) for v in r["in_domain_per_level"]), _pct(r["in_domain_mean"]),
-            _pct(r["ood_mean"]), _pct(r["in_domain"]), _pct(r["ood"]),
-        )  # fmt: skip
-    console.print(table)
-    if any(r["kl_paper_n"] for r in rows):
-        table = Table(title="KL(fine-tuned || base): paper top-10 at the first token; full "
-                      "vocabulary per answer token by test level")  # fmt: skip
-        for col in ("cell", "paper mean ± std (n)", *(f"L{k}" for k in range(5)), "all"):
-            table.add_column(col, justify="left" if col == "cell" else "right")
-        for r in rows:
-            if r["cell"] == "base":
-                continue
-            paper = "-" if r["kl_paper"] is None else (
-                f"{r['kl_paper']:.3f} ± {r['kl_paper_std']:.3f} ({r['kl_paper_n']})")  # fmt: skip
-            table.add_row(r["cell"], paper, *(_num(v, 2) for v in r["kl_full_per_level"]),
-                          _num(r["kl_full"], 2))  # fmt: skip
-        console.print(table)
-    for cell, entry in restore_tables(cfg.out).items():
-        if "concentration" in entry:
-            shares = ", ".join(f"{r['k']:g}%: {_pct(r['share'])}" for r in entry["concentration"])
-            console.print(f"{cell}: share of Σr held by the top k% of weights: {shares}")
-        if "sweep" in entry:
-            _print_sweep(entry["sweep"], f"{cell}: restore sweep ({cfg.params.scope}, "
-                         f"{cfg.params.strategy})", cfg.eval.split)  # fmt: skip
+    for item in grid_tables(cfg.out, cfg.params.scope, cfg.params.strategy, cfg.eval.split):
+        console.print(item)
     console.print(f"manifest, subsets, models and evals in {cfg.out}")
 
 
@@ -335,21 +268,17 @@ def kl_cmd(
     p = s["paper"]
     console.print(
         f"paper KL (top-{p['top_k']}, level {p['level']}, {p['answer_first']} of "
-        f"{p['candidates']} facts answer first): mean {_num(p['mean'])} ± {_num(p['std'])}"
+        f"{p['candidates']} facts answer first): mean {num(p['mean'])} ± {num(p['std'])}"
     )
     if "full" in s:
         table = Table(title="full-vocabulary KL per answer token, by mastery level")
         for col in ("level", "facts", "KL mean", "KL std", "Δ log p(gold)", "gained %"):
             table.add_column(col, justify="right")
         for k, b in enumerate(s["full"]["per_level"]):
-            table.add_row(str(k), str(b["n"]), _num(b["kl_mean"]), _num(b["kl_std"]),
-                          _num(b["dlogp_mean"]), _pct(b["gained"]))  # fmt: skip
+            table.add_row(str(k), str(b["n"]), num(b["kl_mean"]), num(b["kl_std"]),
+                          num(b["dlogp_mean"]), pct(b["gained"]))  # fmt: skip
         console.print(table)
     console.print(f"summary in {cfg.out}")
-
-
-def _num(x: float | None, digits: int = 4) -> str:
-    return "-" if x is None else f"{x:.{digits}f}"
 
 
 @app.command("diff")
@@ -373,18 +302,12 @@ def diff_cmd(
     cfg = load_config(DiffConfig, config, options, overrides)
     region, out = cfg.region, cfg.out
     s = run_diff(Path(resolve_model(cfg.base)), cfg.tuned, out, region, cfg.nonzero_base)
-    table = Table(title=f"share of the total relative change held by the top k% ({region})")
-    table.add_column("top k %", justify="right")
-    table.add_column("weights", justify="right")
-    table.add_column("share %", justify="right")
-    for row in s["concentration"]:
-        table.add_row(f"{row['k']:g}", str(row["count"]), _pct(row["share"]))
-    console.print(table)
+    console.print(concentration_table(s["concentration"], region))
     zero = s["zero_base"]
     if zero["share_of_r"] > 0.5 and not cfg.nonzero_base:
         console.print(
-            f"note: {zero['weights']} weights ({_pct(zero['weights'] / s['weights'])}%) are "
-            f"exactly 0 in the base model and hold {_pct(zero['share_of_r'])}% of Σr "
+            f"note: {zero['weights']} weights ({pct(zero['weights'] / s['weights'])}%) are "
+            f"exactly 0 in the base model and hold {pct(zero['share_of_r'])}% of Σr "
             "(r = |Δ| / 1e-8 there); the concentration mostly measures them "
             "(nonzero_base=true leaves them out of it)"
         )
@@ -438,47 +361,18 @@ def restore_cmd(
         from sftscope.params.restore import run_restore
 
         s = run_restore(cfg)
-        table = Table(title=f"restored weights ({cfg.region}, {cfg.scope}, {cfg.strategy})")
-        for col in ("output", "weights", "% of region", "share of Σr %"):
-            table.add_column(col, justify="left" if col == "output" else "right")
-        for o in s["outputs"]:
-            table.add_row(o["label"], str(o["count"]), _pct(o["count"] / s["weights"]),
-                          _pct(o["share_of_r"]))  # fmt: skip
-        console.print(table)
+        console.print(
+            selection_table(s, f"restored weights ({cfg.region}, {cfg.scope}, {cfg.strategy})")
+        )
         console.print(f"checkpoints, selection.json and restore_stats.tsv in {cfg.out}")
         return
     from sftscope.params.sweep import run_sweep
 
     s = run_sweep(cfg)
     title = f"restore sweep: {cfg.eval.split} accuracy % (mean of levels if known)"
-    _print_sweep(s, title, cfg.eval.split)
+    for item in sweep_tables(s, title, cfg.eval.split):
+        console.print(item)
     console.print(f"restored models, evals and sweep.json in {cfg.out}")
-
-
-def _print_sweep(s: dict[str, Any], title: str, split: str) -> None:
-    """The restore sweep's rows (and the dev pick) as a table."""
-    dev = "pick" in s
-    table = Table(title=title)
-    cols = ["model", "k %", "in-domain", "out-of-domain"]
-    cols += ["dev in-domain", "dev out-of-domain"] if dev else []
-    for col in cols:
-        table.add_column(col, justify="left" if col == "model" else "right")
-    for r in s["rows"]:
-        cells = [r["label"], f"{r['k']:g}", _pct(r["in_domain"]), _pct(r["ood"])]
-        cells += [_pct(r["dev_in_domain"]), _pct(r["dev_ood"])] if dev else []
-        table.add_row(*cells)
-    console.print(table)
-    pick = s.get("pick")
-    if pick:
-        console.print(
-            f"picked on dev: {pick['label']} (k={pick['k']:g}%): {split} in-domain "
-            f"{_pct(pick['in_domain'])} ({_signed(pick['gain_in_domain'])} vs unrestored), "
-            f"out-of-domain {_pct(pick['ood'])} ({_signed(pick['gain_ood'])})"
-        )
-
-
-def _signed(x: float | None) -> str:
-    return "-" if x is None else f"{100 * x:+.1f}"
 
 
 @data_app.command("build-geo")

@@ -1,0 +1,149 @@
+"""Rich tables of stage results, shared by the CLI (and the report): plain functions from the
+summary dicts the stages write to tables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rich.table import Table
+
+
+def pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f}"
+
+
+def num(x: float | None, digits: int = 4) -> str:
+    return "-" if x is None else f"{x:.{digits}f}"
+
+
+def summary_table(summary: dict[str, Any], title: str) -> Table:
+    """Per-relation accuracy under both criteria, then the in-domain / OOD / overall rows."""
+    table = Table(title=title)
+    for col in ("relation", "domain", "n", "containment %", "exact %"):
+        table.add_column(col, justify="left" if col in ("relation", "domain") else "right")
+    for rel, v in summary["per_relation"].items():
+        table.add_row(rel, v["domain"], str(v["n"]), pct(v["containment"]), pct(v["exact"]))
+    table.add_section()
+    for key, label in (("in_domain", "in-domain"), ("ood", "out-of-domain"), ("overall", "all")):
+        v = summary[key]
+        if v["n"]:
+            table.add_row(label, "", str(v["n"]), pct(v["containment"]), pct(v["exact"]))
+    macro = summary["macro_relations"]
+    table.add_row("mean of relations", "", "", pct(macro["containment"]), pct(macro["exact"]))
+    return table
+
+
+def level_table(by_level: dict[str, Any]) -> Table:
+    """Accuracy per mastery level of the test items and the mean over levels (PAPER.md §4)."""
+    table = Table(title="containment accuracy % per mastery level of the test items")
+    for col in ("items", *(f"level {k}" for k in range(5)), "mean of levels"):
+        table.add_column(col, justify="left" if col == "items" else "right")
+    for key, label in (("in_domain", "in-domain"), ("ood", "out-of-domain")):
+        block = by_level[key]
+        cells = [f"{pct(v['containment'])} ({v['n']})" for v in block["per_level"]]
+        table.add_row(label, *cells, pct(block["mean_of_levels"]["containment"]))
+    return table
+
+
+def histogram_table(summary: dict[str, Any]) -> Table:
+    """Facts per mastery level and relation (PAPER.md §1.3 style)."""
+    title = f"mastery levels: {summary['method']} probe, {summary['data']}/{summary['split']}"
+    table = Table(title=title)
+    table.add_column("relation")
+    for k in range(5):
+        table.add_column(f"level {k}", justify="right")
+    table.add_column("facts", justify="right")
+    hist = summary["histogram"]
+    for rel, counts in hist.items():
+        if rel == "total":
+            table.add_section()
+        table.add_row(rel, *(str(c) for c in counts), str(sum(counts)))
+    return table
+
+
+def concentration_table(rows: list[dict[str, Any]], region: str) -> Table:
+    """Share of Σr held by the top k% of weights (PAPER.md Table 3)."""
+    table = Table(title=f"share of the total relative change held by the top k% ({region})")
+    table.add_column("top k %", justify="right")
+    table.add_column("weights", justify="right")
+    table.add_column("share %", justify="right")
+    for row in rows:
+        table.add_row(f"{row['k']:g}", str(row["count"]), pct(row["share"]))
+    return table
+
+
+def selection_table(s: dict[str, Any], title: str) -> Table:
+    """What ``sftscope restore`` restored, per output."""
+    table = Table(title=title)
+    for col in ("output", "weights", "% of region", "share of Σr %"):
+        table.add_column(col, justify="left" if col == "output" else "right")
+    for o in s["outputs"]:
+        table.add_row(o["label"], str(o["count"]), pct(o["count"] / s["weights"]),
+                      pct(o["share_of_r"]))  # fmt: skip
+    return table
+
+
+def sweep_tables(s: dict[str, Any], title: str, split: str) -> list[Table | str]:
+    """The restore sweep's rows as a table, and the dev pick as a line."""
+    dev = "pick" in s
+    table = Table(title=title)
+    cols = ["model", "k %", "in-domain", "out-of-domain"]
+    cols += ["dev in-domain", "dev out-of-domain"] if dev else []
+    for col in cols:
+        table.add_column(col, justify="left" if col == "model" else "right")
+    for r in s["rows"]:
+        cells = [r["label"], f"{r['k']:g}", pct(r["in_domain"]), pct(r["ood"])]
+        cells += [pct(r["dev_in_domain"]), pct(r["dev_ood"])] if dev else []
+        table.add_row(*cells)
+    out: list[Table | str] = [table]
+    pick = s.get("pick")
+    if pick:
+        out.append(
+            f"picked on dev: {pick['label']} (k={pick['k']:g}%): {split} in-domain "
+            f"{pct(pick['in_domain'])} ({_signed(pick['gain_in_domain'])} vs unrestored), "
+            f"out-of-domain {pct(pick['ood'])} ({_signed(pick['gain_ood'])})"
+        )
+    return out
+
+
+def _signed(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:+.1f}"
+
+
+def grid_tables(root: Path, scope: str, strategy: str, split: str) -> list[Table | str]:
+    """A finished grid's results: accuracy per cell, KL per cell, and the parameter level."""
+    from sftscope.run_results import cell_table, restore_tables
+
+    out: list[Table | str] = []
+    rows = cell_table(root)
+    table = Table(title=f"{root}: containment accuracy % (test levels 0-4, mean of levels)")
+    for col in ("cell", *(f"L{k}" for k in range(5)), "ID mean", "OOD mean", "ID", "OOD"):
+        table.add_column(col, justify="left" if col == "cell" else "right")
+    for r in rows:
+        table.add_row(
+            r["cell"], *(pct(v) for v in r["in_domain_per_level"]), pct(r["in_domain_mean"]),
+            pct(r["ood_mean"]), pct(r["in_domain"]), pct(r["ood"]),
+        )  # fmt: skip
+    out.append(table)
+    if any(r["kl_paper_n"] for r in rows):
+        table = Table(title="KL(fine-tuned || base): paper top-10 at the first token; full "
+                      "vocabulary per answer token by test level")  # fmt: skip
+        for col in ("cell", "paper mean ± std (n)", *(f"L{k}" for k in range(5)), "all"):
+            table.add_column(col, justify="left" if col == "cell" else "right")
+        for r in rows:
+            if r["cell"] == "base":
+                continue
+            paper = "-" if r["kl_paper"] is None else (
+                f"{r['kl_paper']:.3f} ± {r['kl_paper_std']:.3f} ({r['kl_paper_n']})")  # fmt: skip
+            table.add_row(r["cell"], paper, *(num(v, 2) for v in r["kl_full_per_level"]),
+                          num(r["kl_full"], 2))  # fmt: skip
+        out.append(table)
+    for cell, entry in restore_tables(root).items():
+        if "concentration" in entry:
+            shares = ", ".join(f"{r['k']:g}%: {pct(r['share'])}" for r in entry["concentration"])
+            out.append(f"{cell}: share of Σr held by the top k% of weights: {shares}")
+        if "sweep" in entry:
+            title = f"{cell}: restore sweep ({scope}, {strategy})"
+            out += sweep_tables(entry["sweep"], title, split)
+    return out
