@@ -176,3 +176,17 @@ def test_restore_cli_sweep_with_dev_pick(pair, tmp_path: Path) -> None:
     res = runner.invoke(app, [*args[:6], "0,5", *args[7:]])
     assert res.exit_code == 2 and res.output.startswith("error: config field 'k'")
     assert len(res.output.strip().splitlines()) == 1
+
+
+def test_restore_cli_without_eval_and_yaml_config(pair, tmp_path: Path) -> None:
+    base, tuned = pair
+    cfg = tmp_path / "restore.yaml"
+    cfg.write_text(f"base: {base}\ntuned: {tuned}\nscope: tensor\nstrategy: bottom\n"
+                   f"out: {tmp_path / 'r'}\n")  # fmt: skip
+    res = runner.invoke(app, ["restore", "--config", str(cfg), "--k", "20", "seed=3"])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "r" / "tensor-bottom-20" / "model.safetensors").exists()
+    assert "tensor-bottom-20" in res.output and "restore_stats.tsv" in res.output
+    res = runner.invoke(app, ["restore", "--config", str(cfg), "--layers", "0-1",
+                              f"out={tmp_path / 'b'}"])  # fmt: skip
+    assert res.exit_code == 0 and (tmp_path / "b" / "layers-0-1" / "config.json").exists()
