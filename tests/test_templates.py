@@ -22,8 +22,13 @@ from sftscope.data.templates import (
     load_templates,
 )
 from sftscope.errors import SftscopeError
+from sftscope.testbed.world import RELATIONS as TESTBED_RELATIONS
 
-DATASETS: dict[str, tuple[Relation, ...]] = {"entityquestions": EQ_RELATIONS, "geo": GEO_RELATIONS}
+DATASETS: dict[str, tuple[Relation, ...]] = {
+    "entityquestions": EQ_RELATIONS,
+    "geo": GEO_RELATIONS,
+    "testbed": TESTBED_RELATIONS,
+}
 CASES = [(ds, r) for ds, rels in DATASETS.items() for r in rels]
 IDS = [f"{ds}-{r.id}" for ds, r in CASES]
 _FILLER = {"a", "an", "the", "is", "was"}
