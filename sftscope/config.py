@@ -171,9 +171,11 @@ def load_config(
     path: str | Path | None = None,
     options: dict[str, Any] | None = None,
     overrides: list[str] | None = None,
+    defaults: dict[str, Any] | None = None,
 ) -> C:
-    """YAML file < CLI options (those given) < ``key=value`` overrides, validated by ``cls``."""
-    values: dict[str, Any] = {}
+    """``defaults`` (e.g. a preset) < YAML file < CLI options (those given) < ``key=value``
+    overrides, validated by ``cls``."""
+    values: dict[str, Any] = dict(defaults or {})
     if path is not None:
         loaded = read_yaml(path, "config file") or {}
         if not isinstance(loaded, dict):
