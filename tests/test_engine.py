@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from sftscope.models.decoding import row_uniforms, sample_tokens
+from sftscope.models.decoding import cache_kwarg, row_uniforms, sample_tokens
 from sftscope.models.engines import HFEngine, cut_at_stop
 
 PROMPTS = [
@@ -120,7 +120,7 @@ def test_prefill_cache_gives_exact_next_token_logits(tiny_engine: HFEngine) -> N
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
         out = model(
             input_ids=ids[:, -1:], attention_mask=mask, position_ids=pos[:, -1:],
-            past_key_values=cache,
+            **cache_kwarg(model, cache),
         ).logits[:, -1]  # fmt: skip
         for j, row in enumerate(rows):
             ref = model(torch.tensor([row])).logits[0, -1]

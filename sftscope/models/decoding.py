@@ -19,6 +19,8 @@ Greedy decoding (temperature 0) is the same loop with ``argmax``.
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -26,6 +28,18 @@ import torch
 from transformers import PreTrainedModel
 
 DoneIf = Callable[[str], bool]
+
+
+@functools.cache
+def _cache_name(cls: type) -> str:
+    params = inspect.signature(cls.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def cache_kwarg(model: PreTrainedModel, cache) -> dict:
+    """``{name: cache}`` for the model's forward: transformers 5.24 renamed ``past_key_values``
+    to ``cache`` (the old name warns and goes away in 5.40); older 5.x only knows the old one."""
+    return {_cache_name(type(model)): cache}
 
 
 @dataclass(frozen=True)
@@ -98,8 +112,8 @@ def decode(
     forwarded = 0
     for step in range(max_new_tokens):
         logits = model(
-            input_ids=cur, attention_mask=mask, position_ids=pos, past_key_values=cache,
-            use_cache=True,
+            input_ids=cur, attention_mask=mask, position_ids=pos, use_cache=True,
+            **cache_kwarg(model, cache),
         ).logits[:, -1]  # fmt: skip
         forwarded += len(alive)
         u = uniforms[alive, step].to(device) if temperature > 0 else None

@@ -27,7 +27,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import DynamicCache, PreTrainedModel
 
-from sftscope.models.decoding import DoneIf, Finish, decode, row_uniforms
+from sftscope.models.decoding import DoneIf, Finish, cache_kwarg, decode, row_uniforms
 
 
 class Engine(Protocol):
@@ -184,7 +184,7 @@ class HFEngine:
                 input_ids=pre_ids,
                 attention_mask=pre_mask,
                 position_ids=(pre_mask.cumsum(-1) - 1).clamp(min=0),
-                past_key_values=cache,
+                **cache_kwarg(self.model, cache),
                 use_cache=True,
                 logits_to_keep=1,
             )
@@ -201,7 +201,7 @@ class HFEngine:
                 input_ids=ids[:, done : width - 1],
                 attention_mask=mask[:, : width - 1],
                 position_ids=position_ids[:, done:],
-                past_key_values=cache,
+                **cache_kwarg(self.model, cache),
                 use_cache=True,
                 logits_to_keep=1,
             )
@@ -280,7 +280,7 @@ class HFEngine:
                 input_ids=pre_ids,
                 attention_mask=pre_mask,
                 position_ids=(pre_mask.cumsum(-1) - 1).clamp(min=0),
-                past_key_values=cache,
+                **cache_kwarg(self.model, cache),
                 use_cache=True,
                 logits_to_keep=1,
             )
@@ -307,7 +307,7 @@ class HFEngine:
                 input_ids=rest,
                 attention_mask=mask,
                 position_ids=position_ids,
-                past_key_values=cache,
+                **cache_kwarg(self.model, cache),
                 use_cache=True,
             ).logits.float()
             self.tokens_forwarded += int(rest_mask.sum())
