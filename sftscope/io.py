@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -82,3 +83,25 @@ def read_yaml(path: str | Path, what: str = "file") -> Any:
         return yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise SftscopeError(f"{path}: invalid YAML ({' '.join(str(e).split())})") from None
+
+
+def replace_dir(src: str | Path, dst: str | Path) -> Path:
+    """Move a finished folder ``src`` into place at ``dst``; an earlier ``dst`` is moved aside
+    first and deleted after, so ``dst`` is always either the old folder or the new one."""
+    src, dst = Path(src), Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if not dst.exists():
+        os.replace(src, dst)
+        return dst
+    old = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".old", dir=dst.parent))
+    os.replace(dst, old / "previous")
+    os.replace(src, dst)
+    shutil.rmtree(old, ignore_errors=True)
+    return dst
+
+
+def tsv_text(columns: Iterable[str], rows: Iterable[dict[str, Any]]) -> str:
+    """Tab-separated rows (``str`` of each value) under a header line."""
+    cols = list(columns)
+    lines = ["\t".join(cols)] + ["\t".join(str(row[c]) for c in cols) for row in rows]
+    return "\n".join(lines) + "\n"

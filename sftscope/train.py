@@ -25,7 +25,13 @@ import torch
 
 from sftscope.config import TrainConfig, dump_config
 from sftscope.errors import SftscopeError
-from sftscope.io import atomic_write_json, atomic_write_jsonl, atomic_write_text, read_jsonl
+from sftscope.io import (
+    atomic_write_json,
+    atomic_write_jsonl,
+    atomic_write_text,
+    read_jsonl,
+    replace_dir,
+)
 from sftscope.prompts import sft_completion, sft_prompt
 
 log = logging.getLogger(__name__)
@@ -203,19 +209,7 @@ def run_train(cfg: TrainConfig) -> dict[str, Any]:
         atomic_write_jsonl(model_dir / "train_log.jsonl", trainer.state.log_history)
         atomic_write_text(model_dir / "train_config.yaml", dump_config(cfg))
         atomic_write_json(model_dir / "train_summary.json", summary)
-        _replace_dir(model_dir, out)
+        replace_dir(model_dir, out)
         shutil.rmtree(staging, ignore_errors=True)
     trainer.accelerator.wait_for_everyone()
     return summary
-
-
-def _replace_dir(src: Path, dst: Path) -> None:
-    """Move a finished folder into place; an older result at ``dst`` is replaced."""
-    if dst.exists():
-        old = dst.parent / f".{dst.name}.old-{os.getpid()}"
-        os.replace(dst, old)
-        os.replace(src, dst)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(src, dst)

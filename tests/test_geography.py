@@ -18,6 +18,7 @@ from sftscope.data.aliases import AliasTable
 from sftscope.data.geography import GEO_RELATIONS, build_geography, country_names
 from sftscope.data.schema import SPLITS, Domain, Relation
 from sftscope.errors import SftscopeError
+from sftscope.io import replace_dir
 
 IN_DOMAIN = {r.id for r in GEO_RELATIONS if r.domain is Domain.IN_DOMAIN}
 
@@ -222,7 +223,7 @@ def test_publish_replaces_earlier_build(tmp_path: Path) -> None:
     new = tmp_path / ".geo.new"
     new.mkdir()
     (new / "dataset.json").write_text('{"name": "geo", "version": 2}', encoding="utf-8")
-    geography._publish(new, out)
+    replace_dir(new, out)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["geo"]
     assert sorted(p.name for p in out.iterdir()) == ["dataset.json"]
 

@@ -40,7 +40,7 @@ import yaml
 from sftscope.data.aliases import AliasTable
 from sftscope.data.schema import SPLITS, Relation
 from sftscope.errors import SftscopeError
-from sftscope.io import atomic_write_json, atomic_write_text
+from sftscope.io import atomic_write_json, atomic_write_text, replace_dir
 
 GEO_VERSION = 1
 # A city name shared across countries (or US states) belongs to its largest bearer only if
@@ -406,19 +406,8 @@ def build_geography(
         atomic_write_json(tmp / "dataset.json", meta)
         atomic_write_text(tmp / "LICENSE.md", _LICENSE)
         os.chmod(tmp, 0o755)  # mkdtemp creates an owner-only folder
-        _publish(tmp, out_dir)
+        replace_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return counts
-
-
-def _publish(tmp: Path, out_dir: Path) -> None:
-    """Rename the finished build into place, moving any earlier build aside first."""
-    if not out_dir.exists():
-        os.replace(tmp, out_dir)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".old", dir=out_dir.parent))
-    os.replace(out_dir, old / "build")
-    os.replace(tmp, out_dir)
-    shutil.rmtree(old, ignore_errors=True)

@@ -147,7 +147,7 @@ def run_diff(
     base_dir: Path, tuned_dir: Path, out: Path, region: str = "paper", nonzero_base: bool = False
 ) -> dict[str, Any]:
     """``sftscope diff``: per-tensor TSV, per-layer / per-module JSON, concentration table."""
-    from sftscope.io import atomic_write_json, atomic_write_text
+    from sftscope.io import atomic_write_json, atomic_write_text, tsv_text
     from sftscope.params.tensors import open_checkpoint
 
     base, tuned = open_checkpoint(base_dir), open_checkpoint(tuned_dir)
@@ -173,12 +173,7 @@ def run_diff(
 
     cols = ("tensor", "layer", "module", "numel", "mean", "max", "sum", "delta_l2", "changed",
             "zero_base", "zero_base_sum")  # fmt: skip
-    tsv = (
-        "\t".join(cols)
-        + "\n"
-        + "".join("\t".join(str(row[c]) for c in cols) + "\n" for row in stats)
-    )
-    atomic_write_text(Path(out) / "diff_summary.tsv", tsv)
+    atomic_write_text(Path(out) / "diff_summary.tsv", tsv_text(cols, stats))
     atomic_write_json(Path(out) / "concentration.json",
                       {"region": region, "nonzero_base": nonzero_base, **conc})  # fmt: skip
     zero_sum = sum(row["zero_base_sum"] for row in stats)

@@ -40,7 +40,7 @@ from tqdm.auto import tqdm
 
 from sftscope.config import RestoreConfig, dump_config
 from sftscope.errors import SftscopeError
-from sftscope.io import atomic_write_json, atomic_write_text, read_yaml
+from sftscope.io import atomic_write_json, atomic_write_text, read_yaml, replace_dir, tsv_text
 from sftscope.params.diff import checked, layer_of, natural_key, region_names, relative_change
 from sftscope.params.select import Cut, Ranking, Selector
 from sftscope.params.tensors import (
@@ -243,20 +243,13 @@ def run_restore(cfg: RestoreConfig) -> dict[str, Any]:
         restorer.select()
         restorer.write(staging)
         selection = restorer.selection()
-        tsv = (
-            "\t".join(STATS_COLUMNS)
-            + "\n"
-            + "".join("\t".join(str(row[c]) for c in STATS_COLUMNS) + "\n" for row in restorer.rows)
-        )
-        atomic_write_text(staging / "restore_stats.tsv", tsv)
+        atomic_write_text(staging / "restore_stats.tsv", tsv_text(STATS_COLUMNS, restorer.rows))
         settings = yaml.safe_dump(restore_settings(cfg), sort_keys=False)
         atomic_write_text(staging / "restore.yaml", settings)
         atomic_write_json(staging / "selection.json", selection)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    if out.exists():
-        shutil.rmtree(out)
-    staging.rename(out)
+    replace_dir(staging, out)
     atomic_write_text(out / "config.yaml", dump_config(cfg))
     return selection

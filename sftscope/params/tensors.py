@@ -21,7 +21,7 @@ import torch
 from safetensors import safe_open
 
 from sftscope.errors import SftscopeError
-from sftscope.io import atomic_write_json
+from sftscope.io import atomic_write_json, replace_dir
 
 SINGLE = "model.safetensors"
 INDEX = "model.safetensors.index.json"
@@ -229,10 +229,7 @@ class ShardWriter:
             src = next((d / name for d in side_files_from if (d / name).exists()), None)
             if src is not None:
                 shutil.copy2(src, self.tmp / name)
-        if self.out.exists():
-            shutil.rmtree(self.out)
-        os.replace(self.tmp, self.out)
-        return self.out
+        return replace_dir(self.tmp, self.out)
 
     def abort(self) -> None:
         if self._file is not None:

@@ -23,7 +23,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from sftscope.data.templates import fill, load_templates
-from sftscope.io import atomic_write_json
+from sftscope.io import atomic_write_json, replace_dir
 from sftscope.testbed.world import RELATIONS, TESTBED, Fact, WorldConfig, generate, write_dataset
 
 BUCKETS = ((0, 0), (1, 1), (2, 3), (4, 7), (8, 15), (16, 31), (32, 10**9))
@@ -154,8 +154,7 @@ def build(cfg: TestbedConfig, out: Path) -> dict[str, Any]:
     shutil.rmtree(staging, ignore_errors=True)
     model.save_pretrained(staging)
     tokenizer.save_pretrained(staging)
-    shutil.rmtree(out / "model", ignore_errors=True)
-    staging.rename(out / "model")
+    replace_dir(staging, out / "model")
     summary = {
         "config": cfg.model_dump(),
         "facts": len(facts),
