@@ -150,11 +150,11 @@ class Restorer:
                 n = math.floor(size * out.k / 100)
                 out.cuts[g] = cuts.get((g, n), Cut(0, None, 0, None))
 
-    def _mask(self, out: Output, name: str, r: torch.Tensor) -> torch.Tensor:
+    def _mask(self, out: Output, name: str, scores: torch.Tensor) -> torch.Tensor:
         if out.block is not None:
-            return torch.full_like(r, self._in_block(name, out.block), dtype=torch.bool)
+            return torch.full_like(scores, self._in_block(name, out.block), dtype=torch.bool)
         group = self.groups[name]
-        return self.selector.mask((out.label, group), self._scores(name, r), out.cuts[group])
+        return self.selector.mask((out.label, group), scores, out.cuts[group])
 
     def write(self, staging: Path) -> None:
         """Pass 3: every output checkpoint, tensor by tensor, in natural name order (the
@@ -174,8 +174,9 @@ class Restorer:
                     checked(name, r)
                 tensor_r = float(r.sum())  # fp32 per tensor, like the restored sums below
                 self.total_r += tensor_r
+                scores = self._scores(name, r)  # once per tensor, for every output
                 for out, w in zip(self.outputs, writers, strict=True):
-                    mask = self._mask(out, name, r)
+                    mask = self._mask(out, name, scores)
                     w.add(name, torch.where(mask, p, s))
                     self._account(out, name, r, mask, tensor_r)
             for w in writers:
