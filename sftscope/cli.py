@@ -26,6 +26,8 @@ from sftscope.tables import (
     selection_table,
     summary_table,
     sweep_tables,
+    transition_line,
+    transition_table,
 )
 
 app = typer.Typer(
@@ -450,6 +452,33 @@ def testbed_build_cmd(
     console.print(table)
     console.print(f"dataset in {out / 'data'}, model in {out / 'model'}, summary testbed.json "
                   f"({s['seconds']} s, train loss {s['train_loss']:.3f})")  # fmt: skip
+
+
+@testbed_app.command("check")
+@_one_line_errors
+def testbed_check_cmd(
+    data: Annotated[Path, typer.Option(help="the testbed's dataset folder (OUT/data)")],
+    probe: Annotated[Path, typer.Option(help="a probe of the pretrained model (any method)")],
+    after: Annotated[
+        Path | None, typer.Option(help="the same probe of a fine-tuned model: transitions")
+    ] = None,
+) -> None:
+    """Probe estimates against ground truth: R and levels per exposure bucket, Spearman ρ of R
+    vs exposure, and (with --after) the knowledge transitions per exposure bucket."""
+    from sftscope.testbed.truth import probe_vs_exposure, transitions_by_exposure
+
+    s = probe_vs_exposure(probe, data)
+    table = Table(title=f"{probe}: {s['method']} probe by exposure (times stated in the corpus)")
+    for col in ("exposure", "facts", "mean R", *(f"L{k}" for k in range(5))):
+        table.add_column(col, justify="right")
+    for bucket, b in s["buckets"].items():
+        table.add_row(bucket, str(b["facts"]), f"{b['mean_R']:.3f}", *map(str, b["levels"]))
+    console.print(table)
+    console.print(f"Spearman ρ(R, exposure) = {s['spearman']:.3f} over {s['facts']} facts")
+    if after is not None:
+        t = transitions_by_exposure(probe, after, data)
+        console.print(transition_table(t, f"{after}: knowledge transitions", "exposure"))
+        console.print(transition_line(after.name, t))
 
 
 @app.command("demo")

@@ -342,6 +342,11 @@ class GridConfig(StageConfig):
     eval: GridEval = GridEval()
     kl: GridKL = GridKL()
     params: GridParams = GridParams()
+    transitions: bool = Field(
+        False,
+        description="re-probe the eval facts with every tuned model (probe/after/<cell>/): "
+        "the knowledge-transition table, base level -> level after SFT",
+    )
     keep_models: bool = Field(True, description="false: delete checkpoints once a cell is done")
     device: str = "auto"
     trust_remote_code: bool = False

@@ -196,20 +196,28 @@ class Grid:
                                 f"grid ({', '.join(sorted(names - {'all'}))})")  # fmt: skip
 
     # -- stage construction -------------------------------------------------------------
-    def _probe_config(self, split: str, relations, limit) -> ProbeConfig:
-        cfg = self.cfg
-        return ProbeConfig(
-            **cfg.probe.model_dump(), model=cfg.model, data=cfg.data, data_dir=cfg.data_dir,
-            split=split, relations=relations, limit_per_relation=limit, device=cfg.device,
-            trust_remote_code=cfg.trust_remote_code, out=self.root / "probe" / split,
-        )  # fmt: skip
-
-    def _probe_stage(self, split: str, relations, limit) -> Stage:
+    def _probe_stage(
+        self,
+        split: str,
+        relations,
+        limit,
+        model: str | None = None,
+        upstream: str | None = None,
+        key: str | None = None,
+    ) -> Stage:
+        """The base model's probe of one split, or (``model``) the same probe of a tuned one."""
         from sftscope.probe import run_probe
 
-        pcfg = self._probe_config(split, relations, limit)
-        fp = fingerprint("probe", pcfg.model_dump(mode="json", exclude={"out"}), self.base_fp)
-        return Stage(f"probe/{split}", Path(pcfg.out), fp, lambda: _brief(run_probe(pcfg)), True)
+        cfg = self.cfg
+        key = key or f"probe/{split}"
+        pcfg = ProbeConfig(
+            **cfg.probe.model_dump(), model=model or cfg.model, data=cfg.data,
+            data_dir=cfg.data_dir, split=split, relations=relations, limit_per_relation=limit,
+            device=cfg.device, trust_remote_code=cfg.trust_remote_code, out=self.root / key,
+        )  # fmt: skip
+        settings = pcfg.model_dump(mode="json", exclude={"out", "model"} if model else {"out"})
+        fp = fingerprint("probe", settings, upstream or self.base_fp)
+        return Stage(key, Path(pcfg.out), fp, lambda: _brief(run_probe(pcfg)), True)
 
     def _eval_stage(self, name: str, model: str, prompt: str, upstream: str) -> Stage:
         from sftscope.evaluate import run_eval
@@ -250,6 +258,12 @@ class Grid:
         cell.stages["train"] = Stage(f"models/{name}", model_dir, train_fp,
                                      lambda: _train_brief(tcfg))  # fmt: skip
         cell.stages["eval"] = self._eval_stage(name, str(model_dir), "sft", train_fp)
+        if self.cfg.transitions:  # the eval facts re-probed with the tuned model
+            ev = self.cfg.eval
+            cell.stages["reprobe"] = self._probe_stage(
+                ev.split, None, ev.limit_per_relation, str(model_dir), train_fp,
+                f"probe/after/{name}",
+            )  # fmt: skip
         if self.cfg.kl.enabled:
             cell.stages["kl"] = self._kl_stage(name, model_dir, train_fp)
         params = self.cfg.params

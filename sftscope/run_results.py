@@ -75,3 +75,13 @@ def restore_tables(root: Path) -> dict[str, dict[str, Any]]:
         if entry:
             out[cell_dir.name] = entry
     return out
+
+
+def transition_tables(root: Path, split: str) -> dict[str, dict[str, Any]]:
+    """Per cell re-probed after SFT (``transitions: true``): base level -> level after."""
+    from sftscope.transitions import probe_transitions
+
+    out = {}
+    for after in sorted(Path(root).glob("probe/after/*/stage.json")):
+        out[after.parent.name] = probe_transitions(Path(root) / "probe" / split, after.parent)
+    return out

@@ -107,13 +107,33 @@ def sweep_tables(s: dict[str, Any], title: str, split: str) -> list[Table | str]
     return out
 
 
+def transition_table(t: dict[str, Any], title: str, group: str = "level before") -> Table:
+    """Knowledge transitions of one tuned model: rows = level (or group) before SFT, columns =
+    level after, with the mean R before -> after per row."""
+    table = Table(title=title)
+    for col in (group, *(f"→ L{k}" for k in range(5)), "facts", "mean R before → after"):
+        table.add_column(col, justify="left" if col == group else "right")
+    for key, g in t["groups"].items():
+        table.add_row(key, *map(str, g["after"]), str(g["facts"]),
+                      f"{g['r_before']:.2f} → {g['r_after']:.2f}")  # fmt: skip
+    return table
+
+
+def transition_line(cell: str, t: dict[str, Any]) -> str:
+    return (
+        f"{cell}: of {t['known_before']} known facts (level 3-4 before) {pct(t['kept'])}% stay "
+        f"known, {pct(t['lost'])}% fall to level 0-1; of {t['unknown_before']} unknown (0-1) "
+        f"{pct(t['gained'])}% become known"
+    )
+
+
 def _signed(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:+.1f}"
 
 
 def grid_tables(root: Path, scope: str, strategy: str, split: str) -> list[Table | str]:
     """A finished grid's results: accuracy per cell, KL per cell, and the parameter level."""
-    from sftscope.run_results import cell_table, restore_tables
+    from sftscope.run_results import cell_table, restore_tables, transition_tables
 
     out: list[Table | str] = []
     rows = cell_table(root)
@@ -139,6 +159,10 @@ def grid_tables(root: Path, scope: str, strategy: str, split: str) -> list[Table
             table.add_row(r["cell"], paper, *(num(v, 2) for v in r["kl_full_per_level"]),
                           num(r["kl_full"], 2))  # fmt: skip
         out.append(table)
+    for cell, t in transition_tables(root, split).items():
+        out.append(transition_table(t, f"{cell}: knowledge transitions of the {split} facts "
+                                       "(same probe before and after SFT)"))  # fmt: skip
+        out.append(transition_line(cell, t))
     for cell, entry in restore_tables(root).items():
         if "concentration" in entry:
             shares = ", ".join(f"{r['k']:g}%: {pct(r['share'])}" for r in entry["concentration"])

@@ -145,13 +145,19 @@ def test_bad_levels(levels: list, tmp_path: Path) -> None:
         GridConfig(model="m", out=tmp_path, levels=levels)
 
 
-def test_grid_params_hook_diff_and_restore_sweep(tiny_model_dir: Path, tmp_path: Path) -> None:
+def test_grid_params_hook_diff_restore_sweep_and_transitions(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
     params = {"cells": ["1-4-0"], "k": [10, 50], "pick_on": "dev"}
     path = _grid_yaml(tmp_path, tiny_model_dir, sizes=[4], levels=[1], keep_models=False,
-                      params=params, kl={"enabled": False})  # fmt: skip
+                      params=params, kl={"enabled": False}, transitions=True)  # fmt: skip
     res = CliRunner().invoke(app, ["run", str(path)])
     assert res.exit_code == 0, res.output
     assert "share of Σr" in res.output and "picked on dev" in res.output
+    assert "knowledge transitions" in res.output and "stay known" in res.output
+    after = tmp_path / "run" / "probe" / "after" / "1-4-0" / "mastery.jsonl"
+    before = tmp_path / "run" / "probe" / "test" / "mastery.jsonl"
+    assert len(after.read_text().splitlines()) == len(before.read_text().splitlines())
     cell = tmp_path / "run" / "params" / "1-4-0"
     conc = json.loads((cell / "diff" / "concentration.json").read_text())
     assert [r["k"] for r in conc["rows"]] == [1, 3, 5, 10, 20, 40, 60]
@@ -161,7 +167,7 @@ def test_grid_params_hook_diff_and_restore_sweep(tiny_model_dir: Path, tmp_path:
                                      "summary.json").read_text())  # fmt: skip
     assert not list(cell.glob("restore/*/*.safetensors"))  # keep_models: false
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
-    assert set(manifest["cells"]["1-4-0"]["stages"]) >= {"diff", "restore"}
+    assert set(manifest["cells"]["1-4-0"]["stages"]) >= {"diff", "restore", "reprobe"}
     before = _markers(tmp_path / "run")
     Grid(load_config(GridConfig, path)).run()
     assert _markers(tmp_path / "run") == before

@@ -71,3 +71,22 @@ def test_testbed_build_cli_learns_graded_knowledge(tmp_path: Path) -> None:
     assert open_dataset(tmp_path / "tb" / "data").name == TESTBED
     res = CliRunner().invoke(app, ["testbed", "build", "--preset", "huge", "--out", str(tmp_path)])
     assert res.exit_code == 2 and "--preset 'huge'" in res.output
+    # The probe against the ground truth: R rises with exposure.
+    tb = tmp_path / "tb"
+    res = CliRunner().invoke(app, ["probe", "--model", str(tb / "model"), "--data", "testbed",
+                                   "--data-dir", str(tb / "data"), "--split", "train",
+                                   "--method", "likelihood", "--templates", "4",
+                                   "--out", str(tmp_path / "probe")])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    from sftscope.testbed.truth import probe_vs_exposure
+
+    s = probe_vs_exposure(tmp_path / "probe", tb / "data")
+    assert s["facts"] == 4 * 48 and s["spearman"] > 0.3
+    assert s["buckets"]["0"]["mean_R"] < s["buckets"]["8-15"]["mean_R"]
+    res = CliRunner().invoke(app, ["testbed", "check", "--data", str(tb / "data"), "--probe",
+                                   str(tmp_path / "probe"), "--after", str(tmp_path / "probe")])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert "Spearman ρ(R, exposure)" in res.output and "100.0% stay known" in res.output
+    res = CliRunner().invoke(app, ["testbed", "check", "--data", str(tmp_path), "--probe",
+                                   str(tmp_path / "probe")])  # fmt: skip
+    assert res.exit_code == 2 and str(tmp_path) in res.output

@@ -24,9 +24,16 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from sftscope.data.templates import fill, load_templates
 from sftscope.io import atomic_write_json, replace_dir
-from sftscope.testbed.world import RELATIONS, TESTBED, Fact, WorldConfig, generate, write_dataset
-
-BUCKETS = ((0, 0), (1, 1), (2, 3), (4, 7), (8, 15), (16, 31), (32, 10**9))
+from sftscope.testbed.world import (
+    BUCKETS,
+    RELATIONS,
+    TESTBED,
+    Fact,
+    WorldConfig,
+    bucket_of,
+    generate,
+    write_dataset,
+)
 
 
 class TestbedConfig(BaseModel):
@@ -83,11 +90,6 @@ def pack(tokenizer, texts: list[str], block: int) -> list[list[int]]:
     for row in tokenizer(texts, add_special_tokens=False)["input_ids"]:
         ids += row + [tokenizer.eos_token_id]
     return [ids[i : i + block] for i in range(0, len(ids) - block + 1, block)]
-
-
-def bucket_of(exposure: int) -> str:
-    lo, hi = next(b for b in BUCKETS if b[0] <= exposure <= b[1])
-    return f"{lo}" if lo == hi else f"{lo}+" if hi >= 10**9 else f"{lo}-{hi}"
 
 
 def recall_by_exposure(model, tokenizer, facts: list[Fact]) -> dict[str, dict[str, float]]:

@@ -53,6 +53,14 @@ _SUFFIX = {"city": ("", "ton", "burg", "ville", "mouth"), "company": (" Corp", "
            "country": ("ia", "land", "stan", "ora", "esh")}  # fmt: skip
 
 
+BUCKETS = ((0, 0), (1, 1), (2, 3), (4, 7), (8, 15), (16, 31), (32, 10**9))  # exposure tables
+
+
+def bucket_of(exposure: int) -> str:
+    lo, hi = next(b for b in BUCKETS if b[0] <= exposure <= b[1])
+    return f"{lo}" if lo == hi else f"{lo}+" if hi >= 10**9 else f"{lo}-{hi}"
+
+
 class WorldConfig(BaseModel):
     """How big the world is and how its facts are exposed; seeded."""
 

@@ -1,0 +1,75 @@
+"""Knowledge transitions: how SFT moved each held-out fact's mastery, base level -> level after.
+
+Accuracy per level (the paper's tables) mixes two effects: the tuned model learning the QA
+format, and the facts it knew before being kept or lost. Probing the tuned model with the same
+mapping templates, settings and thresholds as the base model isolates the second: a fact of base
+level 4 that falls to level 0 was forgotten in the model's own declarative phrasing, whatever the
+QA prompt does. The grid writes ``probe/after/<cell>/`` when ``transitions: true``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from sftscope.errors import SftscopeError
+from sftscope.io import read_jsonl
+from sftscope.mastery import N_LEVELS
+
+KNOWN = 3  # levels 3-4 (R > .5 with the paper's thresholds) count as known, 0-1 as unknown
+
+
+def read_mastery(folder: Path) -> dict[str, dict[str, Any]]:
+    """Probed facts (level not None) of a probe folder, by id."""
+    path = Path(folder) / "mastery.jsonl"
+    if not path.exists():
+        raise SftscopeError(f"{path}: not found (run sftscope probe first)")
+    return {r["id"]: r for r in read_jsonl(path) if r.get("level") is not None}
+
+
+def transitions(
+    before: dict[str, dict[str, Any]],
+    after: dict[str, dict[str, Any]],
+    group: Callable[[dict[str, Any]], str] | None = None,
+) -> dict[str, Any]:
+    """Level matrix (rows: level before, columns: level after); per group of facts (base level
+    by default, or ``group(row_before)``) the levels after and the mean R before and after; and
+    the kept / lost / gained shares. Only facts probed both times count."""
+    ids = [i for i in before if i in after]
+    matrix = [[0] * N_LEVELS for _ in range(N_LEVELS)]
+    rows: dict[str, dict[str, Any]] = {}
+    for i in ids:
+        b, a = before[i], after[i]
+        matrix[b["level"]][a["level"]] += 1
+        key = group(b) if group else str(b["level"])
+        row = rows.setdefault(key, {"facts": 0, "r_before": 0.0, "r_after": 0.0,
+                                    "after": [0] * N_LEVELS})  # fmt: skip
+        row["facts"] += 1
+        row["after"][a["level"]] += 1
+        row["r_before"] += b["R"]
+        row["r_after"] += a["R"]
+    for row in rows.values():
+        row["r_before"] /= row["facts"]
+        row["r_after"] /= row["facts"]
+    if group is None:
+        rows = dict(sorted(rows.items()))
+    known_rows, unknown_rows = matrix[KNOWN:], matrix[: KNOWN - 1]
+    n_known, n_unknown = sum(map(sum, known_rows)), sum(map(sum, unknown_rows))
+    kept = sum(sum(r[KNOWN:]) for r in known_rows)
+    lost = sum(sum(r[: KNOWN - 1]) for r in known_rows)
+    gained = sum(sum(r[KNOWN:]) for r in unknown_rows)
+    return {
+        "facts": len(ids),
+        "matrix": matrix,
+        "groups": rows,
+        "known_before": n_known,
+        "kept": kept / n_known if n_known else None,
+        "lost": lost / n_known if n_known else None,
+        "unknown_before": n_unknown,
+        "gained": gained / n_unknown if n_unknown else None,
+    }
+
+
+def probe_transitions(before_dir: Path, after_dir: Path) -> dict[str, Any]:
+    return transitions(read_mastery(before_dir), read_mastery(after_dir))
