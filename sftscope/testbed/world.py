@@ -9,8 +9,9 @@ checked against the truth. Exposures follow a truncated power law, P(e) ∝ (e +
 Names are built from syllables, so a pretrained model cannot know them from elsewhere, and every
 name is unique across the world (answers never contain one another). The facts are written as a
 normal dataset (EntityQuestions layout, ``dataset.json`` named ``testbed``, the exposure as each
-item's ``popularity``), so every sftscope stage reads them unchanged; the probe's mapping templates
-for it are in ``sftscope/data/templates.yaml`` and are never used to write the corpus (held out).
+item's ``popularity``), so every sftscope stage reads them unchanged; the mapping templates are in
+``sftscope/data/templates.yaml`` (``testbed:``): the corpus states facts through the first
+``train_templates`` of them, and the probe also uses the rest, which the model never saw.
 """
 
 from __future__ import annotations
