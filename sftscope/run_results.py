@@ -17,19 +17,23 @@ def read_manifest(root: Path) -> dict[str, Any]:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
+def cell_order(name: str) -> tuple:
+    """Sort key for cell names ``level-size-seed``: base first, sizes numerically, 'all' last."""
+
+    def num(x: str) -> float:
+        return int(x) if x.isdigit() else float("inf")
+
+    level, _, rest = name.partition("-")
+    size, _, seed = rest.partition("-")
+    return (name != "base", level, num(size), num(seed))
+
+
 def cell_table(root: Path) -> list[dict[str, Any]]:
     """Per-cell accuracy rows from the cells' eval summaries (for the CLI and the report)."""
 
-    def num(x: str) -> float:
-        return int(x) if x.isdigit() else float("inf")  # "all" after every N
-
-    def order(path: Path) -> tuple:
-        level, _, rest = path.parent.name.partition("-")
-        size, _, seed = rest.partition("-")
-        return (path.parent.name != "base", level, num(size), num(seed))
-
     rows = []
-    for path in sorted(Path(root).glob("eval/*/summary.json"), key=order):
+    paths = sorted(Path(root).glob("eval/*/summary.json"), key=lambda p: cell_order(p.parent.name))
+    for path in paths:
         s = json.loads(path.read_text(encoding="utf-8"))
         ind, ood = (s.get("by_level", {}).get(k, {}) for k in ("in_domain", "ood"))
         rows.append(
@@ -82,6 +86,7 @@ def transition_tables(root: Path, split: str) -> dict[str, dict[str, Any]]:
     from sftscope.transitions import probe_transitions
 
     out = {}
-    for after in sorted(Path(root).glob("probe/after/*/stage.json")):
+    found = Path(root).glob("probe/after/*/stage.json")
+    for after in sorted(found, key=lambda p: cell_order(p.parent.name)):
         out[after.parent.name] = probe_transitions(Path(root) / "probe" / split, after.parent)
     return out

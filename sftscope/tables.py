@@ -119,6 +119,21 @@ def transition_table(t: dict[str, Any], title: str, group: str = "level before")
     return table
 
 
+def transition_summary(ts: dict[str, dict[str, Any]], split: str) -> Table:
+    """One row per re-probed cell: what became of the facts known (level 3-4) before SFT."""
+    table = Table(title=f"knowledge transitions of the {split} facts, same probe before and after "
+                        "SFT: known = level 3-4 (kept: still 3-4, lost: now 0-1), unknown = 0-1 "
+                        "(gained: now 3-4); mean R of level-4 facts before → after")  # fmt: skip
+    for col in ("cell", "known", "kept %", "lost %", "unknown", "gained %", "L4 mean R"):
+        table.add_column(col, justify="left" if col == "cell" else "right")
+    for cell, t in ts.items():
+        g4 = t["groups"].get("4")
+        r4 = f"{g4['r_before']:.2f} → {g4['r_after']:.2f}" if g4 else "-"
+        table.add_row(cell, str(t["known_before"]), pct(t["kept"]), pct(t["lost"]),
+                      str(t["unknown_before"]), pct(t["gained"]), r4)  # fmt: skip
+    return table
+
+
 def transition_line(cell: str, t: dict[str, Any]) -> str:
     return (
         f"{cell}: of {t['known_before']} known facts (level 3-4 before) {pct(t['kept'])}% stay "
@@ -159,10 +174,13 @@ def grid_tables(root: Path, scope: str, strategy: str, split: str) -> list[Table
             table.add_row(r["cell"], paper, *(num(v, 2) for v in r["kl_full_per_level"]),
                           num(r["kl_full"], 2))  # fmt: skip
         out.append(table)
-    for cell, t in transition_tables(root, split).items():
-        out.append(transition_table(t, f"{cell}: knowledge transitions of the {split} facts "
-                                       "(same probe before and after SFT)"))  # fmt: skip
-        out.append(transition_line(cell, t))
+    transitions = transition_tables(root, split)
+    if transitions:
+        out.append(transition_summary(transitions, split))
+    if len(transitions) <= 4:  # whole matrices only where they stay readable
+        for cell, t in transitions.items():
+            out.append(transition_table(t, f"{cell}: knowledge transitions of the {split} facts "
+                                           "(same probe before and after SFT)"))  # fmt: skip
     for cell, entry in restore_tables(root).items():
         if "concentration" in entry:
             shares = ", ".join(f"{r['k']:g}%: {pct(r['share'])}" for r in entry["concentration"])

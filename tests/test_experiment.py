@@ -154,7 +154,7 @@ def test_grid_params_hook_diff_restore_sweep_and_transitions(
     res = CliRunner().invoke(app, ["run", str(path)])
     assert res.exit_code == 0, res.output
     assert "share of Σr" in res.output and "picked on dev" in res.output
-    assert "knowledge transitions" in res.output and "stay known" in res.output
+    assert "knowledge transitions" in res.output and "kept %" in res.output
     after = tmp_path / "run" / "probe" / "after" / "1-4-0" / "mastery.jsonl"
     before = tmp_path / "run" / "probe" / "test" / "mastery.jsonl"
     assert len(after.read_text().splitlines()) == len(before.read_text().splitlines())
