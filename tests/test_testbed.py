@@ -83,8 +83,10 @@ def test_testbed_build_cli_learns_graded_knowledge(tmp_path: Path) -> None:
     s = probe_vs_exposure(tmp_path / "probe", tb / "data")
     assert s["facts"] == 4 * 48 and s["spearman"] > 0.3
     assert s["buckets"]["0"]["mean_R"] < s["buckets"]["8-15"]["mean_R"]
-    res = CliRunner().invoke(app, ["testbed", "check", "--data", str(tb / "data"), "--probe",
-                                   str(tmp_path / "probe"), "--after", str(tmp_path / "probe")])  # fmt: skip
+    probe = str(tmp_path / "probe")
+    res = CliRunner().invoke(
+        app, ["testbed", "check", "--data", str(tb / "data"), "--probe", probe, "--after", probe]
+    )
     assert res.exit_code == 0, res.output
     assert "Spearman ρ(R, exposure)" in res.output and "100.0% stay known" in res.output
     res = CliRunner().invoke(app, ["testbed", "check", "--data", str(tmp_path), "--probe",
