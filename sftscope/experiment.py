@@ -206,7 +206,7 @@ class Grid:
         key: str | None = None,
     ) -> Stage:
         """The base model's probe of one split, or (``model``) the same probe of a tuned one."""
-        from sftscope.probe import run_probe
+        from sftscope.probe import load_thresholds, run_probe
 
         cfg = self.cfg
         key = key or f"probe/{split}"
@@ -216,6 +216,8 @@ class Grid:
             device=cfg.device, trust_remote_code=cfg.trust_remote_code, out=self.root / key,
         )  # fmt: skip
         settings = pcfg.model_dump(mode="json", exclude={"out", "model"} if model else {"out"})
+        if pcfg.calibration is not None:  # the thresholds in the file, not just its path
+            settings["calibrated_thresholds"] = list(load_thresholds(pcfg))
         fp = fingerprint("probe", settings, upstream or self.base_fp)
         return Stage(key, Path(pcfg.out), fp, lambda: _brief(run_probe(pcfg)), True)
 

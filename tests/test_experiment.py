@@ -173,3 +173,15 @@ def test_grid_params_hook_diff_restore_sweep_and_transitions(
     assert _markers(tmp_path / "run") == before
     res = CliRunner().invoke(app, ["run", str(path), "params.cells=9-9-9"])
     assert res.exit_code == 2 and "params.cells': 9-9-9 is not a cell" in res.output
+
+
+def test_new_calibration_content_redoes_the_probe(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """A calibration file rewritten in place changes the levels: the fingerprint must see it."""
+    cal = tmp_path / "cal.json"
+    cal.write_text(json.dumps({"thresholds": [0.001, 0.1, 0.2, 0.3]}))
+    probe = {"method": "likelihood", "templates": 3, "calibration": str(cal)}
+    path = _grid_yaml(tmp_path, tiny_model_dir, probe=probe)
+    before = Grid(load_config(GridConfig, path)).probes["train"].fingerprint
+    assert Grid(load_config(GridConfig, path)).probes["train"].fingerprint == before
+    cal.write_text(json.dumps({"thresholds": [0.001, 0.1, 0.2, 0.4]}))
+    assert Grid(load_config(GridConfig, path)).probes["train"].fingerprint != before
