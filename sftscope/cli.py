@@ -481,6 +481,19 @@ def testbed_check_cmd(
         console.print(transition_line(after.name, t))
 
 
+@app.command("report")
+@_one_line_errors
+def report_cmd(
+    run: Annotated[Path, typer.Argument(help="a run folder written by sftscope run")],
+    out: Annotated[Path | None, typer.Option(help="report folder (default RUN/report)")] = None,
+) -> None:
+    """report.md and a self-contained index.html (PNG figures beside it) from a finished run."""
+    from sftscope.report.render import write_report
+
+    path = write_report(run, out)
+    console.print(f"report in {path / 'index.html'} (and report.md)")
+
+
 @app.command("demo")
 @_one_line_errors
 def demo_cmd(

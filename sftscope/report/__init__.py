@@ -1,0 +1,1 @@
+"""The report: tables and figures from a finished run folder (``sftscope report``)."""

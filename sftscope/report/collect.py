@@ -1,0 +1,101 @@
+"""Everything the report shows, read from a finished run folder (never recomputed here).
+
+Cells of the same level and size are aggregated over seeds (mean, sample sd, n), so every
+number in the report carries its spread; the per-cell rows stay available for the appendix.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from sftscope.errors import SftscopeError
+from sftscope.io import read_yaml
+from sftscope.run_results import (
+    cell_order,
+    cell_table,
+    read_manifest,
+    restore_tables,
+    transition_tables,
+)
+
+METRICS = ("in_domain_mean", "ood_mean", "in_domain", "ood", "kl_paper", "kl_full")
+
+
+def spread(values: list[float | None]) -> dict[str, float | int | None]:
+    """Mean, sample sd (None for one value) and n over the values that exist."""
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return {"mean": None, "sd": None, "n": 0}
+    sd = statistics.stdev(vals) if len(vals) > 1 else None
+    return {"mean": statistics.fmean(vals), "sd": sd, "n": len(vals)}
+
+
+def _split_cell(name: str) -> tuple[str, str, str]:
+    level, size, seed = name.split("-", 2)
+    return level, size, seed
+
+
+def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (training level, size) with each metric's spread over seeds."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        if r["cell"] != "base":
+            level, size, _ = _split_cell(r["cell"])
+            groups[(level, size)].append(r)
+    out = []
+    for (level, size), members in sorted(
+        groups.items(), key=lambda kv: cell_order(f"{kv[0][0]}-{kv[0][1]}-0")
+    ):
+        row: dict[str, Any] = {
+            "level": level,
+            "size": size,
+            "seeds": [_split_cell(m["cell"])[2] for m in members],
+        }
+        for key in METRICS:
+            row[key] = spread([m[key] for m in members])
+        row["per_level"] = [
+            spread(
+                [m["in_domain_per_level"][k] if m["in_domain_per_level"] else None for m in members]
+            )
+            for k in range(5)
+        ]
+        row["kl_full_per_level"] = [
+            spread([m["kl_full_per_level"][k] for m in members]) for k in range(5)
+        ]
+        out.append(row)
+    return out  # fmt: skip
+
+
+def _summary(path: Path) -> dict[str, Any] | None:
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
+
+
+def collect(root: Path) -> dict[str, Any]:
+    """The run's config, probes, per-cell and aggregated accuracy/KL, transitions and the
+    parameter-level results (each section empty when the run has none)."""
+    root = Path(root)
+    manifest = read_manifest(root)
+    config = read_yaml(root / "config.yaml", "run config")
+    if not isinstance(config, dict):
+        raise SftscopeError(f"{root / 'config.yaml'}: not a grid config")
+    split = (config.get("eval") or {}).get("split", "test")
+    rows = cell_table(root)
+    if not rows:
+        raise SftscopeError(f"{root}: no evaluated cells (run sftscope run first)")
+    return {
+        "root": str(root),
+        "config": config,
+        "versions": manifest.get("versions", {}),
+        "split": split,
+        "probes": {name: s for name in ("train", split)
+                   if (s := _summary(root / "probe" / name / "summary.json"))},
+        "rows": rows,
+        "base": next((r for r in rows if r["cell"] == "base"), None),
+        "groups": aggregate(rows),
+        "transitions": transition_tables(root, split),
+        "params": restore_tables(root),
+    }  # fmt: skip

@@ -1,0 +1,168 @@
+"""``sftscope report RUN_DIR``: ``report.md`` and a self-contained ``index.html`` (PNG figures
+beside it, no server, no network) from a finished run folder.
+
+The page is a list of blocks (heading, paragraph, table, figure) rendered twice, to markdown and
+to HTML, so the two never disagree. Built in a staging folder and moved into place.
+"""
+
+from __future__ import annotations
+
+import html
+import shutil
+from pathlib import Path
+from typing import Any
+
+from sftscope.io import atomic_write_text, replace_dir
+from sftscope.report.collect import collect
+from sftscope.report.figures import accuracy_vs_size, sweep_curves
+
+Block = tuple  # ("h2", text) | ("p", text) | ("table", header, rows) | ("img", file, caption)
+
+
+def fmt(s: dict[str, Any] | float | None, scale: float = 100, digits: int = 1) -> str:
+    """A spread as 'mean ± sd (n)', a plain number as itself; '-' when missing."""
+    if isinstance(s, dict):
+        if s["mean"] is None:
+            return "-"
+        text = f"{scale * s['mean']:.{digits}f}"
+        if s["sd"] is not None:
+            text += f" ± {scale * s['sd']:.{digits}f}"
+        return text + (f" ({s['n']})" if s["n"] > 1 else "")
+    return "-" if s is None else f"{scale * s:.{digits}f}"
+
+
+def blocks(data: dict[str, Any], figdir: Path) -> list[Block]:
+    cfg, split = data["config"], data["split"]
+    probe = cfg.get("probe") or {}
+    out: list[Block] = [("h1", f"sftscope report: {Path(data['root']).name}")]
+    out.append(("p", f"Base model `{cfg.get('model')}`, data `{cfg.get('data')}`, evaluation on "
+                     f"the {split} split; levels {cfg.get('levels')}, sizes {cfg.get('sizes')}, "
+                     f"seeds {cfg.get('seeds')}. Probe: {probe.get('method', 'sampling')} "
+                     f"({probe.get('templates', 21)} templates"
+                     + (f" × {probe.get('samples', 10)} samples at T = "
+                        f"{probe.get('temperature', 0.7)}" if probe.get("method", "sampling")
+                        == "sampling" else "")
+                     + (f", calibration `{probe['calibration']}`" if probe.get("calibration")
+                        else "") + ")."))  # fmt: skip
+    out.append(("h2", "Data and mastery levels"))
+    for name, s in data["probes"].items():
+        rows = [[rel, *map(str, c), str(sum(c))] for rel, c in s["histogram"].items()]
+        out.append(("table", [f"{name} facts: relation", *(f"L{k}" for k in range(5)), "facts"],
+                    rows))  # fmt: skip
+    out.append(("h2", "Accuracy by training level and test level"))
+    out.append(("p", "Containment accuracy %, mean ± sd over seeds (number of seeds); columns "
+                     "L0–L4 are in-domain test items by their base mastery level, 'mean of "
+                     "levels' is the paper's headline (PAPER.md §4)."))  # fmt: skip
+    header = ["train level", "size", *(f"L{k}" for k in range(5)), "ID mean of levels",
+              "OOD mean of levels", "ID", "OOD"]  # fmt: skip
+    rows = []
+    if data["base"]:
+        b = data["base"]
+        rows.append(["base (few-shot)", "-", *(fmt(v) for v in b["in_domain_per_level"]),
+                     fmt(b["in_domain_mean"]), fmt(b["ood_mean"]), fmt(b["in_domain"]),
+                     fmt(b["ood"])])  # fmt: skip
+    for g in data["groups"]:
+        rows.append(
+            [
+                g["level"],
+                g["size"],
+                *(fmt(v) for v in g["per_level"]),
+                *(fmt(g[k]) for k in ("in_domain_mean", "ood_mean", "in_domain", "ood")),
+            ]
+        )
+    out.append(("table", header, rows))
+    for name, caption in accuracy_vs_size(data["groups"], figdir):
+        out.append(("img", name, caption))
+    if any(g["kl_full"]["n"] for g in data["groups"]):
+        out.append(("h2", "Token level: KL(fine-tuned ‖ base)"))
+        out.append(("table", ["train level", "size", "paper KL (top-10, first token)",
+                              *(f"full KL L{k}" for k in range(5)), "full KL all"],
+                    [[g["level"], g["size"], fmt(g["kl_paper"], 1, 3),
+                      *(fmt(v, 1, 2) for v in g["kl_full_per_level"]), fmt(g["kl_full"], 1, 2)]
+                     for g in data["groups"]]))  # fmt: skip
+    if data["transitions"]:
+        out.append(("h2", "Knowledge transitions (same probe before and after SFT)"))
+        out.append(("p", "Known = level 3–4 before SFT; kept = still 3–4 after, lost = now 0–1; "
+                         "unknown = level 0–1 before, gained = now 3–4."))  # fmt: skip
+        out.append(("table", ["cell", "known", "kept %", "lost %", "unknown", "gained %"],
+                    [[c, str(t["known_before"]), fmt(t["kept"]), fmt(t["lost"]),
+                      str(t["unknown_before"]), fmt(t["gained"])]
+                     for c, t in data["transitions"].items()]))  # fmt: skip
+    for cell, entry in data["params"].items():
+        out.append(("h2", f"Parameter level: {cell}"))
+        if "concentration" in entry:
+            out.append(("table", ["top k % of weights", "weights", "share of Σr %"],
+                        [[f"{r['k']:g}", str(r["count"]), fmt(r["share"])]
+                         for r in entry["concentration"]]))  # fmt: skip
+        if "sweep" in entry:
+            out.append(("table", ["model", "k %", "ID", "OOD"],
+                        [[r["label"], f"{r['k']:g}", fmt(r["in_domain"]), fmt(r["ood"])]
+                         for r in entry["sweep"]["rows"]]))  # fmt: skip
+            for name, caption in sweep_curves(cell, entry["sweep"], figdir):
+                out.append(("img", name, caption))
+    v = data["versions"]
+    out.append(("p", "Versions: " + ", ".join(f"{k} {v[k]}" for k in sorted(v)) + "."))
+    return out
+
+
+def to_markdown(page: list[Block]) -> str:
+    lines: list[str] = []
+    for b in page:
+        if b[0] in ("h1", "h2"):
+            lines += [("# " if b[0] == "h1" else "## ") + b[1], ""]
+        elif b[0] == "p":
+            lines += [b[1], ""]
+        elif b[0] == "table":
+            lines += ["| " + " | ".join(b[1]) + " |", "|" + "---|" * len(b[1])]
+            lines += ["| " + " | ".join(r) + " |" for r in b[2]] + [""]
+        elif b[0] == "img":
+            lines += [f"![{b[2]}](figures/{b[1]})", "", f"*{b[2]}*", ""]
+    return "\n".join(lines)
+
+
+CSS = (
+    "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;"
+    "color:#222}table{border-collapse:collapse;margin:1em 0;font-size:14px;display:block;"
+    "overflow-x:auto}th,td{border:1px solid #ccc;padding:3px 8px;text-align:right}"
+    "th:first-child,td:first-child{text-align:left}th{background:#f3f3f3}"
+    "img{max-width:100%;height:auto}figure{margin:1em 0}code{background:#f3f3f3}"
+)
+
+
+def to_html(page: list[Block], title: str) -> str:
+    def inline(text: str) -> str:
+        parts = html.escape(text).split("`")  # `code` spans
+        return "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts))
+
+    body: list[str] = []
+    for b in page:
+        if b[0] in ("h1", "h2"):
+            body.append(f"<{b[0]}>{inline(b[1])}</{b[0]}>")
+        elif b[0] == "p":
+            body.append(f"<p>{inline(b[1])}</p>")
+        elif b[0] == "table":
+            head = "".join(f"<th>{inline(c)}</th>" for c in b[1])
+            rows = "".join("<tr>" + "".join(f"<td>{inline(c)}</td>" for c in r) + "</tr>"
+                           for r in b[2])  # fmt: skip
+            body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
+        elif b[0] == "img":
+            body.append(f'<figure><img src="figures/{html.escape(b[1])}" alt="{inline(b[2])}">'
+                        f"<figcaption>{inline(b[2])}</figcaption></figure>")  # fmt: skip
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}"
+        f"</title><style>{CSS}</style></head><body>{''.join(body)}</body></html>\n"
+    )
+
+
+def write_report(root: Path, out: Path | None = None) -> Path:
+    """Write ``OUT`` (default ``RUN/report``): report.md, index.html, figures/*.png."""
+    root = Path(root)
+    data = collect(root)
+    out = Path(out) if out else root / "report"
+    staging = out.parent / f".{out.name}.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    (staging / "figures").mkdir(parents=True)
+    page = blocks(data, staging / "figures")
+    atomic_write_text(staging / "report.md", to_markdown(page))
+    atomic_write_text(staging / "index.html", to_html(page, page[0][1]))
+    return replace_dir(staging, out)
