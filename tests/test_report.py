@@ -31,6 +31,7 @@ def test_report_of_a_grid_run(tiny_model_dir: Path, tmp_path: Path) -> None:
     page = (run / "report" / "index.html").read_text()
     md = (run / "report" / "report.md").read_text()
     for section in (
+        "Findings",
         "Data and mastery levels",
         "Accuracy by training level and test level",
         "Token level",
@@ -48,3 +49,48 @@ def test_report_of_a_grid_run(tiny_model_dir: Path, tmp_path: Path) -> None:
     assert not list(run.glob(".report.partial"))
     res = CliRunner().invoke(app, ["report", str(tmp_path / "nowhere")])
     assert res.exit_code == 2 and "nowhere" in res.output
+
+
+def _g(level: str, size: str, mean: float, sd: float | None, n: int) -> dict:
+    return {"level": level, "size": size, "in_domain_mean": {"mean": mean, "sd": sd, "n": n}}
+
+
+def test_findings_verdicts_follow_the_intervals() -> None:
+    from sftscope.report.findings import (
+        heavy_restoration_collapses,
+        level_moves_accuracy,
+        peak_at_small_size,
+        restoration_helps,
+        top1_holds_most,
+    )
+
+    # peak at 240, clearly above 1920 (diff 0.10, interval 1.96*sqrt(2*0.01^2/3) = 0.016)
+    peak = [_g("2", "60", 0.50, 0.01, 3), _g("2", "240", 0.60, 0.01, 3),
+            _g("2", "1920", 0.50, 0.01, 3)]  # fmt: skip
+    assert peak_at_small_size(peak)["verdict"] == "reproduced"
+    rising = [_g("2", "60", 0.40, 0.01, 3), _g("2", "240", 0.60, 0.01, 3)]
+    assert peak_at_small_size(rising)["verdict"] == "not reproduced"
+    one_seed = [_g("2", "60", 0.60, None, 1), _g("2", "240", 0.40, None, 1)]
+    assert peak_at_small_size(one_seed)["verdict"] == "inconclusive"
+    levels = [_g("0", "60", 0.30, 0.02, 3), _g("4", "60", 0.50, 0.02, 3)]
+    f = level_moves_accuracy(levels)
+    assert f["verdict"] == "reproduced" and "+20.0 ± 3.2 points" in f["evidence"][0]
+    assert level_moves_accuracy(levels[:1])["verdict"] == "inconclusive"
+    params = {
+        "c": {
+            "concentration": [{"k": 1, "share": 0.7}],
+            "sweep": {
+                "rows": [
+                    {"label": "tuned", "k": 0, "in_domain": 0.50},
+                    {"label": "global-top-5", "k": 5, "in_domain": 0.53},
+                    {"label": "global-top-60", "k": 60, "in_domain": 0.20},
+                    {"label": "layers-0-3", "k": 0, "in_domain": 0.9},
+                ]
+            },
+        }
+    }
+    assert top1_holds_most(params)["verdict"] == "reproduced"
+    assert restoration_helps(params)["verdict"] == "reproduced"
+    assert heavy_restoration_collapses(params)["verdict"] == "reproduced"
+    params["c"]["sweep"]["rows"][1]["in_domain"] = 0.49
+    assert restoration_helps(params)["verdict"] == "not reproduced"

@@ -70,6 +70,18 @@ def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out  # fmt: skip
 
 
+def aggregate_transitions(ts: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Kept / lost / gained per (training level, size), spread over seeds."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for cell, t in ts.items():
+        level, size, _ = _split_cell(cell)
+        groups[(level, size)].append(t)
+    return [{"level": lv, "size": sz, "known": members[0]["known_before"],
+             "unknown": members[0]["unknown_before"],
+             **{k: spread([m[k] for m in members]) for k in ("kept", "lost", "gained")}}
+            for (lv, sz), members in groups.items()]  # fmt: skip
+
+
 def _summary(path: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
 
@@ -96,6 +108,6 @@ def collect(root: Path) -> dict[str, Any]:
         "rows": rows,
         "base": next((r for r in rows if r["cell"] == "base"), None),
         "groups": aggregate(rows),
-        "transitions": transition_tables(root, split),
+        "transitions": aggregate_transitions(transition_tables(root, split)),
         "params": restore_tables(root),
     }  # fmt: skip

@@ -15,6 +15,7 @@ from typing import Any
 from sftscope.io import atomic_write_text, replace_dir
 from sftscope.report.collect import collect
 from sftscope.report.figures import accuracy_vs_size, sweep_curves
+from sftscope.report.findings import findings
 
 Block = tuple  # ("h2", text) | ("p", text) | ("table", header, rows) | ("img", file, caption)
 
@@ -44,6 +45,18 @@ def blocks(data: dict[str, Any], figdir: Path) -> list[Block]:
                         == "sampling" else "")
                      + (f", calibration `{probe['calibration']}`" if probe.get("calibration")
                         else "") + ")."))  # fmt: skip
+    out.append(("h2", "Findings"))
+    out.append(
+        (
+            "p",
+            "Each of the paper's findings, judged by a test on this run's numbers "
+            "(sftscope/report/findings.py); differences between cells carry a 95 % "
+            "interval over seeds, and one seed gives no interval (inconclusive).",
+        )
+    )
+    out.append(("table", ["finding", "verdict", "evidence", "test"],
+                [[f["claim"], f["verdict"], "; ".join(f["evidence"]), f["test"]]
+                 for f in findings(data)]))  # fmt: skip
     out.append(("h2", "Data and mastery levels"))
     for name, s in data["probes"].items():
         rows = [[rel, *map(str, c), str(sum(c))] for rel, c in s["histogram"].items()]
@@ -84,10 +97,25 @@ def blocks(data: dict[str, Any], figdir: Path) -> list[Block]:
         out.append(("h2", "Knowledge transitions (same probe before and after SFT)"))
         out.append(("p", "Known = level 3–4 before SFT; kept = still 3–4 after, lost = now 0–1; "
                          "unknown = level 0–1 before, gained = now 3–4."))  # fmt: skip
-        out.append(("table", ["cell", "known", "kept %", "lost %", "unknown", "gained %"],
-                    [[c, str(t["known_before"]), fmt(t["kept"]), fmt(t["lost"]),
-                      str(t["unknown_before"]), fmt(t["gained"])]
-                     for c, t in data["transitions"].items()]))  # fmt: skip
+        out.append(
+            (
+                "table",
+                ["train level", "size", "known", "kept %", "lost %", "unknown", "gained %"],
+                [
+                    [
+                        t["level"],
+                        t["size"],
+                        str(t["known"]),
+                        fmt(t["kept"]),
+                        fmt(t["lost"]),
+                        str(t["unknown"]),
+                        fmt(t["gained"]),
+                    ]
+                    for t in data["transitions"]
+                ],
+            )
+        )
+        # fmt: skip
     for cell, entry in data["params"].items():
         out.append(("h2", f"Parameter level: {cell}"))
         if "concentration" in entry:
@@ -124,7 +152,7 @@ CSS = (
     "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;"
     "color:#222}table{border-collapse:collapse;margin:1em 0;font-size:14px;display:block;"
     "overflow-x:auto}th,td{border:1px solid #ccc;padding:3px 8px;text-align:right}"
-    "th:first-child,td:first-child{text-align:left}th{background:#f3f3f3}"
+    "td{white-space:nowrap}td.w{white-space:normal;text-align:left;min-width:14em}th:first-child,td:first-child{text-align:left}th{background:#f3f3f3}"
     "img{max-width:100%;height:auto}figure{margin:1em 0}code{background:#f3f3f3}"
 )
 
@@ -134,6 +162,9 @@ def to_html(page: list[Block], title: str) -> str:
         parts = html.escape(text).split("`")  # `code` spans
         return "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts))
 
+    def _td(c: str) -> str:  # prose cells wrap, number cells stay on one line
+        return f'<td class="w">{inline(c)}</td>' if len(c) > 40 else f"<td>{inline(c)}</td>"
+
     body: list[str] = []
     for b in page:
         if b[0] in ("h1", "h2"):
@@ -142,8 +173,7 @@ def to_html(page: list[Block], title: str) -> str:
             body.append(f"<p>{inline(b[1])}</p>")
         elif b[0] == "table":
             head = "".join(f"<th>{inline(c)}</th>" for c in b[1])
-            rows = "".join("<tr>" + "".join(f"<td>{inline(c)}</td>" for c in r) + "</tr>"
-                           for r in b[2])  # fmt: skip
+            rows = "".join("<tr>" + "".join(_td(c) for c in r) + "</tr>" for r in b[2])
             body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
         elif b[0] == "img":
             body.append(f'<figure><img src="figures/{html.escape(b[1])}" alt="{inline(b[2])}">'

@@ -1,0 +1,157 @@
+"""Computed verdicts on the paper's findings: reproduced / not reproduced / inconclusive, each
+with the numbers and the test that decided it. Nothing here is written by hand per run.
+
+Differences between grid cells use the seeds: a difference of means is called real when its
+95 % interval (normal approximation, sd from the seeds) excludes 0; with one seed there is no
+interval and the verdict is inconclusive. Restore-sweep and concentration numbers come from one
+model each, so they are judged against stated margins instead.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+REPRODUCED, NOT, INCONCLUSIVE = "reproduced", "not reproduced", "inconclusive"
+RESTORE_GAIN = 0.01  # restoration "helps" when the best small k gains >= 1 point
+COLLAPSE_DROP = 0.05  # heavy restoration "collapses" when k >= 40 % loses >= 5 points
+TOP1_SHARE = 0.5  # "most of the change" = at least half of the total relative change
+
+
+def diff_ci(a: dict[str, Any], b: dict[str, Any]) -> tuple[float, float | None]:
+    """a − b and the half-width of its 95 % interval (None without two seeds on each side)."""
+    d = a["mean"] - b["mean"]
+    if a["n"] < 2 or b["n"] < 2 or a["sd"] is None or b["sd"] is None:
+        return d, None
+    return d, 1.96 * math.sqrt(a["sd"] ** 2 / a["n"] + b["sd"] ** 2 / b["n"])
+
+
+def _pts(d: float, half: float | None) -> str:
+    return f"{100 * d:+.1f}" + ("" if half is None else f" ± {100 * half:.1f}") + " points"
+
+
+def _sign(d: float, half: float | None) -> int:
+    """+1 / −1 when the interval excludes 0, 0 when it does not or there is none."""
+    if half is None or abs(d) <= half:
+        return 0
+    return 1 if d > 0 else -1
+
+
+def _sizes(groups: list[dict[str, Any]]) -> list[str]:
+    return list(dict.fromkeys(g["size"] for g in groups))
+
+
+def peak_at_small_size(groups: list[dict[str, Any]]) -> dict[str, Any]:
+    """PAPER.md §5.1: accuracy peaks at a small training size and falls with more data."""
+    claim = "accuracy peaks at a small training-set size and falls with more data"
+    test = "per training level: best size vs the largest size (ID mean of levels), 95 % interval"
+    lines, signs = [], []
+    for level in dict.fromkeys(g["level"] for g in groups):
+        own = [g for g in groups if g["level"] == level and g["in_domain_mean"]["mean"] is not None]
+        if len(own) < 2:
+            continue
+        best = max(own, key=lambda g: g["in_domain_mean"]["mean"])
+        last = own[-1]
+        if best is last:  # rising: is the largest size better than the smallest?
+            d, half = diff_ci(last["in_domain_mean"], own[0]["in_domain_mean"])
+            signs.append(-_sign(d, half))
+            lines.append(f"level {level}: largest size {last['size']} is best, "
+                         f"{_pts(d, half)} over size {own[0]['size']}")  # fmt: skip
+        else:
+            d, half = diff_ci(best["in_domain_mean"], last["in_domain_mean"])
+            signs.append(_sign(d, half))
+            lines.append(f"level {level}: peak at size {best['size']}, {_pts(d, half)} over "
+                         f"size {last['size']}")  # fmt: skip
+    return _verdict(claim, test, lines, signs)
+
+
+def level_moves_accuracy(groups: list[dict[str, Any]]) -> dict[str, Any]:
+    """PAPER.md §5.1: at a fixed size, which mastery level is trained on changes accuracy."""
+    claim = "the training data's mastery level changes accuracy at a fixed size"
+    test = "per size: best vs worst training level (ID mean of levels), 95 % interval"
+    lines, signs = [], []
+    for size in _sizes(groups):
+        own = [g for g in groups if g["size"] == size and g["in_domain_mean"]["mean"] is not None]
+        if len(own) < 2:
+            continue
+        hi = max(own, key=lambda g: g["in_domain_mean"]["mean"])
+        lo = min(own, key=lambda g: g["in_domain_mean"]["mean"])
+        d, half = diff_ci(hi["in_domain_mean"], lo["in_domain_mean"])
+        signs.append(_sign(d, half))
+        lines.append(f"size {size}: level {hi['level']} vs level {lo['level']} {_pts(d, half)}")
+    return _verdict(claim, test, lines, [s if s > 0 else 0 for s in signs], any_positive=True)
+
+
+def top1_holds_most(params: dict[str, Any]) -> dict[str, Any]:
+    """PAPER.md §7.2: the top 1 % of weights by relative change hold most of the change."""
+    claim = "the top 1 % most-changed weights hold most of the total relative change"
+    test = f"share of Σr held by the top 1 % ≥ {TOP1_SHARE:.0%} in every analysed cell"
+    lines, signs = [], []
+    for cell, entry in params.items():
+        share = next((r["share"] for r in entry.get("concentration", []) if r["k"] == 1), None)
+        if share is not None:
+            signs.append(1 if share >= TOP1_SHARE else -1)
+            lines.append(f"{cell}: {100 * share:.1f} % (paper, LLaMA-3-8B: ~71 %)")
+    return _verdict(claim, test, lines, signs)
+
+
+def _sweep_rows(params: dict[str, Any]):
+    for cell, entry in params.items():
+        rows = [r for r in entry.get("sweep", {}).get("rows", [])
+                if not r["label"].startswith("layers-")]  # fmt: skip
+        base = next((r for r in rows if r["k"] == 0), None)
+        if base and len(rows) > 1:
+            yield cell, base, [r for r in rows if r["k"] > 0]
+
+
+def restoration_helps(params: dict[str, Any]) -> dict[str, Any]:
+    """PAPER.md §7.3: restoring a few most-changed weights improves the fine-tuned model."""
+    claim = "restoring the most-changed weights (k ≤ 20 %) improves accuracy"
+    test = f"best k ≤ 20 % vs unrestored (test ID accuracy): ≥ +{100 * RESTORE_GAIN:.0f} point"
+    lines, signs = [], []
+    for cell, base, rows in _sweep_rows(params):
+        small = [r for r in rows if r["k"] <= 20]
+        if not small:
+            continue
+        best = max(small, key=lambda r: r["in_domain"])
+        d = best["in_domain"] - base["in_domain"]
+        signs.append(1 if d >= RESTORE_GAIN else -1 if d <= 0 else 0)
+        lines.append(f"{cell}: k = {best['k']:g} % {100 * d:+.1f} points")
+    return _verdict(claim, test, lines, signs)
+
+
+def heavy_restoration_collapses(params: dict[str, Any]) -> dict[str, Any]:
+    """PAPER.md §7.3: restoring a large share of weights undoes the fine-tuning."""
+    claim = "restoring a large share (k ≥ 40 %) of weights collapses accuracy"
+    test = f"largest k ≥ 40 % vs unrestored (test ID accuracy): ≤ −{100 * COLLAPSE_DROP:.0f} points"
+    lines, signs = [], []
+    for cell, base, rows in _sweep_rows(params):
+        heavy = [r for r in rows if r["k"] >= 40]
+        if not heavy:
+            continue
+        r = max(heavy, key=lambda r: r["k"])
+        d = r["in_domain"] - base["in_domain"]
+        signs.append(1 if d <= -COLLAPSE_DROP else -1 if d >= 0 else 0)
+        lines.append(f"{cell}: k = {r['k']:g} % {100 * d:+.1f} points")
+    return _verdict(claim, test, lines, signs)
+
+
+def _verdict(claim: str, test: str, lines: list[str], signs: list[int],
+             any_positive: bool = False) -> dict[str, Any]:  # fmt: skip
+    """All evidence for (or any, with any_positive) → reproduced; all against → not; else
+    inconclusive (also when the run has nothing to test it with)."""
+    if not signs:
+        verdict, lines = INCONCLUSIVE, ["this run has no data for it"]
+    elif (any_positive and any(s > 0 for s in signs)) or all(s > 0 for s in signs):
+        verdict = REPRODUCED
+    elif all(s < 0 for s in signs):
+        verdict = NOT
+    else:
+        verdict = INCONCLUSIVE
+    return {"claim": claim, "verdict": verdict, "test": test, "evidence": lines}
+
+
+def findings(data: dict[str, Any]) -> list[dict[str, Any]]:
+    g, p = data["groups"], data["params"]
+    return [peak_at_small_size(g), level_moves_accuracy(g), top1_holds_most(p),
+            restoration_helps(p), heavy_restoration_collapses(p)]  # fmt: skip
