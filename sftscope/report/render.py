@@ -8,6 +8,7 @@ to HTML, so the two never disagree. Built in a staging folder and moved into pla
 from __future__ import annotations
 
 import html
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -152,7 +153,7 @@ CSS = (
     "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;"
     "color:#222}table{border-collapse:collapse;margin:1em 0;font-size:14px;display:block;"
     "overflow-x:auto}th,td{border:1px solid #ccc;padding:3px 8px;text-align:right}"
-    "td{white-space:nowrap}td.w{white-space:normal;text-align:left;min-width:14em}th:first-child,td:first-child{text-align:left}th{background:#f3f3f3}"
+    "td{white-space:nowrap}td.w{white-space:normal;text-align:left;min-width:8em}th:first-child,td:first-child{text-align:left}th{background:#f3f3f3}"
     "img{max-width:100%;height:auto}figure{margin:1em 0}code{background:#f3f3f3}"
 )
 
@@ -163,7 +164,8 @@ def to_html(page: list[Block], title: str) -> str:
         return "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts))
 
     def _td(c: str) -> str:  # prose cells wrap, number cells stay on one line
-        return f'<td class="w">{inline(c)}</td>' if len(c) > 40 else f"<td>{inline(c)}</td>"
+        prose = re.search(r"[a-z]{4}", c) is not None
+        return f'<td class="w">{inline(c)}</td>' if prose else f"<td>{inline(c)}</td>"
 
     body: list[str] = []
     for b in page:
