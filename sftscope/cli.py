@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -497,20 +498,30 @@ def report_cmd(
 @app.command("demo")
 @_one_line_errors
 def demo_cmd(
-    out: Annotated[Path, typer.Option(help="run folder")] = Path("runs/demo"),
-    limit_per_relation: Annotated[int, typer.Option(help="test items per relation")] = 50,
+    overrides: Overrides = None,
+    out: Annotated[Path | None, typer.Option(help="run folder (default runs/demo)")] = None,
+    config: ConfigOpt = None,
 ) -> None:
-    """The embedded default end to end: bundled SmolLM2 on the geography set."""
-    from sftscope.config import EvalConfig
-    from sftscope.evaluate import run_eval
+    """The embedded default end to end (what `make demo` runs): the grid preset in
+    sftscope/presets/demo.yaml on the bundled SmolLM2 + geography, then the report."""
+    from importlib.resources import files
 
-    cfg = EvalConfig(
-        model="smollm2", data="geo", split="test", prompt="fewshot",
-        limit_per_relation=limit_per_relation, out=out / "eval" / "base",
-    )  # fmt: skip
-    summary = run_eval(cfg)
-    console.print(summary_table(summary, "SmolLM2-135M-Instruct, geography test (4-shot)"))
-    console.print(f"records and summary in {cfg.out}")
+    from sftscope.config import GridConfig, load_config
+    from sftscope.experiment import Grid
+    from sftscope.io import read_yaml
+    from sftscope.report.render import write_report
+
+    presets = files("sftscope") / "presets"
+    preset = read_yaml(Path(str(presets / "demo.yaml")), "demo preset")
+    preset["probe"]["calibration"] = str(presets / "smollm2-geo-calibration.json")
+    cfg = load_config(GridConfig, config, {"out": out}, overrides, preset)
+    started = time.perf_counter()
+    Grid(cfg).run()
+    report = write_report(cfg.out)
+    for item in grid_tables(cfg.out, cfg.params.scope, cfg.params.strategy, cfg.eval.split):
+        console.print(item)
+    minutes = (time.perf_counter() - started) / 60
+    console.print(f"demo finished in {minutes:.1f} min; report: {report / 'index.html'}")
 
 
 if __name__ == "__main__":

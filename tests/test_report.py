@@ -94,3 +94,14 @@ def test_findings_verdicts_follow_the_intervals() -> None:
     assert heavy_restoration_collapses(params)["verdict"] == "reproduced"
     params["c"]["sweep"]["rows"][1]["in_domain"] = 0.49
     assert restoration_helps(params)["verdict"] == "not reproduced"
+
+
+def test_demo_runs_the_grid_then_the_report(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """`sftscope demo` = the preset grid + the report; a config file replaces the preset's
+    sections (here: a tiny model instead of SmolLM2)."""
+    path = _grid_yaml(tmp_path, tiny_model_dir, sizes=[4], levels=[1], kl={"enabled": False})
+    res = CliRunner().invoke(app, ["demo", "--config", str(path), "--out", str(tmp_path / "d")])
+    assert res.exit_code == 0, res.output
+    assert "demo finished in" in res.output and "report:" in res.output
+    assert (tmp_path / "d" / "report" / "index.html").exists()
+    assert (tmp_path / "d" / "manifest.json").exists() and not (tmp_path / "run").exists()
