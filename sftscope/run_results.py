@@ -61,7 +61,7 @@ def _kl_columns(path: Path) -> dict[str, Any]:
         "kl_paper_std": k["paper"]["std"],
         "kl_paper_n": k["paper"]["n"],
         "kl_full": full.get("overall", {}).get("kl_mean"),
-        "kl_full_per_level": [b["kl_mean"] for b in full.get("per_level", [{}] * 5)],
+        "kl_full_per_level": [b.get("kl_mean") for b in full.get("per_level", [{}] * 5)],
     }
 
 

@@ -64,7 +64,7 @@ def test_findings_verdicts_follow_the_intervals() -> None:
         top1_holds_most,
     )
 
-    # peak at 240, clearly above 1920 (diff 0.10, interval 1.96*sqrt(2*0.01^2/3) = 0.016)
+    # peak at 240, clearly above 1920 (diff 0.10; Welch df 4: 2.776*sqrt(2*0.01^2/3) = 0.023)
     peak = [_g("2", "60", 0.50, 0.01, 3), _g("2", "240", 0.60, 0.01, 3),
             _g("2", "1920", 0.50, 0.01, 3)]  # fmt: skip
     assert peak_at_small_size(peak)["verdict"] == "reproduced"
@@ -74,8 +74,10 @@ def test_findings_verdicts_follow_the_intervals() -> None:
     assert peak_at_small_size(one_seed)["verdict"] == "inconclusive"
     levels = [_g("0", "60", 0.30, 0.02, 3), _g("4", "60", 0.50, 0.02, 3)]
     f = level_moves_accuracy(levels)
-    assert f["verdict"] == "reproduced" and "+20.0 ± 3.2 points" in f["evidence"][0]
+    assert f["verdict"] == "reproduced" and "+20.0 ± 4.5 points" in f["evidence"][0]
     assert level_moves_accuracy(levels[:1])["verdict"] == "inconclusive"
+    close = [_g("0", "60", 0.30, 0.02, 3), _g("4", "60", 0.33, 0.02, 3)]  # 3 ± 4.5 points
+    assert level_moves_accuracy(close)["verdict"] == "inconclusive"
     params = {
         "c": {
             "concentration": [{"k": 1, "share": 0.7}],
@@ -99,9 +101,9 @@ def test_findings_verdicts_follow_the_intervals() -> None:
 def test_demo_runs_the_grid_then_the_report(tiny_model_dir: Path, tmp_path: Path) -> None:
     """`sftscope demo` = the preset grid + the report; a config file replaces the preset's
     sections (here: a tiny model instead of SmolLM2)."""
-    path = _grid_yaml(tmp_path, tiny_model_dir, sizes=[4], levels=[1], kl={"enabled": False})
+    path = _grid_yaml(tmp_path, tiny_model_dir, sizes=[4], levels=[1], kl={"full": False})
     res = CliRunner().invoke(app, ["demo", "--config", str(path), "--out", str(tmp_path / "d")])
     assert res.exit_code == 0, res.output
     assert "demo finished in" in res.output and "report:" in res.output
-    assert (tmp_path / "d" / "report" / "index.html").exists()
+    assert (tmp_path / "d" / "report" / "index.html").exists()  # paper KL only: no full KL
     assert (tmp_path / "d" / "manifest.json").exists() and not (tmp_path / "run").exists()

@@ -2,7 +2,7 @@
 with the numbers and the test that decided it. Nothing here is written by hand per run.
 
 Differences between grid cells use the seeds: a difference of means is called real when its
-95 % interval (normal approximation, sd from the seeds) excludes 0; with one seed there is no
+95 % interval (Welch's t, sd from the seeds) excludes 0; with one seed there is no
 interval and the verdict is inconclusive. Restore-sweep and concentration numbers come from one
 model each, so they are judged against stated margins instead.
 """
@@ -18,12 +18,27 @@ COLLAPSE_DROP = 0.05  # heavy restoration "collapses" when k >= 40 % loses >= 5 
 TOP1_SHARE = 0.5  # "most of the change" = at least half of the total relative change
 
 
+# Student's t, 97.5 % quantile, by degrees of freedom (beyond 30: the normal 1.96).
+_T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306,
+         9: 2.262, 10: 2.228, 12: 2.179, 15: 2.131, 20: 2.086, 30: 2.042}  # fmt: skip
+
+
+def t975(df: float) -> float:
+    """The quantile for the largest tabulated df not above ``df`` (conservative)."""
+    usable = [k for k in _T975 if k <= max(df, 1)]
+    return 1.96 if df > 30 else _T975[max(usable)]
+
+
 def diff_ci(a: dict[str, Any], b: dict[str, Any]) -> tuple[float, float | None]:
-    """a − b and the half-width of its 95 % interval (None without two seeds on each side)."""
+    """a − b and the half-width of its 95 % Welch interval (None without two seeds a side)."""
     d = a["mean"] - b["mean"]
     if a["n"] < 2 or b["n"] < 2 or a["sd"] is None or b["sd"] is None:
         return d, None
-    return d, 1.96 * math.sqrt(a["sd"] ** 2 / a["n"] + b["sd"] ** 2 / b["n"])
+    va, vb = a["sd"] ** 2 / a["n"], b["sd"] ** 2 / b["n"]
+    if va + vb == 0:
+        return d, 0.0
+    df = (va + vb) ** 2 / (va**2 / (a["n"] - 1) + vb**2 / (b["n"] - 1))
+    return d, t975(df) * math.sqrt(va + vb)
 
 
 def _pts(d: float, half: float | None) -> str:

@@ -51,7 +51,7 @@ def blocks(data: dict[str, Any], figdir: Path) -> list[Block]:
         (
             "p",
             "Each of the paper's findings, judged by a test on this run's numbers "
-            "(sftscope/report/findings.py); differences between cells carry a 95 % "
+            "(sftscope/report/findings.py); differences between cells carry a 95 % Welch "
             "interval over seeds, and one seed gives no interval (inconclusive).",
         )
     )
