@@ -22,14 +22,15 @@ Block = tuple  # ("h2", text) | ("p", text) | ("table", header, rows) | ("img", 
 
 
 def fmt(s: dict[str, Any] | float | None, scale: float = 100, digits: int = 1) -> str:
-    """A spread as 'mean ± sd (n)', a plain number as itself; '-' when missing."""
+    """A spread as 'mean ± sd' (the seeds are a column of their own), a plain number as
+    itself; '-' when missing."""
     if isinstance(s, dict):
         if s["mean"] is None:
             return "-"
         text = f"{scale * s['mean']:.{digits}f}"
         if s["sd"] is not None:
             text += f" ± {scale * s['sd']:.{digits}f}"
-        return text + (f" ({s['n']})" if s["n"] > 1 else "")
+        return text
     return "-" if s is None else f"{scale * s:.{digits}f}"
 
 
@@ -64,15 +65,15 @@ def blocks(data: dict[str, Any], figdir: Path) -> list[Block]:
         out.append(("table", [f"{name} facts: relation", *(f"L{k}" for k in range(5)), "facts"],
                     rows))  # fmt: skip
     out.append(("h2", "Accuracy by training level and test level"))
-    out.append(("p", "Containment accuracy %, mean ± sd over seeds (number of seeds); columns "
+    out.append(("p", "Containment accuracy %, mean ± sd over seeds; columns "
                      "L0–L4 are in-domain test items by their base mastery level, 'mean of "
                      "levels' is the paper's headline (PAPER.md §4)."))  # fmt: skip
-    header = ["train level", "size", *(f"L{k}" for k in range(5)), "ID mean of levels",
+    header = ["train level", "size", "seeds", *(f"L{k}" for k in range(5)), "ID mean of levels",
               "OOD mean of levels", "ID", "OOD"]  # fmt: skip
     rows = []
     if data["base"]:
         b = data["base"]
-        rows.append(["base (few-shot)", "-", *(fmt(v) for v in b["in_domain_per_level"]),
+        rows.append(["base (few-shot)", "-", "-", *(fmt(v) for v in b["in_domain_per_level"]),
                      fmt(b["in_domain_mean"]), fmt(b["ood_mean"]), fmt(b["in_domain"]),
                      fmt(b["ood"])])  # fmt: skip
     for g in data["groups"]:
@@ -80,6 +81,7 @@ def blocks(data: dict[str, Any], figdir: Path) -> list[Block]:
             [
                 g["level"],
                 g["size"],
+                str(len(g["seeds"])),
                 *(fmt(v) for v in g["per_level"]),
                 *(fmt(g[k]) for k in ("in_domain_mean", "ood_mean", "in_domain", "ood")),
             ]
@@ -150,7 +152,7 @@ def to_markdown(page: list[Block]) -> str:
 
 
 CSS = (
-    "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;"
+    "body{font-family:system-ui,sans-serif;max-width:1280px;margin:2em auto;padding:0 1em;"
     "color:#222}table{border-collapse:collapse;margin:1em 0;font-size:14px;display:block;"
     "overflow-x:auto}th,td{border:1px solid #ccc;padding:3px 8px;text-align:right}"
     "td{white-space:nowrap}td.w{white-space:normal;text-align:left;min-width:8em}th:first-child,td:first-child{text-align:left}th{background:#f3f3f3}"
