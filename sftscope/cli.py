@@ -213,6 +213,15 @@ def train_cmd(
     )
 
 
+def plan_table(grid) -> Table:
+    table = Table(title=f"plan for {grid.root}")
+    table.add_column("stage")
+    table.add_column("status")
+    for key, status in grid.plan():
+        table.add_row(key, status)
+    return table
+
+
 @app.command("run")
 @_one_line_errors
 def run_cmd(
@@ -227,12 +236,7 @@ def run_cmd(
     cfg = load_config(GridConfig, config, None, overrides)
     grid = Grid(cfg)
     if dry_run:
-        table = Table(title=f"plan for {cfg.out}")
-        table.add_column("stage")
-        table.add_column("status")
-        for key, status in grid.plan():
-            table.add_row(key, status)
-        console.print(table)
+        console.print(plan_table(grid))
         return
     grid.run()
     for item in grid_tables(cfg.out, cfg.params.scope, cfg.params.strategy, cfg.eval.split):
@@ -495,15 +499,23 @@ def report_cmd(
     console.print(f"report in {path / 'index.html'} (and report.md)")
 
 
+DEMO_PRESETS = ("demo", "paper")
+
+
 @app.command("demo")
 @_one_line_errors
 def demo_cmd(
     overrides: Overrides = None,
-    out: Annotated[Path | None, typer.Option(help="run folder (default runs/demo)")] = None,
+    preset: Annotated[
+        str, typer.Option(help="demo (SmolLM2 + geography, ~20 min on a CPU) | paper (GPU)")
+    ] = "demo",
+    out: Annotated[Path | None, typer.Option(help="run folder (default runs/<preset>)")] = None,
     config: ConfigOpt = None,
+    dry_run: Annotated[bool, typer.Option(help="list what would run, run nothing")] = False,
 ) -> None:
-    """The embedded default end to end (what `make demo` runs): the grid preset in
-    sftscope/presets/demo.yaml on the bundled SmolLM2 + geography, then the report."""
+    """A packaged grid end to end, then the report: `demo` is what `make demo` runs (the
+    bundled SmolLM2 + geography); `paper` is the paper's full grid on EntityQuestions, for a GPU
+    (sftscope demo --preset paper model=PATH data_dir=DIR)."""
     from importlib.resources import files
 
     from sftscope.config import GridConfig, load_config
@@ -511,17 +523,24 @@ def demo_cmd(
     from sftscope.io import read_yaml
     from sftscope.report.render import write_report
 
+    if preset not in DEMO_PRESETS:
+        raise SftscopeError(f"--preset {preset!r}: expected one of {', '.join(DEMO_PRESETS)}")
     presets = files("sftscope") / "presets"
-    preset = read_yaml(Path(str(presets / "demo.yaml")), "demo preset")
-    preset["probe"]["calibration"] = str(presets / "smollm2-geo-calibration.json")
-    cfg = load_config(GridConfig, config, {"out": out}, overrides, preset)
+    defaults = read_yaml(Path(str(presets / f"{preset}.yaml")), f"{preset} preset")
+    if preset == "demo":  # the likelihood probe's thresholds, fitted on SmolLM2 (see README)
+        defaults["probe"]["calibration"] = str(presets / "smollm2-geo-calibration.json")
+    cfg = load_config(GridConfig, config, {"out": out}, overrides, defaults)
+    grid = Grid(cfg)
+    if dry_run:
+        console.print(plan_table(grid))
+        return
     started = time.perf_counter()
-    Grid(cfg).run()
+    grid.run()
     report = write_report(cfg.out)
     for item in grid_tables(cfg.out, cfg.params.scope, cfg.params.strategy, cfg.eval.split):
         console.print(item)
     minutes = (time.perf_counter() - started) / 60
-    console.print(f"demo finished in {minutes:.1f} min; report: {report / 'index.html'}")
+    console.print(f"{preset} finished in {minutes:.1f} min; report: {report / 'index.html'}")
 
 
 if __name__ == "__main__":

@@ -314,6 +314,9 @@ class GridParams(RestoreSettings):
     cells (``params/<cell>/restore/``)."""
 
     cells: list[str] = Field([], description="cell names, e.g. 2-240-0, or 'all'")
+    layers: list[str] | None = Field(
+        None, description="also restore these layer blocks A-B entirely (params/<cell>/blocks)"
+    )
     diff: bool = True
     restore: bool = True
     pick_on: Literal["dev"] | None = Field(None, description="also pick k on dev")

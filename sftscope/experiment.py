@@ -274,6 +274,8 @@ class Grid:
                 cell.stages["diff"] = self._diff_stage(name, model_dir, train_fp)
             if params.restore:
                 cell.stages["restore"] = self._restore_stage(name, model_dir, train_fp)
+            if params.layers:
+                cell.stages["blocks"] = self._restore_stage(name, model_dir, train_fp, True)
         return cell
 
     def _diff_stage(self, name: str, model_dir: Path, upstream: str) -> Stage:
@@ -289,14 +291,19 @@ class Grid:
         fp = fingerprint("diff", region, upstream, self.base_fp)
         return Stage(f"params/{name}/diff", out, fp, run)
 
-    def _restore_stage(self, name: str, model_dir: Path, upstream: str) -> Stage:
+    def _restore_stage(self, name: str, model_dir: Path, upstream: str, blocks: bool = False
+                       ) -> Stage:  # fmt: skip
+        """The k sweep (``params/<cell>/restore``) or, with ``blocks``, the layer blocks of
+        ``params.layers`` restored entirely (``params/<cell>/blocks``, PAPER.md Table 11); the
+        unrestored model's score is the cell's own evaluation."""
         from sftscope.params.sweep import run_sweep
 
         cfg, params, probe = self.cfg, self.cfg.params, self.probes["eval"]
-        settings = params.model_dump(exclude={"cells", "diff", "restore", "pick_on"})
+        settings = params.model_dump(exclude={"cells", "diff", "restore", "pick_on", "layers"})
+        folder = self.root / "params" / name / ("blocks" if blocks else "restore")
         rcfg = RestoreConfig(
-            **settings, base=cfg.model, tuned=model_dir, device=cfg.device,
-            trust_remote_code=cfg.trust_remote_code, out=self.root / "params" / name / "restore",
+            **settings, layers=params.layers if blocks else None, base=cfg.model, tuned=model_dir,
+            device=cfg.device, trust_remote_code=cfg.trust_remote_code, out=folder,
             eval=RestoreEval(**cfg.eval.model_dump(exclude={"base"}), data=cfg.data,
                              data_dir=cfg.data_dir, mastery=probe.output, pick_on=params.pick_on,
                              keep_models=cfg.keep_models),
@@ -304,7 +311,9 @@ class Grid:
         fp = fingerprint("restore", rcfg.model_dump(mode="json", exclude={"out", "tuned", "eval"}),
                          rcfg.eval.model_dump(mode="json", exclude={"mastery"}), upstream,
                          probe.fingerprint)  # fmt: skip
-        return Stage(f"params/{name}/restore", Path(rcfg.out), fp, lambda: run_sweep(rcfg))
+        cell_eval = self.root / "eval" / name
+        return Stage(f"params/{name}/{folder.name}", folder, fp,
+                     lambda: run_sweep(rcfg, cell_eval))  # fmt: skip
 
     def _kl_stage(self, name: str, model_dir: Path, upstream: str) -> Stage:
         from sftscope.token_kl import run_kl

@@ -66,16 +66,22 @@ def _kl_columns(path: Path) -> dict[str, Any]:
 
 
 def restore_tables(root: Path) -> dict[str, dict[str, Any]]:
-    """Per cell with a parameter-level analysis: concentration shares and the restore sweep."""
+    """Per cell with a parameter-level analysis: concentration shares, the restore sweep, where
+    the selected weights sit (per layer / module) and the layer-block restoration."""
+    from sftscope.params.where import update_shares
+
     out: dict[str, dict[str, Any]] = {}
-    for cell_dir in sorted(Path(root).glob("params/*")):
+    for cell_dir in sorted(Path(root).glob("params/*"), key=lambda p: cell_order(p.name)):
         entry: dict[str, Any] = {}
         conc = cell_dir / "diff" / "concentration.json"
         if conc.exists():
             entry["concentration"] = json.loads(conc.read_text(encoding="utf-8"))["rows"]
-        sweep = cell_dir / "restore" / "sweep.json"
-        if sweep.exists():
-            entry["sweep"] = json.loads(sweep.read_text(encoding="utf-8"))
+        for key, folder in (("sweep", "restore"), ("blocks", "blocks")):
+            sweep = cell_dir / folder / "sweep.json"
+            if sweep.exists():
+                entry[key] = json.loads(sweep.read_text(encoding="utf-8"))
+        if "sweep" in entry and (where := update_shares(cell_dir / "restore")):
+            entry["where"] = where
         if entry:
             out[cell_dir.name] = entry
     return out

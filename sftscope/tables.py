@@ -93,7 +93,8 @@ def sweep_tables(s: dict[str, Any], title: str, split: str) -> list[Table | str]
     for col in cols:
         table.add_column(col, justify="left" if col == "model" else "right")
     for r in s["rows"]:
-        cells = [r["label"], f"{r['k']:g}", pct(r["in_domain"]), pct(r["ood"])]
+        k = "-" if r["k"] is None else f"{r['k']:g}"  # (layer blocks have no k)
+        cells = [r["label"], k, pct(r["in_domain"]), pct(r["ood"])]
         cells += [pct(r["dev_in_domain"]), pct(r["dev_ood"])] if dev else []
         table.add_row(*cells)
     out: list[Table | str] = [table]
@@ -188,4 +189,6 @@ def grid_tables(root: Path, scope: str, strategy: str, split: str) -> list[Table
         if "sweep" in entry:
             title = f"{cell}: restore sweep ({scope}, {strategy})"
             out += sweep_tables(entry["sweep"], title, split)
+        if "blocks" in entry:
+            out += sweep_tables(entry["blocks"], f"{cell}: layer blocks restored", split)
     return out

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from conftest import EQ_FIXTURE
 from test_experiment import _grid_yaml
 from typer.testing import CliRunner
 
@@ -20,7 +21,7 @@ def test_spread_over_seeds() -> None:
 
 
 def test_report_of_a_grid_run(tiny_model_dir: Path, tmp_path: Path) -> None:
-    params = {"cells": ["1-4-0"], "k": [10, 50]}
+    params = {"cells": ["1-4-0"], "k": [10, 50], "layers": ["0-0", "1-1"]}
     path = _grid_yaml(tmp_path, tiny_model_dir, sizes=[4, 8], levels=[1], seeds=[0, 1],
                       keep_models=False, params=params, transitions=True)  # fmt: skip
     res = CliRunner().invoke(app, ["run", str(path)])
@@ -40,7 +41,16 @@ def test_report_of_a_grid_run(tiny_model_dir: Path, tmp_path: Path) -> None:
     ):
         assert f"<h2>{section}" in page and f"## {section}" in md
     images = re.findall(r'<img src="([^"]+)"', page)
-    assert {Path(i).name for i in images} >= {"accuracy_vs_size.png", "restore_1-4-0.png"}
+    assert {Path(i).name for i in images} >= {"accuracy_vs_size.png", "restore_1-4-0.png",
+                                              "layers_1-4-0.png"}  # fmt: skip
+    for head in ("<th>module</th>", "<th>layer</th>", "<th>top 10 %</th>", "<th>Δ ID</th>"):
+        assert head in page  # Tables 9-10 (where the top-k % sit) and Table 11 (layer blocks)
+    assert "| layers-0-0 |" in md and "| down_proj |" in md
+    # the unrestored model's score is the cell's own evaluation, copied, not re-run
+    cell_eval = (run / "eval" / "1-4-0" / "records.jsonl").read_text()
+    for folder in ("restore", "blocks"):
+        assert (run / "params" / "1-4-0" / folder / "eval" / "tuned" / "records.jsonl"
+                ).read_text() == cell_eval  # fmt: skip
     for img in images:
         f = run / "report" / img
         assert f.exists() and f.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -59,6 +69,7 @@ def test_findings_verdicts_follow_the_intervals() -> None:
     from sftscope.report.findings import (
         heavy_restoration_collapses,
         level_moves_accuracy,
+        lowest_layers_critical,
         peak_at_small_size,
         restoration_helps,
         top1_holds_most,
@@ -96,14 +107,45 @@ def test_findings_verdicts_follow_the_intervals() -> None:
     assert heavy_restoration_collapses(params)["verdict"] == "reproduced"
     params["c"]["sweep"]["rows"][1]["in_domain"] = 0.49
     assert restoration_helps(params)["verdict"] == "not reproduced"
+    assert lowest_layers_critical(params)["verdict"] == "inconclusive"  # no layer blocks
+    blocks = [{"label": "tuned", "k": 0, "in_domain": 0.50},
+              {"label": "layers-0-3", "k": None, "in_domain": 0.10},
+              {"label": "layers-4-7", "k": None, "in_domain": 0.49}]  # fmt: skip
+    params["c"]["blocks"] = {"rows": blocks}
+    f = lowest_layers_critical(params)
+    assert f["verdict"] == "reproduced" and "layers 0-3 -40.0 points" in f["evidence"][0]
+    blocks[2]["in_domain"] = 0.05  # another block hurts more
+    assert lowest_layers_critical(params)["verdict"] == "not reproduced"
+    blocks[2]["in_domain"], blocks[1]["in_domain"] = 0.50, 0.48  # lowest worst, but small
+    assert lowest_layers_critical(params)["verdict"] == "inconclusive"
 
 
 def test_demo_runs_the_grid_then_the_report(tiny_model_dir: Path, tmp_path: Path) -> None:
     """`sftscope demo` = the preset grid + the report; a config file replaces the preset's
     sections (here: a tiny model instead of SmolLM2)."""
-    path = _grid_yaml(tmp_path, tiny_model_dir, sizes=[4], levels=[1], kl={"full": False})
+    path = _grid_yaml(
+        tmp_path, tiny_model_dir, sizes=[4], levels=[1], kl={"full": False}, params={"cells": []}
+    )  # the preset analyses 1-60-0, not in this grid
     res = CliRunner().invoke(app, ["demo", "--config", str(path), "--out", str(tmp_path / "d")])
     assert res.exit_code == 0, res.output
     assert "demo finished in" in res.output and "report:" in res.output
     assert (tmp_path / "d" / "report" / "index.html").exists()  # paper KL only: no full KL
     assert (tmp_path / "d" / "manifest.json").exists() and not (tmp_path / "run").exists()
+
+
+def test_paper_preset_plans_the_full_grid(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """`sftscope demo --preset paper`: 5 levels + Mixed x 5 sizes x 3 seeds, the k sweep and
+    layer blocks on the 240 / 1920 cells; planned (not run) on the EntityQuestions fixture."""
+    run = tmp_path / "paper"
+    args = ["demo", "--preset", "paper", "--dry-run", "--out", str(run),
+            f"model={tiny_model_dir}", f"data_dir={EQ_FIXTURE}"]  # fmt: skip
+    res = CliRunner(env={"COLUMNS": "200"}).invoke(app, args)
+    assert res.exit_code == 0, res.output
+    for stage in ("probe/train", "models/mixed-all-2", "kl/0-60-0", "params/4-1920-0/restore",
+                  "params/0-240-0/blocks", "params/0-240-0/diff"):  # fmt: skip
+        assert stage in res.output
+    assert "params/0-60-0" not in res.output and not run.exists()  # planned, nothing written
+    res = CliRunner().invoke(app, ["demo", "--preset", "paper", "--out", str(run)])
+    assert res.exit_code == 2 and "--data-dir" in res.output  # the dataset folder is required
+    res = CliRunner().invoke(app, ["demo", "--preset", "nope"])
+    assert res.exit_code == 2 and "demo, paper" in res.output

@@ -11,13 +11,14 @@ smaller k, i.e. the fewer restored weights), and the test score at that k is rep
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
 from sftscope.config import EvalConfig, RestoreConfig
 from sftscope.errors import SftscopeError
 from sftscope.evaluate import run_eval
-from sftscope.io import atomic_write_json
+from sftscope.io import atomic_write_json, replace_dir
 from sftscope.params.restore import run_restore
 
 TUNED = "tuned"  # label of the unrestored fine-tuned model (k = 0)
@@ -32,10 +33,19 @@ def _headline(summary: dict[str, Any], domain: str) -> float | None:
     return summary[domain]["containment"] if summary[domain]["n"] else None
 
 
-def _evaluate(cfg: RestoreConfig, label: str, model: Path, split: str) -> dict[str, Any]:
+def _evaluate(
+    cfg: RestoreConfig, label: str, model: Path, split: str, done: Path | None = None
+) -> dict[str, Any]:
+    """One model's evaluation, resumed from ``OUT/eval/<label>``; ``done`` is an evaluation of
+    the same model with the same settings made elsewhere (the grid's cell eval), copied in."""
     ev = cfg.eval
     assert ev is not None
     out = Path(cfg.out) / "eval" / (label if split == ev.split else f"{label}.{split}")
+    if done is not None and (done / "summary.json").exists() and not out.exists():
+        staging = out.parent / f".{out.name}.partial"
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.copytree(done, staging)
+        replace_dir(staging, out)
     if (out / "summary.json").exists():
         return json.loads((out / "summary.json").read_text(encoding="utf-8"))
     if not (model / "model.safetensors").exists() and not any(model.glob("model-*.safetensors")):
@@ -47,9 +57,11 @@ def _evaluate(cfg: RestoreConfig, label: str, model: Path, split: str) -> dict[s
     return run_eval(ecfg)
 
 
-def run_sweep(cfg: RestoreConfig) -> dict[str, Any]:
+def run_sweep(cfg: RestoreConfig, tuned_eval: Path | None = None) -> dict[str, Any]:
     """Restore, then evaluate each model; returns (and writes ``OUT/sweep.json``) one row per
-    model with in-domain / OOD scores, plus the dev pick when asked."""
+    model with in-domain / OOD scores, plus the dev pick when asked. ``tuned_eval``: an
+    evaluation of the unrestored model on the evaluation split with the same settings, reused
+    instead of evaluating it again."""
     ev = cfg.eval
     if ev is None:
         raise ValueError("run_sweep needs cfg.eval")
@@ -61,7 +73,8 @@ def run_sweep(cfg: RestoreConfig) -> dict[str, Any]:
     for label, k, folder in models:
         row: dict[str, Any] = {"label": label, "k": k}
         for split in [ev.split] + (["dev"] if ev.pick_on else []):
-            s = _evaluate(cfg, label, folder, split)
+            reuse = tuned_eval if label == TUNED and split == ev.split else None
+            s = _evaluate(cfg, label, folder, split, reuse)
             prefix = "" if split == ev.split else "dev_"
             row[f"{prefix}in_domain"] = _headline(s, "in_domain")
             row[f"{prefix}ood"] = _headline(s, "ood")

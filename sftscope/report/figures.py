@@ -16,6 +16,18 @@ def _plt():
     return plt
 
 
+def _finish(fig, ax, xlabel: str, ylabel: str, path: Path) -> str:
+    """Labels, grid, legend; saved as PNG and closed. Returns the file name."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    _plt().close(fig)
+    return path.name
+
+
 def _size(x: str) -> float | None:
     return float(x) if x.isdigit() else None  # 'all' has no place on a numeric axis
 
@@ -55,14 +67,10 @@ def accuracy_vs_size(groups: list[dict[str, Any]], figdir: Path) -> list[tuple[s
             xs = sorted({x for g in groups if (x := _size(g["size"])) is not None})
             ax.set_xticks(xs, [f"{x:g}" for x in xs])
             ax.minorticks_off()
-            ax.set_xlabel("training facts (log scale)")
-            ax.set_ylabel(ylabel)
-            ax.grid(alpha=0.3)
-            ax.legend(fontsize=8)
-            fig.tight_layout()
-            fig.savefig(figdir / name)
-            out.append((name, caption))
-        plt.close(fig)
+            out.append((_finish(fig, ax, "training facts (log scale)", ylabel, figdir / name),
+                        caption))  # fmt: skip
+        else:
+            plt.close(fig)
     return out
 
 
@@ -74,12 +82,24 @@ def sweep_curves(cell: str, sweep: dict[str, Any], figdir: Path) -> list[tuple[s
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=110)
     for key, label in (("in_domain", "in-domain"), ("ood", "out-of-domain")):
         ax.plot([r["k"] for r in rows], [100 * r[key] for r in rows], marker="o", label=label)
-    ax.set_xlabel("weights restored to their pre-SFT values (top k %)")
-    ax.set_ylabel("containment accuracy (%)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    name = f"restore_{cell}.png"
-    fig.savefig(figdir / name)
-    plt.close(fig)
+    name = _finish(fig, ax, "weights restored to their pre-SFT values (top k %)",
+                   "containment accuracy (%)", figdir / f"restore_{cell}.png")  # fmt: skip
     return [(name, f"{cell}: accuracy vs share of most-changed weights restored (Table 4).")]
+
+
+def layer_shares(cell: str, where: dict[str, Any], figdir: Path) -> list[tuple[str, str]]:
+    """Table 9 analogue as curves: per decoder layer, its share of the top-k % weights (a few
+    k) against its share of all the region's weights (dashed)."""
+    layers = [g for g in where["per_layer"] if g["group"] != "other"]
+    if not layers:
+        return []
+    plt = _plt()
+    ks = [k for k in where["ks"] if k <= 20][:4] or where["ks"][:1]
+    xs = [int(g["group"]) for g in layers]
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=110)
+    for k in ks:
+        ax.plot(xs, [100 * g["selected"][k] for g in layers], marker=".", label=f"top {k:g} %")
+    ax.plot(xs, [100 * g["weights"] for g in layers], "k--", label="share of weights")
+    name = _finish(fig, ax, "decoder layer", "share of the selected weights (%)",
+                   figdir / f"layers_{cell}.png")  # fmt: skip
+    return [(name, f"{cell}: where the most-changed weights sit, per layer (Table 9).")]

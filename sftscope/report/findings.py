@@ -42,6 +42,7 @@ def diff_ci(a: dict[str, Any], b: dict[str, Any]) -> tuple[float, float | None]:
 
 
 def _pts(d: float, half: float | None) -> str:
+    d += 0.0  # no "-0.0"
     return f"{100 * d:+.1f}" + ("" if half is None else f" ± {100 * half:.1f}") + " points"
 
 
@@ -151,6 +152,34 @@ def heavy_restoration_collapses(params: dict[str, Any]) -> dict[str, Any]:
     return _verdict(claim, test, lines, signs)
 
 
+def lowest_layers_critical(params: dict[str, Any]) -> dict[str, Any]:
+    """PAPER.md §7.5 (Table 11): restoring the lowest layers is the most harmful."""
+    claim = "restoring the lowest layer block hurts most (lower layers are the most critical)"
+    test = (f"the block holding layer 0 loses the most test ID accuracy, ≥ "
+            f"{100 * COLLAPSE_DROP:.0f} points (another block losing ≥ "
+            f"{100 * RESTORE_GAIN:.0f} point more: not reproduced)")  # fmt: skip
+    lines, signs = [], []
+    for cell, entry in params.items():
+        rows = entry.get("blocks", {}).get("rows", [])
+        tuned = next((r for r in rows if r["k"] == 0), None)
+        drops = {r["label"][len("layers-"):]: tuned["in_domain"] - r["in_domain"]
+                 for r in rows if tuned and r["label"].startswith("layers-")}  # fmt: skip
+        low = next((b for b in drops if b.split("-")[0] == "0"), None)
+        if low is None:
+            continue
+        others = {b: d for b, d in drops.items() if b != low}
+        rival = max(others, key=lambda b: others[b]) if others else None
+        text = f"{cell}: layers {low} {_pts(-drops[low], None)}"
+        if rival is not None:
+            text += f" (worst other block: layers {rival} {_pts(-others[rival], None)})"
+        lines.append(text)
+        if rival is not None and others[rival] - drops[low] >= RESTORE_GAIN:
+            signs.append(-1)
+        else:
+            signs.append(1 if drops[low] >= COLLAPSE_DROP else 0)
+    return _verdict(claim, test, lines, signs)
+
+
 def _verdict(claim: str, test: str, lines: list[str], signs: list[int],
              any_positive: bool = False) -> dict[str, Any]:  # fmt: skip
     """All evidence for (or any, with any_positive) → reproduced; all against → not; else
@@ -169,4 +198,5 @@ def _verdict(claim: str, test: str, lines: list[str], signs: list[int],
 def findings(data: dict[str, Any]) -> list[dict[str, Any]]:
     g, p = data["groups"], data["params"]
     return [peak_at_small_size(g), level_moves_accuracy(g), top1_holds_most(p),
-            restoration_helps(p), heavy_restoration_collapses(p)]  # fmt: skip
+            restoration_helps(p), heavy_restoration_collapses(p),
+            lowest_layers_critical(p)]  # fmt: skip

@@ -15,7 +15,7 @@ from typing import Any
 
 from sftscope.io import atomic_write_text, replace_dir
 from sftscope.report.collect import collect
-from sftscope.report.figures import accuracy_vs_size, sweep_curves
+from sftscope.report.figures import accuracy_vs_size, layer_shares, sweep_curves
 from sftscope.report.findings import findings
 
 Block = tuple  # ("h2", text) | ("p", text) | ("table", header, rows) | ("img", file, caption)
@@ -120,19 +120,52 @@ def blocks(data: dict[str, Any], figdir: Path) -> list[Block]:
         )
         # fmt: skip
     for cell, entry in data["params"].items():
-        out.append(("h2", f"Parameter level: {cell}"))
-        if "concentration" in entry:
-            out.append(("table", ["top k % of weights", "weights", "share of Σr %"],
-                        [[f"{r['k']:g}", str(r["count"]), fmt(r["share"])]
-                         for r in entry["concentration"]]))  # fmt: skip
-        if "sweep" in entry:
-            out.append(("table", ["model", "k %", "ID", "OOD"],
-                        [[r["label"], f"{r['k']:g}", fmt(r["in_domain"]), fmt(r["ood"])]
-                         for r in entry["sweep"]["rows"]]))  # fmt: skip
-            for name, caption in sweep_curves(cell, entry["sweep"], figdir):
-                out.append(("img", name, caption))
+        out += param_blocks(cell, entry, figdir)
     v = data["versions"]
     out.append(("p", "Versions: " + ", ".join(f"{k} {v[k]}" for k in sorted(v)) + "."))
+    return out
+
+
+def param_blocks(cell: str, entry: dict[str, Any], figdir: Path) -> list[Block]:
+    """One analysed cell's parameter level: concentration (Table 3), the restore sweep
+    (Table 4), where the selected weights sit (Tables 9–10) and layer blocks (Table 11)."""
+    out: list[Block] = [("h2", f"Parameter level: {cell}")]
+    if "concentration" in entry:
+        out.append(("table", ["top k % of weights", "weights", "share of Σr %"],
+                    [[f"{r['k']:g}", str(r["count"]), fmt(r["share"])]
+                     for r in entry["concentration"]]))  # fmt: skip
+    if "sweep" in entry:
+        out.append(("table", ["model", "k %", "ID", "OOD"],
+                    [[r["label"], f"{r['k']:g}", fmt(r["in_domain"]), fmt(r["ood"])]
+                     for r in entry["sweep"]["rows"]]))  # fmt: skip
+        out += [("img", name, caption) for name, caption in sweep_curves(cell, entry["sweep"],
+                                                                          figdir)]  # fmt: skip
+    if "where" in entry:
+        w = entry["where"]
+        out.append(("p", f"Where the top-k % weights ({w['scope']} ranking, {w['strategy']}) "
+                         "sit: each group's share of the selected weights, beside its share of "
+                         "the region's weights (PAPER.md Tables 9–10; over-represented groups "
+                         "hold more large updates than their size)."))  # fmt: skip
+        head = ["weights %", *(f"top {k:g} %" for k in w["ks"])]
+        for key, label in (("per_module", "module"), ("per_layer", "layer")):
+            out.append(("table", [label, *head],
+                        [[g["group"], fmt(g["weights"]),
+                          *(fmt(g["selected"][k]) for k in w["ks"])] for g in w[key]]))  # fmt: skip
+        out += [("img", name, caption) for name, caption in layer_shares(cell, w, figdir)]
+    if "blocks" in entry:
+        rows = entry["blocks"]["rows"]
+        tuned = next(r for r in rows if r["k"] == 0)
+
+        def delta(r: dict[str, Any], key: str) -> str:
+            if r[key] is None or tuned[key] is None:
+                return "-"
+            return f"{100 * (r[key] - tuned[key]):+.1f}"
+
+        out.append(("p", "Layer blocks restored entirely to their pre-SFT values (PAPER.md "
+                         "Table 11); Δ against the unrestored model, in points."))  # fmt: skip
+        out.append(("table", ["restored", "ID", "OOD", "Δ ID", "Δ OOD"],
+                    [[r["label"], fmt(r["in_domain"]), fmt(r["ood"]), delta(r, "in_domain"),
+                      delta(r, "ood")] for r in rows]))  # fmt: skip
     return out
 
 
