@@ -49,8 +49,11 @@ DataDirOpt = Annotated[Path | None, typer.Option(help="dataset folder")]
 SplitOpt = Annotated[str | None, typer.Option(help="train | dev | test")]
 RelationsOpt = Annotated[str | None, typer.Option(help="comma-separated ids, e.g. P17,P36")]
 LimitOpt = Annotated[int | None, typer.Option(help="first N items per relation")]
-BatchOpt = Annotated[int | None, typer.Option(help="prompts per batch")]
+BatchOpt = Annotated[str | None, typer.Option(help="prompts per batch, or auto (GPU memory)")]
 DeviceOpt = Annotated[str | None, typer.Option(help="auto | cpu | cuda")]
+ComputeDeviceOpt = Annotated[
+    str | None, typer.Option(help="cpu | cuda | auto: device for the r arithmetic (default cpu)")
+]
 OutOpt = Annotated[Path | None, typer.Option(help="output folder")]
 
 

@@ -4,10 +4,17 @@ what the CLI fills in, so a YAML file and a command line describe the same run."
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    ValidationError,
+    field_validator,
+)
 
 from sftscope.data.schema import Split
 from sftscope.errors import SftscopeError
@@ -15,6 +22,20 @@ from sftscope.io import read_yaml
 from sftscope.prompts import PromptStyle
 
 C = TypeVar("C", bound=BaseModel)
+
+
+def _batch_size(v: Any) -> int | str:
+    """A positive int or ``auto``, with one error message for anything else."""
+    if v == "auto":
+        return v
+    ok = isinstance(v, int | str) and not isinstance(v, bool) and str(v).strip().isdigit()
+    if ok and int(v) >= 1:
+        return int(v)
+    raise ValueError(f"{v!r} is not a positive integer or 'auto'")
+
+
+# Prompts per batch, or "auto": sized from free GPU memory on CUDA (sftscope.models.batching).
+BatchSize = Annotated[int | Literal["auto"], PlainValidator(_batch_size)]
 
 
 class StageConfig(BaseModel):
@@ -44,7 +65,7 @@ class EvalSettings(StageConfig):
     limit_per_relation: int | None = Field(None, ge=1, description="first N items per relation")
     n_shots: int = Field(4, ge=0, description="few-shot exemplars (base model prompts)")
     max_new_tokens: int = Field(16, ge=1)
-    batch_size: int = Field(32, ge=1)
+    batch_size: BatchSize = Field(32, description="prompts per batch; auto: from free GPU memory")
     seed: int = Field(0, description="seed for exemplar choice")
     fold_accents: bool = Field(False, description="accent-insensitive answer matching")
 
@@ -84,7 +105,7 @@ class ProbeSettings(StageConfig):
     slick_samples: int = Field(4, ge=1, description="SliCK: samples per set at slick_temperature")
     slick_temperature: float = Field(0.5, gt=0)
     chunk_size: int = Field(16, ge=1, description="facts per resumable chunk")
-    batch_size: int = Field(64, ge=1)
+    batch_size: BatchSize = Field(64, description="prompts per batch; auto: from free GPU memory")
     seed: int = 0
 
     @field_validator("thresholds")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from sftscope.models.decoding import cache_kwarg, row_uniforms, sample_tokens
@@ -203,3 +204,90 @@ def test_rows_ending_together_with_eos(tiny_engine: HFEngine) -> None:
     finally:
         config.eos_token_id = saved
     assert outs == [["", ""]] * len(PROMPTS)
+
+
+def _forward_shapes(model, run) -> list[tuple[int, int, bool]]:
+    """(rows, positions, is a prefill call) of every forward ``run()`` makes; prefill calls are
+    the ones that keep only the last logits."""
+    seen: list[tuple[int, int, bool]] = []
+
+    def hook(_module, _args, kwargs) -> None:
+        ids = kwargs["input_ids"]
+        seen.append((ids.shape[0], ids.shape[1], "logits_to_keep" in kwargs))
+
+    handle = model.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        run()
+    finally:
+        handle.remove()
+    return seen
+
+
+def test_n_samples_share_the_prompt_prefill(tiny_engine: HFEngine) -> None:
+    """The prompt is prefilled once whatever n is; only the decode steps carry n rows each."""
+    engine = HFEngine(tiny_engine.model, tiny_engine.tokenizer, batch_size=16, progress=False)
+
+    def calls(n: int) -> list[tuple[int, int, bool]]:
+        return _forward_shapes(engine.model, lambda: engine.generate(
+            SHARED_PROMPTS, max_new_tokens=4, temperature=1.0, n=n, seed=1))  # fmt: skip
+
+    one, four = calls(1), calls(4)
+    prefill = [c for c in one if c[2]]
+    assert prefill and prefill == [c for c in four if c[2]]
+    assert all(rows <= len(SHARED_PROMPTS) for rows, _, _ in prefill)
+    first_decode = next(c for c in four if not c[2])
+    assert first_decode[:2] == (4 * len(SHARED_PROMPTS), 1)
+
+
+def test_auto_batch_size_on_cpu_is_the_fixed_default(tiny_engine: HFEngine) -> None:
+    from sftscope.models.batching import CPU_BATCH_SIZE
+
+    auto = HFEngine(tiny_engine.model, tiny_engine.tokenizer, batch_size="auto", progress=False)
+    assert auto.generate(PROMPTS, max_new_tokens=6) == tiny_engine.generate(PROMPTS, 6)
+    assert auto.last_batch_size == CPU_BATCH_SIZE
+    conts = [" Iran", " Ben", " was", " Rafael", " x"]
+    for a, b in zip(auto.score(PROMPTS, conts), tiny_engine.score(PROMPTS, conts), strict=True):
+        assert torch.allclose(torch.tensor(a), torch.tensor(b), atol=1e-5)  # (padding width)
+    for bad in (0, "big", 2.5):
+        with pytest.raises(ValueError, match="batch_size"):
+            HFEngine(tiny_engine.model, tiny_engine.tokenizer, batch_size=bad)
+
+
+def test_auto_batch_size_follows_free_memory_and_sequence_cost(tiny_engine: HFEngine) -> None:
+    from sftscope.models.batching import MAX_BATCH_SIZE, ModelShape, auto_batch_size, prompt_bytes
+
+    model = tiny_engine.model
+    shape = ModelShape.of(model)
+    assert (shape.layers, shape.kv_heads, shape.bytes) == (2, 4, 4)
+    per_prompt = prompt_bytes(shape, 100)
+    size = auto_batch_size(model, 100, free_bytes=1000 * per_prompt)
+    assert size == 700  # FREE_SHARE of the free memory
+    assert auto_batch_size(model, 100, free_bytes=2000 * per_prompt) == 1400
+    assert auto_batch_size(model, 400, free_bytes=1000 * per_prompt) < size  # longer sequences
+    ten = auto_batch_size(model, 100, rows=10, free_bytes=1000 * per_prompt)  # 10 samples each
+    assert ten == int(0.7 * 1000 * per_prompt) // prompt_bytes(shape, 100, rows=10) < size
+    assert auto_batch_size(model, 100, logit_positions=20, free_bytes=1000 * per_prompt) < size
+    assert auto_batch_size(model, 100, free_bytes=1) == 1  # never 0
+    assert auto_batch_size(model, 100, free_bytes=10**15) == MAX_BATCH_SIZE
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_engine_bf16_sdpa_auto_batch(tiny_model_dir) -> None:
+    """On CUDA: bf16 + SDPA by default, an auto batch size from free memory, and greedy output
+    and scores close to the CPU fp32 engine's."""
+    from sftscope.models.loading import load_model
+
+    model, tok = load_model(str(tiny_model_dir), device="cuda")
+    assert model.dtype == torch.bfloat16 and model.config._attn_implementation == "sdpa"
+    gpu = HFEngine(model, tok, batch_size="auto", progress=False)
+    cpu_model, cpu_tok = load_model(str(tiny_model_dir), device="cpu")
+    cpu = HFEngine(cpu_model, cpu_tok, batch_size=4, progress=False)
+    outs = gpu.generate(SHARED_PROMPTS, max_new_tokens=6, temperature=1.0, n=3, seed=0)
+    assert [len(o) for o in outs] == [3] * len(SHARED_PROMPTS)
+    assert gpu.last_batch_size is not None and gpu.last_batch_size >= len(SHARED_PROMPTS)
+    greedy_gpu = gpu.generate(PROMPTS, max_new_tokens=4)
+    agree = sum(a == b for a, b in zip(greedy_gpu, cpu.generate(PROMPTS, 4), strict=True))
+    assert agree >= len(PROMPTS) // 2  # a random tiny model has near-ties bf16 may flip
+    conts = [" Iran", " Ben", " was", " Rafael", " x"]
+    for g, c in zip(gpu.score(PROMPTS, conts), cpu.score(PROMPTS, conts), strict=True):
+        assert torch.allclose(torch.tensor(g), torch.tensor(c), atol=0.1)

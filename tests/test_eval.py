@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import EQ_FIXTURE
 from typer.testing import CliRunner
 
@@ -124,3 +125,22 @@ def test_eval_with_mastery_reports_levels(tiny_model_dir: Path, tmp_path: Path) 
     assert "per mastery level" in " ".join(res.output.split())
     bad = _eval(tiny_model_dir, tmp_path / "x", "--mastery", str(tmp_path / "nope"))
     assert bad.exit_code == 2 and "mastery file not found" in bad.output
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error without a GPU")
+def test_device_cuda_without_a_gpu_is_a_one_line_error(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    res = _eval(tiny_model_dir, tmp_path / "e", "--device", "cuda", "--batch-size", "auto")
+    assert res.exit_code == 2
+    assert res.output == "error: --device cuda: no CUDA device is available\n"
+    assert not (tmp_path / "e").exists()
+
+
+def test_batch_size_auto_on_cpu(tiny_model_dir: Path, tmp_path: Path) -> None:
+    res = _eval(tiny_model_dir, tmp_path / "e", "--relations", "P17", "--limit-per-relation", "3",
+                "--batch-size", "auto", "--device", "cpu")  # fmt: skip
+    assert res.exit_code == 0, res.output
+    bad = _eval(tiny_model_dir, tmp_path / "f", "--batch-size", "many")
+    assert bad.exit_code == 2
+    assert bad.output.startswith("error: config field 'batch_size': Value error, 'many' is not")

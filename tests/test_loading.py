@@ -13,6 +13,7 @@ from sftscope.models.loading import (
     resolve_device,
     resolve_model,
     smollm2_gguf,
+    stored_dtype,
 )
 
 
@@ -41,9 +42,45 @@ def test_device_resolution() -> None:
     assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
     with pytest.raises(SftscopeError, match="expected auto, cpu or cuda"):
         resolve_device("tpu")
+    with pytest.raises(SftscopeError, match="expected auto, cpu or cuda"):
+        resolve_device("cuda:x")
     if not torch.cuda.is_available():
         with pytest.raises(SftscopeError, match="no CUDA device"):
             resolve_device("cuda")
+        with pytest.raises(SftscopeError, match="^--compute-device cuda: no CUDA device"):
+            resolve_device("cuda", "--compute-device")
+
+
+def test_sdpa_attention_by_default_eager_on_request(tiny_model_dir: Path) -> None:
+    model, _ = load_model(str(tiny_model_dir), device="cpu")
+    assert model.config._attn_implementation == "sdpa"
+    model, _ = load_model(str(tiny_model_dir), device="cpu", attn_implementation="eager")
+    assert model.config._attn_implementation == "eager"
+
+
+def test_model_without_sdpa_falls_back_to_eager(
+    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from transformers import LlamaForCausalLM
+
+    monkeypatch.setattr(LlamaForCausalLM, "_supports_sdpa", False)
+    model, _ = load_model(str(tiny_model_dir), device="cpu")
+    assert model.config._attn_implementation == "eager"
+
+
+def test_stored_dtype_comes_from_the_config(tiny_model_dir: Path, tmp_path: Path) -> None:
+    assert stored_dtype(str(tiny_model_dir)) == torch.float32
+    model, tok = load_model(str(tiny_model_dir), device="cpu", dtype=torch.bfloat16)
+    model.save_pretrained(tmp_path / "bf16")
+    tok.save_pretrained(tmp_path / "bf16")
+    assert stored_dtype(str(tmp_path / "bf16")) == torch.bfloat16
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_loads_bf16_with_sdpa(tiny_model_dir: Path) -> None:
+    model, _ = load_model(str(tiny_model_dir), device="auto")
+    assert model.device.type == "cuda" and model.dtype == torch.bfloat16
+    assert model.config._attn_implementation == "sdpa"
 
 
 def test_smollm2_gguf_is_found_without_importing_the_package() -> None:

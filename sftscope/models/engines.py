@@ -14,24 +14,48 @@ the prompt's position in the call, and a row leaves the batch once it is finishe
 string, or decided); so the same prompts and seed give the same samples at any batch size,
 with or without early exit (see :mod:`sftscope.models.decoding`).
 
-A vLLM backend would implement the same two calls (``SamplingParams(n=…, temperature=…,
-stop=…)`` for ``generate``, ``prompt_logprobs`` for ``score``) and may ignore ``done_if``.
+On CUDA the model is bf16 with SDPA attention (:func:`sftscope.models.loading.load_model`) and
+``batch_size="auto"`` sizes batches from the free GPU memory (:mod:`sftscope.models.batching`).
+The vLLM mapping is on :class:`Engine`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Literal, Protocol
 
 import torch
 from tqdm.auto import tqdm
 from transformers import DynamicCache, PreTrainedModel
 
+from sftscope.models.batching import auto_batch_size
 from sftscope.models.decoding import DoneIf, Finish, cache_kwarg, decode, row_uniforms
 
 
 class Engine(Protocol):
-    """What the stages need from a model."""
+    """What the stages need from a model: two calls, nothing about batching or devices.
+
+    A vLLM backend (none is shipped; nothing here imports vLLM) would implement it as follows.
+
+    * Construction: ``LLM(model=resolve_model(name), dtype="bfloat16", enable_prefix_caching=True)``
+      — prefix caching plays the part of the shared-prefix prefill; vLLM schedules its own
+      batches, so ``batch_size`` has no counterpart.
+    * ``generate``: one request per prompt with ``SamplingParams(n=n, temperature=temperature,
+      top_p=1.0, top_k=0, max_tokens=max_new_tokens, stop=list(stop), seed=seed * 1_000_003 +
+      i)`` — top-p/top-k set explicitly, since vLLM otherwise takes defaults from the model's
+      generation config, and a per-request seed keeps each prompt's samples independent of the
+      batch (the same distribution as :class:`HFEngine`, not the same draws). Return
+      ``[c.text for c in out.outputs]`` per prompt (stop strings are already cut off).
+      ``done_if`` is an optimisation and may be ignored.
+    * ``score``: tokenize exactly as :meth:`HFEngine.score` does (prompt with special tokens,
+      continuation without, concatenated), submit the ids as ``TokensPrompt`` with
+      ``SamplingParams(max_tokens=1, prompt_logprobs=0)``, and read the log-probability of each
+      continuation token from ``out.prompt_logprobs[len(prompt_ids):]``. vLLM returns those
+      from the unscaled distribution, so ``temperature=1`` maps directly; another temperature
+      (the likelihood probe's calibrated T) needs the full normaliser, i.e. a fallback to
+      :class:`HFEngine` for that call.
+    * ``tokens_forwarded`` (optional, read with ``getattr``) feeds the probe's throughput log.
+    """
 
     def generate(
         self,
@@ -130,18 +154,25 @@ def cut_at_stop(text: str, stop: Sequence[str]) -> str:
 
 
 class HFEngine:
-    """:class:`Engine` over a transformers causal LM (CPU or CUDA)."""
+    """:class:`Engine` over a transformers causal LM (CPU or CUDA).
+
+    ``batch_size`` is prompts per batch (a prompt's ``n`` samples ride along), or ``"auto"``:
+    sized per call from the free GPU memory and the call's longest sequence on CUDA, a fixed
+    32 on CPU (:func:`sftscope.models.batching.auto_batch_size`)."""
 
     def __init__(
         self,
         model: PreTrainedModel,
         tokenizer,
-        batch_size: int = 32,
+        batch_size: int | Literal["auto"] = 32,
         progress: bool = True,
     ) -> None:
+        if batch_size != "auto" and (not isinstance(batch_size, int) or batch_size < 1):
+            raise ValueError(f"batch_size {batch_size!r}: expected a positive int or 'auto'")
         self.model = model
         self.tokenizer = tokenizer
         self.batch_size = batch_size
+        self.last_batch_size: int | None = None  # what the latest call used
         self.progress = progress
         self.tokens_forwarded = 0  # non-padding token positions run through the model
         if tokenizer.pad_token_id is None:
@@ -157,11 +188,19 @@ class HFEngine:
     def _left_pad(self, rows: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         return left_pad(rows, self.tokenizer.pad_token_id, self.device)
 
-    def _prefix_batches(self, encoded: Sequence[Sequence[int]]) -> list[list[int]]:
+    def _batch_size(self, tokens: int, rows: int = 1, logit_positions: int = 1) -> int:
+        """Prompts per batch for a call whose longest sequence is ``tokens`` long."""
+        size = self.batch_size
+        if size == "auto":
+            size = auto_batch_size(self.model, tokens, rows, logit_positions)
+        self.last_batch_size = size
+        return size
+
+    def _prefix_batches(self, encoded: Sequence[Sequence[int]], size: int) -> list[list[int]]:
         """Batches of prompts in token order, so prompts sharing a prefix (the same few-shot
         exemplars) sit together and their prefix is prefilled once (see :meth:`_prefill`)."""
         order = sorted(range(len(encoded)), key=lambda i: (list(encoded[i]), i))
-        return [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        return [order[i : i + size] for i in range(0, len(order), size)]
 
     def _prefill(self, rows: Sequence[Sequence[int]], n: int):
         """Run every prompt but its last token through the model; return the batch layout and
@@ -234,7 +273,8 @@ class HFEngine:
         eos_ids |= {self.tokenizer.eos_token_id} - {None}
         out: list[list[str]] = [[] for _ in prompts]
         bar = tqdm(total=len(prompts), desc=desc, unit="prompt", disable=not self.progress)
-        for idx in self._prefix_batches(encoded):
+        size = self._batch_size(max(map(len, encoded)) + max_new_tokens, n)
+        for idx in self._prefix_batches(encoded, size):
             ids, mask, cache = self._prefill([encoded[i] for i in idx], n)
             rows = [idx[j // n] for j in range(len(idx) * n)]
             uniforms = None
@@ -340,14 +380,16 @@ class HFEngine:
         out: list[list[float]] = [[] for _ in prompts]
         bar = tqdm(total=len(prompts), desc=desc, unit="prompt", disable=not self.progress)
         order = sorted(range(len(prompts)), key=lambda i: (p_ids[i], c_ids[i], i))
-        for b in range(0, len(order), self.batch_size):
-            idx = [i for i in order[b : b + self.batch_size] if c_ids[i]]
+        longest = max(len(p) + len(c) for p, c in zip(p_ids, c_ids, strict=True))
+        size = self._batch_size(longest, 1, max(map(len, c_ids)))
+        for b in range(0, len(order), size):
+            idx = [i for i in order[b : b + size] if c_ids[i]]
             if idx:
                 scores = self._score_batch(
                     [p_ids[i] for i in idx], [c_ids[i] for i in idx], temperature
                 )
                 for i, values in zip(idx, scores, strict=True):
                     out[i] = values
-            bar.update(len(order[b : b + self.batch_size]))
+            bar.update(len(order[b : b + size]))
         bar.close()
         return out

