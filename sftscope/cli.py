@@ -302,16 +302,20 @@ def diff_cmd(
     region: Annotated[
         str | None, typer.Option(help="paper | attention | mlp | embedding | all | re:PATTERN")
     ] = None,  # fmt: skip
+    compute_device: ComputeDeviceOpt = None,
 ) -> None:
     """Relative change of every weight, per tensor/layer/module, and its concentration."""
     from sftscope.config import DiffConfig, load_config
-    from sftscope.models.loading import resolve_model
+    from sftscope.models.loading import resolve_device, resolve_model
     from sftscope.params.diff import run_diff
 
-    options = {"base": base, "tuned": tuned, "out": out, "region": region}
+    options = {"base": base, "tuned": tuned, "out": out, "region": region,
+               "compute_device": compute_device}  # fmt: skip
     cfg = load_config(DiffConfig, config, options, overrides)
+    resolve_device(cfg.compute_device, "--compute-device")  # before the base is resolved
     region, out = cfg.region, cfg.out
-    s = run_diff(Path(resolve_model(cfg.base)), cfg.tuned, out, region, cfg.nonzero_base)
+    s = run_diff(Path(resolve_model(cfg.base)), cfg.tuned, out, region, cfg.nonzero_base,
+                 cfg.compute_device)  # fmt: skip
     console.print(concentration_table(s["concentration"], region))
     zero = s["zero_base"]
     if zero["share_of_r"] > 0.5 and not cfg.nonzero_base:
@@ -350,7 +354,8 @@ def restore_cmd(
     limit_per_relation: LimitOpt = None,
     mastery: Annotated[Path | None, typer.Option(help="probe of the split: per-level acc")] = None,
     pick_on: Annotated[str | None, typer.Option(help="dev: choose k on dev, report test")] = None,
-    device: DeviceOpt = None,
+    device: Annotated[str | None, typer.Option(help="auto | cpu | cuda: for --eval")] = None,
+    compute_device: ComputeDeviceOpt = None,
     out: OutOpt = None,
 ) -> None:
     """Restore the most-changed (or least, or random) fine-tuned weights to their pre-SFT
@@ -360,6 +365,7 @@ def restore_cmd(
     options = {
         "base": base, "tuned": tuned, "k": k, "scope": scope, "strategy": strategy,
         "region": region, "layers": layers, "seed": seed, "device": device, "out": out,
+        "compute_device": compute_device,
         "eval.data": data, "eval.data_dir": data_dir, "eval.split": split,
         "eval.limit_per_relation": limit_per_relation, "eval.mastery": mastery,
         "eval.pick_on": pick_on,

@@ -250,6 +250,15 @@ class KLConfig(DataConfig, KLSettings):
 PAPER_K = (1.0, 3.0, 5.0, 10.0, 20.0, 40.0, 60.0)
 
 
+def _compute_device() -> Any:
+    """Where diff/restore do their arithmetic. The selected weights are the same on any device
+    (elementwise fp32 ops round alike, rankings count integers), so the field is left out of
+    saved configs and fingerprints."""
+    return Field(
+        "cpu", exclude=True, description="auto, cpu or cuda[:N]: device for the r arithmetic"
+    )
+
+
 class DiffConfig(StageConfig):
     """``sftscope diff``: relative change of every weight and its concentration (PAPER.md §7)."""
 
@@ -259,6 +268,7 @@ class DiffConfig(StageConfig):
     nonzero_base: bool = Field(
         False, description="concentration over weights whose base value is not exactly 0"
     )
+    compute_device: str = _compute_device()
     out: Path
 
 
@@ -312,7 +322,8 @@ class RestoreConfig(RestoreSettings):
     base: str = Field(description="the base model (path, hub id or 'smollm2')")
     tuned: Path = Field(description="the fine-tuned model folder")
     eval: RestoreEval | None = None
-    device: str = "auto"
+    device: str = Field("auto", description="device of the evaluation (--eval)")
+    compute_device: str = _compute_device()
     trust_remote_code: bool = False
     out: Path
 

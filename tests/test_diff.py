@@ -122,3 +122,31 @@ def test_zero_base_weights_are_reported(tiny_model_dir: Path, tmp_path: Path) ->
         top = float(ordered[: math.floor(flat.numel() * row["k"] / 100)].sum())
         assert row["share"] == pytest.approx(top / float(flat.sum()), rel=1e-9)
     assert nz["concentration"][0]["share"] < s["concentration"][0]["share"]
+
+
+def test_diff_compute_device(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """cpu (the default) and auto give the same numbers here; cuda without a GPU is a one-line
+    error; on a GPU machine, cuda agrees with cpu (counts exactly, sums to rounding)."""
+    from typer.testing import CliRunner
+
+    from sftscope.cli import app
+
+    tuned_dir = perturbed_copy(tiny_model_dir, tmp_path / "tuned")
+    cpu = run_diff(tiny_model_dir, tuned_dir, tmp_path / "cpu")
+    assert run_diff(tiny_model_dir, tuned_dir, tmp_path / "c2", compute_device="cpu") == cpu
+    if not torch.cuda.is_available():
+        assert run_diff(tiny_model_dir, tuned_dir, tmp_path / "auto", compute_device="auto") == cpu
+        args = ["diff", "--base", str(tiny_model_dir), "--tuned", str(tuned_dir), "--out",
+                str(tmp_path / "d"), "--compute-device", "cuda"]  # fmt: skip
+        res = CliRunner().invoke(app, args)
+        assert res.exit_code == 2
+        assert res.output == "error: --compute-device cuda: no CUDA device is available\n"
+        assert not (tmp_path / "d").exists()
+        return
+    gpu = run_diff(tiny_model_dir, tuned_dir, tmp_path / "gpu", compute_device="cuda")
+    for c, g in zip(cpu["concentration"], gpu["concentration"], strict=True):
+        assert c["count"] == g["count"] and c["threshold"] == g["threshold"]
+        assert g["share"] == pytest.approx(c["share"], rel=1e-9)
+    assert gpu["per_layer"].keys() == cpu["per_layer"].keys()
+    for key, row in cpu["per_layer"].items():
+        assert gpu["per_layer"][key]["sum"] == pytest.approx(row["sum"], rel=1e-5)

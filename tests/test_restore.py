@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from conftest import EQ_FIXTURE, perturbed_copy
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM
@@ -190,3 +191,45 @@ def test_restore_cli_without_eval_and_yaml_config(pair, tmp_path: Path) -> None:
     res = runner.invoke(app, ["restore", "--config", str(cfg), "--layers", "0-1",
                               f"out={tmp_path / 'b'}"])  # fmt: skip
     assert res.exit_code == 0 and (tmp_path / "b" / "layers-0-1" / "config.json").exists()
+
+
+def test_compute_device_cpu_is_the_default_and_stays_out_of_saved_settings(
+    pair, tmp_path: Path
+) -> None:
+    base, tuned = pair
+    a = _restore(base, tuned, tmp_path / "a", k=[3, 50], strategy="random")
+    b = _restore(base, tuned, tmp_path / "b", k=[3, 50], strategy="random", compute_device="cpu")
+    assert a == b
+    for label in ("global-random-3", "global-random-50"):
+        x, y = load_all(tmp_path / "a" / label), load_all(tmp_path / "b" / label)
+        assert all(torch.equal(x[n], y[n]) for n in x)
+    assert "compute_device" not in yaml.safe_load((tmp_path / "b" / "config.yaml").read_text())
+    # the outputs do not depend on it, so a rerun on another device reuses the folder
+    again = _restore(base, tuned, tmp_path / "b", k=[3, 50], strategy="random",
+                     compute_device="auto")  # fmt: skip
+    assert again == b
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error without a GPU")
+def test_compute_device_cuda_without_a_gpu_is_a_one_line_error(pair, tmp_path: Path) -> None:
+    base, tuned = pair
+    res = runner.invoke(app, ["restore", "--base", str(base), "--tuned", str(tuned), "--k", "5",
+                              "--compute-device", "cuda", "--out",
+                              str(tmp_path / "out")])  # fmt: skip
+    assert res.exit_code == 2
+    assert res.output == "error: --compute-device cuda: no CUDA device is available\n"
+    assert _nothing_written(tmp_path)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("strategy", ["top", "bottom", "random"])
+def test_cuda_restore_is_bit_identical_to_cpu(bf16_pair, tmp_path: Path, strategy) -> None:
+    base, tuned = bf16_pair
+    kw = dict(k=[1, 3, 50], scope="layer", strategy=strategy)
+    cpu = _restore(base, tuned, tmp_path / "cpu", **kw)
+    gpu = _restore(base, tuned, tmp_path / "gpu", compute_device="cuda", **kw)
+    for c, g in zip(cpu["outputs"], gpu["outputs"], strict=True):
+        assert c["count"] == g["count"] and c["cuts"] == g["cuts"]
+        assert g["sum_r"] == pytest.approx(c["sum_r"], rel=1e-5)
+        x, y = load_all(tmp_path / "cpu" / c["label"]), load_all(tmp_path / "gpu" / g["label"])
+        assert all(torch.equal(x[n], y[n]) and x[n].dtype == y[n].dtype for n in x)

@@ -3,7 +3,9 @@
 r_i = |s_i - p_i| / (|p_i| + 1e-8) in fp32, for the tensors of a region (the paper's: decoder
 layer weights, norms excluded). Streamed tensor by tensor; the concentration table (share of the
 total r held by the top k% of weights) is exact without a flat vector: two streamed histogram
-passes find each k's threshold value (:mod:`sftscope.params.select`).
+passes find each k's threshold value (:mod:`sftscope.params.select`). With a ``device``
+(``compute_device: cuda``) the arithmetic runs there, tensor pair by tensor pair; the statistics
+come back as Python numbers.
 """
 
 from __future__ import annotations
@@ -100,6 +102,7 @@ def concentration(
     ks: Iterable[float] = PAPER_K,
     each: Callable[[str, torch.Tensor, torch.Tensor, torch.Tensor], None] | None = None,
     nonzero_base: bool = False,
+    device: torch.device | None = None,
 ) -> dict[str, Any]:
     """Share of Σr held by the top k% of the region's weights, exactly, in two streamed passes
     (see :mod:`sftscope.params.select`); with ``nonzero_base``, of the weights whose base value
@@ -113,7 +116,7 @@ def concentration(
         return r[p != 0] if nonzero_base else r
 
     ranking = Ranking(descending=True, sums=True)
-    for name, p, s in iter_pairs(base, tuned, names):
+    for name, p, s in iter_pairs(base, tuned, names, device):
         r = relative_change(p, s)
         if each is not None:
             each(name, p, s, r)
@@ -122,7 +125,7 @@ def concentration(
     want = {k: math.floor(n * k / 100) for k in ks}
     ranking.plan({"all": set(want.values())})
     if any(want.values()):
-        for _, p, s in iter_pairs(base, tuned, names):
+        for _, p, s in iter_pairs(base, tuned, names, device):
             ranking.refine("all", scores(p, relative_change(p, s)))
     cuts = ranking.cuts()
     rows = []
@@ -144,12 +147,20 @@ def checked(name: str, r: torch.Tensor) -> torch.Tensor:
 
 
 def run_diff(
-    base_dir: Path, tuned_dir: Path, out: Path, region: str = "paper", nonzero_base: bool = False
+    base_dir: Path,
+    tuned_dir: Path,
+    out: Path,
+    region: str = "paper",
+    nonzero_base: bool = False,
+    compute_device: str = "cpu",
 ) -> dict[str, Any]:
-    """``sftscope diff``: per-tensor TSV, per-layer / per-module JSON, concentration table."""
+    """``sftscope diff``: per-tensor TSV, per-layer / per-module JSON, concentration table;
+    ``compute_device`` (auto, cpu, cuda[:N]) is where the arithmetic runs."""
     from sftscope.io import atomic_write_json, atomic_write_text, tsv_text
+    from sftscope.models.loading import resolve_device
     from sftscope.params.tensors import open_checkpoint
 
+    device = resolve_device(compute_device, "--compute-device")
     base, tuned = open_checkpoint(base_dir), open_checkpoint(tuned_dir)
     check_compatible(base, tuned)
     names = region_names(base, region)
@@ -158,7 +169,8 @@ def run_diff(
     def collect(name: str, p: torch.Tensor, s: torch.Tensor, r: torch.Tensor) -> None:
         stats.append(tensor_stats(name, p, s, checked(name, r)))
 
-    conc = concentration(base, tuned, names, each=collect, nonzero_base=nonzero_base)
+    conc = concentration(base, tuned, names, each=collect, nonzero_base=nonzero_base,
+                         device=device)  # fmt: skip
 
     def group(key: str) -> dict[str, Any]:
         out: dict[str, dict[str, float]] = {}

@@ -17,6 +17,10 @@ checkpoint per k written tensor by tensor, so memory holds a tensor pair, not a 
 * layer blocks: ``layers: [0-3, 4-7]`` restores every region tensor of those layers entirely,
   one output per block (PAPER.md Table 11), instead of the k sweep.
 
+With ``compute_device: cuda`` each region tensor pair is moved to the GPU for the arithmetic
+(r, scores, histograms, masks, the restored tensor) and comes back to the CPU for writing; the
+restored checkpoints are bit-identical to a CPU run (see :mod:`sftscope.params.select`).
+
 Outputs: ``OUT/<scope>-<strategy>-<k>/`` or ``OUT/layers-<a>-<b>/`` (``from_pretrained``-loadable,
 config and tokenizer copied), ``OUT/selection.json`` (per output: count, cut per group, stats of
 the selected r), ``OUT/restore_stats.tsv`` (per output and tensor), ``OUT/restore.yaml``. Built in
@@ -95,8 +99,10 @@ class Output:
 class Restorer:
     """The three passes of one ``sftscope restore`` (see the module docstring)."""
 
-    def __init__(self, cfg: RestoreConfig, base: Checkpoint, tuned: Checkpoint) -> None:
+    def __init__(self, cfg: RestoreConfig, base: Checkpoint, tuned: Checkpoint,
+                 device: torch.device | None = None) -> None:  # fmt: skip
         self.cfg, self.base, self.tuned = cfg, base, tuned
+        self.device = device or torch.device("cpu")
         self.names = sorted(region_names(base, cfg.region), key=natural_key)
         self.groups = {n: group_of(n, cfg.scope) for n in self.names}
         self.sizes: dict[Hashable, int] = {}
@@ -123,26 +129,26 @@ class Restorer:
         return block is not None and layer is not None and block[0] <= layer <= block[1]
 
     def _scores(self, name: str, r: torch.Tensor) -> torch.Tensor:
-        if self.cfg.strategy == "random":
-            return random_scores(name, r.shape, self.cfg.seed)
+        if self.cfg.strategy == "random":  # drawn on the CPU: the same numbers on any device
+            return random_scores(name, r.shape, self.cfg.seed).to(r.device)
         return r
 
-    def _pairs(self, desc: str, names=None):
+    def _pairs(self, desc: str, names=None, device: torch.device | None = None):
         names = names or self.names
-        return tqdm(iter_pairs(self.base, self.tuned, names), total=len(names), desc=desc,
-                    unit="tensor", leave=False)  # fmt: skip
+        return tqdm(iter_pairs(self.base, self.tuned, names, device), total=len(names),
+                    desc=desc, unit="tensor", leave=False)  # fmt: skip
 
     def select(self) -> None:
         """Passes 1 and 2: the exact cut of every (group, k)."""
         if self.cfg.layers:
             return
-        for name, p, s in self._pairs("restore: rank"):
+        for name, p, s in self._pairs("restore: rank", device=self.device):
             r = checked(name, relative_change(p, s))
             self.ranking.count(self.groups[name], self._scores(name, r))
         wanted = {g: {math.floor(size * k / 100) for k in self.cfg.k}
                   for g, size in self.sizes.items()}  # fmt: skip
         self.ranking.plan(wanted)
-        for name, p, s in self._pairs("restore: cut"):
+        for name, p, s in self._pairs("restore: cut", device=self.device):
             self.ranking.refine(self.groups[name], self._scores(name, relative_change(p, s)))
         cuts = self.ranking.cuts()
         for out in self.outputs:
@@ -169,6 +175,7 @@ class Restorer:
                     for w in writers:
                         w.add(name, s)
                     continue
+                p, s = p.to(self.device), s.to(self.device)  # (the writers copy back)
                 r = relative_change(p, s)
                 if self.cfg.layers:  # (the ranking passes checked it otherwise)
                     checked(name, r)
@@ -226,8 +233,9 @@ def restore_settings(cfg: RestoreConfig) -> dict[str, Any]:
 def run_restore(cfg: RestoreConfig) -> dict[str, Any]:
     """``sftscope restore`` without ``--eval``: the restored checkpoints and their statistics.
     A folder already holding this restore is reused; one holding another is an error."""
-    from sftscope.models.loading import resolve_model
+    from sftscope.models.loading import resolve_device, resolve_model
 
+    device = resolve_device(cfg.compute_device, "--compute-device")
     out = Path(cfg.out)
     if (out / "selection.json").exists():
         if read_yaml(out / "restore.yaml", "restore settings") != restore_settings(cfg):
@@ -236,7 +244,7 @@ def run_restore(cfg: RestoreConfig) -> dict[str, Any]:
     base = open_checkpoint(resolve_model(cfg.base))
     tuned = open_checkpoint(cfg.tuned)
     check_compatible(base, tuned)
-    restorer = Restorer(cfg, base, tuned)
+    restorer = Restorer(cfg, base, tuned, device)
     staging = out.parent / f".{out.name}.partial"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)

@@ -14,6 +14,10 @@ values, so a two-level radix histogram finds every cut exactly:
    millions of weights share a value (unchanged weights, r = 0).
 3. :class:`Selector` — per tensor, in group order: entries beyond ``t``, plus the first of the
    entries equal to ``t`` while the cut's ties last.
+
+Scores may live on any device (``compute_device``): the histograms are computed where the
+scores are and accumulated on the CPU. Counts are integers, so the cuts are the same on every
+device; only the optional fp64 sums may differ in their last bits (GPU atomics add in any order).
 """
 
 from __future__ import annotations
@@ -70,10 +74,10 @@ class Ranking:
             self.counts[group] = torch.zeros(NBINS, dtype=torch.long)
             if self.keep_sums:
                 self.sums[group] = torch.zeros(NBINS, dtype=torch.float64)
-        self.counts[group] += torch.bincount(hi, minlength=NBINS)
+        self.counts[group] += torch.bincount(hi, minlength=NBINS).cpu()
         if self.keep_sums:
             weights = scores.flatten().double()
-            self.sums[group] += torch.bincount(hi, weights=weights, minlength=NBINS)
+            self.sums[group] += torch.bincount(hi, weights=weights, minlength=NBINS).cpu()
 
     def plan(self, wanted: dict[Hashable, Iterable[int]]) -> None:
         """For each group, the counts ``n`` to select; finds the bin holding each n-th entry."""
@@ -99,17 +103,17 @@ class Ranking:
             return
         bits = _bits(scores)
         hi = bits >> SHIFT
-        inside = torch.isin(hi, torch.tensor(needed)).nonzero().flatten()
+        inside = torch.isin(hi, torch.tensor(needed, device=hi.device)).nonzero().flatten()
         if not inside.numel():
             return
         hi_in, lo_in = hi[inside], bits[inside] & (NSUB - 1)
         values = scores.flatten()[inside].double() if self.keep_sums else None
         for b in needed:
             at = hi_in == b
-            self._sub[(group, b)] += torch.bincount(lo_in[at], minlength=NSUB)
+            self._sub[(group, b)] += torch.bincount(lo_in[at], minlength=NSUB).cpu()
             if values is not None:
                 self._sub_sums[(group, b)] += torch.bincount(lo_in[at], weights=values[at],
-                                                             minlength=NSUB)  # fmt: skip
+                                                             minlength=NSUB).cpu()  # fmt: skip
 
     def cuts(self) -> dict[tuple[Hashable, int], Cut]:
         """The cut of every planned (group, n)."""
@@ -147,7 +151,7 @@ class Selector:
         if cut.n == 0:
             return torch.zeros_like(scores, dtype=torch.bool)
         flat = scores.flatten()
-        value = torch.tensor(cut.value, dtype=flat.dtype)
+        value = torch.tensor(cut.value, dtype=flat.dtype, device=flat.device)
         sel = flat > value if self.descending else flat < value
         left = self.ties_left.setdefault(key, cut.ties)
         if left:

@@ -113,12 +113,18 @@ def read_tensor(ckpt: Checkpoint, name: str) -> torch.Tensor:
 
 
 def iter_pairs(
-    base: Checkpoint, tuned: Checkpoint, names: Sequence[str] | None = None
+    base: Checkpoint,
+    tuned: Checkpoint,
+    names: Sequence[str] | None = None,
+    device: torch.device | None = None,
 ) -> Iterator[tuple[str, torch.Tensor, torch.Tensor]]:
     """(name, base tensor, tuned tensor), one pair in memory at a time, in ``names`` order
-    (default: the base checkpoint's order)."""
+    (default: the base checkpoint's order), moved to ``device`` when one is given."""
     for name in names or base.names:
-        yield name, read_tensor(base, name), read_tensor(tuned, name)
+        p, s = read_tensor(base, name), read_tensor(tuned, name)
+        if device is not None:
+            p, s = p.to(device), s.to(device)
+        yield name, p, s
 
 
 # safetensors dtype names (https://github.com/huggingface/safetensors, format spec).
