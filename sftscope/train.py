@@ -6,9 +6,11 @@ example whose completion was truncated away; here every example is checked after
 prepared it, before the first step, and a lost answer is an error naming the example.
 
 Runs unchanged under ``accelerate launch`` (DDP, FSDP, DeepSpeed): ``batch_size`` is the global
-batch, split over the processes. The result is written to a temporary folder and renamed into
-place, so ``OUT`` either holds a complete model (``save_pretrained``, safetensors, tokenizer,
-``train_log.jsonl``, ``train_summary.json``) or nothing.
+batch, split over the processes. On CUDA, ``dtype: auto`` is bf16 mixed precision with TF32
+matmuls (see :func:`precision`), and the result is stored in the base checkpoint's dtype.
+The result is written to a temporary folder and renamed into place, so ``OUT`` either holds a
+complete model (``save_pretrained``, safetensors, tokenizer, ``train_log.jsonl``,
+``train_summary.json``) or nothing.
 """
 
 from __future__ import annotations
@@ -98,12 +100,30 @@ def _peft_config(cfg: TrainConfig):
     )  # fmt: skip
 
 
-def _dtype(cfg: TrainConfig) -> torch.dtype:
-    from sftscope.models.loading import default_dtype, resolve_device
+def precision(cfg: TrainConfig, device: torch.device) -> tuple[torch.dtype, torch.dtype | None]:
+    """(dtype the weights are trained in, autocast dtype or None).
+
+    ``auto`` on CUDA is mixed precision: bf16 matmuls over fp32 master weights. Pure bf16 would
+    lose the paper's updates: an AdamW step at lr 1e-5 is far below bf16's spacing for a weight
+    of ~0.02 (~1.2e-4), so most weights would never move. LoRA trains fp32 adapters (PEFT's
+    default) over frozen weights, which may stay 16-bit. An explicit 16-bit ``dtype`` trains the
+    weights themselves in it (half the memory, e.g. a 7B model on one 80 GB GPU)."""
+    from sftscope.models.loading import default_dtype
 
     if cfg.dtype != "auto":
-        return _DTYPES[cfg.dtype]
-    return default_dtype(resolve_device(cfg.device))
+        dtype = _DTYPES[cfg.dtype]
+        return dtype, None if dtype == torch.float32 else dtype
+    if device.type != "cuda":
+        return torch.float32, None
+    half = default_dtype(device)  # bf16, or fp16 on GPUs without bf16
+    return (half if cfg.lora else torch.float32), half
+
+
+def _tf32(device: torch.device) -> bool | None:
+    """TF32 matmuls for whatever still runs in fp32 on an Ampere or newer GPU."""
+    from transformers.utils import is_torch_tf32_available
+
+    return True if device.type == "cuda" and is_torch_tf32_available() else None
 
 
 def build_trainer(cfg: TrainConfig, staging: Path):
@@ -115,7 +135,7 @@ def build_trainer(cfg: TrainConfig, staging: Path):
     from sftscope.models.loading import load_model, resolve_device
 
     device = resolve_device(cfg.device)
-    dtype = _dtype(cfg)
+    dtype, autocast = precision(cfg, device)
     if device.type == "cpu" and dtype != torch.float32:
         raise SftscopeError(f"config field 'dtype': {cfg.dtype} training is not supported on CPU")
     world = int(os.environ.get("WORLD_SIZE", "1"))  # set by accelerate launch / torchrun
@@ -142,8 +162,9 @@ def build_trainer(cfg: TrainConfig, staging: Path):
         max_length=cfg.max_length,
         completion_only_loss=True,
         activation_checkpointing=cfg.gradient_checkpointing,
-        bf16=dtype == torch.bfloat16,
-        fp16=dtype == torch.float16,
+        bf16=autocast == torch.bfloat16,
+        fp16=autocast == torch.float16,
+        tf32=_tf32(device),
         use_cpu=device.type == "cpu",
         seed=cfg.seed,
         data_seed=cfg.seed,
@@ -170,7 +191,11 @@ def build_trainer(cfg: TrainConfig, staging: Path):
 
 def run_train(cfg: TrainConfig) -> dict[str, Any]:
     """The ``sftscope train`` stage; see the module docstring."""
+    from sftscope.models.loading import stored_dtype
+    from sftscope.params.tensors import cast_checkpoint
+
     out = Path(cfg.out)
+    save_dtype = stored_dtype(cfg.model, cfg.trust_remote_code)
     staging = out.parent / f".{out.name}.partial"
     shutil.rmtree(staging, ignore_errors=True)  # a killed earlier attempt
     try:
@@ -192,6 +217,8 @@ def run_train(cfg: TrainConfig) -> dict[str, Any]:
     trainer.accelerator.wait_for_everyone()
     for pickled in model_dir.rglob("training_args.bin"):  # Trainer's pickle; we keep YAML
         pickled.unlink(missing_ok=True)
+    if main and save_dtype is not None:  # fp32 master weights back to the base's dtype
+        cast_checkpoint(model_dir, save_dtype)
     summary = {
         "model": cfg.model,
         "train_file": str(cfg.train_file),
@@ -200,7 +227,10 @@ def run_train(cfg: TrainConfig) -> dict[str, Any]:
         "epochs": cfg.epochs,
         "train_loss": round(result.training_loss, 6),
         "processes": trainer.accelerator.num_processes,
-        "dtype": str(trainer.model.dtype).removeprefix("torch."),
+        "dtype": _name(save_dtype or trainer.model.dtype),  # as stored
+        "trained_dtype": _name(trainer.model.dtype),
+        "autocast": "bfloat16" if trainer.args.bf16 else "float16" if trainer.args.fp16 else None,
+        "gradient_checkpointing": cfg.gradient_checkpointing,
         "lora": cfg.lora,
         "wall_seconds": round(wall, 2),
     }
@@ -213,3 +243,7 @@ def run_train(cfg: TrainConfig) -> dict[str, Any]:
         shutil.rmtree(staging, ignore_errors=True)
     trainer.accelerator.wait_for_everyone()
     return summary
+
+
+def _name(dtype: torch.dtype | None) -> str | None:
+    return None if dtype is None else str(dtype).removeprefix("torch.")

@@ -15,6 +15,7 @@ from sftscope.errors import SftscopeError
 from sftscope.params.tensors import (
     INDEX,
     ShardWriter,
+    cast_checkpoint,
     check_compatible,
     iter_pairs,
     open_checkpoint,
@@ -95,3 +96,18 @@ def test_shard_writer_round_trip_loads_with_from_pretrained(
     for name, p in model.state_dict().items():
         assert torch.equal(p, ref[name] * 2)
     assert (out / "tokenizer.json").exists()
+
+
+def test_cast_checkpoint_rewrites_sharded_weights_in_place(sharded: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "m"
+    shutil.copytree(sharded, folder)
+    before = {n: x for n, x, _ in iter_pairs(open_checkpoint(folder), open_checkpoint(folder))}
+    assert cast_checkpoint(folder, torch.bfloat16, max_shard_bytes=50_000)
+    after = open_checkpoint(folder)
+    assert {i.dtype for i in after.tensors.values()} == {"BF16"}
+    for name, x, _ in iter_pairs(after, after):
+        assert torch.equal(x, before[name].bfloat16())
+    assert json.loads((folder / "config.json").read_text())["dtype"] == "bfloat16"
+    assert not list(tmp_path.glob(".m*"))  # no staging left behind
+    assert AutoModelForCausalLM.from_pretrained(folder).dtype == torch.bfloat16
+    assert not cast_checkpoint(folder, torch.bfloat16)  # already stored so

@@ -19,7 +19,7 @@ from sftscope.cli import app
 from sftscope.config import TrainConfig
 from sftscope.errors import SftscopeError
 from sftscope.prompts import sft_completion, sft_prompt
-from sftscope.train import build_trainer, read_examples, run_train
+from sftscope.train import build_trainer, precision, read_examples, run_train
 
 QA = [("What country is Lyon in?", "France"), ("What is the capital of Peru?", "Lima")] * 4
 
@@ -136,6 +136,86 @@ def test_model_without_tokenizer_is_a_one_line_error(
     res = CliRunner().invoke(app, ["train", "--model", str(bare), "--train-file",
                                    str(train_file), "--out", str(tmp_path / "o")])  # fmt: skip
     assert res.exit_code == 2 and res.output.startswith("error:") and "bare" in res.output
+
+
+def test_gradient_checkpointing_trains_the_same_weights(
+    tiny_model_dir: Path, train_file: Path, tmp_path: Path
+) -> None:
+    """Recomputing activations in the backward pass changes memory, not the result."""
+    trainer, _ = build_trainer(
+        _cfg(tiny_model_dir, train_file, tmp_path / "gc", gradient_checkpointing=True), tmp_path
+    )
+    trainer.train()
+    model = trainer.model
+    assert model.is_activation_checkpointing
+    plain = run_train(_cfg(tiny_model_dir, train_file, tmp_path / "plain"))
+    assert plain["gradient_checkpointing"] is False and trainer.state.global_step == 2
+    trained = load_file(tmp_path / "plain" / "model.safetensors")
+    for name, tensor in model.state_dict().items():
+        assert torch.allclose(tensor, trained[name], atol=1e-6), name
+
+
+def test_precision_auto_is_fp32_on_cpu_and_mixed_on_cuda(
+    tiny_model_dir: Path, train_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sftscope.models.loading as loading
+
+    cfg = _cfg(tiny_model_dir, train_file, tmp_path / "o", device="auto")
+    assert precision(cfg, torch.device("cpu")) == (torch.float32, None)
+    monkeypatch.setattr(loading, "default_dtype", lambda device: torch.bfloat16)
+    cuda = torch.device("cuda")
+    assert precision(cfg, cuda) == (torch.float32, torch.bfloat16)  # fp32 master weights
+    lora = cfg.model_copy(update={"lora": True})
+    assert precision(lora, cuda) == (torch.bfloat16, torch.bfloat16)  # frozen weights in bf16
+    pure = cfg.model_copy(update={"dtype": "bfloat16"})
+    assert precision(pure, cuda) == (torch.bfloat16, torch.bfloat16)
+    fp32 = cfg.model_copy(update={"dtype": "float32"})
+    assert precision(fp32, cuda) == (torch.float32, None)
+
+
+def test_bf16_base_trained_in_fp32_is_stored_in_bf16(
+    tiny_model_dir: Path, train_file: Path, tmp_path: Path
+) -> None:
+    from sftscope.models.loading import load_model
+    from sftscope.params.tensors import check_compatible, open_checkpoint
+
+    model, tok = load_model(str(tiny_model_dir), device="cpu", dtype=torch.bfloat16)
+    model.save_pretrained(tmp_path / "base")
+    tok.save_pretrained(tmp_path / "base")
+    s = run_train(_cfg(tmp_path / "base", train_file, tmp_path / "ft"))
+    assert (s["dtype"], s["trained_dtype"], s["autocast"]) == ("bfloat16", "float32", None)
+    check_compatible(open_checkpoint(tmp_path / "base"), open_checkpoint(tmp_path / "ft"))
+    tuned, base = load_file(tmp_path / "ft" / "model.safetensors"), load_file(
+        tmp_path / "base" / "model.safetensors")  # fmt: skip
+    assert all(t.dtype == torch.bfloat16 for t in tuned.values())
+    assert any(not torch.equal(tuned[k], base[k]) for k in base)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_cuda_training_is_bf16_mixed_precision(
+    tiny_model_dir: Path, train_file: Path, tmp_path: Path, checkpointing: bool
+) -> None:
+    s = run_train(_cfg(tiny_model_dir, train_file, tmp_path / "g", device="cuda",
+                       gradient_checkpointing=checkpointing))  # fmt: skip
+    assert (s["trained_dtype"], s["autocast"], s["dtype"]) == ("float32", "bfloat16", "float32")
+    tuned = load_file(tmp_path / "g" / "model.safetensors")
+    base = load_file(tiny_model_dir / "model.safetensors")
+    assert any(not torch.equal(tuned[k], base[k]) for k in base)
+    tf32 = getattr(torch.backends, "fp32_precision", None)  # (torch >= 2.9; else the old flag)
+    assert tf32 == "tf32" if tf32 is not None else torch.backends.cuda.matmul.allow_tf32
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error without a GPU")
+def test_train_on_cuda_without_a_gpu_is_a_one_line_error(
+    tiny_model_dir: Path, train_file: Path, tmp_path: Path
+) -> None:
+    res = CliRunner().invoke(app, ["train", "--model", str(tiny_model_dir), "--train-file",
+                                   str(train_file), "--out", str(tmp_path / "o"), "--device",
+                                   "cuda"])  # fmt: skip
+    assert res.exit_code == 2
+    assert res.output == "error: --device cuda: no CUDA device is available\n"
+    assert not (tmp_path / "o").exists()
 
 
 @pytest.mark.skipif(shutil.which("accelerate") is None and not

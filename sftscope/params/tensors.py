@@ -135,6 +135,8 @@ _DTYPES = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16",
 _SIZES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1,
           "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}  # fmt: skip
 
+_FLOATS = {"F64", "F32", "F16", "BF16"}
+
 Plan = Sequence[tuple[str, tuple[int, ...], str]]  # (name, shape, safetensors dtype), in order
 
 
@@ -241,3 +243,46 @@ class ShardWriter:
         if self._file is not None:
             self._file.close()
         shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def cast_checkpoint(
+    folder: str | Path, dtype: torch.dtype, max_shard_bytes: int = 5 * 2**30
+) -> bool:
+    """Store the floating-point weights of the checkpoint in ``folder`` as ``dtype`` (streamed,
+    and ``config.json`` updated); returns whether anything changed. Meant for a folder that is
+    not in place yet: the weight files are swapped one by one.
+
+    Training keeps fp32 master weights; casting the result back to the base model's dtype makes
+    the fine-tuned checkpoint comparable with its base tensor for tensor (``check_compatible``).
+    """
+    root = Path(folder)
+    ckpt = open_checkpoint(root)
+    target = _DTYPES[dtype]
+    plan = [(name, info.shape, target if info.dtype in _FLOATS else info.dtype)
+            for name, info in ckpt.tensors.items()]  # fmt: skip
+    if all(d == ckpt.tensors[name].dtype for name, _, d in plan):
+        return False
+    staged = root.parent / f".{root.name}.cast"
+    shutil.rmtree(staged, ignore_errors=True)
+    writer = ShardWriter(staged, plan, max_shard_bytes)
+    try:
+        for name, info in ckpt.tensors.items():
+            tensor = read_tensor(ckpt, name)
+            writer.add(name, tensor.to(dtype) if info.dtype in _FLOATS else tensor)
+        writer.close()
+    except BaseException:
+        writer.abort()
+        raise
+    for old in {root / INDEX, root / SINGLE, *(i.file for i in ckpt.tensors.values())}:
+        old.unlink(missing_ok=True)
+    for new in staged.iterdir():
+        os.replace(new, root / new.name)
+    staged.rmdir()
+    config = root / "config.json"
+    if config.exists():
+        values = json.loads(config.read_text(encoding="utf-8"))
+        for key in ("dtype", "torch_dtype"):  # (transformers 5 / 4)
+            if key in values:
+                values[key] = str(dtype).removeprefix("torch.")
+        atomic_write_json(config, values)
+    return True
