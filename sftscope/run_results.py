@@ -75,7 +75,11 @@ def restore_tables(root: Path) -> dict[str, dict[str, Any]]:
         entry: dict[str, Any] = {}
         conc = cell_dir / "diff" / "concentration.json"
         if conc.exists():
-            entry["concentration"] = json.loads(conc.read_text(encoding="utf-8"))["rows"]
+            c = json.loads(conc.read_text(encoding="utf-8"))
+            entry["concentration"] = c["rows"]
+            if "other" in c and not c["nonzero_base"]:  # (older diffs ranked one population)
+                entry["concentration_nonzero"] = c["other"]["rows"]
+                entry["zero_base"] = c["zero_base"]
         for key, folder in (("sweep", "restore"), ("blocks", "blocks")):
             sweep = cell_dir / folder / "sweep.json"
             if sweep.exists():
@@ -96,3 +100,15 @@ def transition_tables(root: Path, split: str) -> dict[str, dict[str, Any]]:
     for after in sorted(found, key=lambda p: cell_order(p.parent.name)):
         out[after.parent.name] = probe_transitions(Path(root) / "probe" / split, after.parent)
     return out
+
+
+def answer_transition_tables(root: Path) -> dict[str, dict[str, Any]]:
+    """Per evaluated cell, when the base model was evaluated too: right/wrong before -> after."""
+    from sftscope.transitions import answer_transitions
+
+    base = Path(root) / "eval" / "base"
+    if not (base / "records.jsonl").exists():
+        return {}
+    cells = [p.parent for p in Path(root).glob("eval/*/records.jsonl") if p.parent.name != "base"]
+    return {c.name: answer_transitions(base, c) for c in sorted(cells, key=lambda c:
+                                                                 cell_order(c.name))}  # fmt: skip

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -122,6 +123,11 @@ def test_zero_base_weights_are_reported(tiny_model_dir: Path, tmp_path: Path) ->
         top = float(ordered[: math.floor(flat.numel() * row["k"] / 100)].sum())
         assert row["share"] == pytest.approx(top / float(flat.sum()), rel=1e-9)
     assert nz["concentration"][0]["share"] < s["concentration"][0]["share"]
+    # one diff ranks both populations in the same passes: each run holds the other's table
+    both = [json.loads((tmp_path / d / "concentration.json").read_text()) for d in ("out", "nz")]
+    assert both[0]["other"]["rows"] == both[1]["rows"] and both[1]["other"]["rows"] == both[0][
+        "rows"]  # fmt: skip
+    assert both[0]["zero_base"] == both[1]["zero_base"] == s["zero_base"]
 
 
 def test_diff_compute_device(tiny_model_dir: Path, tmp_path: Path) -> None:

@@ -36,6 +36,7 @@ def test_report_of_a_grid_run(tiny_model_dir: Path, tmp_path: Path) -> None:
         "Data and mastery levels",
         "Accuracy by training level and test level",
         "Token level",
+        "Answer transitions",
         "Knowledge transitions",
         "Parameter level: 1-4-0",
     ):
@@ -103,6 +104,12 @@ def test_findings_verdicts_follow_the_intervals() -> None:
         }
     }
     assert top1_holds_most(params)["verdict"] == "reproduced"
+    # exact zeros in the base hold most of Σr: the non-zero-base ranking decides
+    zeros = {"c": {"concentration": [{"k": 1, "share": 0.999}],
+                   "concentration_nonzero": [{"k": 1, "share": 0.40}],
+                   "zero_base": {"weights": 3, "share_of_r": 0.99}}}  # fmt: skip
+    f = top1_holds_most(zeros)
+    assert f["verdict"] == "not reproduced" and "non-zero base value" in f["evidence"][0]
     assert restoration_helps(params)["verdict"] == "reproduced"
     assert heavy_restoration_collapses(params)["verdict"] == "reproduced"
     params["c"]["sweep"]["rows"][1]["in_domain"] = 0.49

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 
@@ -47,3 +48,25 @@ def test_spearman_with_ties_matches_hand_computation() -> None:
     assert math.isnan(spearman([1, 1, 1], [1, 2, 3])) and math.isnan(spearman([1], [2]))
     with pytest.raises(ValueError):
         spearman([1, 2], [1])
+
+
+def test_answer_transitions_from_two_evals(tmp_path: Path) -> None:
+    """Kept / lost / gained from the base and tuned eval records of the same items, overall
+    and per base level; out-of-domain items and items missing on one side do not count."""
+    from sftscope.io import atomic_write_jsonl
+    from sftscope.transitions import answer_transitions
+
+    def rec(i: int, right: bool, level: int, domain: str = "in-domain") -> dict:
+        return {"id": f"P17/test/{i}", "domain": domain, "containment": right, "level": level}
+
+    before = [rec(0, True, 4), rec(1, True, 4), rec(2, False, 0), rec(3, False, 0),
+              rec(4, True, 2), rec(5, True, 3, "out-of-domain"), rec(6, True, 4)]  # fmt: skip
+    after = [rec(0, True, 4), rec(1, False, 4), rec(2, True, 0), rec(3, False, 0),
+             rec(4, True, 2), rec(5, False, 3, "out-of-domain")]  # fmt: skip
+    atomic_write_jsonl(tmp_path / "b" / "records.jsonl", before)
+    atomic_write_jsonl(tmp_path / "a" / "records.jsonl", after)
+    t = answer_transitions(tmp_path / "b", tmp_path / "a")
+    assert t["all"] == {"items": 5, "right_before": 3, "wrong_before": 2, "kept": 2 / 3,
+                        "lost": 1 / 3, "gained": 0.5}  # fmt: skip
+    assert t["per_level"][4]["kept"] == 0.5 and t["per_level"][0]["gained"] == 0.5
+    assert t["per_level"][1]["items"] == 0 and t["per_level"][1]["kept"] is None

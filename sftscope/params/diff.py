@@ -106,37 +106,46 @@ def concentration(
 ) -> dict[str, Any]:
     """Share of Σr held by the top k% of the region's weights, exactly, in two streamed passes
     (see :mod:`sftscope.params.select`); with ``nonzero_base``, of the weights whose base value
-    is not exactly 0 (their r = |Δ|/1e-8 can swamp everything else).
+    is not exactly 0 (their r = |Δ|/1e-8 can swamp everything else). Both are ranked in the
+    same passes: the one not asked for is returned under ``other``.
 
     The top n_k = floor(N * k / 100) values are summed; ties do not matter for a sum.
     ``each(name, base, tuned, r)`` is called for every tensor during the first pass, so per-tensor
     statistics need no pass of their own."""
 
-    def scores(p: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
-        return r[p != 0] if nonzero_base else r
+    groups = ("all", "nonzero")  # every weight; the weights whose base value is not 0
+
+    def count(p: torch.Tensor, r: torch.Tensor, step) -> None:
+        step("all", r)
+        step("nonzero", r[p != 0])
 
     ranking = Ranking(descending=True, sums=True)
     for name, p, s in iter_pairs(base, tuned, names, device):
         r = relative_change(p, s)
         if each is not None:
             each(name, p, s, r)
-        ranking.count("all", scores(p, checked(name, r)))
-    n, total = ranking.size("all"), float(ranking.sums["all"].sum())
-    want = {k: math.floor(n * k / 100) for k in ks}
-    ranking.plan({"all": set(want.values())})
-    if any(want.values()):
+        count(p, checked(name, r), ranking.count)
+    want = {g: {k: math.floor(ranking.size(g) * k / 100) for k in ks} for g in groups}
+    ranking.plan({g: set(want[g].values()) for g in groups})
+    if any(n for g in groups for n in want[g].values()):
         for _, p, s in iter_pairs(base, tuned, names, device):
-            ranking.refine("all", scores(p, relative_change(p, s)))
+            count(p, relative_change(p, s), ranking.refine)
     cuts = ranking.cuts()
-    rows = []
-    for k, nk in want.items():
-        if nk == 0:
-            rows.append({"k": k, "count": 0, "share": 0.0, "threshold": None})
-            continue
-        cut = cuts[("all", nk)]
-        rows.append({"k": k, "count": nk, "share": cut.total / total if total else 0.0,
-                     "threshold": cut.value})  # fmt: skip
-    return {"n": n, "total": total, "rows": rows}
+
+    def table(g: str) -> dict[str, Any]:
+        n, total = ranking.size(g), float(ranking.sums[g].sum())
+        rows = []
+        for k, nk in want[g].items():
+            if nk == 0:
+                rows.append({"k": k, "count": 0, "share": 0.0, "threshold": None})
+                continue
+            cut = cuts[(g, nk)]
+            rows.append({"k": k, "count": nk, "share": cut.total / total if total else 0.0,
+                         "threshold": cut.value})  # fmt: skip
+        return {"n": n, "total": total, "rows": rows}
+
+    main, other = ("nonzero", "all") if nonzero_base else ("all", "nonzero")
+    return {**table(main), "other": table(other)}
 
 
 def checked(name: str, r: torch.Tensor) -> torch.Tensor:
@@ -186,12 +195,15 @@ def run_diff(
     cols = ("tensor", "layer", "module", "numel", "mean", "max", "sum", "delta_l2", "changed",
             "zero_base", "zero_base_sum")  # fmt: skip
     atomic_write_text(Path(out) / "diff_summary.tsv", tsv_text(cols, stats))
+    total = conc["other"]["total"] if nonzero_base else conc["total"]  # over every weight
+    zero = {
+        "weights": sum(row["zero_base"] for row in stats),
+        "share_of_r": sum(row["zero_base_sum"] for row in stats) / total if total else 0.0,
+    }
     atomic_write_json(Path(out) / "concentration.json",
-                      {"region": region, "nonzero_base": nonzero_base, **conc})  # fmt: skip
-    zero_sum = sum(row["zero_base_sum"] for row in stats)
-    summary = {"region": region, "tensors": len(stats), "weights": conc["n"],
-               "zero_base": {"weights": sum(row["zero_base"] for row in stats),
-                             "share_of_r": zero_sum / conc["total"] if conc["total"] else 0.0},
+                      {"region": region, "nonzero_base": nonzero_base, "zero_base": zero,
+                       **conc})  # fmt: skip
+    summary = {"region": region, "tensors": len(stats), "weights": conc["n"], "zero_base": zero,
                "per_layer": group("layer"), "per_module": group("module"),
                "nonzero_base": nonzero_base, "concentration": conc["rows"]}  # fmt: skip
     atomic_write_json(Path(out) / "diff.json", summary)

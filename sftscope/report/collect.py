@@ -15,6 +15,7 @@ from typing import Any
 from sftscope.errors import SftscopeError
 from sftscope.io import read_yaml
 from sftscope.run_results import (
+    answer_transition_tables,
     cell_order,
     cell_table,
     read_manifest,
@@ -82,6 +83,23 @@ def aggregate_transitions(ts: dict[str, dict[str, Any]]) -> list[dict[str, Any]]
             for (lv, sz), members in groups.items()]  # fmt: skip
 
 
+def aggregate_answers(ts: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Answer transitions per (training level, size): kept / lost / gained overall and kept
+    per base mastery level, spread over seeds."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for cell, t in ts.items():
+        level, size, _ = _split_cell(cell)
+        groups[(level, size)].append(t)
+    return [{"level": lv, "size": sz, "seeds": len(members),
+             "right": members[0]["all"]["right_before"],
+             "wrong": members[0]["all"]["wrong_before"],
+             **{k: spread([m["all"][k] for m in members]) for k in ("kept", "lost", "gained")},
+             "kept_per_level": [spread([m["per_level"][k]["kept"] for m in members])
+                                for k in range(5)],
+             "right_per_level": [members[0]["per_level"][k]["right_before"] for k in range(5)]}
+            for (lv, sz), members in groups.items()]  # fmt: skip
+
+
 def _summary(path: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
 
@@ -109,5 +127,6 @@ def collect(root: Path) -> dict[str, Any]:
         "base": next((r for r in rows if r["cell"] == "base"), None),
         "groups": aggregate(rows),
         "transitions": aggregate_transitions(transition_tables(root, split)),
+        "answers": aggregate_answers(answer_transition_tables(root)),
         "params": restore_tables(root),
     }  # fmt: skip

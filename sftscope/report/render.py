@@ -96,6 +96,8 @@ def blocks(data: dict[str, Any], figdir: Path) -> list[Block]:
                     [[g["level"], g["size"], fmt(g["kl_paper"], 1, 3),
                       *(fmt(v, 1, 2) for v in g["kl_full_per_level"]), fmt(g["kl_full"], 1, 2)]
                      for g in data["groups"]]))  # fmt: skip
+    if data["answers"]:
+        out += answer_blocks(data["answers"])
     if data["transitions"]:
         out.append(("h2", "Knowledge transitions (same probe before and after SFT)"))
         out.append(("p", "Known = level 3–4 before SFT; kept = still 3–4 after, lost = now 0–1; "
@@ -126,14 +128,44 @@ def blocks(data: dict[str, Any], figdir: Path) -> list[Block]:
     return out
 
 
+def answer_blocks(groups: list[dict[str, Any]]) -> list[Block]:
+    """Kept / lost / gained answers: base model (few-shot) before, each cell after SFT."""
+    out: list[Block] = [("h2", "Answer transitions (the same test questions before and after SFT)")]
+    out.append(("p", "In-domain test items the base model answered right (4-shot prompt): "
+                     "kept = the fine-tuned model (SFT prompt) still answers right, lost = now "
+                     "wrong; of those the base model answered wrong, gained = now right. Mean ± "
+                     "sd over seeds; the second table splits kept by the items' base mastery "
+                     "level (items answered right before, per level, in the header)."))  # fmt: skip
+    out.append(("table", ["train level", "size", "seeds", "right before", "kept %", "lost %",
+                          "wrong before", "gained %"],
+                [[g["level"], g["size"], str(g["seeds"]), str(g["right"]), fmt(g["kept"]),
+                  fmt(g["lost"]), str(g["wrong"]), fmt(g["gained"])] for g in groups]))  # fmt: skip
+    right = groups[0]["right_per_level"]
+    out.append(("table", ["train level", "size", *(f"kept % L{k} ({right[k]})" for k in range(5))],
+                [[g["level"], g["size"], *(fmt(v) for v in g["kept_per_level"])]
+                 for g in groups]))  # fmt: skip
+    return out
+
+
 def param_blocks(cell: str, entry: dict[str, Any], figdir: Path) -> list[Block]:
     """One analysed cell's parameter level: concentration (Table 3), the restore sweep
     (Table 4), where the selected weights sit (Tables 9–10) and layer blocks (Table 11)."""
     out: list[Block] = [("h2", f"Parameter level: {cell}")]
     if "concentration" in entry:
-        out.append(("table", ["top k % of weights", "weights", "share of Σr %"],
-                    [[f"{r['k']:g}", str(r["count"]), fmt(r["share"])]
-                     for r in entry["concentration"]]))  # fmt: skip
+        conc, nonzero = entry["concentration"], entry.get("concentration_nonzero")
+        head = ["top k % of weights", "weights", "share of Σr %"]
+        if nonzero and entry["zero_base"]["weights"]:
+            zero = entry["zero_base"]
+            out.append(("p", f"{zero['weights']:,} weights are exactly 0 in the base model; "
+                             f"their r = |Δ|/1e-8 makes {fmt(zero['share_of_r'])} % of Σr, so "
+                             "the last column ranks the weights with a non-zero base value "
+                             "(PAPER.md Table 3 analogue)."))  # fmt: skip
+            out.append(("table", [*head, "share of Σr, non-zero base %"],
+                        [[f"{r['k']:g}", str(r["count"]), fmt(r["share"]), fmt(z["share"])]
+                         for r, z in zip(conc, nonzero, strict=True)]))  # fmt: skip
+        else:
+            out.append(("table", head, [[f"{r['k']:g}", str(r["count"]), fmt(r["share"])]
+                                        for r in conc]))  # fmt: skip
     if "sweep" in entry:
         out.append(("table", ["model", "k %", "ID", "OOD"],
                     [[r["label"], f"{r['k']:g}", fmt(r["in_domain"]), fmt(r["ood"])]
