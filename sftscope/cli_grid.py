@@ -1,0 +1,157 @@
+"""The grid-level subcommands: ``run``, ``report``, ``demo`` (packaged presets) and the
+``testbed`` group. Registered on the app in :mod:`sftscope.cli`."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from sftscope.cli_common import ConfigOpt, Overrides, _one_line_errors, console
+from sftscope.errors import SftscopeError
+from sftscope.tables import grid_tables, pct, transition_line, transition_table
+
+
+def plan_table(grid) -> Table:
+    table = Table(title=f"plan for {grid.root}")
+    table.add_column("stage")
+    table.add_column("status")
+    for key, status in grid.plan():
+        table.add_row(key, status)
+    return table
+
+
+@_one_line_errors
+def run_cmd(
+    config: Annotated[Path, typer.Argument(help="grid YAML (see configs/)")],
+    overrides: Overrides = None,
+    dry_run: Annotated[bool, typer.Option(help="list what would run, run nothing")] = False,
+) -> None:
+    """The experiment grid: probe, subsets, train, eval per level x size x seed (resumable)."""
+    from sftscope.config import GridConfig, load_config
+    from sftscope.experiment import Grid
+
+    cfg = load_config(GridConfig, config, None, overrides)
+    grid = Grid(cfg)
+    if dry_run:
+        console.print(plan_table(grid))
+        return
+    grid.run()
+    for item in grid_tables(cfg.out, cfg.params.scope, cfg.params.strategy, cfg.eval.split):
+        console.print(item)
+    console.print(f"manifest, subsets, models and evals in {cfg.out}")
+
+
+testbed_app = typer.Typer(help="The synthetic controlled-knowledge testbed.", no_args_is_help=True)
+
+
+@testbed_app.command("build")
+@_one_line_errors
+def testbed_build_cmd(
+    out: Annotated[Path, typer.Option(help="output folder (data/, model/, testbed.json)")],
+    overrides: Overrides = None,
+    preset: Annotated[str, typer.Option(help="tiny (tests, <1 min) | standard")] = "tiny",
+    config: ConfigOpt = None,
+) -> None:
+    """Generate a synthetic world, write it as a dataset, and pretrain a tiny LLaMA on a corpus
+    where each fact appears as often as its exposure says."""
+    from sftscope.config import load_config
+    from sftscope.testbed.pretrain import PRESETS, TestbedConfig, build
+
+    if preset not in PRESETS:
+        raise SftscopeError(f"--preset {preset!r}: expected one of {', '.join(PRESETS)}")
+    cfg = load_config(TestbedConfig, config, None, overrides, PRESETS[preset].model_dump())
+    s = build(cfg, out)
+    table = Table(title=f"greedy recall by exposure (seen phrasing), {s['parameters']:,} params")
+    for col in ("exposure", "facts", "recall %"):
+        table.add_column(col, justify="right")
+    for bucket, v in s["recall_by_exposure"].items():
+        table.add_row(bucket, str(v["facts"]), pct(v["recall"]))
+    console.print(table)
+    console.print(f"dataset in {out / 'data'}, model in {out / 'model'}, summary testbed.json "
+                  f"({s['seconds']} s, train loss {s['train_loss']:.3f})")  # fmt: skip
+
+
+@testbed_app.command("check")
+@_one_line_errors
+def testbed_check_cmd(
+    data: Annotated[Path, typer.Option(help="the testbed's dataset folder (OUT/data)")],
+    probe: Annotated[Path, typer.Option(help="a probe of the pretrained model (any method)")],
+    after: Annotated[
+        Path | None, typer.Option(help="the same probe of a fine-tuned model: transitions")
+    ] = None,
+) -> None:
+    """Probe estimates against ground truth: R and levels per exposure bucket, Spearman ρ of R
+    vs exposure, and (with --after) the knowledge transitions per exposure bucket."""
+    from sftscope.testbed.truth import probe_vs_exposure, transitions_by_exposure
+
+    s = probe_vs_exposure(probe, data)
+    table = Table(title=f"{probe}: {s['method']} probe by exposure (times stated in the corpus)")
+    for col in ("exposure", "facts", "mean R", *(f"L{k}" for k in range(5))):
+        table.add_column(col, justify="right")
+    for bucket, b in s["buckets"].items():
+        table.add_row(bucket, str(b["facts"]), f"{b['mean_R']:.3f}", *map(str, b["levels"]))
+    console.print(table)
+    console.print(f"Spearman ρ(R, exposure) = {s['spearman']:.3f} over {s['facts']} facts")
+    if after is not None:
+        t = transitions_by_exposure(probe, after, data)
+        console.print(transition_table(t, f"{after}: knowledge transitions", "exposure"))
+        console.print(transition_line(after.name, t))
+
+
+@_one_line_errors
+def report_cmd(
+    run: Annotated[Path, typer.Argument(help="a run folder written by sftscope run")],
+    out: Annotated[Path | None, typer.Option(help="report folder (default RUN/report)")] = None,
+) -> None:
+    """report.md and a self-contained index.html (PNG figures beside it) from a finished run."""
+    from sftscope.report.render import write_report
+
+    path = write_report(run, out)
+    console.print(f"report in {path / 'index.html'} (and report.md)")
+
+
+DEMO_PRESETS = ("demo", "paper")
+
+
+@_one_line_errors
+def demo_cmd(
+    overrides: Overrides = None,
+    preset: Annotated[
+        str, typer.Option(help="demo (SmolLM2 + geography, ~20 min on a CPU) | paper (GPU)")
+    ] = "demo",
+    out: Annotated[Path | None, typer.Option(help="run folder (default runs/<preset>)")] = None,
+    config: ConfigOpt = None,
+    dry_run: Annotated[bool, typer.Option(help="list what would run, run nothing")] = False,
+) -> None:
+    """A packaged grid end to end, then the report: `demo` is what `make demo` runs (the
+    bundled SmolLM2 + geography); `paper` is the paper's full grid on EntityQuestions, for a GPU
+    (sftscope demo --preset paper model=PATH data_dir=DIR)."""
+    from importlib.resources import files
+
+    from sftscope.config import GridConfig, load_config
+    from sftscope.experiment import Grid
+    from sftscope.io import read_yaml
+    from sftscope.report.render import write_report
+
+    if preset not in DEMO_PRESETS:
+        raise SftscopeError(f"--preset {preset!r}: expected one of {', '.join(DEMO_PRESETS)}")
+    presets = files("sftscope") / "presets"
+    defaults = read_yaml(Path(str(presets / f"{preset}.yaml")), f"{preset} preset")
+    if preset == "demo":  # the likelihood probe's thresholds, fitted on SmolLM2 (see README)
+        defaults["probe"]["calibration"] = str(presets / "smollm2-geo-calibration.json")
+    cfg = load_config(GridConfig, config, {"out": out}, overrides, defaults)
+    grid = Grid(cfg)
+    if dry_run:
+        console.print(plan_table(grid))
+        return
+    started = time.perf_counter()
+    grid.run()
+    report = write_report(cfg.out)
+    for item in grid_tables(cfg.out, cfg.params.scope, cfg.params.strategy, cfg.eval.split):
+        console.print(item)
+    minutes = (time.perf_counter() - started) / 60
+    console.print(f"{preset} finished in {minutes:.1f} min; report: {report / 'index.html'}")
