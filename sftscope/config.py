@@ -356,6 +356,7 @@ class GridParams(RestoreSettings):
     )
     diff: bool = True
     restore: bool = True
+    compute_device: str = _compute_device()
     pick_on: Literal["dev"] | None = Field(None, description="also pick k on dev")
 
     @field_validator("cells", mode="before")

@@ -285,7 +285,8 @@ class Grid:
         region, out = self.cfg.params.region, self.root / "params" / name / "diff"
 
         def run() -> dict[str, Any]:
-            s = run_diff(Path(resolve_model(self.cfg.model)), model_dir, out, region)
+            s = run_diff(Path(resolve_model(self.cfg.model)), model_dir, out, region,
+                         compute_device=self.cfg.params.compute_device)  # fmt: skip
             return {"concentration": {f"{r['k']:g}": r["share"] for r in s["concentration"]}}
 
         fp = fingerprint("diff", region, upstream, self.base_fp)
@@ -303,6 +304,7 @@ class Grid:
         folder = self.root / "params" / name / ("blocks" if blocks else "restore")
         rcfg = RestoreConfig(
             **settings, layers=params.layers if blocks else None, base=cfg.model, tuned=model_dir,
+            compute_device=params.compute_device,
             device=cfg.device, trust_remote_code=cfg.trust_remote_code, out=folder,
             eval=RestoreEval(**cfg.eval.model_dump(exclude={"base"}), data=cfg.data,
                              data_dir=cfg.data_dir, mastery=probe.output, pick_on=params.pick_on,

@@ -21,7 +21,7 @@ def test_spread_over_seeds() -> None:
 
 
 def test_report_of_a_grid_run(tiny_model_dir: Path, tmp_path: Path) -> None:
-    params = {"cells": ["1-4-0"], "k": [10, 50], "layers": ["0-0", "1-1"]}
+    params = {"cells": ["1-4-0"], "k": [10, 50], "layers": ["0-0", "1-1"], "compute_device": "auto"}
     path = _grid_yaml(tmp_path, tiny_model_dir, sizes=[4, 8], levels=[1], seeds=[0, 1],
                       keep_models=False, params=params, transitions=True)  # fmt: skip
     res = CliRunner().invoke(app, ["run", str(path)])
