@@ -220,7 +220,7 @@ CSS = (
     "body{font-family:system-ui,sans-serif;max-width:1280px;margin:2em auto;padding:0 1em;"
     "color:#222}table{border-collapse:collapse;margin:1em 0;font-size:14px;display:block;"
     "overflow-x:auto}th,td{border:1px solid #ccc;padding:3px 8px;text-align:right}"
-    "td{white-space:nowrap}td.w{white-space:normal;text-align:left;min-width:8em}th:first-child,td:first-child{text-align:left}th{background:#f3f3f3}"
+    "td{white-space:nowrap}td.w{white-space:normal;text-align:left;min-width:8em}th.w{text-align:left}th:first-child,td:first-child{text-align:left}th{background:#f3f3f3}"
     "img{max-width:100%;height:auto}figure{margin:1em 0}code{background:#f3f3f3}"
 )
 
@@ -230,9 +230,11 @@ def to_html(page: list[Block], title: str) -> str:
         parts = html.escape(text).split("`")  # `code` spans
         return "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts))
 
-    def _td(c: str) -> str:  # prose cells wrap, number cells stay on one line
-        prose = re.search(r"[a-z]{4}", c) is not None
-        return f'<td class="w">{inline(c)}</td>' if prose else f"<td>{inline(c)}</td>"
+    def prose(c: str) -> bool:  # prose cells wrap and align left, numbers stay on one line
+        return re.search(r"[a-z]{4}", c) is not None
+
+    def _td(c: str) -> str:
+        return f'<td class="w">{inline(c)}</td>' if prose(c) else f"<td>{inline(c)}</td>"
 
     body: list[str] = []
     for b in page:
@@ -241,7 +243,9 @@ def to_html(page: list[Block], title: str) -> str:
         elif b[0] == "p":
             body.append(f"<p>{inline(b[1])}</p>")
         elif b[0] == "table":
-            head = "".join(f"<th>{inline(c)}</th>" for c in b[1])
+            left = [any(prose(r[j]) for r in b[2]) for j in range(len(b[1]))]  # column heads
+            head = "".join(f'<th class="w">{inline(c)}</th>' if w else f"<th>{inline(c)}</th>"
+                           for c, w in zip(b[1], left, strict=True))  # fmt: skip
             rows = "".join("<tr>" + "".join(_td(c) for c in r) + "</tr>" for r in b[2])
             body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
         elif b[0] == "img":
