@@ -1,27 +1,18 @@
-"""The experiment grid (``sftscope run``): probe -> subsets -> train -> eval for every cell
-(level x size x seed), resumable at any point.
+"""The experiment grid (``sftscope run``): probe -> subsets -> train -> eval (-> kl, re-probe,
+diff, restore) for every cell (level x size x seed), resumable at any point.
 
-Every stage output carries a fingerprint of what made it: the stage's config slice and the
-fingerprints of its inputs (so a changed learning rate redoes training and everything after it,
-and nothing else). A stage is done when its output holds a ``stage.json`` with the expected
-fingerprint; ``stage.json`` is written last, after the output itself was written atomically, so
-a run killed at any moment leaves only outputs that are either complete or recognisably not.
-``manifest.json`` is a report rebuilt from those markers after every stage: cells, status,
-fingerprints, timings and package versions.
+The grid is a list of :class:`~sftscope.stages.Stage` objects whose fingerprints chain: a
+changed learning rate redoes training and everything after it, and nothing else.
+``manifest.json`` is a report rebuilt from the stages' markers after every stage: cells,
+status, fingerprints, timings and package versions.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import os
-import platform
 import shutil
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -43,97 +34,16 @@ from sftscope.data.subsets import draw_subset, subset_name
 from sftscope.errors import SftscopeError
 from sftscope.io import atomic_write_json, atomic_write_jsonl, atomic_write_text
 from sftscope.mastery import read_levels
+from sftscope.stages import (
+    RunLock,
+    Stage,
+    fingerprint,
+    model_identity,
+    package_versions,
+)
 
 log = logging.getLogger(__name__)
-MARKER = "stage.json"
 SUBSETS_VERSION = 1  # bump when the drawing algorithm changes: subsets and all after are redone
-_PACKAGES = ("sftscope", "torch", "transformers", "trl", "peft", "accelerate", "datasets")
-
-
-def fingerprint(*parts: Any) -> str:
-    blob = json.dumps(parts, sort_keys=True, default=str, separators=(",", ":"))
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()[:16]
-
-
-def model_identity(name: str) -> dict[str, Any]:
-    """A base model's identity for fingerprints: its name and, for a local folder, the config
-    and the file sizes (cheap, and changes when the weights are replaced)."""
-    path = Path(name).expanduser()
-    if not path.is_dir():
-        return {"model": name}
-    files = sorted((p.name, p.stat().st_size) for p in path.iterdir() if p.is_file())
-    cfg = path / "config.json"
-    return {"model": name, "files": files, "config": file_digest(cfg) if cfg.exists() else None}
-
-
-@dataclass
-class Stage:
-    """One unit of work whose output (a folder, or a file) is complete once its marker exists:
-    ``OUTPUT/stage.json`` for a folder, ``OUTPUT.json`` beside a file."""
-
-    key: str
-    output: Path
-    fingerprint: str
-    run: Callable[[], dict[str, Any]]
-    keep_partial: bool = False  # the stage resumes from its own partial output (the probe)
-    marker_file: Path | None = None  # for a file output: where its marker lives
-
-    @property
-    def marker_path(self) -> Path:
-        return self.marker_file or self.output / MARKER
-
-    def marker(self) -> dict[str, Any] | None:
-        path = self.marker_path
-        if not path.exists():
-            return None
-        try:
-            return json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError:
-            return None
-
-    def done(self) -> bool:
-        m = self.marker()
-        return m is not None and m.get("fingerprint") == self.fingerprint
-
-    def status(self) -> str:
-        if self.done():
-            return "done"
-        if self.marker() is not None:
-            return "redo (inputs changed)"
-        return "resume" if self.keep_partial and self.output.exists() else "run"
-
-    def execute(self) -> dict[str, Any]:
-        if self.done():
-            return self.marker() or {}
-        if self.output.exists() and (self.marker() is not None or not self.keep_partial):
-            _remove(self.output)  # stale or half-written: never trusted
-        self.marker_path.unlink(missing_ok=True)
-        started = time.perf_counter()
-        result = self.run()
-        marker = {
-            "stage": self.key,
-            "fingerprint": self.fingerprint,
-            "seconds": round(time.perf_counter() - started, 2),
-            "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            "result": result,
-        }
-        atomic_write_json(self.marker_path, marker)
-        return marker
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir():
-        shutil.rmtree(path)
-    else:
-        path.unlink(missing_ok=True)
 
 
 @dataclass
@@ -176,7 +86,7 @@ class Grid:
         ]
         self.data_fp = fingerprint(self._item_rows)
         self._train_levels: dict[str, int | None] | None = None  # read once, after the probe
-        self._versions = _versions()
+        self._versions = package_versions()
         self.base_fp = fingerprint(model_identity(cfg.model))
         self.probes = {
             "train": self._probe_stage("train", self.relations, cfg.train_limit_per_relation),
@@ -353,7 +263,7 @@ class Grid:
         return rows
 
     def run(self) -> dict[str, Any]:
-        with _RunLock(self.root):
+        with RunLock(self.root):
             atomic_write_text(self.root / "config.yaml", dump_config(self.cfg))
             self._snapshot()
             for stage in self.probes.values():
@@ -458,46 +368,3 @@ def _train_brief(cfg: TrainConfig) -> dict[str, Any]:
     from sftscope.train import run_train
 
     return run_train(cfg)
-
-
-def _versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for pkg in _PACKAGES:
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            out[pkg] = "not installed"
-    return out
-
-
-class _RunLock:
-    """One ``sftscope run`` per folder: a lock file naming the pid (stale locks of dead
-    processes, e.g. after kill -9, are taken over)."""
-
-    def __init__(self, root: Path):
-        self.path = root / ".lock"
-
-    def __enter__(self) -> _RunLock:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        if self.path.exists():
-            try:
-                pid = int(self.path.read_text().strip() or 0)
-            except ValueError:
-                pid = 0
-            if pid and pid != os.getpid() and _alive(pid):
-                raise SftscopeError(f"{self.path.parent}: another sftscope run (pid {pid}) uses it")
-        atomic_write_text(self.path, str(os.getpid()))
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.path.unlink(missing_ok=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
