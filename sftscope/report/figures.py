@@ -32,15 +32,24 @@ def _size(x: str) -> float | None:
     return float(x) if x.isdigit() else None  # 'all' has no place on a numeric axis
 
 
+STYLES = (("o", "-"), ("s", "--"), ("^", ":"), ("D", "-."), ("v", "-"), ("P", "--"))
+
+
 def _lines(ax, groups: list[dict[str, Any]], metric, scale: float = 100) -> bool:
+    """One error-bar line per training level; markers and dashes differ, so levels whose
+    numbers coincide stay visible (a small model often scores two levels alike)."""
     drawn = False
-    for level in dict.fromkeys(g["level"] for g in groups):
+    levels = list(dict.fromkeys(g["level"] for g in groups))
+    for i, level in enumerate(levels):
+        marker, dash = STYLES[i % len(STYLES)]
+        dodge = 1 + 0.015 * (i - (len(levels) - 1) / 2)  # a nudge along the (log) size axis
         pts = [(_size(g["size"]), metric(g)) for g in groups if g["level"] == level]
         pts = [(x, s) for x, s in pts if x is not None and s["mean"] is not None]
         if not pts:
             continue
-        ax.errorbar([x for x, _ in pts], [scale * s["mean"] for _, s in pts],
-                    yerr=[scale * (s["sd"] or 0) for _, s in pts], marker="o", capsize=3,
+        ax.errorbar([x * dodge for x, _ in pts], [scale * s["mean"] for _, s in pts],
+                    yerr=[scale * (s["sd"] or 0) for _, s in pts], marker=marker, linestyle=dash,
+                    capsize=3, markerfacecolor="none" if i % 2 else None,
                     label=f"train level {level}")  # fmt: skip
         drawn = True
     return drawn
@@ -67,8 +76,9 @@ def accuracy_vs_size(groups: list[dict[str, Any]], figdir: Path) -> list[tuple[s
             xs = sorted({x for g in groups if (x := _size(g["size"])) is not None})
             ax.set_xticks(xs, [f"{x:g}" for x in xs])
             ax.minorticks_off()
+            note = " Error bars: sd over seeds; levels nudged sideways so none hides another."
             out.append((_finish(fig, ax, "training facts (log scale)", ylabel, figdir / name),
-                        caption))  # fmt: skip
+                        caption + note))  # fmt: skip
         else:
             plt.close(fig)
     return out
