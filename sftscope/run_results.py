@@ -104,11 +104,12 @@ def transition_tables(root: Path, split: str) -> dict[str, dict[str, Any]]:
 
 def answer_transition_tables(root: Path) -> dict[str, dict[str, Any]]:
     """Per evaluated cell, when the base model was evaluated too: right/wrong before -> after."""
-    from sftscope.transitions import answer_transitions
+    from sftscope.transitions import answer_transitions, read_answers
 
     base = Path(root) / "eval" / "base"
     if not (base / "records.jsonl").exists():
         return {}
+    before = read_answers(base)  # once, for every cell
     cells = [p.parent for p in Path(root).glob("eval/*/records.jsonl") if p.parent.name != "base"]
-    return {c.name: answer_transitions(base, c) for c in sorted(cells, key=lambda c:
-                                                                 cell_order(c.name))}  # fmt: skip
+    return {c.name: answer_transitions(before, read_answers(c))
+            for c in sorted(cells, key=lambda c: cell_order(c.name))}  # fmt: skip

@@ -76,30 +76,33 @@ def probe_transitions(before_dir: Path, after_dir: Path) -> dict[str, Any]:
     return transitions(read_mastery(before_dir), read_mastery(after_dir))
 
 
-def answer_transitions(before_dir: Path, after_dir: Path) -> dict[str, Any]:
+def answer_transitions(
+    before: dict[str, tuple[bool, int | None]], after: dict[str, tuple[bool, int | None]]
+) -> dict[str, Any]:
     """The same test questions answered before SFT (base model, few-shot) and after (tuned
-    model, SFT prompt), from two eval folders: of the in-domain items answered right before,
-    the share still right (kept) or now wrong (lost); of those answered wrong, the share now
-    right (gained) — overall and per base mastery level. Cheap (no re-probe), but it mixes
-    format with knowledge: the two models see different prompts."""
-    rows = [_correct_by_id(Path(d) / "records.jsonl") for d in (before_dir, after_dir)]
-    ids = [i for i in rows[0] if i in rows[1]]
+    model, SFT prompt), as :func:`read_answers` gives them: of the in-domain items answered
+    right before, the share still right (kept) or now wrong (lost); of those answered wrong,
+    the share now right (gained) — overall and per base mastery level. Cheap (no re-probe),
+    but it mixes format with knowledge: the two models see different prompts."""
+    ids = [i for i in before if i in after]
 
     def tally(keys: list[str]) -> dict[str, Any]:
-        right = [i for i in keys if rows[0][i][0]]
-        wrong = [i for i in keys if not rows[0][i][0]]
-        kept = sum(rows[1][i][0] for i in right)
-        gained = sum(rows[1][i][0] for i in wrong)
+        right = [i for i in keys if before[i][0]]
+        wrong = [i for i in keys if not before[i][0]]
+        kept = sum(after[i][0] for i in right)
+        gained = sum(after[i][0] for i in wrong)
         return {"items": len(keys), "right_before": len(right), "wrong_before": len(wrong),
                 "kept": kept / len(right) if right else None,
                 "lost": (len(right) - kept) / len(right) if right else None,
                 "gained": gained / len(wrong) if wrong else None}  # fmt: skip
 
-    per_level = [tally([i for i in ids if rows[0][i][1] == k]) for k in range(N_LEVELS)]
+    per_level = [tally([i for i in ids if before[i][1] == k]) for k in range(N_LEVELS)]
     return {"all": tally(ids), "per_level": per_level}
 
 
-def _correct_by_id(path: Path) -> dict[str, tuple[bool, int | None]]:
+def read_answers(folder: Path) -> dict[str, tuple[bool, int | None]]:
+    """An eval folder's in-domain items by id: (answered right, base mastery level)."""
+    path = Path(folder) / "records.jsonl"
     if not path.exists():
         raise SftscopeError(f"{path}: not found (run sftscope eval first)")
     return {r["id"]: (bool(r["containment"]), r.get("level")) for r in read_jsonl(path)

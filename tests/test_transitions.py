@@ -54,7 +54,7 @@ def test_answer_transitions_from_two_evals(tmp_path: Path) -> None:
     """Kept / lost / gained from the base and tuned eval records of the same items, overall
     and per base level; out-of-domain items and items missing on one side do not count."""
     from sftscope.io import atomic_write_jsonl
-    from sftscope.transitions import answer_transitions
+    from sftscope.transitions import answer_transitions, read_answers
 
     def rec(i: int, right: bool, level: int, domain: str = "in-domain") -> dict:
         return {"id": f"P17/test/{i}", "domain": domain, "containment": right, "level": level}
@@ -65,7 +65,7 @@ def test_answer_transitions_from_two_evals(tmp_path: Path) -> None:
              rec(4, True, 2), rec(5, False, 3, "out-of-domain")]  # fmt: skip
     atomic_write_jsonl(tmp_path / "b" / "records.jsonl", before)
     atomic_write_jsonl(tmp_path / "a" / "records.jsonl", after)
-    t = answer_transitions(tmp_path / "b", tmp_path / "a")
+    t = answer_transitions(read_answers(tmp_path / "b"), read_answers(tmp_path / "a"))
     assert t["all"] == {"items": 5, "right_before": 3, "wrong_before": 2, "kept": 2 / 3,
                         "lost": 1 / 3, "gained": 0.5}  # fmt: skip
     assert t["per_level"][4]["kept"] == 0.5 and t["per_level"][0]["gained"] == 0.5

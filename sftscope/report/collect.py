@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import statistics
 from collections import defaultdict
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -40,17 +41,21 @@ def _split_cell(name: str) -> tuple[str, str, str]:
     return level, size, seed
 
 
+def by_group(cells: Iterable[tuple[str, Any]]) -> dict[tuple[str, str], list[Any]]:
+    """Per-cell values grouped by (training level, size), the seeds of a group together, in
+    cell order."""
+    groups: dict[tuple[str, str], list[Any]] = defaultdict(list)
+    for name, value in sorted(cells, key=lambda c: cell_order(c[0])):
+        level, size, _ = _split_cell(name)
+        groups[(level, size)].append(value)
+    return groups
+
+
 def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per (training level, size) with each metric's spread over seeds."""
-    groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
-    for r in rows:
-        if r["cell"] != "base":
-            level, size, _ = _split_cell(r["cell"])
-            groups[(level, size)].append(r)
+    groups = by_group((r["cell"], r) for r in rows if r["cell"] != "base")
     out = []
-    for (level, size), members in sorted(
-        groups.items(), key=lambda kv: cell_order(f"{kv[0][0]}-{kv[0][1]}-0")
-    ):
+    for (level, size), members in groups.items():
         row: dict[str, Any] = {
             "level": level,
             "size": size,
@@ -73,23 +78,15 @@ def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def aggregate_transitions(ts: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     """Kept / lost / gained per (training level, size), spread over seeds."""
-    groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
-    for cell, t in ts.items():
-        level, size, _ = _split_cell(cell)
-        groups[(level, size)].append(t)
     return [{"level": lv, "size": sz, "known": members[0]["known_before"],
              "unknown": members[0]["unknown_before"],
              **{k: spread([m[k] for m in members]) for k in ("kept", "lost", "gained")}}
-            for (lv, sz), members in groups.items()]  # fmt: skip
+            for (lv, sz), members in by_group(ts.items()).items()]  # fmt: skip
 
 
 def aggregate_answers(ts: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     """Answer transitions per (training level, size): kept / lost / gained overall and kept
     per base mastery level, spread over seeds."""
-    groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
-    for cell, t in ts.items():
-        level, size, _ = _split_cell(cell)
-        groups[(level, size)].append(t)
     return [{"level": lv, "size": sz, "seeds": len(members),
              "right": members[0]["all"]["right_before"],
              "wrong": members[0]["all"]["wrong_before"],
@@ -97,7 +94,7 @@ def aggregate_answers(ts: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
              "kept_per_level": [spread([m["per_level"][k]["kept"] for m in members])
                                 for k in range(5)],
              "right_per_level": [members[0]["per_level"][k]["right_before"] for k in range(5)]}
-            for (lv, sz), members in groups.items()]  # fmt: skip
+            for (lv, sz), members in by_group(ts.items()).items()]  # fmt: skip
 
 
 def _summary(path: Path) -> dict[str, Any] | None:
@@ -123,7 +120,6 @@ def collect(root: Path) -> dict[str, Any]:
         "split": split,
         "probes": {name: s for name in ("train", split)
                    if (s := _summary(root / "probe" / name / "summary.json"))},
-        "rows": rows,
         "base": next((r for r in rows if r["cell"] == "base"), None),
         "groups": aggregate(rows),
         "transitions": aggregate_transitions(transition_tables(root, split)),
