@@ -45,9 +45,14 @@ class StageConfig(BaseModel):
 
 
 class DataConfig(StageConfig):
-    data: str = Field("geo", description="'geo' (built-in geography set) or 'entityquestions'")
+    data: str = Field(
+        "geo",
+        description="'geo' (built-in geography set), or 'entityquestions', 'testbed' in data_dir",
+    )
     data_dir: Path | None = Field(None, description="dataset folder ({split}/{rel}.{split}.json)")
-    relations: list[str] | None = Field(None, description="relation ids (default: all)")
+    relations: list[str] | None = Field(
+        None, description="relation ids, e.g. P17,P36; all if not given"
+    )
     limit_per_relation: int | None = Field(None, ge=1, description="first N items per relation")
 
     @field_validator("relations", mode="before")
@@ -61,10 +66,10 @@ class DataConfig(StageConfig):
 class EvalSettings(StageConfig):
     """How answers are generated and judged; shared by ``sftscope eval`` and the grid."""
 
-    split: Split = "test"
+    split: Split = Field("test", description="split evaluated")
     limit_per_relation: int | None = Field(None, ge=1, description="first N items per relation")
     n_shots: int = Field(4, ge=0, description="few-shot exemplars (base model prompts)")
-    max_new_tokens: int = Field(16, ge=1)
+    max_new_tokens: int = Field(16, ge=1, description="greedy tokens per answer")
     batch_size: BatchSize = Field(32, description="prompts per batch; auto: from free GPU memory")
     seed: int = Field(0, description="seed for exemplar choice")
     fold_accents: bool = Field(False, description="accent-insensitive answer matching")
@@ -77,8 +82,8 @@ class EvalConfig(DataConfig, EvalSettings):
     prompt: PromptStyle = Field("fewshot", description="'sft' for fine-tuned models")
     mastery: Path | None = Field(None, description="probe folder or mastery.jsonl: per-level acc")
     device: str = Field("auto", description="auto, cpu or cuda[:N]")
-    trust_remote_code: bool = False
-    out: Path
+    trust_remote_code: bool = Field(False, description="run the model repo's own code")
+    out: Path = Field(description="output folder")
 
 
 ProbeMethod = Literal["sampling", "likelihood", "slick"]
@@ -89,11 +94,13 @@ class ProbeSettings(StageConfig):
     """How mastery is measured (PAPER.md §2); defaults are the paper's. Shared by
     ``sftscope probe`` and the grid."""
 
-    method: ProbeMethod = "sampling"
+    method: ProbeMethod = Field(
+        "sampling", description="sampling (paper), likelihood (scored; calibrate it), slick (SliCK)"
+    )
     templates: int = Field(21, ge=1, description="mapping templates per fact (N_map)")
     samples: int = Field(10, ge=1, description="samples per template (N_sample)")
-    temperature: float = Field(0.7, gt=0)
-    max_new_tokens: int = Field(32, ge=1)
+    temperature: float = Field(0.7, gt=0, description="sampling temperature")
+    max_new_tokens: int = Field(32, ge=1, description="tokens per sample")
     thresholds: tuple[float, float, float, float] = Field(
         PAPER_THRESHOLDS, description="level k when R > thresholds[k-1] (R=0 is level 0)"
     )
@@ -103,10 +110,10 @@ class ProbeSettings(StageConfig):
     slick_sets: int = Field(10, ge=1, description="SliCK: few-shot exemplar sets")
     slick_shots: int = Field(4, ge=1, description="SliCK: exemplars per set")
     slick_samples: int = Field(4, ge=1, description="SliCK: samples per set at slick_temperature")
-    slick_temperature: float = Field(0.5, gt=0)
+    slick_temperature: float = Field(0.5, gt=0, description="SliCK: sampling temperature")
     chunk_size: int = Field(16, ge=1, description="facts per resumable chunk")
     batch_size: BatchSize = Field(64, description="prompts per batch; auto: from free GPU memory")
-    seed: int = 0
+    seed: int = Field(0, description="sampling and exemplar seed")
 
     @field_validator("thresholds")
     @classmethod
@@ -120,29 +127,29 @@ class ProbeConfig(DataConfig, ProbeSettings):
     """``sftscope probe``: the mastery level of every fact of one split, for one base model."""
 
     model: str = Field(description="local path, hub id, or 'smollm2' (the bundled model)")
-    split: Split = "train"
-    device: str = "auto"
-    trust_remote_code: bool = False
-    out: Path
+    split: Split = Field("train", description="split probed")
+    device: str = Field("auto", description="auto, cpu or cuda")
+    trust_remote_code: bool = Field(False, description="run the model repo's own code")
+    out: Path = Field(description="output folder")
 
 
 class TrainRecipe(StageConfig):
     """The SFT recipe (PAPER.md §3.2); defaults are the paper's. Shared by ``sftscope train``
     and the grid, so a cell's recipe and a single run's are the same object."""
 
-    learning_rate: float = Field(1e-5, gt=0)
+    learning_rate: float = Field(1e-5, gt=0, description="peak learning rate")
     batch_size: int = Field(8, ge=1, description="global batch (split over processes)")
-    epochs: float = Field(1.0, gt=0)
+    epochs: float = Field(1.0, gt=0, description="passes over the data")
     optimizer: str = Field("adamw_torch", description="a transformers optim name")
     lr_scheduler: str = Field("cosine", description="a transformers scheduler name")
     warmup: float = Field(0.0, ge=0, description="warmup steps, or a fraction of steps if < 1")
-    weight_decay: float = Field(0.0, ge=0)
-    max_grad_norm: float = Field(1.0, gt=0)
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
+    max_grad_norm: float = Field(1.0, gt=0, description="gradient clipping norm")
     max_length: int = Field(256, ge=8, description="tokens per example (prompt + answer)")
     lora: bool = Field(False, description="train LoRA adapters (PEFT) instead of all weights")
-    lora_r: int = Field(16, ge=1)
-    lora_alpha: int = Field(32, ge=1)
-    lora_dropout: float = Field(0.05, ge=0, lt=1)
+    lora_r: int = Field(16, ge=1, description="LoRA rank")
+    lora_alpha: int = Field(32, ge=1, description="LoRA scaling alpha")
+    lora_dropout: float = Field(0.05, ge=0, lt=1, description="LoRA dropout")
     lora_targets: str | list[str] = Field("all-linear", description="PEFT target_modules")
     gradient_checkpointing: bool = Field(
         False, description="recompute activations in the backward pass: less memory, ~30% slower"
@@ -154,8 +161,8 @@ class TrainRecipe(StageConfig):
         "(half the memory, but AdamW steps below their resolution are lost)",
     )
     device: str = Field("auto", description="auto, cpu or cuda")
-    seed: int = 0
-    logging_steps: int = Field(1, ge=1)
+    seed: int = Field(0, description="seed of shuffling and initialisation")
+    logging_steps: int = Field(1, ge=1, description="log the loss every N steps")
 
 
 class TrainConfig(TrainRecipe):
@@ -163,8 +170,8 @@ class TrainConfig(TrainRecipe):
 
     model: str = Field(description="local path, hub id, or 'smollm2' (the bundled model)")
     train_file: Path = Field(description="JSONL: question+answer or prompt+completion per line")
-    trust_remote_code: bool = False
-    out: Path
+    trust_remote_code: bool = Field(False, description="run the model repo's own code")
+    out: Path = Field(description="output folder")
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:
@@ -232,11 +239,15 @@ class KLSettings(StageConfig):
     level: int = Field(4, ge=0, le=4, description="paper KL: mastery level of the facts")
     answer_within: int = Field(2, ge=1, description="paper KL: answer starts in the first N tokens")
     top_k: int = Field(10, ge=2, description="paper KL: tokens compared at the first position")
-    tuned_prompt: Literal["sft", "template"] = "sft"
-    base_prompt: Literal["sft", "template"] = "template"
+    tuned_prompt: Literal["sft", "template"] = Field(
+        "sft", description="paper KL: the fine-tuned model's prompt (template: best mapping one)"
+    )
+    base_prompt: Literal["sft", "template"] = Field(
+        "template", description="paper KL: the base model's prompt"
+    )
     full: bool = Field(True, description="also the full-vocabulary KL (SFT prompt, every fact)")
     chunk_size: int = Field(256, ge=1, description="answer positions per fp32 KL chunk")
-    batch_size: int = Field(16, ge=1)
+    batch_size: int = Field(16, ge=1, description="facts per forward pass")
 
 
 class KLConfig(DataConfig, KLSettings):
@@ -244,11 +255,11 @@ class KLConfig(DataConfig, KLSettings):
 
     base: str = Field(description="the base model (path, hub id or 'smollm2')")
     tuned: str = Field(description="the fine-tuned model folder")
-    split: Split = "test"
+    split: Split = Field("test", description="split measured")
     probe: Path = Field(description="base-model probe of this split: levels, template success")
-    templates_file: Path | None = None
-    device: str = "auto"
-    trust_remote_code: bool = False
+    templates_file: Path | None = Field(None, description="mapping templates (default: bundled)")
+    device: str = Field("auto", description="auto, cpu or cuda")
+    trust_remote_code: bool = Field(False, description="run the model repo's own code")
     out: Path = Field(description="the JSON summary to write (records go beside it)")
 
 
@@ -269,12 +280,16 @@ class DiffConfig(StageConfig):
 
     base: str = Field(description="the base model (path, hub id or 'smollm2')")
     tuned: Path = Field(description="the fine-tuned model folder")
-    region: str = Field("paper", description="paper|attention|mlp|embedding|all|re:PATTERN")
+    region: str = Field(
+        "paper",
+        description="weights: paper (decoder layers, no norms), attention, mlp, embedding, "
+        "all or re:PATTERN",
+    )
     nonzero_base: bool = Field(
         False, description="concentration over weights whose base value is not exactly 0"
     )
     compute_device: str = _compute_device()
-    out: Path
+    out: Path = Field(description="output folder")
 
 
 class RestoreSettings(StageConfig):
@@ -282,13 +297,22 @@ class RestoreSettings(StageConfig):
     paper's. Shared by ``sftscope restore`` and the grid."""
 
     k: list[float] = Field(list(PAPER_K), min_length=1, description="% of region weights, 0<k<100")
-    scope: Literal["global", "layer", "tensor"] = Field("global", description="one ranking per …")
-    strategy: Literal["top", "bottom", "random"] = "top"
-    region: str = Field("paper", description="paper|attention|mlp|embedding|all|re:PATTERN")
-    layers: list[str] | None = Field(
-        None, description="layer blocks A-B restored entirely, one output each (instead of k)"
+    scope: Literal["global", "layer", "tensor"] = Field(
+        "global", description="one ranking of the weights per region, layer or tensor"
     )
-    seed: int = Field(0, description="random strategy")
+    strategy: Literal["top", "bottom", "random"] = Field(
+        "top", description="restore the most changed, least changed or random weights"
+    )
+    region: str = Field(
+        "paper",
+        description="weights: paper (decoder layers, no norms), attention, mlp, embedding, "
+        "all or re:PATTERN",
+    )
+    layers: list[str] | None = Field(
+        None,
+        description="layer blocks A-B, e.g. 0-3,4-7, restored entirely, one output each (not k)",
+    )
+    seed: int = Field(0, description="seed of the random strategy")
     max_shard_bytes: int = Field(2 * 2**30, ge=1, description="output shard size")
 
     @field_validator("k", "layers", mode="before")
@@ -326,11 +350,11 @@ class RestoreConfig(RestoreSettings):
 
     base: str = Field(description="the base model (path, hub id or 'smollm2')")
     tuned: Path = Field(description="the fine-tuned model folder")
-    eval: RestoreEval | None = None
+    eval: RestoreEval | None = Field(None, description="evaluate every restored model (--eval)")
     device: str = Field("auto", description="device of the evaluation (--eval)")
     compute_device: str = _compute_device()
-    trust_remote_code: bool = False
-    out: Path
+    trust_remote_code: bool = Field(False, description="run the model repo's own code")
+    out: Path = Field(description="output folder")
 
 
 class GridKL(KLSettings):
@@ -354,8 +378,8 @@ class GridParams(RestoreSettings):
     layers: list[str] | None = Field(
         None, description="also restore these layer blocks A-B entirely (params/<cell>/blocks)"
     )
-    diff: bool = True
-    restore: bool = True
+    diff: bool = Field(True, description="relative change of every weight")
+    restore: bool = Field(True, description="the restore sweep, each restored model evaluated")
     compute_device: str = _compute_device()
     pick_on: Literal["dev"] | None = Field(None, description="also pick k on dev")
 
@@ -370,27 +394,33 @@ class GridConfig(StageConfig):
 
     model: str = Field(description="base model: local path, hub id, or 'smollm2'")
     data: str = Field("geo", description="'geo' or 'entityquestions'")
-    data_dir: Path | None = None
+    data_dir: Path | None = Field(None, description="dataset folder ({split}/{rel}.{split}.json)")
     relations: list[str] | None = Field(None, description="in-domain relations to train on")
     train_limit_per_relation: int | None = Field(
         None, ge=1, description="train facts probed per relation (None: all)"
     )
-    levels: list[int | Literal["mixed"]] = Field([0, 1, 2, 3, 4], min_length=1)
-    sizes: list[int | Literal["all"]] = Field([60, 240, 960, 1920, "all"], min_length=1)
-    seeds: list[int] = Field([0], min_length=1)
-    probe: ProbeSettings = ProbeSettings()
-    train: TrainRecipe = TrainRecipe()
-    eval: GridEval = GridEval()
-    kl: GridKL = GridKL()
-    params: GridParams = GridParams()
+    levels: list[int | Literal["mixed"]] = Field(
+        [0, 1, 2, 3, 4],
+        min_length=1,
+        description="mastery levels of the training subsets, or mixed",
+    )
+    sizes: list[int | Literal["all"]] = Field(
+        [60, 240, 960, 1920, "all"], min_length=1, description="training facts per subset, or all"
+    )
+    seeds: list[int] = Field([0], min_length=1, description="subset and training seeds")
+    probe: ProbeSettings = Field(ProbeSettings(), description="mastery probe of the base model")
+    train: TrainRecipe = Field(TrainRecipe(), description="the SFT recipe of every cell")
+    eval: GridEval = Field(GridEval(), description="evaluation of every cell")
+    kl: GridKL = Field(GridKL(), description="token-level KL of every cell")
+    params: GridParams = Field(GridParams(), description="diff and restore of the cells named")
     transitions: bool = Field(
         False,
         description="re-probe the eval facts with every tuned model (probe/after/<cell>/): "
         "the knowledge-transition table, base level -> level after SFT",
     )
     keep_models: bool = Field(True, description="false: delete checkpoints once a cell is done")
-    device: str = "auto"
-    trust_remote_code: bool = False
+    device: str = Field("auto", description="auto, cpu or cuda: every stage's device")
+    trust_remote_code: bool = Field(False, description="run the model repo's own code")
     out: Path = Field(description="run folder")
 
     @field_validator("relations", mode="before")
