@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from sftscope.data.schema import QAItem
 from sftscope.mastery import N_LEVELS
+from sftscope.models.batching import auto_batch_size
 from sftscope.models.engines import HFEngine, left_pad
 
 
@@ -161,9 +162,18 @@ def tail_logits(model, rows: Sequence[Sequence[int]], keep: int, pad_id: int) ->
     return out.logits
 
 
+def kl_batch_size(batch_size: int | str, model, rows: Sequence[Sequence[int]], keep: int) -> int:
+    """Facts per forward pass: ``batch_size``, or for ``auto`` what fits the free GPU memory
+    (:func:`sftscope.models.batching.auto_batch_size`; its CPU size off CUDA) when each row is
+    as long as the longest of ``rows`` and both models' logits at ``keep`` positions are held."""
+    if batch_size != "auto":
+        return int(batch_size)
+    return auto_batch_size(model, max(map(len, rows)), logit_positions=2 * keep)
+
+
 def paper_kl_rows(
     tuned, base, tokenizer, tuned_prompts: Sequence[str], base_prompts: Sequence[str],
-    k: int, batch_size: int,
+    k: int, batch_size: int | str,
 ) -> list[float]:  # fmt: skip
     """KL at the first predicted token, one value per (tuned prompt, base prompt) pair."""
     if not tuned_prompts:
@@ -171,6 +181,7 @@ def paper_kl_rows(
     enc_t = tokenizer(list(tuned_prompts))["input_ids"]
     enc_b = tokenizer(list(base_prompts))["input_ids"]
     pad = tokenizer.pad_token_id
+    batch_size = kl_batch_size(batch_size, tuned, [*enc_t, *enc_b], 1)
     out: list[float] = []
     for a in range(0, len(enc_t), batch_size):
         lt = tail_logits(tuned, enc_t[a : a + batch_size], 1, pad)[:, -1]
@@ -181,7 +192,7 @@ def paper_kl_rows(
 
 def full_kl_items(
     tuned, base, tokenizer, prompts: Sequence[str], answers: Sequence[str],
-    batch_size: int, chunk: int | None,
+    batch_size: int | str, chunk: int | None,
 ) -> list[dict[str, float]]:  # fmt: skip
     """Per item: mean KL over the answer tokens and the gold log-likelihood in both models."""
     if not prompts:
@@ -189,13 +200,14 @@ def full_kl_items(
     p_ids = tokenizer(list(prompts))["input_ids"]
     c_ids = tokenizer([f" {a.strip()}" for a in answers], add_special_tokens=False)["input_ids"]
     pad = tokenizer.pad_token_id
+    rows = [p + c for p, c in zip(p_ids, c_ids, strict=True)]
+    batch_size = kl_batch_size(batch_size, tuned, rows, max(map(len, c_ids)) + 1)
     out: list[dict[str, float]] = []
     for a in tqdm(range(0, len(p_ids), batch_size), desc="full-vocabulary KL", unit="batch"):
-        conts = c_ids[a : a + batch_size]
-        rows = [p + c for p, c in zip(p_ids[a : a + batch_size], conts, strict=True)]
+        conts, batch = c_ids[a : a + batch_size], rows[a : a + batch_size]
         keep = max(len(c) for c in conts) + 1
-        lt = tail_logits(tuned, rows, keep, pad)
-        lb = tail_logits(base, rows, keep, pad)
+        lt = tail_logits(tuned, batch, keep, pad)
+        lb = tail_logits(base, batch, keep, pad)
         for r, c in enumerate(conts):
             sl = slice(keep - 1 - len(c), keep - 1)  # the positions that predict the answer
             kl = full_kl_rows(lt[r, sl], lb[r, sl], chunk)
