@@ -13,23 +13,19 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from sftscope.cli_common import (
-    BatchOpt,
-    ComputeDeviceOpt,
-    ConfigOpt,
-    DataDirOpt,
-    DataOpt,
-    DeviceOpt,
-    LimitOpt,
-    ModelOpt,
-    OutOpt,
-    Overrides,
-    RelationsOpt,
-    SplitOpt,
-    _one_line_errors,
-    console,
-)
+from sftscope.cli_common import ConfigOpt, Overrides, _one_line_errors, console
 from sftscope.cli_grid import demo_cmd, report_cmd, run_cmd, testbed_app
+from sftscope.cli_options import Options, with_config_options
+from sftscope.config import (
+    DiffConfig,
+    EvalConfig,
+    KLConfig,
+    ProbeConfig,
+    RestoreConfig,
+    RestoreEval,
+    TrainConfig,
+    load_config,
+)
 from sftscope.tables import (
     concentration_table,
     histogram_table,
@@ -61,30 +57,11 @@ def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> 
 
 @app.command("eval")
 @_one_line_errors
-def eval_cmd(
-    overrides: Overrides = None,
-    config: ConfigOpt = None,
-    model: ModelOpt = None,
-    data: DataOpt = None,
-    data_dir: DataDirOpt = None,
-    split: SplitOpt = None,
-    relations: RelationsOpt = None,
-    limit_per_relation: LimitOpt = None,
-    prompt: Annotated[str | None, typer.Option(help="fewshot | sft")] = None,
-    mastery: Annotated[Path | None, typer.Option(help="probe folder: accuracy per level")] = None,
-    batch_size: BatchOpt = None,
-    device: DeviceOpt = None,
-    out: OutOpt = None,
-) -> None:
+@with_config_options(EvalConfig)
+def eval_cmd(options: Options, overrides: Overrides = None, config: ConfigOpt = None) -> None:
     """Closed-book QA accuracy with per-item records (DIR/records.jsonl, DIR/summary.json)."""
-    from sftscope.config import EvalConfig, load_config
     from sftscope.evaluate import run_eval
 
-    options = dict(
-        model=model, data=data, data_dir=data_dir, split=split, relations=relations,
-        limit_per_relation=limit_per_relation, prompt=prompt, mastery=mastery,
-        batch_size=batch_size, device=device, out=out,
-    )  # fmt: skip
     cfg = load_config(EvalConfig, config, options, overrides)
     summary = run_eval(cfg)
     console.print(summary_table(summary, f"{cfg.model} on {cfg.data}/{cfg.split} ({cfg.prompt})"))
@@ -95,34 +72,11 @@ def eval_cmd(
 
 @app.command("probe")
 @_one_line_errors
-def probe_cmd(
-    overrides: Overrides = None,
-    config: ConfigOpt = None,
-    model: ModelOpt = None,
-    data: DataOpt = None,
-    data_dir: DataDirOpt = None,
-    split: SplitOpt = None,
-    relations: RelationsOpt = None,
-    limit_per_relation: LimitOpt = None,
-    method: Annotated[str | None, typer.Option(help="sampling | likelihood | slick")] = None,
-    templates: Annotated[int | None, typer.Option(help="mapping templates per fact")] = None,
-    samples: Annotated[int | None, typer.Option(help="samples per template")] = None,
-    temperature: Annotated[float | None, typer.Option(help="sampling temperature")] = None,
-    calibration: Annotated[Path | None, typer.Option(help="likelihood thresholds")] = None,
-    batch_size: BatchOpt = None,
-    device: DeviceOpt = None,
-    out: OutOpt = None,
-) -> None:
+@with_config_options(ProbeConfig, exclude=["thresholds"])
+def probe_cmd(options: Options, overrides: Overrides = None, config: ConfigOpt = None) -> None:
     """Mastery level (0-4) of every fact for the base model: DIR/mastery.jsonl, summary.json."""
-    from sftscope.config import ProbeConfig, load_config
     from sftscope.probe import run_probe
 
-    options = dict(
-        model=model, data=data, data_dir=data_dir, split=split, relations=relations,
-        limit_per_relation=limit_per_relation, method=method, templates=templates,
-        samples=samples, temperature=temperature, calibration=calibration,
-        batch_size=batch_size, device=device, out=out,
-    )  # fmt: skip
     cfg = load_config(ProbeConfig, config, options, overrides)
     summary = run_probe(cfg)
     console.print(histogram_table(summary))
@@ -167,26 +121,11 @@ def relevel_cmd(
 
 @app.command("train")
 @_one_line_errors
-def train_cmd(
-    overrides: Overrides = None,
-    config: ConfigOpt = None,
-    model: ModelOpt = None,
-    train_file: Annotated[Path | None, typer.Option(help="JSONL: question + answer")] = None,
-    learning_rate: Annotated[float | None, typer.Option(help="peak learning rate")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="global batch size")] = None,
-    epochs: Annotated[float | None, typer.Option(help="passes over the data")] = None,
-    lora: Annotated[bool | None, typer.Option(help="LoRA adapters instead of full FT")] = None,
-    device: DeviceOpt = None,
-    out: OutOpt = None,
-) -> None:
+@with_config_options(TrainConfig)
+def train_cmd(options: Options, overrides: Overrides = None, config: ConfigOpt = None) -> None:
     """Fine-tune on question/answer pairs (paper's format, answer-only loss; accelerate-ready)."""
-    from sftscope.config import TrainConfig, load_config
     from sftscope.train import run_train
 
-    options = dict(
-        model=model, train_file=train_file, learning_rate=learning_rate, batch_size=batch_size,
-        epochs=epochs, lora=lora, device=device, out=out,
-    )  # fmt: skip
     cfg = load_config(TrainConfig, config, options, overrides)
     s = run_train(cfg)
     console.print(
@@ -197,30 +136,12 @@ def train_cmd(
 
 @app.command("kl")
 @_one_line_errors
-def kl_cmd(
-    overrides: Overrides = None,
-    config: ConfigOpt = None,
-    base: Annotated[str | None, typer.Option(help="base model: path, hub id, or 'smollm2'")] = None,
-    tuned: Annotated[str | None, typer.Option(help="fine-tuned model folder")] = None,
-    data: DataOpt = None,
-    data_dir: DataDirOpt = None,
-    split: SplitOpt = None,
-    limit_per_relation: LimitOpt = None,
-    probe: Annotated[Path | None, typer.Option(help="base-model probe of the split")] = None,
-    batch_size: BatchOpt = None,
-    device: DeviceOpt = None,
-    out: Annotated[Path | None, typer.Option(help="summary JSON to write")] = None,
-) -> None:
+@with_config_options(KLConfig)
+def kl_cmd(options: Options, overrides: Overrides = None, config: ConfigOpt = None) -> None:
     """Token-level drift of a fine-tuned model from its base: the paper's top-10 KL and the
     full-vocabulary KL per mastery level."""
-    from sftscope.config import KLConfig, load_config
     from sftscope.token_kl import run_kl
 
-    options = dict(
-        base=base, tuned=tuned, data=data, data_dir=data_dir, split=split,
-        limit_per_relation=limit_per_relation, probe=probe, batch_size=batch_size,
-        device=device, out=out,
-    )  # fmt: skip
     cfg = load_config(KLConfig, config, options, overrides)
     s = run_kl(cfg)
     p = s["paper"]
@@ -241,24 +162,12 @@ def kl_cmd(
 
 @app.command("diff")
 @_one_line_errors
-def diff_cmd(
-    overrides: Overrides = None,
-    config: ConfigOpt = None,
-    base: Annotated[str | None, typer.Option(help="base model: path or 'smollm2'")] = None,
-    tuned: Annotated[Path | None, typer.Option(help="fine-tuned model folder")] = None,
-    out: OutOpt = None,
-    region: Annotated[
-        str | None, typer.Option(help="paper | attention | mlp | embedding | all | re:PATTERN")
-    ] = None,  # fmt: skip
-    compute_device: ComputeDeviceOpt = None,
-) -> None:
+@with_config_options(DiffConfig)
+def diff_cmd(options: Options, overrides: Overrides = None, config: ConfigOpt = None) -> None:
     """Relative change of every weight, per tensor/layer/module, and its concentration."""
-    from sftscope.config import DiffConfig, load_config
     from sftscope.models.loading import resolve_device, resolve_model
     from sftscope.params.diff import run_diff
 
-    options = {"base": base, "tuned": tuned, "out": out, "region": region,
-               "compute_device": compute_device}  # fmt: skip
     cfg = load_config(DiffConfig, config, options, overrides)
     resolve_device(cfg.compute_device, "--compute-device")  # before the base is resolved
     region, out = cfg.region, cfg.out
@@ -280,44 +189,15 @@ def diff_cmd(
 
 @app.command("restore")
 @_one_line_errors
+@with_config_options(RestoreConfig, flatten=["eval"], names={"eval.seed": "eval-seed"})
 def restore_cmd(
+    options: Options,
     overrides: Overrides = None,
     config: ConfigOpt = None,
-    base: Annotated[str | None, typer.Option(help="base model: path or 'smollm2'")] = None,
-    tuned: Annotated[Path | None, typer.Option(help="fine-tuned model folder")] = None,
-    k: Annotated[str | None, typer.Option(help="percentages, e.g. 1,3,5,10,20,40,60")] = None,
-    scope: Annotated[str | None, typer.Option(help="global | layer | tensor")] = None,
-    strategy: Annotated[str | None, typer.Option(help="top | bottom | random")] = None,
-    region: Annotated[
-        str | None, typer.Option(help="paper | attention | mlp | embedding | all | re:PATTERN")
-    ] = None,  # fmt: skip
-    layers: Annotated[
-        str | None, typer.Option(help="layer blocks restored entirely, e.g. 0-3,4-7 (not k)")
-    ] = None,  # fmt: skip
-    seed: Annotated[int | None, typer.Option(help="seed of the random strategy")] = None,
     evaluate: Annotated[bool, typer.Option("--eval", help="evaluate every restored model")] = False,
-    data: DataOpt = None,
-    data_dir: DataDirOpt = None,
-    split: SplitOpt = None,
-    limit_per_relation: LimitOpt = None,
-    mastery: Annotated[Path | None, typer.Option(help="probe of the split: per-level acc")] = None,
-    pick_on: Annotated[str | None, typer.Option(help="dev: choose k on dev, report test")] = None,
-    device: Annotated[str | None, typer.Option(help="auto | cpu | cuda: for --eval")] = None,
-    compute_device: ComputeDeviceOpt = None,
-    out: OutOpt = None,
 ) -> None:
     """Restore the most-changed (or least, or random) fine-tuned weights to their pre-SFT
     values, every k in one streamed pass; with --eval, evaluate each restored model."""
-    from sftscope.config import RestoreConfig, RestoreEval, load_config
-
-    options = {
-        "base": base, "tuned": tuned, "k": k, "scope": scope, "strategy": strategy,
-        "region": region, "layers": layers, "seed": seed, "device": device, "out": out,
-        "compute_device": compute_device,
-        "eval.data": data, "eval.data_dir": data_dir, "eval.split": split,
-        "eval.limit_per_relation": limit_per_relation, "eval.mastery": mastery,
-        "eval.pick_on": pick_on,
-    }  # fmt: skip
     cfg = load_config(RestoreConfig, config, options, overrides)
     if evaluate and cfg.eval is None:
         cfg = cfg.model_copy(update={"eval": RestoreEval()})
