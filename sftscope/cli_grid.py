@@ -11,6 +11,8 @@ import typer
 from rich.table import Table
 
 from sftscope.cli_common import ConfigOpt, Overrides, _one_line_errors, console
+from sftscope.cli_options import Options, with_config_options
+from sftscope.config import GridConfig, load_config
 from sftscope.errors import SftscopeError
 from sftscope.tables import grid_tables, pct, transition_line, transition_table
 
@@ -24,17 +26,23 @@ def plan_table(grid) -> Table:
     return table
 
 
+# How the grid's jobs run: --executor (executor.kind), --workers, --slurm-partition, ...
+EXECUTOR = {"exclude": ["executor.slurm.additional"], "flatten": ["executor"],
+            "names": {"executor.kind": "executor"}}  # fmt: skip
+
+
 @_one_line_errors
+@with_config_options(GridConfig, ["executor"], **EXECUTOR)
 def run_cmd(
+    options: Options,
     config: Annotated[Path, typer.Argument(help="grid YAML (see configs/)")],
     overrides: Overrides = None,
     dry_run: Annotated[bool, typer.Option(help="list what would run, run nothing")] = False,
 ) -> None:
     """The experiment grid: probe, subsets, train, eval per level x size x seed (resumable)."""
-    from sftscope.config import GridConfig, load_config
     from sftscope.experiment import Grid
 
-    cfg = load_config(GridConfig, config, None, overrides)
+    cfg = load_config(GridConfig, config, options, overrides)
     grid = Grid(cfg)
     if dry_run:
         console.print(plan_table(grid))
@@ -58,7 +66,6 @@ def testbed_build_cmd(
 ) -> None:
     """Generate a synthetic world, write it as a dataset, and pretrain a tiny LLaMA on a corpus
     where each fact appears as often as its exposure says."""
-    from sftscope.config import load_config
     from sftscope.testbed.pretrain import PRESETS, TestbedConfig, build
 
     if preset not in PRESETS:
@@ -118,12 +125,14 @@ DEMO_PRESETS = ("demo", "paper")
 
 
 @_one_line_errors
+@with_config_options(GridConfig, ["out", "executor"], **EXECUTOR,
+                     help={"out": "run folder (default runs/<preset>)"})  # fmt: skip
 def demo_cmd(
+    options: Options,
     overrides: Overrides = None,
     preset: Annotated[
         str, typer.Option(help="demo (SmolLM2 + geography, ~20 min on a CPU) | paper (GPU)")
     ] = "demo",
-    out: Annotated[Path | None, typer.Option(help="run folder (default runs/<preset>)")] = None,
     config: ConfigOpt = None,
     dry_run: Annotated[bool, typer.Option(help="list what would run, run nothing")] = False,
 ) -> None:
@@ -132,7 +141,6 @@ def demo_cmd(
     (sftscope demo --preset paper model=PATH data_dir=DIR)."""
     from importlib.resources import files
 
-    from sftscope.config import GridConfig, load_config
     from sftscope.experiment import Grid
     from sftscope.io import read_yaml
     from sftscope.report.render import write_report
@@ -143,7 +151,7 @@ def demo_cmd(
     defaults = read_yaml(Path(str(presets / f"{preset}.yaml")), f"{preset} preset")
     if preset == "demo":  # the likelihood probe's thresholds, fitted on SmolLM2 (see README)
         defaults["probe"]["calibration"] = str(presets / "smollm2-geo-calibration.json")
-    cfg = load_config(GridConfig, config, {"out": out}, overrides, defaults)
+    cfg = load_config(GridConfig, config, options, overrides, defaults)
     grid = Grid(cfg)
     if dry_run:
         console.print(plan_table(grid))
