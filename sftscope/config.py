@@ -38,6 +38,32 @@ def _batch_size(v: Any) -> int | str:
 BatchSize = Annotated[int | Literal["auto"], PlainValidator(_batch_size)]
 
 
+def runtime(default: Any = ..., description: str | None = None, **kw: Any) -> Any:
+    """A field that says *how* or *where* a stage runs, never *what* it computes (device, batch
+    size, output folder, progress): left out of fingerprints, so moving a finished run to a GPU
+    or changing a batch size redoes nothing. The engine gives batch-size-independent results."""
+    return Field(default, description=description, json_schema_extra={"fingerprint": False}, **kw)
+
+
+def counts(field: Any) -> bool:
+    """Whether a pydantic ``FieldInfo`` changes results (see :func:`runtime`)."""
+    extra = field.json_schema_extra
+    return not (isinstance(extra, dict) and extra.get("fingerprint") is False)
+
+
+def result_fields(cfg: BaseModel, exclude: set[str] | frozenset[str] = frozenset()) -> dict:
+    """The config as JSON without the fields that do not change results, recursively: what a
+    stage's fingerprint hashes and what a resumed stage's saved settings are compared by."""
+    out: dict[str, Any] = {}
+    dumped = cfg.model_dump(mode="json")
+    for name, field in type(cfg).model_fields.items():
+        if name in exclude or not counts(field) or name not in dumped:
+            continue
+        value = getattr(cfg, name)
+        out[name] = result_fields(value) if isinstance(value, BaseModel) else dumped[name]
+    return out
+
+
 class StageConfig(BaseModel):
     """Common base: unknown keys are errors (a typo must not silently become a default)."""
 
@@ -70,7 +96,7 @@ class EvalSettings(StageConfig):
     limit_per_relation: int | None = Field(None, ge=1, description="first N items per relation")
     n_shots: int = Field(4, ge=0, description="few-shot exemplars (base model prompts)")
     max_new_tokens: int = Field(16, ge=1, description="greedy tokens per answer")
-    batch_size: BatchSize = Field(32, description="prompts per batch; auto: from free GPU memory")
+    batch_size: BatchSize = runtime(32, "prompts per batch; auto: from free GPU memory")
     seed: int = Field(0, description="seed for exemplar choice")
     fold_accents: bool = Field(False, description="accent-insensitive answer matching")
 
@@ -81,9 +107,9 @@ class EvalConfig(DataConfig, EvalSettings):
     model: str = Field(description="local path, hub id, or 'smollm2' (the bundled model)")
     prompt: PromptStyle = Field("fewshot", description="'sft' for fine-tuned models")
     mastery: Path | None = Field(None, description="probe folder or mastery.jsonl: per-level acc")
-    device: str = Field("auto", description="auto, cpu or cuda[:N]")
+    device: str = runtime("auto", "auto, cpu or cuda")
     trust_remote_code: bool = Field(False, description="run the model repo's own code")
-    out: Path = Field(description="output folder")
+    out: Path = runtime(description="output folder")
 
 
 ProbeMethod = Literal["sampling", "likelihood", "slick"]
@@ -112,7 +138,7 @@ class ProbeSettings(StageConfig):
     slick_samples: int = Field(4, ge=1, description="SliCK: samples per set at slick_temperature")
     slick_temperature: float = Field(0.5, gt=0, description="SliCK: sampling temperature")
     chunk_size: int = Field(16, ge=1, description="facts per resumable chunk")
-    batch_size: BatchSize = Field(64, description="prompts per batch; auto: from free GPU memory")
+    batch_size: BatchSize = runtime(64, "prompts per batch; auto: from free GPU memory")
     seed: int = Field(0, description="sampling and exemplar seed")
 
     @field_validator("thresholds")
@@ -128,9 +154,9 @@ class ProbeConfig(DataConfig, ProbeSettings):
 
     model: str = Field(description="local path, hub id, or 'smollm2' (the bundled model)")
     split: Split = Field("train", description="split probed")
-    device: str = Field("auto", description="auto, cpu or cuda")
+    device: str = runtime("auto", "auto, cpu or cuda")
     trust_remote_code: bool = Field(False, description="run the model repo's own code")
-    out: Path = Field(description="output folder")
+    out: Path = runtime(description="output folder")
 
 
 class TrainRecipe(StageConfig):
@@ -160,9 +186,9 @@ class TrainRecipe(StageConfig):
         "keeps the frozen weights in bf16). bfloat16/float16: the weights themselves in 16 bits "
         "(half the memory, but AdamW steps below their resolution are lost)",
     )
-    device: str = Field("auto", description="auto, cpu or cuda")
+    device: str = runtime("auto", "auto, cpu or cuda")
     seed: int = Field(0, description="seed of shuffling and initialisation")
-    logging_steps: int = Field(1, ge=1, description="log the loss every N steps")
+    logging_steps: int = runtime(1, "log the loss every N steps", ge=1)
 
 
 class TrainConfig(TrainRecipe):
@@ -171,7 +197,7 @@ class TrainConfig(TrainRecipe):
     model: str = Field(description="local path, hub id, or 'smollm2' (the bundled model)")
     train_file: Path = Field(description="JSONL: question+answer or prompt+completion per line")
     trust_remote_code: bool = Field(False, description="run the model repo's own code")
-    out: Path = Field(description="output folder")
+    out: Path = runtime(description="output folder")
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:
@@ -247,7 +273,7 @@ class KLSettings(StageConfig):
     )
     full: bool = Field(True, description="also the full-vocabulary KL (SFT prompt, every fact)")
     chunk_size: int = Field(256, ge=1, description="answer positions per fp32 KL chunk")
-    batch_size: int = Field(16, ge=1, description="facts per forward pass")
+    batch_size: BatchSize = runtime(16, "facts per forward pass; auto: from free GPU memory")
 
 
 class KLConfig(DataConfig, KLSettings):
@@ -258,9 +284,9 @@ class KLConfig(DataConfig, KLSettings):
     split: Split = Field("test", description="split measured")
     probe: Path = Field(description="base-model probe of this split: levels, template success")
     templates_file: Path | None = Field(None, description="mapping templates (default: bundled)")
-    device: str = Field("auto", description="auto, cpu or cuda")
+    device: str = runtime("auto", "auto, cpu or cuda")
     trust_remote_code: bool = Field(False, description="run the model repo's own code")
-    out: Path = Field(description="the JSON summary to write (records go beside it)")
+    out: Path = runtime(description="the JSON summary to write (records go beside it)")
 
 
 PAPER_K = (1.0, 3.0, 5.0, 10.0, 20.0, 40.0, 60.0)
@@ -269,10 +295,8 @@ PAPER_K = (1.0, 3.0, 5.0, 10.0, 20.0, 40.0, 60.0)
 def _compute_device() -> Any:
     """Where diff/restore do their arithmetic. The selected weights are the same on any device
     (elementwise fp32 ops round alike, rankings count integers), so the field is left out of
-    saved configs and fingerprints."""
-    return Field(
-        "cpu", exclude=True, description="auto, cpu or cuda[:N]: device for the r arithmetic"
-    )
+    fingerprints."""
+    return runtime("cpu", "auto, cpu or cuda: device for the r arithmetic")
 
 
 class DiffConfig(StageConfig):
@@ -289,7 +313,7 @@ class DiffConfig(StageConfig):
         False, description="concentration over weights whose base value is not exactly 0"
     )
     compute_device: str = _compute_device()
-    out: Path = Field(description="output folder")
+    out: Path = runtime(description="output folder")
 
 
 class RestoreSettings(StageConfig):
@@ -313,7 +337,7 @@ class RestoreSettings(StageConfig):
         description="layer blocks A-B, e.g. 0-3,4-7, restored entirely, one output each (not k)",
     )
     seed: int = Field(0, description="seed of the random strategy")
-    max_shard_bytes: int = Field(2 * 2**30, ge=1, description="output shard size")
+    max_shard_bytes: int = runtime(2 * 2**30, "output shard size", ge=1)
 
     @field_validator("k", "layers", mode="before")
     @classmethod
@@ -342,7 +366,7 @@ class RestoreEval(DataConfig, EvalSettings):
     pick_on: Literal["dev"] | None = Field(
         None, description="choose k by dev in-domain accuracy and report test at that k"
     )
-    keep_models: bool = Field(True, description="false: delete restored weights once evaluated")
+    keep_models: bool = runtime(True, "false: delete restored weights once evaluated")
 
 
 class RestoreConfig(RestoreSettings):
@@ -351,10 +375,10 @@ class RestoreConfig(RestoreSettings):
     base: str = Field(description="the base model (path, hub id or 'smollm2')")
     tuned: Path = Field(description="the fine-tuned model folder")
     eval: RestoreEval | None = Field(None, description="evaluate every restored model (--eval)")
-    device: str = Field("auto", description="device of the evaluation (--eval)")
+    device: str = runtime("auto", "device of the evaluation (--eval)")
     compute_device: str = _compute_device()
     trust_remote_code: bool = Field(False, description="run the model repo's own code")
-    out: Path = Field(description="output folder")
+    out: Path = runtime(description="output folder")
 
 
 class GridKL(KLSettings):
@@ -389,6 +413,66 @@ class GridParams(RestoreSettings):
         return [c.strip() for c in v.split(",") if c.strip()] if isinstance(v, str) else v
 
 
+ExecutorKind = Literal["local", "processes", "slurm", "ray"]
+
+
+class SlurmSettings(StageConfig):
+    """``executor: slurm``: submitit job arrays (one array per wave of the plan)."""
+
+    partition: str | None = Field(None, description="SLURM partition")
+    account: str | None = Field(None, description="SLURM account")
+    qos: str | None = Field(None, description="SLURM quality of service")
+    constraint: str | None = Field(None, description="SLURM node constraint, e.g. h100")
+    timeout_min: int = Field(240, ge=1, description="time limit of one job, minutes")
+    gpus_per_job: int = Field(1, ge=0, description="GPUs of one job")
+    cpus_per_job: int = Field(8, ge=1, description="CPU cores of one job")
+    mem_gb: int | None = Field(None, ge=1, description="memory of one job, GB (None: default)")
+    array_parallelism: int = Field(64, ge=1, description="jobs of one array running at once")
+    max_requeues: int = Field(3, ge=0, description="requeues after preemption or timeout")
+    additional: dict[str, Any] = Field(
+        {}, description="more sbatch parameters, e.g. {'exclude': 'node7'}"
+    )
+    cluster: Literal["slurm", "local", "debug"] | None = Field(
+        None, description="submitit cluster; None: SLURM if sbatch is found, else local"
+    )
+    poll_s: float = Field(10.0, gt=0, description="seconds between job state checks")
+
+
+class RaySettings(StageConfig):
+    """``executor: ray``: one Ray task per job, each in a fresh worker process."""
+
+    address: str | None = Field(
+        None, description="cluster address ('auto' for a running one); None: a local cluster"
+    )
+    num_cpus: float = Field(1.0, gt=0, description="CPUs of one task")
+    num_gpus: float = Field(0.0, ge=0, description="GPUs of one task (1 for a 7-8B model)")
+    local_cpus: int | None = Field(None, ge=1, description="CPUs of a local cluster")
+
+
+class ExecutorConfig(StageConfig):
+    """How the planned jobs run; never changes results (so no field is fingerprinted)."""
+
+    kind: ExecutorKind = Field(
+        "local", description="in this process, worker processes, SLURM job arrays or Ray tasks"
+    )
+    workers: int | None = Field(
+        None, ge=1, description="processes: jobs at once (default: one per visible GPU, else 1 "
+        "per 2 CPU cores)",
+    )  # fmt: skip
+    probe_shards: int | None = Field(
+        None, ge=1, description="parallel jobs per probe (default: workers; slurm 8; ray 4)"
+    )
+    claim_timeout_s: float = Field(
+        600.0, gt=0, description="a claim not refreshed for this long is stale and taken over"
+    )
+    slurm: SlurmSettings = Field(SlurmSettings(), description="executor slurm settings")
+    ray: RaySettings = Field(RaySettings(), description="executor ray settings")
+
+    @classmethod
+    def _from_name(cls, v: Any) -> Any:
+        return {"kind": v} if isinstance(v, str) else v
+
+
 class GridConfig(StageConfig):
     """``sftscope run``: the experiment grid; cells = level x size x seed (PAPER.md §1.4)."""
 
@@ -418,15 +502,23 @@ class GridConfig(StageConfig):
         description="re-probe the eval facts with every tuned model (probe/after/<cell>/): "
         "the knowledge-transition table, base level -> level after SFT",
     )
-    keep_models: bool = Field(True, description="false: delete checkpoints once a cell is done")
-    device: str = Field("auto", description="auto, cpu or cuda: every stage's device")
+    keep_models: bool = runtime(True, "false: delete checkpoints once a cell is done")
+    executor: ExecutorConfig = runtime(
+        ExecutorConfig(), "how jobs run: local | processes | slurm | ray, and their settings"
+    )
+    device: str = runtime("auto", "auto, cpu or cuda: every stage's device")
     trust_remote_code: bool = Field(False, description="run the model repo's own code")
-    out: Path = Field(description="run folder")
+    out: Path = runtime(description="run folder")
 
     @field_validator("relations", mode="before")
     @classmethod
     def _split_commas(cls, v: Any) -> Any:
         return DataConfig._split_commas(v)
+
+    @field_validator("executor", mode="before")
+    @classmethod
+    def _executor(cls, v: Any) -> Any:
+        return ExecutorConfig._from_name(v)
 
     @field_validator("levels")
     @classmethod

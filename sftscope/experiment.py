@@ -1,16 +1,22 @@
 """The experiment grid (``sftscope run``): probe -> subsets -> train -> eval (-> kl, re-probe,
 diff, restore) for every cell (level x size x seed), resumable at any point.
 
-The grid is a list of :class:`~sftscope.stages.Stage` objects whose fingerprints chain: a
-changed learning rate redoes training and everything after it, and nothing else.
-``manifest.json`` is a report rebuilt from the stages' markers after every stage: cells,
-status, fingerprints, timings and package versions.
+The grid *plans*: it turns a ``GridConfig`` into :class:`~sftscope.stages.Stage` specs (plain
+data) whose fingerprints chain, so a changed learning rate redoes training and everything after
+it, and nothing else, while a changed device or batch size redoes nothing. It groups them into
+:class:`~sftscope.stages.Job` s run in three waves by an executor (:mod:`sftscope.executors`):
+
+1. the probes of the train and evaluation splits, each split into shards of chunks;
+2. (in the driver: cheap) the probes' merge and every cell's subset, so a level too small for a
+   size fails before anything trains;
+3. the base model's evaluation and one job per cell (train, eval, kl, re-probe, diff, restore).
+
+``manifest.json`` is a report rebuilt from the stages' markers after every job.
 """
 
 from __future__ import annotations
 
 import logging
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +24,9 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from sftscope.claims import Claim
 from sftscope.config import (
+    DiffConfig,
     EvalConfig,
     GridConfig,
     KLConfig,
@@ -27,20 +35,15 @@ from sftscope.config import (
     RestoreEval,
     TrainConfig,
     dump_config,
+    result_fields,
 )
 from sftscope.data.dataset import load_items, resolve_dataset
 from sftscope.data.schema import Domain
-from sftscope.data.subsets import draw_subset, subset_name
+from sftscope.data.subsets import SubsetConfig, subset_name
 from sftscope.errors import SftscopeError
 from sftscope.io import atomic_write_json, atomic_write_jsonl, atomic_write_text
-from sftscope.mastery import read_levels
-from sftscope.stages import (
-    RunLock,
-    Stage,
-    fingerprint,
-    model_identity,
-    package_versions,
-)
+from sftscope.layout import RunLayout
+from sftscope.stages import Job, Stage, fingerprint, model_identity, package_versions
 
 log = logging.getLogger(__name__)
 SUBSETS_VERSION = 1  # bump when the drawing algorithm changes: subsets and all after are redone
@@ -58,12 +61,18 @@ class Cell:
         return subset_name(self.level, self.size, self.seed)
 
 
+def _spec(key: str, kind: str, cfg, fp: str, **kw) -> Stage:
+    return Stage(key=key, kind=kind, config=cfg.model_dump(mode="json"), output=cfg.out,
+                 fingerprint=fp, **kw)  # fmt: skip
+
+
 class Grid:
     """The stages of one run folder, built from a ``GridConfig``; nothing runs until ``run()``."""
 
     def __init__(self, cfg: GridConfig):
         self.cfg = cfg
-        self.root = Path(cfg.out)
+        self.layout = RunLayout(Path(cfg.out).resolve())  # workers may start elsewhere
+        self.root = self.layout.root
         self.dataset = resolve_dataset(cfg.data, cfg.data_dir)
         in_domain = self.dataset.relation_ids(Domain.IN_DOMAIN)
         present = [r for r in in_domain if self.dataset.file(r, "train").exists()]
@@ -72,20 +81,15 @@ class Grid:
         ood = [r for r in self.relations if r not in in_domain]
         if ood:
             raise SftscopeError(f"config field 'relations': {ood[0]} is not an in-domain relation")
-        self.train_items = load_items(
+        train_items = load_items(
             self.dataset, ["train"], self.relations, cfg.train_limit_per_relation
         )
-        self.eval_items = load_items(
-            self.dataset, [cfg.eval.split], None, cfg.eval.limit_per_relation
-        )
-        if not self.train_items or not self.eval_items:
+        eval_items = load_items(self.dataset, [cfg.eval.split], None, cfg.eval.limit_per_relation)
+        if not train_items or not eval_items:
             raise SftscopeError(f"{self.dataset.root}: no train or {cfg.eval.split} items")
         # Serialised once: the fingerprint and the data/items.jsonl snapshot use the same rows.
-        self._item_rows = [
-            it.model_dump(mode="json") for it in (*self.train_items, *self.eval_items)
-        ]
+        self._item_rows = [it.model_dump(mode="json") for it in (*train_items, *eval_items)]
         self.data_fp = fingerprint(self._item_rows)
-        self._train_levels: dict[str, int | None] | None = None  # read once, after the probe
         self._versions = package_versions()
         self.base_fp = fingerprint(model_identity(cfg.model))
         self.probes = {
@@ -116,69 +120,65 @@ class Grid:
         key: str | None = None,
     ) -> Stage:
         """The base model's probe of one split, or (``model``) the same probe of a tuned one."""
-        from sftscope.probe import load_thresholds, run_probe
+        from sftscope.probe import load_thresholds
 
         cfg = self.cfg
         key = key or f"probe/{split}"
+        out = self.layout.probe_after(key.rsplit("/", 1)[1]) if model else self.layout.probe(split)
         pcfg = ProbeConfig(
             **cfg.probe.model_dump(), model=model or cfg.model, data=cfg.data,
             data_dir=cfg.data_dir, split=split, relations=relations, limit_per_relation=limit,
-            device=cfg.device, trust_remote_code=cfg.trust_remote_code, out=self.root / key,
+            device=cfg.device, trust_remote_code=cfg.trust_remote_code, out=out,
         )  # fmt: skip
-        settings = pcfg.model_dump(mode="json", exclude={"out", "model"} if model else {"out"})
+        settings = result_fields(pcfg, exclude={"model"})
         if pcfg.calibration is not None:  # the thresholds in the file, not just its path
             settings["calibrated_thresholds"] = list(load_thresholds(pcfg))
         fp = fingerprint("probe", settings, upstream or self.base_fp)
-        return Stage(key, Path(pcfg.out), fp, lambda: _brief(run_probe(pcfg)), True)
+        return _spec(key, "probe", pcfg, fp, keep_partial=True)
 
     def _eval_stage(self, name: str, model: str, prompt: str, upstream: str) -> Stage:
-        from sftscope.evaluate import run_eval
-
         cfg, ev = self.cfg, self.cfg.eval
         ecfg = EvalConfig(
             **ev.model_dump(exclude={"base"}), model=model, data=cfg.data, data_dir=cfg.data_dir,
             prompt=prompt, mastery=self.probes["eval"].output, device=cfg.device,
-            trust_remote_code=cfg.trust_remote_code, out=self.root / "eval" / name,
+            trust_remote_code=cfg.trust_remote_code, out=self.layout.eval(name),
         )  # fmt: skip
         if prompt == "sft":
             ecfg = ecfg.model_copy(update={"n_shots": 0})
-        fp = fingerprint("eval", ecfg.model_dump(mode="json", exclude={"out", "model", "mastery"}),
-                         upstream, self.probes["eval"].fingerprint)  # fmt: skip
-        return Stage(f"eval/{name}", Path(ecfg.out), fp, lambda: _eval_brief(run_eval(ecfg)))
+        fp = fingerprint("eval", result_fields(ecfg, exclude={"model", "mastery"}), upstream,
+                         self.probes["eval"].fingerprint)  # fmt: skip
+        return _spec(f"eval/{name}", "eval", ecfg, fp)
 
     def _cell(self, level, size, seed) -> Cell:
-        cell = Cell(level, size, seed)
+        cfg, cell = self.cfg, Cell(level, size, seed)
         name = cell.name
         sub_fp = fingerprint("subset", SUBSETS_VERSION, level, size, seed, self.relations,
                              self.data_fp, self.probes["train"].fingerprint)  # fmt: skip
-        sub_file = self.root / "subsets" / f"{name}.jsonl"
-        cell.stages["subset"] = Stage(
-            f"subsets/{name}", sub_file, sub_fp, lambda: self._draw(level, size, seed, sub_file),
-            marker_file=sub_file.with_suffix(".json"),
+        scfg = SubsetConfig(
+            items=self.layout.items, mastery=self.probes["train"].output,
+            relations=self.relations, eval_split=cfg.eval.split, level=level, size=size,
+            seed=seed, out=self.layout.subset(name),
         )  # fmt: skip
-        model_dir = self.root / "models" / name
-        recipe = self.cfg.train
+        cell.stages["subset"] = _spec(f"subsets/{name}", "subset", scfg, sub_fp,
+                                      marker_file=scfg.out.with_suffix(".json"))  # fmt: skip
+        model_dir = self.layout.model(name)
+        recipe = cfg.train
         if recipe.device == "auto":  # the grid's device, unless the recipe names one
-            recipe = recipe.model_copy(update={"device": self.cfg.device})
-        tcfg = TrainConfig(
-            **recipe.model_dump(), model=self.cfg.model,
-            train_file=sub_file, trust_remote_code=self.cfg.trust_remote_code,
-            out=model_dir,
-        )  # fmt: skip
-        train_fp = fingerprint("train", self.cfg.train.model_dump(mode="json"), self.base_fp,
-                               sub_fp)  # fmt: skip
-        cell.stages["train"] = Stage(f"models/{name}", model_dir, train_fp,
-                                     lambda: _train_brief(tcfg))  # fmt: skip
+            recipe = recipe.model_copy(update={"device": cfg.device})
+        tcfg = TrainConfig(**recipe.model_dump(), model=cfg.model, train_file=scfg.out,
+                           trust_remote_code=cfg.trust_remote_code, out=model_dir)  # fmt: skip
+        train_fp = fingerprint("train", result_fields(cfg.train), self.base_fp, sub_fp)
+        cell.stages["train"] = _spec(f"models/{name}", "train", tcfg, train_fp)
         cell.stages["eval"] = self._eval_stage(name, str(model_dir), "sft", train_fp)
-        if self.cfg.transitions:  # the eval facts re-probed with the tuned model
-            ev = self.cfg.eval
+        if cfg.transitions:  # the eval facts re-probed with the tuned model
+            ev = cfg.eval
             cell.stages["reprobe"] = self._probe_stage(
                 ev.split, None, ev.limit_per_relation, str(model_dir), train_fp,
                 f"probe/after/{name}",
             )  # fmt: skip
-        if self.cfg.kl.enabled:
+        if cfg.kl.enabled:
             cell.stages["kl"] = self._kl_stage(name, model_dir, train_fp)
-        params = self.cfg.params
+        params = cfg.params
         if name in params.cells or "all" in params.cells:
             if params.diff:
                 cell.stages["diff"] = self._diff_stage(name, model_dir, train_fp)
@@ -188,71 +188,77 @@ class Grid:
                 cell.stages["blocks"] = self._restore_stage(name, model_dir, train_fp, True)
         return cell
 
-    def _diff_stage(self, name: str, model_dir: Path, upstream: str) -> Stage:
-        from sftscope.models.loading import resolve_model
-        from sftscope.params.diff import run_diff
+    def _diff_stage(self, name: str, model_dir, upstream: str) -> Stage:
+        params = self.cfg.params
+        dcfg = DiffConfig(base=self.cfg.model, tuned=model_dir, region=params.region,
+                          compute_device=params.compute_device,
+                          out=self.layout.params(name, "diff"))  # fmt: skip
+        fp = fingerprint("diff", params.region, upstream, self.base_fp)
+        return _spec(f"params/{name}/diff", "diff", dcfg, fp)
 
-        region, out = self.cfg.params.region, self.root / "params" / name / "diff"
-
-        def run() -> dict[str, Any]:
-            s = run_diff(Path(resolve_model(self.cfg.model)), model_dir, out, region,
-                         compute_device=self.cfg.params.compute_device)  # fmt: skip
-            return {"concentration": {f"{r['k']:g}": r["share"] for r in s["concentration"]}}
-
-        fp = fingerprint("diff", region, upstream, self.base_fp)
-        return Stage(f"params/{name}/diff", out, fp, run)
-
-    def _restore_stage(self, name: str, model_dir: Path, upstream: str, blocks: bool = False
+    def _restore_stage(self, name: str, model_dir, upstream: str, blocks: bool = False
                        ) -> Stage:  # fmt: skip
         """The k sweep (``params/<cell>/restore``) or, with ``blocks``, the layer blocks of
         ``params.layers`` restored entirely (``params/<cell>/blocks``, PAPER.md Table 11); the
         unrestored model's score is the cell's own evaluation."""
-        from sftscope.params.sweep import run_sweep
-
         cfg, params, probe = self.cfg, self.cfg.params, self.probes["eval"]
         settings = params.model_dump(exclude={"cells", "diff", "restore", "pick_on", "layers"})
-        folder = self.root / "params" / name / ("blocks" if blocks else "restore")
+        folder = self.layout.params(name, "blocks" if blocks else "restore")
         rcfg = RestoreConfig(
             **settings, layers=params.layers if blocks else None, base=cfg.model, tuned=model_dir,
-            compute_device=params.compute_device,
             device=cfg.device, trust_remote_code=cfg.trust_remote_code, out=folder,
             eval=RestoreEval(**cfg.eval.model_dump(exclude={"base"}), data=cfg.data,
                              data_dir=cfg.data_dir, mastery=probe.output, pick_on=params.pick_on,
                              keep_models=cfg.keep_models),
         )  # fmt: skip
-        fp = fingerprint("restore", rcfg.model_dump(mode="json", exclude={"out", "tuned", "eval"}),
-                         rcfg.eval.model_dump(mode="json", exclude={"mastery"}), upstream,
+        fp = fingerprint("restore", result_fields(rcfg, exclude={"tuned", "eval"}),
+                         result_fields(rcfg.eval, exclude={"mastery"}), upstream,
                          probe.fingerprint)  # fmt: skip
-        cell_eval = self.root / "eval" / name
-        return Stage(f"params/{name}/{folder.name}", folder, fp,
-                     lambda: run_sweep(rcfg, cell_eval))  # fmt: skip
+        return _spec(f"params/{name}/{folder.name}", "restore", rcfg, fp,
+                     inputs={"tuned_eval": self.layout.eval(name)})  # fmt: skip
 
-    def _kl_stage(self, name: str, model_dir: Path, upstream: str) -> Stage:
-        from sftscope.token_kl import run_kl
-
+    def _kl_stage(self, name: str, model_dir, upstream: str) -> Stage:
         cfg, probe = self.cfg, self.probes["eval"]
         kcfg = KLConfig(
             **cfg.kl.model_dump(exclude={"enabled"}), base=cfg.model, tuned=str(model_dir),
             data=cfg.data, data_dir=cfg.data_dir, split=cfg.eval.split,
             limit_per_relation=cfg.eval.limit_per_relation, probe=probe.output,
             templates_file=cfg.probe.templates_file, device=cfg.device,
-            trust_remote_code=cfg.trust_remote_code, out=self.root / "kl" / f"{name}.json",
+            trust_remote_code=cfg.trust_remote_code, out=self.layout.kl(name),
         )  # fmt: skip
-        fp = fingerprint("kl", cfg.kl.model_dump(mode="json"), upstream, probe.fingerprint,
-                         self.base_fp)  # fmt: skip
-        out = Path(kcfg.out)
-        return Stage(f"kl/{name}", out, fp, lambda: _kl_brief(run_kl(kcfg)),
-                     marker_file=out.with_suffix(".stage.json"))  # fmt: skip
+        fp = fingerprint("kl", result_fields(cfg.kl), upstream, probe.fingerprint, self.base_fp)
+        return _spec(f"kl/{name}", "kl", kcfg, fp,
+                     marker_file=kcfg.out.with_suffix(".stage.json"))  # fmt: skip
 
-    def _draw(self, level, size, seed, out: Path) -> dict[str, Any]:
-        if self._train_levels is None:
-            self._train_levels = read_levels(self.probes["train"].output)
-        sub = draw_subset(self.train_items, self._train_levels, level, size, seed, self.eval_items,
-                          self.relations)  # fmt: skip
-        atomic_write_jsonl(out, sub.rows())
-        return sub.summary()  # kept in the marker subsets/<cell>.json
+    # -- the plan -------------------------------------------------------------------------
+    def probe_jobs(self, shards: int) -> list[Job]:
+        """The probes not yet done, each as ``shards`` jobs over its chunks (one when 1)."""
+        jobs = []
+        for stage in self.probes.values():
+            if stage.done():
+                continue
+            if shards <= 1:
+                jobs.append(Job(name=stage.key, stages=[stage], gpus=self._gpus))
+            else:
+                jobs += [Job(name=f"{stage.key}#{i}of{shards}", stages=[stage], shard=(i, shards),
+                             gpus=self._gpus) for i in range(shards)]  # fmt: skip
+        return jobs
 
-    # -- running --------------------------------------------------------------------------
+    def stage_jobs(self) -> list[Job]:
+        """After the probes and subsets: the base evaluation, then one job per cell."""
+        jobs = []
+        if self.cfg.eval.base:
+            jobs.append(Job(name=self.base_eval.key, stages=[self.base_eval], gpus=self._gpus))
+        for cell in self.cells:
+            stages = [s for k, s in cell.stages.items() if k != "subset"]
+            jobs.append(Job(name=f"cell/{cell.name}", stages=stages, cell=True,
+                            keep_models=self.cfg.keep_models, gpus=self._gpus))  # fmt: skip
+        return jobs
+
+    @property
+    def _gpus(self) -> int:
+        return 0 if self.cfg.device == "cpu" else 1
+
     def plan(self) -> list[tuple[str, str]]:
         """(stage, status) for every stage, in run order; reads markers only."""
         rows = [(s.key, s.status()) for s in self.probes.values()]
@@ -262,42 +268,64 @@ class Grid:
             rows += [(s.key, s.status()) for s in cell.stages.values()]
         return rows
 
+    def plan_jobs(self, shards: int = 1) -> list[tuple[str, str, str, str]]:
+        """(wave, job, stage, status) rows: what ``run`` would hand its executor, job by job."""
+        rows = []
+        probe_jobs = {j.stages[0].key: j for j in self.probe_jobs(shards)}
+        for stage in self.probes.values():
+            job = probe_jobs.get(stage.key)
+            shard = f"{shards} shards" if job and job.shard else stage.key
+            rows.append(("1 probes", shard, stage.key, stage.status()))
+        for cell in self.cells:
+            sub = cell.stages["subset"]
+            rows.append(("2 subsets (driver)", "-", sub.key, sub.status()))
+        for job in self.stage_jobs():
+            rows += [("3 cells", job.name, s.key, s.status()) for s in job.stages]
+        return rows
+
+    # -- running --------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
-        with RunLock(self.root):
-            atomic_write_text(self.root / "config.yaml", dump_config(self.cfg))
-            self._snapshot()
-            for stage in self.probes.values():
-                self._execute(stage)
-            for cell in self.cells:  # all sets first: a level too small fails before training
-                self._execute(cell.stages["subset"])
-            if self.cfg.eval.base:
-                self._execute(self.base_eval)
-            bar = tqdm(self.cells, desc="grid", unit="cell")
-            for cell in bar:
-                bar.set_postfix_str(cell.name)
-                self._run_cell(cell)
-            bar.close()
+        from sftscope.executors import make_executor
+
+        ex = self.cfg.executor
+        with Claim(self.layout.lock, ex.claim_timeout_s, what="run folder (another sftscope "
+                   "run drives it)"):  # fmt: skip
+            atomic_write_text(self.layout.config, dump_config(self.cfg))
+            atomic_write_jsonl(self.layout.items, self._item_rows)
+            executor = make_executor(ex, self.layout, gpus=self._gpus > 0)
+            try:
+                shards = ex.probe_shards or executor.parallelism
+                for stage in self.probes.values():
+                    if not stage.done():
+                        stage.clear()  # a probe made from other inputs goes before shards start
+                self._wave(executor, self.probe_jobs(shards), "probes")
+                for stage in self.probes.values():  # merge the shards' parts (no model loaded)
+                    self._execute(stage)
+                for cell in self.cells:  # all sets first: a level too small fails before training
+                    self._execute(cell.stages["subset"])
+                self._wave(executor, [j for j in self.stage_jobs() if not j.done()], "cells")
+            finally:
+                executor.close()
             return self.write_manifest()
 
-    def _run_cell(self, cell: Cell) -> None:
-        sub, train = cell.stages["subset"], cell.stages["train"]
-        analyses = [s for k, s in cell.stages.items() if k not in ("subset", "train")]
-        if sub.done() and train.done() and all(s.done() for s in analyses):
+    def _wave(self, executor, jobs: list[Job], what: str) -> None:
+        if not jobs:
             return
-        self._execute(sub)
-        weights = (train.output / "model.safetensors").exists() or any(
-            train.output.glob("model-*.safetensors")
-        )
-        if not train.done() or (not all(s.done() for s in analyses) and not weights):
-            if train.output.exists():
-                shutil.rmtree(train.output)  # also: weights deleted but needed again
-            self._execute(train)
-        for stage in analyses:
-            self._execute(stage)
-        if not self.cfg.keep_models:
-            for f in train.output.glob("*.safetensors"):
-                f.unlink()
-            shutil.rmtree(train.output / "adapter", ignore_errors=True)
+        bar, finished = tqdm(total=len(jobs), desc=what, unit="job"), set()
+
+        def done(job: Job) -> None:  # after every job (local: every stage)
+            self.write_manifest()
+            if job.name not in finished and (job.shard or all(s.done() for s in job.stages)):
+                finished.add(job.name)
+                bar.update(1)
+                bar.set_postfix_str(job.name)
+
+        failures = executor.run(jobs, done)
+        bar.close()
+        self.write_manifest()
+        if failures:
+            lines = "; ".join(f.line() for f in failures)
+            raise SftscopeError(f"{len(failures)} of {len(jobs)} {what} jobs failed: {lines}")
 
     def _execute(self, stage: Stage) -> None:
         if not stage.done():
@@ -305,15 +333,13 @@ class Grid:
             stage.execute()
             self.write_manifest()
 
-    def _snapshot(self) -> None:
-        atomic_write_jsonl(self.root / "data" / "items.jsonl", self._item_rows)
-
     def write_manifest(self) -> dict[str, Any]:
         stages = [*self.probes.values()] + ([self.base_eval] if self.cfg.eval.base else [])
         manifest = {
             "name": self.root.name,
             "updated": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "versions": self._versions,
+            "executor": self.cfg.executor.kind,
             "data_fingerprint": self.data_fp,
             "stages": {s.key: _stage_entry(s) for s in stages},
             "cells": {
@@ -327,7 +353,7 @@ class Grid:
                 for c in self.cells
             },
         }
-        atomic_write_json(self.root / "manifest.json", manifest)
+        atomic_write_json(self.layout.manifest, manifest)
         return manifest
 
 
@@ -338,33 +364,6 @@ def _stage_entry(stage: Stage) -> dict[str, Any]:
         "status": "done" if done else "pending",
         "fingerprint": stage.fingerprint,
         "seconds": m.get("seconds") if done else None,
+        "host": m.get("host") if done else None,
         "result": m.get("result") if done else None,
     }
-
-
-def _brief(summary: dict[str, Any]) -> dict[str, Any]:
-    keep = ("n_probed", "histogram", "facts_per_second", "thresholds")
-    return {k: summary[k] for k in keep if k in summary}
-
-
-def _eval_brief(summary: dict[str, Any]) -> dict[str, Any]:
-    out = {k: summary[k]["containment"] for k in ("in_domain", "ood", "overall")}
-    for key, block in summary.get("by_level", {}).items():
-        out[f"{key}_per_level"] = [v["containment"] for v in block["per_level"]]
-        out[f"{key}_mean_of_levels"] = block["mean_of_levels"]["containment"]
-    return out
-
-
-def _kl_brief(summary: dict[str, Any]) -> dict[str, Any]:
-    p = summary["paper"]
-    out = {"paper_mean": p["mean"], "paper_std": p["std"], "paper_n": p["n"]}
-    if "full" in summary:
-        out["full_per_level"] = [b["kl_mean"] for b in summary["full"]["per_level"]]
-        out["dlogp_per_level"] = [b["dlogp_mean"] for b in summary["full"]["per_level"]]
-    return out
-
-
-def _train_brief(cfg: TrainConfig) -> dict[str, Any]:
-    from sftscope.train import run_train
-
-    return run_train(cfg)

@@ -28,9 +28,10 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
 from tqdm.auto import tqdm
 
-from sftscope.config import ProbeConfig, dump_config
+from sftscope.config import ProbeConfig, dump_config, result_fields
 from sftscope.data.dataset import load_items, resolve_dataset
 from sftscope.data.matching import contains_answer
 from sftscope.data.schema import QAItem
@@ -200,15 +201,24 @@ def _settings(cfg: ProbeConfig) -> ProbeConfig:
 
 
 def holds_other_probe(cfg: ProbeConfig) -> bool:
-    """Whether ``cfg.out`` holds (part of) a probe made with other settings."""
+    """Whether ``cfg.out`` holds (part of) a probe made with settings that give other results
+    (a probe begun on a CPU resumes on a GPU, or with another batch size)."""
     path = Path(cfg.out) / "probe.yaml"
     if not path.exists():
         return False
-    return read_yaml(path, "probe settings") != _settings(cfg).model_dump(mode="json")
+    saved = read_yaml(path, "probe settings")
+    try:
+        return result_fields(ProbeConfig.model_validate(saved)) != result_fields(_settings(cfg))
+    except ValidationError:
+        return True
 
 
-def run_probe(cfg: ProbeConfig, engine: Engine | None = None) -> dict[str, Any]:
-    """The ``sftscope probe`` stage; resumable, see the module docstring."""
+def run_probe(
+    cfg: ProbeConfig, engine: Engine | None = None, shard: tuple[int, int] | None = None
+) -> dict[str, Any]:
+    """The ``sftscope probe`` stage; resumable, see the module docstring. ``shard = (i, n)``
+    probes only the chunks ``c % n == i`` and returns without merging: n workers probe one
+    split in parallel, then one more call (no shard) merges their parts."""
     out = Path(cfg.out)
     dataset = resolve_dataset(cfg.data, cfg.data_dir)
     items = load_items(dataset, [cfg.split], cfg.relations, cfg.limit_per_relation)
@@ -243,6 +253,8 @@ def run_probe(cfg: ProbeConfig, engine: Engine | None = None) -> dict[str, Any]:
     ]
     parts = out / "parts"
     todo = [c for c in range(len(chunks)) if not (parts / f"{c:05d}.jsonl").exists()]
+    if shard is not None:
+        todo = [c for c in todo if c % shard[1] == shard[0]]
     started, done_now = time.perf_counter(), 0
     if todo and engine is None:
         from sftscope.models.engines import HFEngine
@@ -274,6 +286,8 @@ def run_probe(cfg: ProbeConfig, engine: Engine | None = None) -> dict[str, Any]:
         bar.update(len(chunk))
     bar.close()
     wall = time.perf_counter() - started
+    if shard is not None:
+        return {"chunks": len(todo), "facts": done_now, "seconds": round(wall, 2)}
     return _finish(cfg, out, items, chunks, thresholds, wall, done_now,
                    getattr(engine, "tokens_forwarded", 0) - tokens_before)  # fmt: skip
 

@@ -1,28 +1,28 @@
-"""Resumable stages, the pieces the grid (:mod:`sftscope.experiment`) is made of.
+"""Resumable stages and jobs, the data the grid (:mod:`sftscope.experiment`) plans and an
+executor (:mod:`sftscope.executors`) runs.
 
-A stage's output carries a fingerprint of what made it: the stage's config slice and the
-fingerprints of its inputs. A stage is done when its output holds a ``stage.json`` marker with
-the expected fingerprint; the marker is written last, after the output itself was written
-atomically, so a run killed at any moment leaves outputs that are either complete or
-recognisably not. One run per folder at a time (a pid lock file that survives kill -9).
+A stage's output carries a fingerprint of what made it: the fields of the stage's config that
+change results (:func:`sftscope.config.result_fields`) and the fingerprints of its inputs. A
+stage is done when its output holds a ``stage.json`` marker with the expected fingerprint; the
+marker is written last, after the output itself was written atomically, so a run killed at any
+moment leaves outputs that are either complete or recognisably not.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import platform
 import shutil
+import socket
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from sftscope.errors import SftscopeError
-from sftscope.io import atomic_write_json, atomic_write_text
+from pydantic import BaseModel, ConfigDict
+
+from sftscope.io import atomic_write_json
 
 MARKER = "stage.json"
 _PACKAGES = ("sftscope", "torch", "transformers", "trl", "peft", "accelerate", "datasets")
@@ -52,17 +52,23 @@ def model_identity(name: str) -> dict[str, Any]:
     return {"model": name, "files": files, "config": file_digest(cfg) if cfg.exists() else None}
 
 
-@dataclass
-class Stage:
-    """One unit of work whose output (a folder, or a file) is complete once its marker exists:
-    ``OUTPUT/stage.json`` for a folder, ``OUTPUT.json`` beside a file."""
+class Stage(BaseModel):
+    """One unit of work, as data: which runner (``kind``, see :mod:`sftscope.runners`), its
+    config as JSON, where it writes, and the fingerprint of what makes its result. Being plain
+    data, a stage travels to any worker (a subprocess, a SLURM job, a Ray task) as JSON. Its
+    output (a folder, or a file) is complete once its marker exists: ``OUTPUT/stage.json`` for
+    a folder, ``OUTPUT.json`` beside a file."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     key: str
+    kind: str
+    config: dict[str, Any]
     output: Path
     fingerprint: str
-    run: Callable[[], dict[str, Any]]
     keep_partial: bool = False  # the stage resumes from its own partial output (the probe)
     marker_file: Path | None = None  # for a file output: where its marker lives
+    inputs: dict[str, Path] = {}  # further paths the runner reads (restore: the cell's eval)
 
     @property
     def marker_path(self) -> Path:
@@ -88,23 +94,48 @@ class Stage:
             return "redo (inputs changed)"
         return "resume" if self.keep_partial and self.output.exists() else "run"
 
+    def clear(self) -> None:
+        """Remove an output that cannot be trusted: one made from other inputs, or (for a
+        stage that does not resume) one left half-written."""
+        if self.output.exists() and (self.marker() is not None or not self.keep_partial):
+            remove_output(self.output)
+        self.marker_path.unlink(missing_ok=True)
+
     def execute(self) -> dict[str, Any]:
+        from sftscope.runners import run_stage
+
         if self.done():
             return self.marker() or {}
-        if self.output.exists() and (self.marker() is not None or not self.keep_partial):
-            remove_output(self.output)  # stale or half-written: never trusted
-        self.marker_path.unlink(missing_ok=True)
+        self.clear()
         started = time.perf_counter()
-        result = self.run()
+        result = run_stage(self)
         marker = {
             "stage": self.key,
             "fingerprint": self.fingerprint,
             "seconds": round(time.perf_counter() - started, 2),
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "host": socket.gethostname(),
             "result": result,
         }
         atomic_write_json(self.marker_path, marker)
         return marker
+
+
+class Job(BaseModel):
+    """What one worker runs: stages in order (a cell's train, eval, kl, ... share one job), or
+    one shard of a probe (``shard = (index, count)``: its chunks ``c % count == index``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    stages: list[Stage]
+    shard: tuple[int, int] | None = None
+    cell: bool = False  # a cell: retrain when its weights were deleted but are needed again
+    keep_models: bool = True  # cell: false deletes the weights once every stage is done
+    gpus: int = 0  # GPUs the job wants (0 on a CPU run)
+
+    def done(self) -> bool:
+        return self.shard is None and all(s.done() for s in self.stages)
 
 
 def remove_output(path: Path) -> None:
@@ -122,36 +153,3 @@ def package_versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             out[pkg] = "not installed"
     return out
-
-
-class RunLock:
-    """One ``sftscope run`` per folder: a lock file naming the pid (stale locks of dead
-    processes, e.g. after kill -9, are taken over)."""
-
-    def __init__(self, root: Path):
-        self.path = root / ".lock"
-
-    def __enter__(self) -> RunLock:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        if self.path.exists():
-            try:
-                pid = int(self.path.read_text().strip() or 0)
-            except ValueError:
-                pid = 0
-            if pid and pid != os.getpid() and _alive(pid):
-                raise SftscopeError(f"{self.path.parent}: another sftscope run (pid {pid}) uses it")
-        atomic_write_text(self.path, str(os.getpid()))
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.path.unlink(missing_ok=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

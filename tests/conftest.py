@@ -10,9 +10,12 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 import json  # noqa: E402
 import shutil  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
+import yaml  # noqa: E402
 
 from sftscope.models.tiny import save_tiny  # noqa: E402
 
@@ -77,3 +80,27 @@ def perturbed_copy(src: Path, out: Path, seed: int = 0, scale: float = 0.05, dty
         if f.is_file() and f.suffix != ".safetensors":
             shutil.copy2(f, out / f.name)
     return out
+
+
+def grid_yaml(tmp_path: Path, model: Path, **kw) -> Path:
+    """A tiny grid (4 cells: levels 1, mixed x sizes 4, 8) on the EQ fixture, as a YAML file."""
+    cfg = {
+        "model": str(model), "data": "entityquestions", "data_dir": str(EQ_FIXTURE),
+        "train_limit_per_relation": 12, "levels": [1, "mixed"], "sizes": [4, 8], "seeds": [0],
+        "probe": {"method": "likelihood", "templates": 3, "chunk_size": 8, "batch_size": 16},
+        "train": {"batch_size": 4, "learning_rate": 1e-3},
+        "eval": {"limit_per_relation": 3, "batch_size": 16, "max_new_tokens": 6},
+        "device": "cpu", "out": str(tmp_path / "run"), **kw,
+    }  # fmt: skip
+    path = tmp_path / "grid.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def cli_run(path: Path, *overrides: str) -> subprocess.Popen:
+    """``sftscope run PATH`` in a subprocess, its output appended to ``run.log`` beside PATH."""
+    # Same thread count in every run: float reductions (hence greedy outputs) depend on it.
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "sftscope.cli", "run", str(path), *overrides]
+    log = open(path.parent / "run.log", "a")  # noqa: SIM115 - a pipe could fill up and block
+    return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)

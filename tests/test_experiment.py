@@ -5,14 +5,11 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-import yaml
-from conftest import EQ_FIXTURE
+from conftest import cli_run, grid_yaml
 from typer.testing import CliRunner
 
 from sftscope.cli import app
@@ -23,27 +20,13 @@ from sftscope.run_results import cell_table
 CELLS = ["1-4-0", "1-8-0", "mixed-4-0", "mixed-8-0"]
 
 
-def _grid_yaml(tmp_path: Path, model: Path, **kw) -> Path:
-    cfg = {
-        "model": str(model), "data": "entityquestions", "data_dir": str(EQ_FIXTURE),
-        "train_limit_per_relation": 12, "levels": [1, "mixed"], "sizes": [4, 8], "seeds": [0],
-        "probe": {"method": "likelihood", "templates": 3, "chunk_size": 8, "batch_size": 16},
-        "train": {"batch_size": 4, "learning_rate": 1e-3},
-        "eval": {"limit_per_relation": 3, "batch_size": 16, "max_new_tokens": 6},
-        "device": "cpu", "out": str(tmp_path / "run"), **kw,
-    }  # fmt: skip
-    path = tmp_path / "grid.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
-
-
 def _markers(run: Path) -> dict[str, str]:
     paths = [*run.rglob("stage.json"), *run.glob("subsets/*.json"), *run.glob("kl/*.stage.json")]
     return {str(p.relative_to(run)): p.read_text() for p in paths}
 
 
 def test_grid_end_to_end_and_rerun_skips_everything(tiny_model_dir: Path, tmp_path: Path) -> None:
-    path = _grid_yaml(tmp_path, tiny_model_dir)
+    path = grid_yaml(tmp_path, tiny_model_dir)
     res = CliRunner().invoke(app, ["run", str(path)])
     assert res.exit_code == 0, res.output
     run = tmp_path / "run"
@@ -73,7 +56,7 @@ def test_grid_end_to_end_and_rerun_skips_everything(tiny_model_dir: Path, tmp_pa
 
 
 def test_changed_recipe_redoes_training_only(tiny_model_dir: Path, tmp_path: Path) -> None:
-    path = _grid_yaml(tmp_path, tiny_model_dir, sizes=[4], levels=[1], keep_models=False)
+    path = grid_yaml(tmp_path, tiny_model_dir, sizes=[4], levels=[1], keep_models=False)
     Grid(load_config(GridConfig, path)).run()
     run = tmp_path / "run"
     assert not list((run / "models" / "1-4-0").glob("*.safetensors"))  # keep_models: false
@@ -88,20 +71,12 @@ def test_changed_recipe_redoes_training_only(tiny_model_dir: Path, tmp_path: Pat
     assert res.exit_code == 0 and "redo" in res.output
 
 
-def _cli_run(path: Path) -> subprocess.Popen:
-    # Same thread count in every run: float reductions (hence greedy outputs) depend on it.
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    cmd = [sys.executable, "-m", "sftscope.cli", "run", str(path)]
-    log = open(path.parent / "run.log", "a")  # noqa: SIM115 - a pipe could fill up and block
-    return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
-
-
 def test_kill_9_then_rerun_finishes_without_redoing_finished_cells(
     tiny_model_dir: Path, tmp_path: Path
 ) -> None:
-    path = _grid_yaml(tmp_path, tiny_model_dir)
+    path = grid_yaml(tmp_path, tiny_model_dir)
     run = tmp_path / "run"
-    proc = _cli_run(path)
+    proc = cli_run(path)
     first = run / "eval" / CELLS[0] / "stage.json"
     deadline = time.time() + 300
     while not first.exists() and proc.poll() is None and time.time() < deadline:
@@ -110,7 +85,7 @@ def test_kill_9_then_rerun_finishes_without_redoing_finished_cells(
     proc.wait()
     assert first.exists(), "the first cell did not finish before the deadline"
     finished = _markers(run)
-    rerun = _cli_run(path)
+    rerun = cli_run(path)
     assert rerun.wait(timeout=600) == 0, (tmp_path / "run.log").read_text()[-2000:]
     after = _markers(run)
     changed = [k for k, v in finished.items() if after[k] != v]
@@ -122,14 +97,14 @@ def test_kill_9_then_rerun_finishes_without_redoing_finished_cells(
     # Same result as a run that was never interrupted.
     clean = tmp_path / "clean"
     clean.mkdir()
-    assert _cli_run(_grid_yaml(clean, tiny_model_dir)).wait(timeout=600) == 0
+    assert cli_run(grid_yaml(clean, tiny_model_dir)).wait(timeout=600) == 0
     for cell in CELLS:
         a = (run / "eval" / cell / "records.jsonl").read_text()
         assert a == (clean / "run" / "eval" / cell / "records.jsonl").read_text(), cell
 
 
 def test_bad_grid_input_is_one_line(tiny_model_dir: Path, tmp_path: Path) -> None:
-    path = _grid_yaml(tmp_path, tiny_model_dir, sizes=[500], levels=[1])
+    path = grid_yaml(tmp_path, tiny_model_dir, sizes=[500], levels=[1])
     res = CliRunner().invoke(app, ["run", str(path)])
     assert res.exit_code == 2
     assert "level 1: size 500 asked, but only 24 facts" in res.output and "P17 12" in res.output
@@ -149,7 +124,7 @@ def test_grid_params_hook_diff_restore_sweep_and_transitions(
     tiny_model_dir: Path, tmp_path: Path
 ) -> None:
     params = {"cells": ["1-4-0"], "k": [10, 50], "pick_on": "dev"}
-    path = _grid_yaml(tmp_path, tiny_model_dir, sizes=[4], levels=[1], keep_models=False,
+    path = grid_yaml(tmp_path, tiny_model_dir, sizes=[4], levels=[1], keep_models=False,
                       params=params, kl={"enabled": False}, transitions=True)  # fmt: skip
     res = CliRunner().invoke(app, ["run", str(path)])
     assert res.exit_code == 0, res.output
@@ -180,7 +155,7 @@ def test_new_calibration_content_redoes_the_probe(tiny_model_dir: Path, tmp_path
     cal = tmp_path / "cal.json"
     cal.write_text(json.dumps({"thresholds": [0.001, 0.1, 0.2, 0.3]}))
     probe = {"method": "likelihood", "templates": 3, "calibration": str(cal)}
-    path = _grid_yaml(tmp_path, tiny_model_dir, probe=probe)
+    path = grid_yaml(tmp_path, tiny_model_dir, probe=probe)
     before = Grid(load_config(GridConfig, path)).probes["train"].fingerprint
     assert Grid(load_config(GridConfig, path)).probes["train"].fingerprint == before
     cal.write_text(json.dumps({"thresholds": [0.001, 0.1, 0.2, 0.4]}))

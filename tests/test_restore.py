@@ -193,7 +193,7 @@ def test_restore_cli_without_eval_and_yaml_config(pair, tmp_path: Path) -> None:
     assert res.exit_code == 0 and (tmp_path / "b" / "layers-0-1" / "config.json").exists()
 
 
-def test_compute_device_cpu_is_the_default_and_stays_out_of_saved_settings(
+def test_compute_device_cpu_is_the_default_and_stays_out_of_compared_settings(
     pair, tmp_path: Path
 ) -> None:
     base, tuned = pair
@@ -203,7 +203,7 @@ def test_compute_device_cpu_is_the_default_and_stays_out_of_saved_settings(
     for label in ("global-random-3", "global-random-50"):
         x, y = load_all(tmp_path / "a" / label), load_all(tmp_path / "b" / label)
         assert all(torch.equal(x[n], y[n]) for n in x)
-    assert "compute_device" not in yaml.safe_load((tmp_path / "b" / "config.yaml").read_text())
+    assert "compute_device" not in yaml.safe_load((tmp_path / "b" / "restore.yaml").read_text())
     # the outputs do not depend on it, so a rerun on another device reuses the folder
     again = _restore(base, tuned, tmp_path / "b", k=[3, 50], strategy="random",
                      compute_device="auto")  # fmt: skip

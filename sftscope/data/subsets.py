@@ -17,8 +17,12 @@ import random
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal
 
+from pydantic import Field
+
+from sftscope.config import StageConfig, runtime
 from sftscope.data.matching import normalize
 from sftscope.data.schema import QAItem
 from sftscope.errors import SftscopeError
@@ -150,3 +154,29 @@ def draw_subset(
     random.Random(f"order:{seed}:{level}:{size}").shuffle(picked)  # mix relations
     picked_levels = {it.id: levels.get(it.id) for it in picked}  # not a copy of the whole map
     return Subset(level, size, seed, picked, picked_levels, composition, pools, excluded)
+
+
+class SubsetConfig(StageConfig):
+    """The grid's subset stage: one balanced set drawn from the run's item snapshot."""
+
+    items: Path = Field(description="the run's data/items.jsonl (train and evaluation items)")
+    mastery: Path = Field(description="the base model's probe of the train split")
+    relations: list[str] = Field(description="the in-domain relations trained on")
+    eval_split: str = Field(description="the evaluation split, whose questions are held out")
+    level: int | Literal["mixed"]
+    size: int | Literal["all"]
+    seed: int
+    out: Path = runtime(description="the subset's JSONL file")
+
+
+def run_subset(cfg: SubsetConfig) -> dict[str, Any]:
+    from sftscope.io import atomic_write_jsonl, read_jsonl
+    from sftscope.mastery import read_levels
+
+    rows = [QAItem.model_validate(r) for r in read_jsonl(cfg.items)]
+    pool = [it for it in rows if it.split == "train"]
+    held_out = [it for it in rows if it.split == cfg.eval_split]
+    sub = draw_subset(pool, read_levels(cfg.mastery), cfg.level, cfg.size, cfg.seed, held_out,
+                      cfg.relations)  # fmt: skip
+    atomic_write_jsonl(cfg.out, sub.rows())
+    return sub.summary()

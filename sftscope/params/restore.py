@@ -42,7 +42,7 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
-from sftscope.config import RestoreConfig, dump_config
+from sftscope.config import RestoreConfig, dump_config, result_fields
 from sftscope.errors import SftscopeError
 from sftscope.io import atomic_write_json, atomic_write_text, read_yaml, replace_dir, tsv_text
 from sftscope.params.diff import checked, layer_of, natural_key, region_names, relative_change
@@ -226,8 +226,9 @@ STATS_COLUMNS = ("output", "tensor", "layer", "numel", "restored", "restored_pct
 
 
 def restore_settings(cfg: RestoreConfig) -> dict[str, Any]:
-    """What a restore folder records (and a rerun compares): the config minus its evaluation."""
-    return cfg.model_dump(mode="json", exclude={"eval", "out", "device", "trust_remote_code"})
+    """What a restore folder records (and a rerun compares): the fields that change results,
+    without the evaluation (not where it runs, nor its shard size)."""
+    return result_fields(cfg, exclude={"eval", "trust_remote_code"})
 
 
 def run_restore(cfg: RestoreConfig) -> dict[str, Any]:

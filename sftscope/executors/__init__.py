@@ -1,0 +1,64 @@
+"""Executors: who runs the jobs a plan holds. One module each, one line in ``EXECUTORS``; the
+grid never knows which one it has.
+
+Every executor is handed a list of independent jobs (a wave of the plan: the probes' shards,
+then the base evaluation and the cells), writes each as ``RUN/jobs/<job>.json`` where it runs
+out of process, and reports the jobs that failed with their log paths. Nothing here schedules:
+local runs in this process, ``processes`` keeps N ``python -m sftscope.worker`` subprocesses
+busy, ``slurm`` submits job arrays through submitit, ``ray`` submits Ray tasks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import import_module
+from pathlib import Path
+from typing import Protocol
+
+from sftscope.config import ExecutorConfig
+from sftscope.layout import RunLayout
+from sftscope.stages import Job
+
+EXECUTORS = {
+    "local": "sftscope.executors.local:LocalExecutor",
+    "processes": "sftscope.executors.processes:ProcessExecutor",
+    "slurm": "sftscope.executors.slurm:SlurmExecutor",
+    "ray": "sftscope.executors.ray_tasks:RayExecutor",
+}
+
+
+@dataclass(frozen=True)
+class Failure:
+    job: str
+    error: str
+    log: Path | None = None
+
+    def line(self) -> str:
+        return f"{self.job}: {self.error}" + (f" (log: {self.log})" if self.log else "")
+
+
+class Executor(Protocol):
+    #: how many probe shards keep this executor busy (1: the probe is not split)
+    parallelism: int
+
+    def run(self, jobs: list[Job], on_done: Callable[[Job], None]) -> list[Failure]:
+        """Run every job (in any order), call ``on_done`` as each finishes, return failures."""
+        ...
+
+    def close(self) -> None:
+        """Release what the executor started (a local Ray cluster)."""
+        ...
+
+
+def make_executor(cfg: ExecutorConfig, layout: RunLayout, gpus: bool = False) -> Executor:
+    """The executor ``cfg.kind`` names; ``gpus``: the run's stages want a GPU each."""
+    module, _, name = EXECUTORS[cfg.kind].partition(":")
+    return getattr(import_module(module), name)(cfg, layout, gpus)
+
+
+def write_job(layout: RunLayout, job: Job) -> Path:
+    """The job as JSON, for a worker in another process or on another host."""
+    from sftscope.io import atomic_write_text
+
+    return atomic_write_text(layout.job_file(job.name), job.model_dump_json(indent=1))

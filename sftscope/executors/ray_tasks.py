@@ -1,0 +1,64 @@
+"""``executor: ray``: one Ray task per job, on an existing cluster (``ray.address``) or on a
+local one started for the run. Each task asks for ``num_cpus``/``num_gpus`` (Ray sets
+``CUDA_VISIBLE_DEVICES``) and runs in a fresh worker process (``max_calls=1``: a job's models
+are freed with its process). Ray is an optional extra: ``pip install 'sftscope[ray]'``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from sftscope.config import ExecutorConfig
+from sftscope.errors import SftscopeError
+from sftscope.executors import Failure, write_job
+from sftscope.layout import RunLayout
+from sftscope.stages import Job
+
+
+def _ray() -> Any:
+    try:
+        import ray
+    except ImportError:
+        raise SftscopeError("executor 'ray' needs Ray: pip install 'sftscope[ray]'") from None
+    return ray
+
+
+class RayExecutor:
+    def __init__(self, cfg: ExecutorConfig, layout: RunLayout, gpus: bool = False):
+        ray = _ray()
+        s = cfg.ray
+        self.cfg, self.layout = cfg, layout
+        self._started = not ray.is_initialized()
+        if self._started:
+            ray.init(address=s.address, num_cpus=s.local_cpus if s.address is None else None,
+                     include_dashboard=False, log_to_driver=False,
+                     configure_logging=False)  # fmt: skip
+        from sftscope.worker import run_job_file
+
+        self.task = ray.remote(num_cpus=s.num_cpus, num_gpus=s.num_gpus if gpus else 0,
+                               max_calls=1, max_retries=0)(run_job_file)  # fmt: skip
+        slots = ray.cluster_resources().get("GPU" if gpus and s.num_gpus else "CPU", 1)
+        per = (s.num_gpus if gpus and s.num_gpus else s.num_cpus) or 1
+        self.parallelism = cfg.probe_shards or max(1, int(slots // per))
+
+    def run(self, jobs: list[Job], on_done: Callable[[Job], None]) -> list[Failure]:
+        ray = _ray()
+        refs = {self.task.remote(str(write_job(self.layout, job)), True,
+                                 self.cfg.claim_timeout_s): job for job in jobs}  # fmt: skip
+        failures, pending = [], list(refs)
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1)
+            job = refs[ready[0]]
+            try:
+                ray.get(ready[0])
+            except Exception as e:  # noqa: BLE001 - reported with the job's log
+                cause = getattr(e, "cause", None) or e
+                failures.append(Failure(job.name, f"{type(cause).__name__}: {cause}"[:300],
+                                        self.layout.log(job.name)))  # fmt: skip
+            else:
+                on_done(job)
+        return failures
+
+    def close(self) -> None:
+        if self._started:
+            _ray().shutdown()

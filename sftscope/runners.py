@@ -1,0 +1,111 @@
+"""The stage registry: a stage's ``kind`` names the config model its JSON is validated by and
+the function that runs it. A new kind of stage is one function here and one ``@runner`` line;
+the grid plans it, every executor runs it. Each runner returns the brief result kept in the
+stage's marker (and so in ``manifest.json``)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from sftscope.config import (
+    DiffConfig,
+    EvalConfig,
+    KLConfig,
+    ProbeConfig,
+    RestoreConfig,
+    TrainConfig,
+)
+from sftscope.data.subsets import SubsetConfig
+from sftscope.stages import Stage
+
+Runner = Callable[..., dict[str, Any]]
+RUNNERS: dict[str, tuple[type[BaseModel], Runner]] = {}
+
+
+def runner(kind: str, config: type[BaseModel]) -> Callable[[Runner], Runner]:
+    def register(fn: Runner) -> Runner:
+        RUNNERS[kind] = (config, fn)
+        return fn
+
+    return register
+
+
+def stage_config(stage: Stage) -> BaseModel:
+    cls, _ = RUNNERS[stage.kind]
+    return cls.model_validate(stage.config)
+
+
+def run_stage(stage: Stage, **kw: Any) -> dict[str, Any]:
+    """Run one stage in this process (``kw``: the probe's ``shard``)."""
+    cls, fn = RUNNERS[stage.kind]
+    return fn(cls.model_validate(stage.config), stage, **kw)
+
+
+@runner("probe", ProbeConfig)
+def _probe(cfg: ProbeConfig, stage: Stage, shard: tuple[int, int] | None = None) -> dict:
+    from sftscope.probe import run_probe
+
+    summary = run_probe(cfg, shard=shard)
+    keep = ("n_probed", "histogram", "facts_per_second", "thresholds", "chunks")
+    return {k: summary[k] for k in keep if k in summary}
+
+
+@runner("subset", SubsetConfig)
+def _subset(cfg: SubsetConfig, stage: Stage) -> dict:
+    from sftscope.data.subsets import run_subset
+
+    return run_subset(cfg)  # the composition, kept in the marker subsets/<cell>.json
+
+
+@runner("train", TrainConfig)
+def _train(cfg: TrainConfig, stage: Stage) -> dict:
+    from sftscope.train import run_train
+
+    return run_train(cfg)
+
+
+@runner("eval", EvalConfig)
+def _eval(cfg: EvalConfig, stage: Stage) -> dict:
+    from sftscope.evaluate import run_eval
+
+    summary = run_eval(cfg)
+    out = {k: summary[k]["containment"] for k in ("in_domain", "ood", "overall")}
+    for key, block in summary.get("by_level", {}).items():
+        out[f"{key}_per_level"] = [v["containment"] for v in block["per_level"]]
+        out[f"{key}_mean_of_levels"] = block["mean_of_levels"]["containment"]
+    return out
+
+
+@runner("kl", KLConfig)
+def _kl(cfg: KLConfig, stage: Stage) -> dict:
+    from sftscope.token_kl import run_kl
+
+    p = (summary := run_kl(cfg))["paper"]
+    out = {"paper_mean": p["mean"], "paper_std": p["std"], "paper_n": p["n"]}
+    if "full" in summary:
+        out["full_per_level"] = [b["kl_mean"] for b in summary["full"]["per_level"]]
+        out["dlogp_per_level"] = [b["dlogp_mean"] for b in summary["full"]["per_level"]]
+    return out
+
+
+@runner("diff", DiffConfig)
+def _diff(cfg: DiffConfig, stage: Stage) -> dict:
+    from sftscope.models.loading import resolve_model
+    from sftscope.params.diff import run_diff
+
+    s = run_diff(Path(resolve_model(cfg.base)), cfg.tuned, cfg.out, cfg.region, cfg.nonzero_base,
+                 compute_device=cfg.compute_device)  # fmt: skip
+    return {"concentration": {f"{r['k']:g}": r["share"] for r in s["concentration"]}}
+
+
+@runner("restore", RestoreConfig)
+def _restore(cfg: RestoreConfig, stage: Stage) -> dict:
+    """The k sweep, or the layer blocks; the unrestored model's score is the cell's own eval
+    (``inputs["tuned_eval"]``)."""
+    from sftscope.params.sweep import run_sweep
+
+    return run_sweep(cfg, stage.inputs.get("tuned_eval"))

@@ -1,0 +1,136 @@
+"""What runs one planned job, wherever it runs: in the driver (``local``), in a subprocess
+(``processes``: ``python -m sftscope.worker JOB.json``), in a SLURM job or a Ray task.
+
+A job claims itself (``claims/<job>.json``, :mod:`sftscope.claims`), runs its stages in order,
+each skipped when its marker says it is done, and releases the claim. A worker killed at any
+point leaves finished stages marked and the half-done one unmarked, so running the same job
+again redoes exactly that one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from sftscope.claims import Claim
+from sftscope.layout import RunLayout
+from sftscope.stages import Job, Stage
+
+DEFAULT_CLAIM_TIMEOUT_S = 600.0
+
+
+def run_job(
+    job: Job, root: Path, claim_timeout_s: float = DEFAULT_CLAIM_TIMEOUT_S,
+    on_stage: Callable[[Stage], None] | None = None,
+) -> None:  # fmt: skip
+    """Run ``job`` of the run folder ``root`` in this process."""
+    from sftscope.runners import run_stage
+
+    with Claim(RunLayout(root).claim(job.name), claim_timeout_s):
+        if job.shard is not None:
+            (stage,) = job.stages
+            if not stage.done():
+                run_stage(stage, shard=job.shard)
+            return
+        if job.cell:
+            _run_cell(job, on_stage)
+            return
+        for stage in job.stages:
+            _execute(stage, on_stage)
+
+
+def _run_cell(job: Job, on_stage: Callable[[Stage], None] | None) -> None:
+    """train, then its analyses (eval, kl, diff, ...): the fine-tuned weights are retrained
+    when deleted (``keep_models: false``) but needed again by an analysis not yet done."""
+    train, *analyses = job.stages
+    if train.done() and all(s.done() for s in analyses):
+        return
+    if not train.done() or (not all(s.done() for s in analyses) and not has_weights(train.output)):
+        if train.output.exists():
+            shutil.rmtree(train.output)
+        _execute(train, on_stage)
+    for stage in analyses:
+        _execute(stage, on_stage)
+    if not job.keep_models:
+        for f in train.output.glob("*.safetensors"):
+            f.unlink()
+        shutil.rmtree(train.output / "adapter", ignore_errors=True)
+
+
+def has_weights(folder: Path) -> bool:
+    return (folder / "model.safetensors").exists() or any(folder.glob("model-*.safetensors"))
+
+
+def _execute(stage: Stage, on_stage: Callable[[Stage], None] | None) -> None:
+    if not stage.done():
+        stage.execute()
+        if on_stage is not None:
+            on_stage(stage)
+
+
+@contextlib.contextmanager
+def logged(path: Path) -> Iterator[None]:
+    """Send this process's stdout and stderr (file descriptors too: C code, tqdm, warnings)
+    to ``path`` for the duration: a Ray task or SLURM job leaves its log in the run folder."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with open(path, "a", encoding="utf-8") as log:
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+
+
+def run_job_file(path: str | Path, log: bool = False, claim_timeout_s: float | None = None) -> str:
+    """Run the job saved at ``path`` (``RUN/jobs/<job>.json``); returns its name. ``log``:
+    write its output to ``RUN/logs/<job>.log`` (for workers whose output goes elsewhere)."""
+    import logging
+
+    path = Path(path)
+    root = path.parent.parent
+    job = Job.model_validate_json(path.read_text(encoding="utf-8"))
+    threads = os.environ.get("OMP_NUM_THREADS")
+    if threads and threads.isdigit():  # the same thread count gives the same float reductions
+        import torch
+
+        torch.set_num_threads(int(threads))
+    timeout = claim_timeout_s or float(
+        os.environ.get("SFTSCOPE_CLAIM_TIMEOUT_S", DEFAULT_CLAIM_TIMEOUT_S)
+    )
+    with logged(RunLayout(root).log(job.name)) if log else contextlib.nullcontext():
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s",
+                            force=True)  # fmt: skip
+        run_job(job, root, timeout)
+    return job.name
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m sftscope.worker RUN/jobs/JOB.json", file=sys.stderr)
+        return 2
+    from sftscope.errors import SftscopeError
+
+    try:
+        run_job_file(args[0])
+    except SftscopeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,170 @@
+"""The same tiny grid under every executor (local, processes, submitit's local cluster for
+``slurm``, a local Ray cluster): identical subsets, bit-identical weights, identical eval
+records. A worker killed mid-cell, a job that raises, and changes that only say how a run runs
+(device, batch sizes, executor) planning nothing to redo."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import torch
+from conftest import cli_run, grid_yaml
+from safetensors.torch import load_file
+
+from sftscope.claims import Claim
+from sftscope.config import GridConfig, load_config
+from sftscope.errors import SftscopeError
+from sftscope.experiment import Grid
+
+CELLS = ["1-4-0", "1-8-0", "mixed-4-0", "mixed-8-0"]
+EXECUTORS = {
+    "processes": ["--executor", "processes", "--workers", "2"],
+    "slurm": ["executor.kind=slurm", "executor.slurm.cluster=local", "executor.slurm.poll_s=0.2",
+              "executor.probe_shards=2"],  # fmt: skip
+    "ray": ["executor.kind=ray", "executor.ray.local_cpus=2"],
+}
+
+
+def _run(path: Path, *args: str, timeout: float = 600) -> int:
+    return cli_run(path, *args).wait(timeout=timeout)
+
+
+def _log(path: Path) -> str:
+    return (path.parent / "run.log").read_text()[-3000:]
+
+
+def _results(run: Path) -> dict[str, object]:
+    out: dict[str, object] = {}
+    for cell in CELLS:
+        out[f"subset {cell}"] = (run / "subsets" / f"{cell}.jsonl").read_text()
+        out[f"records {cell}"] = (run / "eval" / cell / "records.jsonl").read_text()
+    out["records base"] = (run / "eval" / "base" / "records.jsonl").read_text()
+    out["probe"] = (run / "probe" / "train" / "mastery.jsonl").read_text()
+    return out
+
+
+def _same_weights(a: Path, b: Path) -> None:
+    for cell in CELLS:
+        x = load_file(a / "models" / cell / "model.safetensors")
+        y = load_file(b / "models" / cell / "model.safetensors")
+        assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x), cell
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The grid under the default executor (local), in a subprocess like the others."""
+    path = grid_yaml(tmp_path_factory.mktemp("local"), tiny_model_dir)
+    assert _run(path) == 0, _log(path)
+    return path.parent / "run"
+
+
+@pytest.mark.parametrize("executor", list(EXECUTORS))
+def test_every_executor_gives_the_local_results(
+    executor: str, reference: Path, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    if executor == "ray":
+        pytest.importorskip("ray")
+    path = grid_yaml(tmp_path, tiny_model_dir)
+    assert _run(path, *EXECUTORS[executor]) == 0, _log(path)
+    run = tmp_path / "run"
+    assert _results(run) == _results(reference)
+    _same_weights(run, reference)
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["executor"] == executor
+    assert all(c["status"] == "done" for c in manifest["cells"].values())
+    assert (run / "logs" / "cell--1-4-0.log").exists()  # each job's own log
+    assert not list((run / "claims").glob("*.json"))  # every claim released
+    if executor != "processes":
+        return
+    assert len(list((run / "logs").glob("probe--train#*of2.log"))) == 2  # sharded probe
+
+
+def _worker(job: str) -> psutil.Process | None:
+    for p in psutil.process_iter(["cmdline"]):
+        if any(job in part for part in p.info["cmdline"] or []):
+            return p
+    return None
+
+
+def test_worker_killed_mid_cell_then_rerun(
+    reference: Path, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    path = grid_yaml(tmp_path, tiny_model_dir)
+    run = tmp_path / "run"
+    driver = cli_run(path, *EXECUTORS["processes"])
+    trained = run / "models" / CELLS[0] / "stage.json"
+    deadline = time.time() + 300
+    while not trained.exists() and driver.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    worker = _worker(f"cell--{CELLS[0]}.json")
+    assert trained.exists() and worker is not None, "no worker to kill mid-cell"
+    os.kill(worker.pid, signal.SIGKILL)
+    assert driver.wait(timeout=300) == 2
+    out = _log(path)
+    assert f"cell/{CELLS[0]}: killed by signal 9" in out and f"cell--{CELLS[0]}.log" in out
+    claim = run / "claims" / f"cell--{CELLS[0]}.json"
+    assert claim.exists()  # the dead worker's claim is left behind, and taken over below
+    assert not (run / "eval" / CELLS[0] / "stage.json").exists()
+    finished = {p: p.read_text() for p in run.rglob("stage.json")}
+    assert _run(path, *EXECUTORS["processes"]) == 0, _log(path)
+    changed = [str(p) for p, text in finished.items() if p.read_text() != text]
+    assert not changed, f"finished stages were redone: {changed}"
+    assert _results(run) == _results(reference)
+    _same_weights(run, reference)
+
+
+def test_a_failing_job_is_reported_with_its_log(tiny_model_dir: Path, tmp_path: Path) -> None:
+    path = grid_yaml(tmp_path, tiny_model_dir, levels=[1], sizes=[4], kl={"enabled": False})
+    assert _run(path, *EXECUTORS["processes"], "train.optimizer=no_such_optimizer") == 2
+    out = _log(path)
+    assert "1 of 2 cells jobs failed: cell/1-4-0: exit code 1" in out
+    assert str(tmp_path / "run" / "logs" / "cell--1-4-0.log") in out
+    assert "no_such_optimizer" in (tmp_path / "run" / "logs" / "cell--1-4-0.log").read_text()
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert manifest["cells"]["1-4-0"]["status"] == "pending"
+    assert manifest["stages"]["eval/base"]["status"] == "done"  # the other job finished
+
+
+def test_runtime_settings_plan_nothing_to_redo(reference: Path) -> None:
+    runtime = ["device=auto", "eval.batch_size=3", "probe.batch_size=auto", "kl.batch_size=2",
+               "params.compute_device=auto", "keep_models=false", "train.logging_steps=5",
+               "executor.kind=processes", "executor.workers=7", f"out={reference}"]  # fmt: skip
+    grid = Grid(load_config(GridConfig, reference.parent / "grid.yaml", None, runtime))
+    assert {status for _, status in grid.plan()} == {"done"}
+    assert not grid.probe_jobs(4) and all(j.done() for j in grid.stage_jobs())
+    changed = Grid(load_config(GridConfig, reference.parent / "grid.yaml", None,
+                               ["eval.max_new_tokens=5"]))  # fmt: skip
+    assert dict(changed.plan())["eval/1-4-0"] == "redo (inputs changed)"
+
+
+def test_claims_across_hosts(tmp_path: Path) -> None:
+    path = tmp_path / "claims" / "job.json"
+    with Claim(path, 60), pytest.raises(SftscopeError, match="held by"):
+        Claim(path, 60).acquire()  # this very process, a second time: refused
+    assert not path.exists()
+    other = {"host": "elsewhere", "pid": 1, "token": "x", "heartbeat": time.time()}
+    path.write_text(json.dumps(other))
+    with pytest.raises(SftscopeError, match="held by elsewhere pid 1"):
+        Claim(path, 60).acquire()  # a live claim of another host
+    path.write_text(json.dumps({**other, "heartbeat": time.time() - 61}))
+    with Claim(path, 60) as claim:  # its heartbeat stopped over a minute ago: stale
+        assert json.loads(path.read_text())["token"] == claim.token
+    dead = psutil.Popen(["true"])
+    dead.wait()
+    path.write_text(json.dumps({**other, "host": socket.gethostname(), "pid": dead.pid}))
+    with Claim(path, 600):  # a dead process of this host (kill -9): taken over at once
+        pass
+
+
+def test_two_drivers_on_one_run_folder_are_refused(tiny_model_dir: Path, tmp_path: Path) -> None:
+    path = grid_yaml(tmp_path, tiny_model_dir)
+    grid = Grid(load_config(GridConfig, path))
+    with Claim(grid.layout.lock, 600), pytest.raises(SftscopeError, match="another sftscope"):
+        grid.run()
