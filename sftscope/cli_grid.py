@@ -18,11 +18,18 @@ from sftscope.tables import grid_tables, pct, transition_line, transition_table
 
 
 def plan_table(grid) -> Table:
-    table = Table(title=f"plan for {grid.root}")
-    table.add_column("stage")
-    table.add_column("status")
-    for key, status in grid.plan():
-        table.add_row(key, status)
+    """The plan as the executor gets it: waves, their jobs, each job's stages and status."""
+    ex = grid.cfg.executor
+    table = Table(title=f"plan for {grid.root} (executor {ex.kind})")
+    for col in ("wave", "job", "stage", "status"):
+        table.add_column(col)
+    last_wave = last_job = None
+    for wave, job, key, status in grid.plan_jobs():
+        table.add_row("" if wave == last_wave else wave, "" if job == last_job else job, key,
+                      status)  # fmt: skip
+        last_wave, last_job = wave, job
+    jobs = [j for j in grid.stage_jobs() if not j.done()]
+    table.caption = f"{len(jobs)} of {len(grid.stage_jobs())} wave-3 jobs to run"
     return table
 
 

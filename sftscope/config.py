@@ -211,6 +211,10 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
     return out
 
 
+# Sections a YAML file may give as one word: ``executor: slurm`` is ``executor: {kind: slurm}``.
+SHORTHANDS = {"executor": "kind"}
+
+
 def _set_dotted(values: dict[str, Any], key: str, value: Any) -> None:
     """``train.learning_rate=1e-4`` sets a field of a nested section."""
     *parents, leaf = key.split(".")
@@ -219,6 +223,8 @@ def _set_dotted(values: dict[str, Any], key: str, value: Any) -> None:
         child = node.get(part)
         if child is None:
             child = node[part] = {}
+        elif isinstance(child, str) and part in SHORTHANDS:  # executor: slurm, then slurm.*
+            child = node[part] = {SHORTHANDS[part]: child}
         elif not isinstance(child, dict):
             raise SftscopeError(f"override {key!r}: {'.'.join(parents[: i + 1])} is not a section")
         node = child
@@ -433,7 +439,8 @@ class SlurmSettings(StageConfig):
         {}, description="more sbatch parameters, e.g. {'exclude': 'node7'}"
     )
     cluster: Literal["slurm", "local", "debug"] | None = Field(
-        None, description="submitit cluster; None: SLURM if sbatch is found, else local"
+        None, description="submitit cluster; None: slurm (sbatch must be on PATH); local: "
+        "submitit's local executor, every job of an array at once on this machine"
     )
     poll_s: float = Field(10.0, gt=0, description="seconds between job state checks")
 
@@ -470,7 +477,7 @@ class ExecutorConfig(StageConfig):
 
     @classmethod
     def _from_name(cls, v: Any) -> Any:
-        return {"kind": v} if isinstance(v, str) else v
+        return {SHORTHANDS["executor"]: v} if isinstance(v, str) else v
 
 
 class GridConfig(StageConfig):

@@ -268,24 +268,25 @@ class Grid:
             rows += [(s.key, s.status()) for s in cell.stages.values()]
         return rows
 
-    def plan_jobs(self, shards: int = 1) -> list[tuple[str, str, str, str]]:
+    def plan_jobs(self) -> list[tuple[str, str, str, str]]:
         """(wave, job, stage, status) rows: what ``run`` would hand its executor, job by job."""
+        from sftscope.executors import probe_shards
+
+        shards = probe_shards(self.cfg.executor, self._gpus > 0)
         rows = []
-        probe_jobs = {j.stages[0].key: j for j in self.probe_jobs(shards)}
         for stage in self.probes.values():
-            job = probe_jobs.get(stage.key)
-            shard = f"{shards} shards" if job and job.shard else stage.key
-            rows.append(("1 probes", shard, stage.key, stage.status()))
+            job = f"{shards} shards" if shards > 1 and not stage.done() else stage.key
+            rows.append(("1 probes", job, stage.key, stage.status()))
         for cell in self.cells:
             sub = cell.stages["subset"]
-            rows.append(("2 subsets (driver)", "-", sub.key, sub.status()))
+            rows.append(("2 subsets", "(driver)", sub.key, sub.status()))
         for job in self.stage_jobs():
             rows += [("3 cells", job.name, s.key, s.status()) for s in job.stages]
         return rows
 
     # -- running --------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
-        from sftscope.executors import make_executor
+        from sftscope.executors import make_executor, probe_shards
 
         ex = self.cfg.executor
         with Claim(self.layout.lock, ex.claim_timeout_s, what="run folder (another sftscope "
@@ -294,7 +295,7 @@ class Grid:
             atomic_write_jsonl(self.layout.items, self._item_rows)
             executor = make_executor(ex, self.layout, gpus=self._gpus > 0)
             try:
-                shards = ex.probe_shards or executor.parallelism
+                shards = probe_shards(ex, self._gpus > 0)
                 for stage in self.probes.values():
                     if not stage.done():
                         stage.clear()  # a probe made from other inputs goes before shards start

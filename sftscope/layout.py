@@ -73,6 +73,14 @@ class RunLayout:
         folder = self.root / "params" / cell
         return folder / part if part else folder
 
+    def names(self, kind: str) -> list[str]:
+        """The cells (and ``base``) that have a folder of one kind: ``"eval"``, ``"params"``,
+        ``"probe_after"`` or ``"model"``; unsorted (see ``run_results.cell_order``)."""
+        parent = getattr(self, kind)("_").parent
+        if not parent.is_dir():
+            return []
+        return [p.name for p in parent.iterdir() if p.is_dir() and not p.name.startswith(".")]
+
     def report(self) -> Path:
         return self.root / "report"
 

@@ -8,10 +8,11 @@ from pathlib import Path
 from typing import Any
 
 from sftscope.errors import SftscopeError
+from sftscope.layout import RunLayout
 
 
 def read_manifest(root: Path) -> dict[str, Any]:
-    path = Path(root) / "manifest.json"
+    path = RunLayout(root).manifest
     if not path.exists():
         raise SftscopeError(f"{path}: not found (run sftscope run first)")
     return json.loads(path.read_text(encoding="utf-8"))
@@ -32,8 +33,11 @@ def cell_table(root: Path) -> list[dict[str, Any]]:
     """Per-cell accuracy rows from the cells' eval summaries (for the CLI and the report)."""
 
     rows = []
-    paths = sorted(Path(root).glob("eval/*/summary.json"), key=lambda p: cell_order(p.parent.name))
-    for path in paths:
+    layout = RunLayout(root)
+    cells = sorted(layout.names("eval"), key=cell_order)
+    for path in (layout.eval(c) / "summary.json" for c in cells):
+        if not path.exists():
+            continue
         s = json.loads(path.read_text(encoding="utf-8"))
         ind, ood = (s.get("by_level", {}).get(k, {}) for k in ("in_domain", "ood"))
         rows.append(
@@ -44,7 +48,7 @@ def cell_table(root: Path) -> list[dict[str, Any]]:
                 "ood_mean": ood.get("mean_of_levels", {}).get("containment"),
                 "in_domain": s["in_domain"]["containment"],
                 "ood": s["ood"]["containment"],
-                **_kl_columns(Path(root) / "kl" / f"{path.parent.name}.json"),
+                **_kl_columns(layout.kl(path.parent.name)),
             }
         )
     return rows
@@ -71,9 +75,10 @@ def restore_tables(root: Path) -> dict[str, dict[str, Any]]:
     from sftscope.params.where import update_shares
 
     out: dict[str, dict[str, Any]] = {}
-    for cell_dir in sorted(Path(root).glob("params/*"), key=lambda p: cell_order(p.name)):
+    layout = RunLayout(root)
+    for cell_dir in map(layout.params, sorted(layout.names("params"), key=cell_order)):
         entry: dict[str, Any] = {}
-        conc = cell_dir / "diff" / "concentration.json"
+        conc = layout.params(cell_dir.name, "diff") / "concentration.json"
         if conc.exists():
             c = json.loads(conc.read_text(encoding="utf-8"))
             entry["concentration"] = c["rows"]
@@ -96,9 +101,10 @@ def transition_tables(root: Path, split: str) -> dict[str, dict[str, Any]]:
     from sftscope.transitions import probe_transitions
 
     out = {}
-    found = Path(root).glob("probe/after/*/stage.json")
-    for after in sorted(found, key=lambda p: cell_order(p.parent.name)):
-        out[after.parent.name] = probe_transitions(Path(root) / "probe" / split, after.parent)
+    layout = RunLayout(root)
+    for cell in sorted(layout.names("probe_after"), key=cell_order):
+        if (layout.probe_after(cell) / "stage.json").exists():
+            out[cell] = probe_transitions(layout.probe(split), layout.probe_after(cell))
     return out
 
 
@@ -106,10 +112,12 @@ def answer_transition_tables(root: Path) -> dict[str, dict[str, Any]]:
     """Per evaluated cell, when the base model was evaluated too: right/wrong before -> after."""
     from sftscope.transitions import answer_transitions, read_answers
 
-    base = Path(root) / "eval" / "base"
+    layout = RunLayout(root)
+    base = layout.eval("base")
     if not (base / "records.jsonl").exists():
         return {}
     before = read_answers(base)  # once, for every cell
-    cells = [p.parent for p in Path(root).glob("eval/*/records.jsonl") if p.parent.name != "base"]
-    return {c.name: answer_transitions(before, read_answers(c))
-            for c in sorted(cells, key=lambda c: cell_order(c.name))}  # fmt: skip
+    cells = [c for c in layout.names("eval") if c != "base"]
+    return {c: answer_transitions(before, read_answers(layout.eval(c)))
+            for c in sorted(cells, key=cell_order)
+            if (layout.eval(c) / "records.jsonl").exists()}  # fmt: skip

@@ -5,8 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from conftest import EQ_FIXTURE
-from test_experiment import _grid_yaml
+from conftest import EQ_FIXTURE, grid_yaml
 from typer.testing import CliRunner
 
 from sftscope.cli import app
@@ -22,7 +21,7 @@ def test_spread_over_seeds() -> None:
 
 def test_report_of_a_grid_run(tiny_model_dir: Path, tmp_path: Path) -> None:
     params = {"cells": ["1-4-0"], "k": [10, 50], "layers": ["0-0", "1-1"], "compute_device": "auto"}
-    path = _grid_yaml(tmp_path, tiny_model_dir, sizes=[4, 8], levels=[1], seeds=[0, 1],
+    path = grid_yaml(tmp_path, tiny_model_dir, sizes=[4, 8], levels=[1], seeds=[0, 1],
                       keep_models=False, params=params, transitions=True)  # fmt: skip
     res = CliRunner().invoke(app, ["run", str(path)])
     assert res.exit_code == 0, res.output
@@ -130,7 +129,7 @@ def test_findings_verdicts_follow_the_intervals() -> None:
 def test_demo_runs_the_grid_then_the_report(tiny_model_dir: Path, tmp_path: Path) -> None:
     """`sftscope demo` = the preset grid + the report; a config file replaces the preset's
     sections (here: a tiny model instead of SmolLM2)."""
-    path = _grid_yaml(
+    path = grid_yaml(
         tmp_path, tiny_model_dir, sizes=[4], levels=[1], kl={"full": False}, params={"cells": []}
     )  # the preset analyses 1-60-0, not in this grid
     res = CliRunner().invoke(app, ["demo", "--config", str(path), "--out", str(tmp_path / "d")])

@@ -39,9 +39,6 @@ class Failure:
 
 
 class Executor(Protocol):
-    #: how many probe shards keep this executor busy (1: the probe is not split)
-    parallelism: int
-
     def run(self, jobs: list[Job], on_done: Callable[[Job], None]) -> list[Failure]:
         """Run every job (in any order), call ``on_done`` as each finishes, return failures."""
         ...
@@ -55,6 +52,20 @@ def make_executor(cfg: ExecutorConfig, layout: RunLayout, gpus: bool = False) ->
     """The executor ``cfg.kind`` names; ``gpus``: the run's stages want a GPU each."""
     module, _, name = EXECUTORS[cfg.kind].partition(":")
     return getattr(import_module(module), name)(cfg, layout, gpus)
+
+
+def probe_shards(cfg: ExecutorConfig, gpus: bool = False) -> int:
+    """Jobs per probe: ``probe_shards`` if set, else as many as run at once (``workers``;
+    processes: one per visible GPU, else one per 2 cores; slurm 8; ray 4; local 1)."""
+    if cfg.probe_shards:
+        return cfg.probe_shards
+    if cfg.kind == "local":
+        return 1
+    if cfg.kind == "processes":
+        from sftscope.executors.processes import default_workers
+
+        return default_workers(cfg, gpus)
+    return cfg.workers or {"slurm": 8, "ray": 4}[cfg.kind]
 
 
 def write_job(layout: RunLayout, job: Job) -> Path:

@@ -13,8 +13,6 @@ from sftscope.worker import run_job
 
 
 class LocalExecutor:
-    parallelism = 1
-
     def __init__(self, cfg: ExecutorConfig, layout: RunLayout, gpus: bool = False):
         self.cfg, self.layout = cfg, layout
 

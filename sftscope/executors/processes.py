@@ -32,21 +32,24 @@ def visible_gpus() -> list[str]:
         return []
 
 
+def default_workers(cfg: ExecutorConfig, gpus: bool) -> int:
+    """``workers``, or one per visible GPU, or one per 2 CPU cores; never more than the GPUs."""
+    n_gpus = len(visible_gpus()) if gpus else 0
+    workers = cfg.workers or n_gpus or max(1, (os.cpu_count() or 2) // 2)
+    return min(workers, n_gpus) if n_gpus else workers
+
+
 class ProcessExecutor:
     def __init__(self, cfg: ExecutorConfig, layout: RunLayout, gpus: bool = False):
         self.cfg, self.layout = cfg, layout
         self.gpus = visible_gpus() if gpus else []
-        default = len(self.gpus) or max(1, (os.cpu_count() or 2) // 2)
-        self.workers = cfg.workers or default
-        if self.gpus and self.workers > len(self.gpus):
-            self.workers = len(self.gpus)  # one model per GPU
-        self.parallelism = self.workers
+        self.workers = default_workers(cfg, gpus)
 
     def _env(self, gpu: str | None) -> dict[str, str]:
         env = dict(os.environ, SFTSCOPE_CLAIM_TIMEOUT_S=str(self.cfg.claim_timeout_s))
         if gpu is not None:
             env["CUDA_VISIBLE_DEVICES"] = gpu
-        elif self.gpus == []:
+        else:  # split the cores (unless the user set the threads)
             env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // self.workers)))
         return env
 

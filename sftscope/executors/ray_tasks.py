@@ -37,9 +37,6 @@ class RayExecutor:
 
         self.task = ray.remote(num_cpus=s.num_cpus, num_gpus=s.num_gpus if gpus else 0,
                                max_calls=1, max_retries=0)(run_job_file)  # fmt: skip
-        slots = ray.cluster_resources().get("GPU" if gpus and s.num_gpus else "CPU", 1)
-        per = (s.num_gpus if gpus and s.num_gpus else s.num_cpus) or 1
-        self.parallelism = cfg.probe_shards or max(1, int(slots // per))
 
     def run(self, jobs: list[Job], on_done: Callable[[Job], None]) -> list[Failure]:
         ray = _ray()

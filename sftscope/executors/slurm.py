@@ -53,7 +53,6 @@ class SlurmExecutor:
                 "executor.slurm.cluster=local runs the jobs on this machine"
             )
         self.cfg, self.layout = cfg, layout
-        self.parallelism = cfg.probe_shards or 8
         self.executor = submitit.AutoExecutor(
             folder=str(layout.slurm_logs / "%j"),
             cluster=cluster,

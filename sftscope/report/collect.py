@@ -15,6 +15,7 @@ from typing import Any
 
 from sftscope.errors import SftscopeError
 from sftscope.io import read_yaml
+from sftscope.layout import RunLayout
 from sftscope.run_results import (
     answer_transition_tables,
     cell_order,
@@ -104,11 +105,11 @@ def _summary(path: Path) -> dict[str, Any] | None:
 def collect(root: Path) -> dict[str, Any]:
     """The run's config, probes, per-cell and aggregated accuracy/KL, transitions and the
     parameter-level results (each section empty when the run has none)."""
-    root = Path(root)
+    root, layout = Path(root), RunLayout(root)
     manifest = read_manifest(root)
-    config = read_yaml(root / "config.yaml", "run config")
+    config = read_yaml(layout.config, "run config")
     if not isinstance(config, dict):
-        raise SftscopeError(f"{root / 'config.yaml'}: not a grid config")
+        raise SftscopeError(f"{layout.config}: not a grid config")
     split = (config.get("eval") or {}).get("split", "test")
     rows = cell_table(root)
     if not rows:
@@ -119,7 +120,7 @@ def collect(root: Path) -> dict[str, Any]:
         "versions": manifest.get("versions", {}),
         "split": split,
         "probes": {name: s for name in ("train", split)
-                   if (s := _summary(root / "probe" / name / "summary.json"))},
+                   if (s := _summary(layout.probe(name) / "summary.json"))},
         "base": next((r for r in rows if r["cell"] == "base"), None),
         "groups": aggregate(rows),
         "transitions": aggregate_transitions(transition_tables(root, split)),

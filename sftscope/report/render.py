@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from sftscope.io import atomic_write_text, replace_dir
+from sftscope.layout import RunLayout
 from sftscope.report.collect import collect
 from sftscope.report.figures import accuracy_vs_size, layer_shares, sweep_curves
 from sftscope.report.findings import findings
@@ -261,7 +262,7 @@ def write_report(root: Path, out: Path | None = None) -> Path:
     """Write ``OUT`` (default ``RUN/report``): report.md, index.html, figures/*.png."""
     root = Path(root)
     data = collect(root)
-    out = Path(out) if out else root / "report"
+    out = Path(out) if out else RunLayout(root).report()
     staging = out.parent / f".{out.name}.partial"
     shutil.rmtree(staging, ignore_errors=True)
     (staging / "figures").mkdir(parents=True)
