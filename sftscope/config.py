@@ -467,7 +467,8 @@ class ExecutorConfig(StageConfig):
         "per 2 CPU cores)",
     )  # fmt: skip
     probe_shards: int | None = Field(
-        None, ge=1, description="parallel jobs per probe (default: workers; slurm 8; ray 4)"
+        None, ge=1, description="probe jobs in all, shared by the train and eval probes by size "
+        "(default: workers; slurm 8; ray 4)",
     )
     claim_timeout_s: float = Field(
         600.0, gt=0, description="a claim not refreshed for this long is stale and taken over"

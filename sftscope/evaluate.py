@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sftscope.config import EvalConfig, dump_config
 from sftscope.data.dataset import Dataset, load_items, resolve_dataset
@@ -20,8 +20,10 @@ from sftscope.data.schema import Domain, QAItem
 from sftscope.errors import SftscopeError
 from sftscope.io import atomic_write_json, atomic_write_jsonl, atomic_write_text
 from sftscope.mastery import N_LEVELS, read_levels
-from sftscope.models.engines import Engine
 from sftscope.prompts import PromptStyle, build_prompt, pick_exemplars
+
+if TYPE_CHECKING:  # the engine (torch, transformers) loads only when a model runs
+    from sftscope.models.engines import Engine
 
 STOP = ("\n",)
 

@@ -89,6 +89,9 @@ class Grid:
             raise SftscopeError(f"{self.dataset.root}: no train or {cfg.eval.split} items")
         # Serialised once: the fingerprint and the data/items.jsonl snapshot use the same rows.
         self._item_rows = [it.model_dump(mode="json") for it in (*train_items, *eval_items)]
+        chunks = {split: -(-sum(it.subject is not None or cfg.probe.method == "slick"
+                                for it in items) // cfg.probe.chunk_size)
+                  for split, items in (("train", train_items), ("eval", eval_items))}  # fmt: skip
         self.data_fp = fingerprint(self._item_rows)
         self._versions = package_versions()
         self.base_fp = fingerprint(model_identity(cfg.model))
@@ -96,6 +99,7 @@ class Grid:
             "train": self._probe_stage("train", self.relations, cfg.train_limit_per_relation),
             "eval": self._probe_stage(cfg.eval.split, None, cfg.eval.limit_per_relation),
         }
+        self._probe_chunks = {self.probes[k].key: n for k, n in chunks.items()}
         self.base_eval = self._eval_stage("base", cfg.model, "fewshot", self.base_fp)
         self.cells = [
             self._cell(level, size, seed)
@@ -231,17 +235,25 @@ class Grid:
                      marker_file=kcfg.out.with_suffix(".stage.json"))  # fmt: skip
 
     # -- the plan -------------------------------------------------------------------------
-    def probe_jobs(self, shards: int) -> list[Job]:
-        """The probes not yet done, each as ``shards`` jobs over its chunks (one when 1)."""
-        jobs = []
+    def probe_shards(self, workers: int) -> dict[str, int]:
+        """Jobs per probe: the ``workers`` shared by the probes in proportion to their chunks
+        (at least one each, at most one per chunk)."""
+        total = sum(self._probe_chunks.values()) or 1
+        return {key: max(1, min(n, round(workers * n / total)))
+                for key, n in self._probe_chunks.items()}  # fmt: skip
+
+    def probe_jobs(self, workers: int) -> list[Job]:
+        """The probes not yet done, each split into shards over its chunks (see above)."""
+        jobs, shards = [], self.probe_shards(workers)
         for stage in self.probes.values():
+            n = shards[stage.key]
             if stage.done():
                 continue
-            if shards <= 1:
+            if n == 1:
                 jobs.append(Job(name=stage.key, stages=[stage], gpus=self._gpus))
             else:
-                jobs += [Job(name=f"{stage.key}#{i}of{shards}", stages=[stage], shard=(i, shards),
-                             gpus=self._gpus) for i in range(shards)]  # fmt: skip
+                jobs += [Job(name=f"{stage.key}#{i}of{n}", stages=[stage], shard=(i, n),
+                             gpus=self._gpus) for i in range(n)]  # fmt: skip
         return jobs
 
     def stage_jobs(self) -> list[Job]:
@@ -270,12 +282,13 @@ class Grid:
 
     def plan_jobs(self) -> list[tuple[str, str, str, str]]:
         """(wave, job, stage, status) rows: what ``run`` would hand its executor, job by job."""
-        from sftscope.executors import probe_shards
+        from sftscope.executors import probe_workers
 
-        shards = probe_shards(self.cfg.executor, self._gpus > 0)
+        shards = self.probe_shards(probe_workers(self.cfg.executor, self._gpus > 0))
         rows = []
         for stage in self.probes.values():
-            job = f"{shards} shards" if shards > 1 and not stage.done() else stage.key
+            n = shards[stage.key]
+            job = f"{n} shards" if n > 1 and not stage.done() else stage.key
             rows.append(("1 probes", job, stage.key, stage.status()))
         for cell in self.cells:
             sub = cell.stages["subset"]
@@ -286,7 +299,7 @@ class Grid:
 
     # -- running --------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
-        from sftscope.executors import make_executor, probe_shards
+        from sftscope.executors import make_executor, probe_workers
 
         ex = self.cfg.executor
         with Claim(self.layout.lock, ex.claim_timeout_s, what="run folder (another sftscope "
@@ -295,11 +308,11 @@ class Grid:
             atomic_write_jsonl(self.layout.items, self._item_rows)
             executor = make_executor(ex, self.layout, gpus=self._gpus > 0)
             try:
-                shards = probe_shards(ex, self._gpus > 0)
+                workers = probe_workers(ex, self._gpus > 0)
                 for stage in self.probes.values():
                     if not stage.done():
                         stage.clear()  # a probe made from other inputs goes before shards start
-                self._wave(executor, self.probe_jobs(shards), "probes")
+                self._wave(executor, self.probe_jobs(workers), "probes")
                 for stage in self.probes.values():  # merge the shards' parts (no model loaded)
                     self._execute(stage)
                 for cell in self.cells:  # all sets first: a level too small fails before training
@@ -326,7 +339,7 @@ class Grid:
         self.write_manifest()
         if failures:
             lines = "; ".join(f.line() for f in failures)
-            raise SftscopeError(f"{len(failures)} of {len(jobs)} {what} jobs failed: {lines}")
+            raise SftscopeError(f"{len(failures)} of {len(jobs)} jobs ({what}) failed: {lines}")
 
     def _execute(self, stage: Stage) -> None:
         if not stage.done():

@@ -26,7 +26,7 @@ import time
 from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 from tqdm.auto import tqdm
@@ -55,8 +55,10 @@ from sftscope.mastery import (
     slick_category,
     slick_level,
 )
-from sftscope.models.engines import Engine
 from sftscope.prompts import fewshot_prompt, pick_exemplars
+
+if TYPE_CHECKING:  # the engine (torch, transformers) loads only when a model runs
+    from sftscope.models.engines import Engine
 
 Record = dict[str, Any]
 

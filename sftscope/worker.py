@@ -13,10 +13,12 @@ import contextlib
 import os
 import shutil
 import sys
+import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from sftscope.claims import Claim
+from sftscope.errors import SftscopeError
 from sftscope.layout import RunLayout
 from sftscope.stages import Job, Stage
 
@@ -113,7 +115,14 @@ def run_job_file(path: str | Path, log: bool = False, claim_timeout_s: float | N
     with logged(RunLayout(root).log(job.name)) if log else contextlib.nullcontext():
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s",
                             force=True)  # fmt: skip
-        run_job(job, root, timeout)
+        try:
+            run_job(job, root, timeout)
+        except SftscopeError as e:
+            print(f"error: {e}", file=sys.stderr)  # the log's last line names the cause
+            raise
+        except Exception:
+            traceback.print_exc()
+            raise
     return job.name
 
 
@@ -122,8 +131,6 @@ def main(argv: list[str] | None = None) -> int:
     if len(args) != 1:
         print("usage: python -m sftscope.worker RUN/jobs/JOB.json", file=sys.stderr)
         return 2
-    from sftscope.errors import SftscopeError
-
     try:
         run_job_file(args[0])
     except SftscopeError as e:

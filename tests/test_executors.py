@@ -25,7 +25,7 @@ from sftscope.experiment import Grid
 
 CELLS = ["1-4-0", "1-8-0", "mixed-4-0", "mixed-8-0"]
 EXECUTORS = {
-    "processes": ["--executor", "processes", "--workers", "2"],
+    "processes": ["--executor", "processes", "--workers", "2", "--probe-shards", "4"],
     "slurm": ["executor.kind=slurm", "executor.slurm.cluster=local", "executor.slurm.poll_s=0.2",
               "executor.probe_shards=2"],  # fmt: skip
     "ray": ["executor.kind=ray", "executor.ray.local_cpus=2"],
@@ -86,11 +86,12 @@ def test_every_executor_gives_the_local_results(
     assert len(list((run / "logs").glob("probe--train#*of2.log"))) == 2  # sharded probe
 
 
-def _worker(job: str) -> psutil.Process | None:
-    for p in psutil.process_iter(["cmdline"]):
-        if any(job in part for part in p.info["cmdline"] or []):
-            return p
-    return None
+def _worker(run: Path, job: str) -> int | None:
+    """The pid of the process holding ``job``'s claim (forked workers share one command line)."""
+    try:
+        return json.loads((run / "claims" / f"{job}.json").read_text())["pid"]
+    except (FileNotFoundError, json.JSONDecodeError, KeyError):
+        return None
 
 
 def test_worker_killed_mid_cell_then_rerun(
@@ -103,9 +104,9 @@ def test_worker_killed_mid_cell_then_rerun(
     deadline = time.time() + 300
     while not trained.exists() and driver.poll() is None and time.time() < deadline:
         time.sleep(0.01)
-    worker = _worker(f"cell--{CELLS[0]}.json")
+    worker = _worker(run, f"cell--{CELLS[0]}")
     assert trained.exists() and worker is not None, "no worker to kill mid-cell"
-    os.kill(worker.pid, signal.SIGKILL)
+    os.kill(worker, signal.SIGKILL)
     assert driver.wait(timeout=300) == 2
     out = _log(path)
     assert f"cell/{CELLS[0]}: killed by signal 9" in out and f"cell--{CELLS[0]}.log" in out
@@ -124,7 +125,7 @@ def test_a_failing_job_is_reported_with_its_log(tiny_model_dir: Path, tmp_path: 
     path = grid_yaml(tmp_path, tiny_model_dir, levels=[1], sizes=[4], kl={"enabled": False})
     assert _run(path, *EXECUTORS["processes"], "train.optimizer=no_such_optimizer") == 2
     out = _log(path)
-    assert "1 of 2 cells jobs failed: cell/1-4-0: exit code 1" in out
+    assert "1 of 2 jobs (cells) failed: cell/1-4-0: exit code 2: ValueError" in out
     assert str(tmp_path / "run" / "logs" / "cell--1-4-0.log") in out
     assert "no_such_optimizer" in (tmp_path / "run" / "logs" / "cell--1-4-0.log").read_text()
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())

@@ -54,9 +54,10 @@ def make_executor(cfg: ExecutorConfig, layout: RunLayout, gpus: bool = False) ->
     return getattr(import_module(module), name)(cfg, layout, gpus)
 
 
-def probe_shards(cfg: ExecutorConfig, gpus: bool = False) -> int:
-    """Jobs per probe: ``probe_shards`` if set, else as many as run at once (``workers``;
-    processes: one per visible GPU, else one per 2 cores; slurm 8; ray 4; local 1)."""
+def probe_workers(cfg: ExecutorConfig, gpus: bool = False) -> int:
+    """Probe jobs to plan in all (the grid shares them between its probes by size):
+    ``probe_shards`` if set, else as many as run at once (``workers``; processes: one per
+    visible GPU, else one per 2 cores; slurm 8; ray 4; local 1)."""
     if cfg.probe_shards:
         return cfg.probe_shards
     if cfg.kind == "local":
