@@ -452,7 +452,10 @@ class RaySettings(StageConfig):
         None, description="cluster address ('auto' for a running one); None: a local cluster"
     )
     num_cpus: float = Field(1.0, gt=0, description="CPUs of one task")
-    num_gpus: float = Field(0.0, ge=0, description="GPUs of one task (1 for a 7-8B model)")
+    num_gpus: float | None = Field(
+        None, ge=0, description="GPUs of one task; None: 1 when the cluster has GPUs and the run's "
+        "device is not cpu, else 0"
+    )
     local_cpus: int | None = Field(None, ge=1, description="CPUs of a local cluster")
 
 

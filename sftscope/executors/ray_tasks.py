@@ -35,8 +35,11 @@ class RayExecutor:
                      configure_logging=False)  # fmt: skip
         from sftscope.worker import run_job_file
 
-        self.task = ray.remote(num_cpus=s.num_cpus, num_gpus=s.num_gpus if gpus else 0,
-                               max_calls=1, max_retries=0)(run_job_file)  # fmt: skip
+        num_gpus = s.num_gpus
+        if num_gpus is None:  # a GPU per task where there are GPUs (a CPU cluster would hang)
+            num_gpus = 1 if gpus and ray.cluster_resources().get("GPU", 0) > 0 else 0
+        self.task = ray.remote(num_cpus=s.num_cpus, num_gpus=num_gpus, max_calls=1,
+                               max_retries=0)(run_job_file)  # fmt: skip
 
     def run(self, jobs: list[Job], on_done: Callable[[Job], None]) -> list[Failure]:
         ray = _ray()
