@@ -140,6 +140,9 @@ def test_runtime_settings_plan_nothing_to_redo(reference: Path) -> None:
     grid = Grid(load_config(GridConfig, reference.parent / "grid.yaml", None, runtime))
     assert {status for _, status in grid.plan()} == {"done"}
     assert not grid.probe_jobs(4) and all(j.done() for j in grid.stage_jobs())
+    markers = {p: p.read_text() for p in reference.rglob("stage.json")}
+    grid.run()  # moved to another device, other batch sizes and executor: nothing is redone
+    assert {p: p.read_text() for p in reference.rglob("stage.json")} == markers
     changed = Grid(load_config(GridConfig, reference.parent / "grid.yaml", None,
                                ["eval.max_new_tokens=5"]))  # fmt: skip
     assert dict(changed.plan())["eval/1-4-0"] == "redo (inputs changed)"
