@@ -4,70 +4,20 @@ what the CLI fills in, so a YAML file and a command line describe the same run."
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Any, Literal
 
-import yaml
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    PlainValidator,
-    ValidationError,
-    field_validator,
-)
+from pydantic import Field, field_validator
 
+from sftscope.config_base import BatchSize as BatchSize
+from sftscope.config_base import StageConfig as StageConfig
+from sftscope.config_base import dump_config as dump_config
+from sftscope.config_base import load_config as load_config
+from sftscope.config_base import parse_overrides as parse_overrides
+from sftscope.config_base import result_fields as result_fields
+from sftscope.config_base import runtime as runtime
 from sftscope.data.schema import Split
-from sftscope.errors import SftscopeError
-from sftscope.io import read_yaml
+from sftscope.executors.config import ExecutorConfig
 from sftscope.prompts import PromptStyle
-
-C = TypeVar("C", bound=BaseModel)
-
-
-def _batch_size(v: Any) -> int | str:
-    """A positive int or ``auto``, with one error message for anything else."""
-    if v == "auto":
-        return v
-    ok = isinstance(v, int | str) and not isinstance(v, bool) and str(v).strip().isdigit()
-    if ok and int(v) >= 1:
-        return int(v)
-    raise ValueError(f"{v!r} is not a positive integer or 'auto'")
-
-
-# Prompts per batch, or "auto": sized from free GPU memory on CUDA (sftscope.models.batching).
-BatchSize = Annotated[int | Literal["auto"], PlainValidator(_batch_size)]
-
-
-def runtime(default: Any = ..., description: str | None = None, **kw: Any) -> Any:
-    """A field that says *how* or *where* a stage runs, never *what* it computes (device, batch
-    size, output folder, progress): left out of fingerprints, so moving a finished run to a GPU
-    or changing a batch size redoes nothing. The engine gives batch-size-independent results."""
-    return Field(default, description=description, json_schema_extra={"fingerprint": False}, **kw)
-
-
-def counts(field: Any) -> bool:
-    """Whether a pydantic ``FieldInfo`` changes results (see :func:`runtime`)."""
-    extra = field.json_schema_extra
-    return not (isinstance(extra, dict) and extra.get("fingerprint") is False)
-
-
-def result_fields(cfg: BaseModel, exclude: set[str] | frozenset[str] = frozenset()) -> dict:
-    """The config as JSON without the fields that do not change results, recursively: what a
-    stage's fingerprint hashes and what a resumed stage's saved settings are compared by."""
-    out: dict[str, Any] = {}
-    dumped = cfg.model_dump(mode="json")
-    for name, field in type(cfg).model_fields.items():
-        if name in exclude or not counts(field) or name not in dumped:
-            continue
-        value = getattr(cfg, name)
-        out[name] = result_fields(value) if isinstance(value, BaseModel) else dumped[name]
-    return out
-
-
-class StageConfig(BaseModel):
-    """Common base: unknown keys are errors (a typo must not silently become a default)."""
-
-    model_config = ConfigDict(extra="forbid")
 
 
 class DataConfig(StageConfig):
@@ -198,70 +148,6 @@ class TrainConfig(TrainRecipe):
     train_file: Path = Field(description="JSONL: question+answer or prompt+completion per line")
     trust_remote_code: bool = Field(False, description="run the model repo's own code")
     out: Path = runtime(description="output folder")
-
-
-def parse_overrides(pairs: list[str]) -> dict[str, Any]:
-    """``key=value`` strings to a dict; values are parsed as YAML scalars (``true``, ``3``)."""
-    out: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise SftscopeError(f"override {pair!r}: expected key=value")
-        out[key.strip()] = yaml.safe_load(value) if value else None
-    return out
-
-
-# Sections a YAML file may give as one word: ``executor: slurm`` is ``executor: {kind: slurm}``.
-SHORTHANDS = {"executor": "kind"}
-
-
-def _set_dotted(values: dict[str, Any], key: str, value: Any) -> None:
-    """``train.learning_rate=1e-4`` sets a field of a nested section."""
-    *parents, leaf = key.split(".")
-    node = values
-    for i, part in enumerate(parents):
-        child = node.get(part)
-        if child is None:
-            child = node[part] = {}
-        elif isinstance(child, str) and part in SHORTHANDS:  # executor: slurm, then slurm.*
-            child = node[part] = {SHORTHANDS[part]: child}
-        elif not isinstance(child, dict):
-            raise SftscopeError(f"override {key!r}: {'.'.join(parents[: i + 1])} is not a section")
-        node = child
-    node[leaf] = value
-
-
-def load_config(
-    cls: type[C],
-    path: str | Path | None = None,
-    options: dict[str, Any] | None = None,
-    overrides: list[str] | None = None,
-    defaults: dict[str, Any] | None = None,
-) -> C:
-    """``defaults`` (e.g. a preset) < YAML file < CLI options (those given) < ``key=value``
-    overrides, validated by ``cls``."""
-    values: dict[str, Any] = dict(defaults or {})
-    if path is not None:
-        loaded = read_yaml(path, "config file") or {}
-        if not isinstance(loaded, dict):
-            raise SftscopeError(f"{path}: expected a mapping of config fields")
-        values.update(loaded)
-    for key, value in (options or {}).items():  # "eval.data" sets a field of a section
-        if value is not None:
-            _set_dotted(values, key, value)
-    for key, value in parse_overrides(overrides or []).items():
-        _set_dotted(values, key, value)
-    try:
-        return cls.model_validate(values)
-    except ValidationError as e:
-        err = e.errors()[0]
-        field = ".".join(str(x) for x in err["loc"]) or "config"
-        where = f"{path}: " if path else ""
-        raise SftscopeError(f"{where}config field {field!r}: {err['msg']}") from None
-
-
-def dump_config(cfg: BaseModel) -> str:
-    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
 
 
 class KLSettings(StageConfig):
@@ -417,71 +303,6 @@ class GridParams(RestoreSettings):
     @classmethod
     def _split_cells(cls, v: Any) -> Any:
         return [c.strip() for c in v.split(",") if c.strip()] if isinstance(v, str) else v
-
-
-ExecutorKind = Literal["local", "processes", "slurm", "ray"]
-
-
-class SlurmSettings(StageConfig):
-    """``executor: slurm``: submitit job arrays (one array per wave of the plan)."""
-
-    partition: str | None = Field(None, description="SLURM partition")
-    account: str | None = Field(None, description="SLURM account")
-    qos: str | None = Field(None, description="SLURM quality of service")
-    constraint: str | None = Field(None, description="SLURM node constraint, e.g. h100")
-    timeout_min: int = Field(240, ge=1, description="time limit of one job, minutes")
-    gpus_per_job: int = Field(1, ge=0, description="GPUs of one job")
-    cpus_per_job: int = Field(8, ge=1, description="CPU cores of one job")
-    mem_gb: int | None = Field(None, ge=1, description="memory of one job, GB (None: default)")
-    array_parallelism: int = Field(64, ge=1, description="jobs of one array running at once")
-    max_requeues: int = Field(3, ge=0, description="requeues after preemption or timeout")
-    additional: dict[str, Any] = Field(
-        {}, description="more sbatch parameters, e.g. {'exclude': 'node7'}"
-    )
-    cluster: Literal["slurm", "local", "debug"] | None = Field(
-        None, description="submitit cluster; None: slurm (sbatch must be on PATH); local: "
-        "submitit's local executor, every job of an array at once on this machine"
-    )
-    poll_s: float = Field(10.0, gt=0, description="seconds between job state checks")
-
-
-class RaySettings(StageConfig):
-    """``executor: ray``: one Ray task per job, each in a fresh worker process."""
-
-    address: str | None = Field(
-        None, description="cluster address ('auto' for a running one); None: a local cluster"
-    )
-    num_cpus: float = Field(1.0, gt=0, description="CPUs of one task")
-    num_gpus: float | None = Field(
-        None, ge=0, description="GPUs of one task; None: 1 when the cluster has GPUs and the run's "
-        "device is not cpu, else 0"
-    )
-    local_cpus: int | None = Field(None, ge=1, description="CPUs of a local cluster")
-
-
-class ExecutorConfig(StageConfig):
-    """How the planned jobs run; never changes results (so no field is fingerprinted)."""
-
-    kind: ExecutorKind = Field(
-        "local", description="in this process, worker processes, SLURM job arrays or Ray tasks"
-    )
-    workers: int | None = Field(
-        None, ge=1, description="processes: jobs at once (default: one per visible GPU, else 1 "
-        "per 2 CPU cores)",
-    )  # fmt: skip
-    probe_shards: int | None = Field(
-        None, ge=1, description="probe jobs in all, shared by the train and eval probes by size "
-        "(default: workers; slurm 8; ray 4)",
-    )
-    claim_timeout_s: float = Field(
-        600.0, gt=0, description="a claim not refreshed for this long is stale and taken over"
-    )
-    slurm: SlurmSettings = Field(SlurmSettings(), description="executor slurm settings")
-    ray: RaySettings = Field(RaySettings(), description="executor ray settings")
-
-    @classmethod
-    def _from_name(cls, v: Any) -> Any:
-        return {SHORTHANDS["executor"]: v} if isinstance(v, str) else v
 
 
 class GridConfig(StageConfig):

@@ -250,26 +250,27 @@ class Grid:
             if stage.done():
                 continue
             if n == 1:
-                jobs.append(Job(name=stage.key, stages=[stage], gpus=self._gpus))
+                jobs.append(Job(name=stage.key, stages=[stage]))
             else:
-                jobs += [Job(name=f"{stage.key}#{i}of{n}", stages=[stage], shard=(i, n),
-                             gpus=self._gpus) for i in range(n)]  # fmt: skip
+                jobs += [Job(name=f"{stage.key}#{i}of{n}", stages=[stage], shard=(i, n))
+                         for i in range(n)]  # fmt: skip
         return jobs
 
     def stage_jobs(self) -> list[Job]:
         """After the probes and subsets: the base evaluation, then one job per cell."""
         jobs = []
         if self.cfg.eval.base:
-            jobs.append(Job(name=self.base_eval.key, stages=[self.base_eval], gpus=self._gpus))
+            jobs.append(Job(name=self.base_eval.key, stages=[self.base_eval]))
         for cell in self.cells:
             stages = [s for k, s in cell.stages.items() if k != "subset"]
             jobs.append(Job(name=f"cell/{cell.name}", stages=stages, cell=True,
-                            keep_models=self.cfg.keep_models, gpus=self._gpus))  # fmt: skip
+                            keep_models=self.cfg.keep_models))  # fmt: skip
         return jobs
 
     @property
-    def _gpus(self) -> int:
-        return 0 if self.cfg.device == "cpu" else 1
+    def _gpus(self) -> bool:
+        """Whether jobs want a GPU each (any device but cpu: auto finds none on a CPU box)."""
+        return self.cfg.device != "cpu"
 
     def plan(self) -> list[tuple[str, str]]:
         """(stage, status) for every stage, in run order; reads markers only."""
@@ -284,7 +285,7 @@ class Grid:
         """(wave, job, stage, status) rows: what ``run`` would hand its executor, job by job."""
         from sftscope.executors import probe_workers
 
-        shards = self.probe_shards(probe_workers(self.cfg.executor, self._gpus > 0))
+        shards = self.probe_shards(probe_workers(self.cfg.executor, self._gpus))
         rows = []
         for stage in self.probes.values():
             n = shards[stage.key]
@@ -306,9 +307,9 @@ class Grid:
                    "run drives it)"):  # fmt: skip
             atomic_write_text(self.layout.config, dump_config(self.cfg))
             atomic_write_jsonl(self.layout.items, self._item_rows)
-            executor = make_executor(ex, self.layout, gpus=self._gpus > 0)
+            executor = make_executor(ex, self.layout, gpus=self._gpus)
             try:
-                workers = probe_workers(ex, self._gpus > 0)
+                workers = probe_workers(ex, self._gpus)
                 for stage in self.probes.values():
                     if not stage.done():
                         stage.clear()  # a probe made from other inputs goes before shards start

@@ -132,7 +132,6 @@ class Job(BaseModel):
     shard: tuple[int, int] | None = None
     cell: bool = False  # a cell: retrain when its weights were deleted but are needed again
     keep_models: bool = True  # cell: false deletes the weights once every stage is done
-    gpus: int = 0  # GPUs the job wants (0 on a CPU run)
 
     def done(self) -> bool:
         return self.shard is None and all(s.done() for s in self.stages)

@@ -16,7 +16,7 @@ from importlib import import_module
 from pathlib import Path
 from typing import Protocol
 
-from sftscope.config import ExecutorConfig
+from sftscope.executors.config import ExecutorConfig
 from sftscope.layout import RunLayout
 from sftscope.stages import Job
 

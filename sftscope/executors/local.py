@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from functools import partial
 
-from sftscope.config import ExecutorConfig
 from sftscope.executors import Failure
+from sftscope.executors.config import ExecutorConfig
 from sftscope.layout import RunLayout
 from sftscope.stages import Job
 from sftscope.worker import run_job

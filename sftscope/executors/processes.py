@@ -18,8 +18,8 @@ import queue
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 
-from sftscope.config import ExecutorConfig
 from sftscope.executors import Failure, write_job
+from sftscope.executors.config import ExecutorConfig
 from sftscope.layout import RunLayout
 from sftscope.stages import Job
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from sftscope.config import ExecutorConfig
 from sftscope.errors import SftscopeError
 from sftscope.executors import Failure, write_job
+from sftscope.executors.config import ExecutorConfig
 from sftscope.layout import RunLayout
 from sftscope.stages import Job
 
