@@ -251,9 +251,12 @@ class Grid:
                 continue
             if n == 1:
                 jobs.append(Job(name=stage.key, stages=[stage]))
-            else:
+            else:  # a rerun submits only the shards with chunks left
+                from sftscope.probe import finished_chunks
+
+                left = set(range(self._probe_chunks[stage.key])) - finished_chunks(stage.output)
                 jobs += [Job(name=f"{stage.key}#{i}of{n}", stages=[stage], shard=(i, n))
-                         for i in range(n)]  # fmt: skip
+                         for i in range(n) if any(c % n == i for c in left)]  # fmt: skip
         return jobs
 
     def stage_jobs(self) -> list[Job]:

@@ -215,6 +215,11 @@ def holds_other_probe(cfg: ProbeConfig) -> bool:
         return True
 
 
+def finished_chunks(out: Path) -> set[int]:
+    """The chunks of a probe folder whose records are written (a rerun skips them)."""
+    return {int(p.stem) for p in (Path(out) / "parts").glob("*.jsonl") if p.stem.isdigit()}
+
+
 def run_probe(
     cfg: ProbeConfig, engine: Engine | None = None, shard: tuple[int, int] | None = None
 ) -> dict[str, Any]:
@@ -254,7 +259,8 @@ def run_probe(
         probe_items[i : i + cfg.chunk_size] for i in range(0, len(probe_items), cfg.chunk_size)
     ]
     parts = out / "parts"
-    todo = [c for c in range(len(chunks)) if not (parts / f"{c:05d}.jsonl").exists()]
+    finished = finished_chunks(out)
+    todo = [c for c in range(len(chunks)) if c not in finished]
     if shard is not None:
         todo = [c for c in todo if c % shard[1] == shard[0]]
     started, done_now = time.perf_counter(), 0

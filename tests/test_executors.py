@@ -172,3 +172,17 @@ def test_two_drivers_on_one_run_folder_are_refused(tiny_model_dir: Path, tmp_pat
     grid = Grid(load_config(GridConfig, path))
     with Claim(grid.layout.lock, 600), pytest.raises(SftscopeError, match="another sftscope"):
         grid.run()
+
+
+def test_a_rerun_submits_only_probe_shards_with_chunks_left(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    grid = Grid(load_config(GridConfig, grid_yaml(tmp_path, tiny_model_dir)))
+    assert grid.probe_shards(4) == {"probe/train": 2, "probe/test": 2}  # 3 and 2 chunks of 8
+    assert [j.name for j in grid.probe_jobs(1)] == ["probe/train", "probe/test"]
+    parts = grid.probes["train"].output / "parts"
+    parts.mkdir(parents=True)
+    for c in (0, 2):  # shard 0 of 2 holds chunks 0 and 2: both written before a kill
+        (parts / f"{c:05d}.jsonl").write_text("")
+    names = [j.name for j in grid.probe_jobs(4)]
+    assert names == ["probe/train#1of2", "probe/test#0of2", "probe/test#1of2"]

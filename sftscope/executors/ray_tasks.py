@@ -5,6 +5,7 @@ are freed with its process). Ray is an optional extra: ``pip install 'sftscope[r
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -30,6 +31,8 @@ class RayExecutor:
         self.cfg, self.layout = cfg, layout
         self._started = not ray.is_initialized()
         if self._started:
+            if s.address is None:  # a cluster of our own: no usage reports (offline machines)
+                os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
             ray.init(address=s.address, num_cpus=s.local_cpus if s.address is None else None,
                      include_dashboard=False, log_to_driver=False,
                      configure_logging=False)  # fmt: skip
