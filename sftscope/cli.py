@@ -26,6 +26,7 @@ from sftscope.config import (
     TrainConfig,
     load_config,
 )
+from sftscope.errors import SftscopeError
 from sftscope.tables import (
     concentration_table,
     histogram_table,
@@ -201,6 +202,8 @@ def restore_cmd(
     cfg = load_config(RestoreConfig, config, options, overrides)
     if evaluate and cfg.eval is None:
         cfg = cfg.model_copy(update={"eval": RestoreEval()})
+    if cfg.eval is None and not cfg.save:
+        raise SftscopeError("--no-save needs --eval: restored in place, nothing would be kept")
     if cfg.eval is None:
         from sftscope.params.restore import run_restore
 
@@ -216,7 +219,8 @@ def restore_cmd(
     title = f"restore sweep: {cfg.eval.split} accuracy % (mean of levels if known)"
     for item in sweep_tables(s, title, cfg.eval.split):
         console.print(item)
-    console.print(f"restored models, evals and sweep.json in {cfg.out}")
+    kept = "restored models, evals" if cfg.save else "evals (restored in place, no checkpoints)"
+    console.print(f"{kept} and sweep.json in {cfg.out}")
 
 
 @data_app.command("build-geo")

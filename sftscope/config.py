@@ -230,6 +230,10 @@ class RestoreSettings(StageConfig):
     )
     seed: int = Field(0, description="seed of the random strategy")
     max_shard_bytes: int = runtime(2 * 2**30, "output shard size", ge=1)
+    save: bool = runtime(
+        True, "write a checkpoint per output; false (with eval): restore each in the loaded "
+        "model, evaluate it, put the tuned weights back; same scores, no checkpoints",
+    )  # fmt: skip
 
     @field_validator("k", "layers", mode="before")
     @classmethod
@@ -296,6 +300,9 @@ class GridParams(RestoreSettings):
     )
     diff: bool = Field(True, description="relative change of every weight")
     restore: bool = Field(True, description="the restore sweep, each restored model evaluated")
+    save: bool = runtime(
+        False, "write every restored checkpoint (default: restore in place, evaluate, undo)"
+    )
     compute_device: str = _compute_device()
     pick_on: Literal["dev"] | None = Field(None, description="also pick k on dev")
 

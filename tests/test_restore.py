@@ -233,3 +233,60 @@ def test_cuda_restore_is_bit_identical_to_cpu(bf16_pair, tmp_path: Path, strateg
         assert g["sum_r"] == pytest.approx(c["sum_r"], rel=1e-5)
         x, y = load_all(tmp_path / "cpu" / c["label"]), load_all(tmp_path / "gpu" / g["label"])
         assert all(torch.equal(x[n], y[n]) and x[n].dtype == y[n].dtype for n in x)
+
+
+def _sweep(base: Path, tuned: Path, out: Path, save: bool, **kw) -> dict:
+    from sftscope.config import RestoreEval
+    from sftscope.params.sweep import run_sweep
+
+    ev = RestoreEval(data="entityquestions", data_dir=EQ_FIXTURE, limit_per_relation=2,
+                     pick_on="dev", batch_size=4)  # fmt: skip
+    cfg = RestoreConfig(base=str(base), tuned=tuned, out=out, save=save, eval=ev, device="cpu",
+                        **kw)  # fmt: skip
+    return run_sweep(cfg)
+
+
+@pytest.mark.parametrize("which", ["pair", "bf16_pair"])
+@pytest.mark.parametrize(
+    "kw", [{"k": [3, 50]}, {"k": [10, 60], "scope": "tensor", "strategy": "random"},
+           {"layers": ["0-0", "1-1"]}],  # fmt: skip
+)
+def test_in_place_sweep_scores_equal_the_written_sweep(
+    which: str, kw: dict, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    base, tuned = request.getfixturevalue(which)
+    written = _sweep(base, tuned, tmp_path / "written", True, **kw)
+    in_place = _sweep(base, tuned, tmp_path / "in_place", False, **kw)
+    assert in_place == written
+    a, b = tmp_path / "written", tmp_path / "in_place"
+    evals = sorted(p.name for p in (a / "eval").iterdir())
+    assert evals == sorted(p.name for p in (b / "eval").iterdir()) and len(evals) >= 6
+    for name in evals:  # every model's records, the tuned one's first and the restored ones
+        assert (a / "eval" / name / "records.jsonl").read_text() == (
+            b / "eval" / name / "records.jsonl"
+        ).read_text(), name
+    predictions = {name: [json.loads(x)["prediction"] for x in
+                          (b / "eval" / name / "records.jsonl").read_text().splitlines()]
+                   for name in evals}  # fmt: skip
+    assert len({tuple(p) for p in predictions.values()}) > 2  # the restorations change outputs
+    assert (a / "restore_stats.tsv").read_text() == (b / "restore_stats.tsv").read_text()
+    sel_a, sel_b = (json.loads((f / "selection.json").read_text()) for f in (a, b))
+    assert sel_b.pop("in_place") and not sel_a.pop("in_place") and sel_a == sel_b
+    assert not list(b.rglob("*.safetensors"))  # no checkpoint written
+    again = _sweep(base, tuned, b, False, **kw)  # every eval done: reused, no model loaded
+    assert again == written
+
+
+def test_in_place_folder_gets_checkpoints_when_saved_later(pair, tmp_path: Path) -> None:
+    base, tuned = pair
+    _sweep(base, tuned, tmp_path / "s", False, k=[5])
+    sel = _restore(base, tuned, tmp_path / "s", k=[5], eval=None)
+    assert not sel["in_place"] and (tmp_path / "s" / "global-top-5" / "config.json").exists()
+
+
+def test_no_save_without_eval_is_a_one_line_error(pair, tmp_path: Path) -> None:
+    base, tuned = pair
+    res = runner.invoke(app, ["restore", "--base", str(base), "--tuned", str(tuned), "--k", "5",
+                              "--no-save", "--out", str(tmp_path / "x")])  # fmt: skip
+    assert res.exit_code == 2 and res.output.startswith("error: --no-save needs --eval")
+    assert not (tmp_path / "x").exists()

@@ -231,20 +231,48 @@ def restore_settings(cfg: RestoreConfig) -> dict[str, Any]:
     return result_fields(cfg, exclude={"eval", "trust_remote_code"})
 
 
-def run_restore(cfg: RestoreConfig) -> dict[str, Any]:
-    """``sftscope restore`` without ``--eval``: the restored checkpoints and their statistics.
-    A folder already holding this restore is reused; one holding another is an error."""
+def prepare_restore(cfg: RestoreConfig) -> tuple[Checkpoint, Checkpoint, torch.device]:
+    """The checked pair and the compute device; refuses a folder holding another restore."""
     from sftscope.models.loading import resolve_device, resolve_model
 
     device = resolve_device(cfg.compute_device, "--compute-device")
     out = Path(cfg.out)
-    if (out / "selection.json").exists():
-        if read_yaml(out / "restore.yaml", "restore settings") != restore_settings(cfg):
-            raise SftscopeError(f"{out} holds a restore with other settings; use another --out")
-        return json.loads((out / "selection.json").read_text(encoding="utf-8"))
+    saved = out / "restore.yaml"
+    if saved.exists() and read_yaml(saved, "restore settings") != restore_settings(cfg):
+        raise SftscopeError(f"{out} holds a restore with other settings; use another --out")
     base = open_checkpoint(resolve_model(cfg.base))
     tuned = open_checkpoint(cfg.tuned)
     check_compatible(base, tuned)
+    return base, tuned, device
+
+
+def write_selection(
+    cfg: RestoreConfig, restorer: Restorer, rows: list[dict[str, Any]],
+    folder: Path | None = None, in_place: bool = False,
+) -> dict[str, Any]:  # fmt: skip
+    """``selection.json``, ``restore_stats.tsv`` and ``restore.yaml`` into ``folder`` (default
+    ``OUT``); ``in_place``: the outputs were evaluated in memory, no checkpoint was written."""
+    folder = Path(folder or cfg.out)
+    selection = {**restorer.selection(), "in_place": in_place}
+    atomic_write_text(folder / "restore_stats.tsv", tsv_text(STATS_COLUMNS, rows))
+    atomic_write_text(folder / "restore.yaml",
+                      yaml.safe_dump(restore_settings(cfg), sort_keys=False))  # fmt: skip
+    atomic_write_json(folder / "selection.json", selection)
+    atomic_write_text(folder / "config.yaml", dump_config(cfg))
+    return selection
+
+
+def run_restore(cfg: RestoreConfig) -> dict[str, Any]:
+    """``sftscope restore`` without ``--eval``: the restored checkpoints and their statistics.
+    A folder already holding this restore is reused; one holding another is an error (one
+    restored in place, without checkpoints, is written again)."""
+    out = Path(cfg.out)
+    if (out / "selection.json").exists():
+        prepare_restore(cfg)  # the settings check
+        selection = json.loads((out / "selection.json").read_text(encoding="utf-8"))
+        if not selection.get("in_place"):
+            return selection
+    base, tuned, device = prepare_restore(cfg)
     restorer = Restorer(cfg, base, tuned, device)
     staging = out.parent / f".{out.name}.partial"
     shutil.rmtree(staging, ignore_errors=True)
@@ -252,14 +280,9 @@ def run_restore(cfg: RestoreConfig) -> dict[str, Any]:
     try:
         restorer.select()
         restorer.write(staging)
-        selection = restorer.selection()
-        atomic_write_text(staging / "restore_stats.tsv", tsv_text(STATS_COLUMNS, restorer.rows))
-        settings = yaml.safe_dump(restore_settings(cfg), sort_keys=False)
-        atomic_write_text(staging / "restore.yaml", settings)
-        atomic_write_json(staging / "selection.json", selection)
+        selection = write_selection(cfg, restorer, restorer.rows, staging)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     replace_dir(staging, out)
-    atomic_write_text(out / "config.yaml", dump_config(cfg))
     return selection

@@ -13,13 +13,16 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sftscope.config import EvalConfig, RestoreConfig
 from sftscope.errors import SftscopeError
 from sftscope.evaluate import run_eval
 from sftscope.io import atomic_write_json, replace_dir
 from sftscope.params.restore import run_restore
+
+if TYPE_CHECKING:
+    from sftscope.models.engines import Engine
 
 TUNED = "tuned"  # label of the unrestored fine-tuned model (k = 0)
 
@@ -33,14 +36,21 @@ def _headline(summary: dict[str, Any], domain: str) -> float | None:
     return summary[domain]["containment"] if summary[domain]["n"] else None
 
 
+def _eval_dir(cfg: RestoreConfig, label: str, split: str) -> Path:
+    assert cfg.eval is not None
+    return Path(cfg.out) / "eval" / (label if split == cfg.eval.split else f"{label}.{split}")
+
+
 def _evaluate(
-    cfg: RestoreConfig, label: str, model: Path, split: str, done: Path | None = None
-) -> dict[str, Any]:
+    cfg: RestoreConfig, label: str, model: Path, split: str, done: Path | None = None,
+    engine: Engine | None = None,
+) -> dict[str, Any]:  # fmt: skip
     """One model's evaluation, resumed from ``OUT/eval/<label>``; ``done`` is an evaluation of
-    the same model with the same settings made elsewhere (the grid's cell eval), copied in."""
+    the same model with the same settings made elsewhere (the grid's cell eval), copied in;
+    ``engine``: the model already loaded (restored in place), else it is loaded from ``model``."""
     ev = cfg.eval
     assert ev is not None
-    out = Path(cfg.out) / "eval" / (label if split == ev.split else f"{label}.{split}")
+    out = _eval_dir(cfg, label, split)
     if done is not None and (done / "summary.json").exists() and not out.exists():
         staging = out.parent / f".{out.name}.partial"
         shutil.rmtree(staging, ignore_errors=True)
@@ -48,50 +58,118 @@ def _evaluate(
         replace_dir(staging, out)
     if (out / "summary.json").exists():
         return json.loads((out / "summary.json").read_text(encoding="utf-8"))
-    if not (model / "model.safetensors").exists() and not any(model.glob("model-*.safetensors")):
+    no_weights = not (model / "model.safetensors").exists() and not any(
+        model.glob("model-*.safetensors")
+    )
+    if engine is None and no_weights:
         raise SftscopeError(f"{model}: no weights to evaluate (deleted by keep_models: false?)")
     settings = ev.model_dump(exclude={"pick_on", "keep_models", "mastery", "split"})
     ecfg = EvalConfig(**settings, model=str(model), prompt="sft", split=split,
                       mastery=ev.mastery if split == ev.split else None, device=cfg.device,
                       trust_remote_code=cfg.trust_remote_code, out=out)  # fmt: skip
-    return run_eval(ecfg)
+    return run_eval(ecfg, engine)
 
 
-def run_sweep(cfg: RestoreConfig, tuned_eval: Path | None = None) -> dict[str, Any]:
-    """Restore, then evaluate each model; returns (and writes ``OUT/sweep.json``) one row per
-    model with in-domain / OOD scores, plus the dev pick when asked. ``tuned_eval``: an
-    evaluation of the unrestored model on the evaluation split with the same settings, reused
-    instead of evaluating it again."""
+def _row(cfg: RestoreConfig, label: str, k: float, scores: dict[str, dict]) -> dict[str, Any]:
+    """A sweep row: in-domain and OOD headline per split evaluated (dev ones prefixed)."""
+    assert cfg.eval is not None
+    row: dict[str, Any] = {"label": label, "k": k}
+    for split, s in scores.items():
+        prefix = "" if split == cfg.eval.split else "dev_"
+        row[f"{prefix}in_domain"] = _headline(s, "in_domain")
+        row[f"{prefix}ood"] = _headline(s, "ood")
+    return row
+
+
+def _splits(cfg: RestoreConfig) -> list[str]:
+    assert cfg.eval is not None
+    return [cfg.eval.split] + (["dev"] if cfg.eval.pick_on else [])
+
+
+def _written_rows(cfg: RestoreConfig, tuned_eval: Path | None) -> list[dict[str, Any]]:
+    """Every output written as a checkpoint (``save: true``), then each loaded and evaluated."""
     ev = cfg.eval
-    if ev is None:
-        raise ValueError("run_sweep needs cfg.eval")
+    assert ev is not None
     selection = run_restore(cfg)
     out = Path(cfg.out)
     models = [(TUNED, 0.0, Path(cfg.tuned))]
     models += [(o["label"], o["k"], out / o["label"]) for o in selection["outputs"]]
     rows = []
     for label, k, folder in models:
-        row: dict[str, Any] = {"label": label, "k": k}
-        for split in [ev.split] + (["dev"] if ev.pick_on else []):
+        scores = {}
+        for split in _splits(cfg):
             reuse = tuned_eval if label == TUNED and split == ev.split else None
-            s = _evaluate(cfg, label, folder, split, reuse)
-            prefix = "" if split == ev.split else "dev_"
-            row[f"{prefix}in_domain"] = _headline(s, "in_domain")
-            row[f"{prefix}ood"] = _headline(s, "ood")
-        rows.append(row)
+            scores[split] = _evaluate(cfg, label, folder, split, reuse)
+        rows.append(_row(cfg, label, k, scores))
         if not ev.keep_models and label != TUNED:
             for f in folder.glob("*.safetensors"):
                 f.unlink()
+    return rows
+
+
+def _in_place_rows(cfg: RestoreConfig, tuned_eval: Path | None) -> list[dict[str, Any]]:
+    """``save: false``: the tuned model loaded once and each output restored in it, then
+    evaluated (:mod:`sftscope.params.inplace`); the unrestored model goes first. The selection
+    files are written as by ``run_restore``, without the checkpoints."""
+    from sftscope.params.inplace import InPlace
+    from sftscope.params.restore import Restorer, prepare_restore, write_selection
+
+    ev = cfg.eval
+    assert ev is not None
+    base, tuned, device = prepare_restore(cfg)
+    restorer = Restorer(cfg, base, tuned, device)
+    restorer.select()
+    inplace, engine = InPlace(restorer), None
+    out, rows = Path(cfg.out), []
+    models = [(TUNED, 0.0, None)] + [(o.label, o.k, o) for o in restorer.outputs]
+    for label, k, output in models:
+        splits = _splits(cfg)
+        due = [sp for sp in splits if not (_eval_dir(cfg, label, sp) / "summary.json").exists()
+               and not (label == TUNED and sp == ev.split and tuned_eval is not None)]
+        if due and engine is None:
+            engine = _load_engine(cfg)
+            inplace.attach(engine.model)
+        if output is not None:
+            inplace.apply(output, patch=bool(due))
+        scores = {}
+        for split in splits:
+            reuse = tuned_eval if label == TUNED and split == ev.split else None
+            scores[split] = _evaluate(cfg, label, out / label, split, reuse, engine)
+        rows.append(_row(cfg, label, k, scores))
+    write_selection(cfg, restorer, inplace.rows(), in_place=True)
+    return rows
+
+
+def _load_engine(cfg: RestoreConfig) -> Engine:
+    from sftscope.models.engines import HFEngine
+    from sftscope.models.loading import load_model
+
+    assert cfg.eval is not None
+    model, tok = load_model(str(cfg.tuned), device=cfg.device,
+                            trust_remote_code=cfg.trust_remote_code)  # fmt: skip
+    return HFEngine(model, tok, batch_size=cfg.eval.batch_size)
+
+
+def run_sweep(cfg: RestoreConfig, tuned_eval: Path | None = None) -> dict[str, Any]:
+    """Restore, then evaluate each model; returns (and writes ``OUT/sweep.json``) one row per
+    model with in-domain / OOD scores, plus the dev pick when asked. ``tuned_eval``: an
+    evaluation of the unrestored model on the evaluation split with the same settings, reused
+    instead of evaluating it again. ``save: false`` restores in place instead of writing a
+    checkpoint per output; the scores are the same."""
+    ev = cfg.eval
+    if ev is None:
+        raise ValueError("run_sweep needs cfg.eval")
+    rows = _written_rows(cfg, tuned_eval) if cfg.save else _in_place_rows(cfg, tuned_eval)
     result: dict[str, Any] = {"split": ev.split, "rows": rows}
     if ev.pick_on:
         scored = [r for r in rows if r["dev_in_domain"] is not None]
-        best = max(scored, key=lambda r: (r["dev_in_domain"], -r["k"])) if scored else None
+        best = max(scored, key=lambda r: (r["dev_in_domain"], -(r["k"] or 0))) if scored else None
         result["pick"] = best and {"label": best["label"], "k": best["k"],
                                    "dev_in_domain": best["dev_in_domain"],
                                    "in_domain": best["in_domain"], "ood": best["ood"],
                                    "gain_in_domain": _gain(best, rows[0], "in_domain"),
                                    "gain_ood": _gain(best, rows[0], "ood")}  # fmt: skip
-    atomic_write_json(out / "sweep.json", result)
+    atomic_write_json(Path(cfg.out) / "sweep.json", result)
     return result
 
 
