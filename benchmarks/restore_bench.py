@@ -10,8 +10,14 @@ For a (base, fine-tuned) pair and the paper's 7 k values, runs in separate proce
 Prints wall-time ratio, peak-RSS ratio (each process's own maximum resident set), ours ÷ copy
 (per output), and checks that both methods wrote identical tensors.
 
+With ``--sweep``: the restore sweep with evaluation, written (a checkpoint per k, each loaded
+and evaluated) vs in place (``save: false``: the tuned model loaded once, each k restored in
+it), wall time and peak RSS of each, and whether their eval records are identical.
+
     .venv/bin/python benchmarks/restore_bench.py --pair smollm2 runs/ft-2-240-0
     .venv/bin/python benchmarks/restore_bench.py --synthetic 1.0e9     # builds a bf16 pair
+    .venv/bin/python benchmarks/restore_bench.py --pair smollm2 runs/ft --sweep --k 1,5,20,60 \
+        --reference none --sweep-limit 5
 
 The synthetic pair is a random LlamaConfig model in bf16 (written tensor by tensor, so building
 it needs no model in memory) and a copy where half the weights moved.
@@ -33,7 +39,14 @@ PAPER_K = [1, 3, 5, 10, 20, 40, 60]
 
 def _child(mode: str, base: Path, tuned: Path, out: Path, ks: list[float]) -> None:
     started = time.perf_counter()
-    if mode == "copy":
+    if mode.startswith("sweep-"):  # sweep-written | sweep-inplace, eval settings from the env
+        from sftscope.config import RestoreConfig, RestoreEval
+        from sftscope.params.sweep import run_sweep
+
+        ev = RestoreEval(**json.loads(os.environ["SWEEP_EVAL"]))
+        run_sweep(RestoreConfig(base=str(base), tuned=tuned, out=out, k=ks, eval=ev,
+                                device="cpu", save=mode == "sweep-written"))  # fmt: skip
+    elif mode == "copy":
         shutil.copytree(tuned, out)
     elif mode == "ours":
         from sftscope.config import RestoreConfig
@@ -54,7 +67,7 @@ def _child(mode: str, base: Path, tuned: Path, out: Path, ks: list[float]) -> No
     print(json.dumps({"wall": time.perf_counter() - started}))
 
 
-def _run(mode: str, base: Path, tuned: Path, out: Path, ks: list[float]) -> dict:
+def _run(mode: str, base: Path, tuned: Path, out: Path, ks: list[float], env=None) -> dict:
     shutil.rmtree(out, ignore_errors=True)
     for folder in (base, tuned):  # warm the page cache the same way for every method
         for f in folder.glob("*.safetensors"):
@@ -63,7 +76,8 @@ def _run(mode: str, base: Path, tuned: Path, out: Path, ks: list[float]) -> dict
                     pass
     cmd = [sys.executable, __file__, "--child", mode, str(base), str(tuned), str(out),
            ",".join(f"{k:g}" for k in ks)]  # fmt: skip
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                            env={**os.environ, **(env or {})})  # fmt: skip
     _, status, usage = os.wait4(proc.pid, 0)
     text = proc.stdout.read().decode() if proc.stdout else ""
     if status != 0:
@@ -137,6 +151,10 @@ def main() -> None:
         "and/or kth (k-th value + index ties: same result, less memory)",
     )
     ap.add_argument("--keep", action="store_true", help="keep the outputs")
+    ap.add_argument("--sweep", action="store_true", help="also: written vs in-place eval sweep")
+    ap.add_argument("--sweep-data", default="geo")
+    ap.add_argument("--sweep-data-dir", default=None)
+    ap.add_argument("--sweep-limit", type=int, default=5, help="test items per relation")
     args = ap.parse_args()
     ks = [float(k) for k in args.k.split(",")]
     if args.synthetic:
@@ -149,6 +167,11 @@ def main() -> None:
         ap.error("give --pair BASE TUNED or --synthetic N")
     refs = [f"reference-{m}" for m in args.reference.split(",") if m and m != "none"]
     res = {m: _run(m, base, tuned, args.work / m, ks) for m in ("copy", "ours", *refs)}
+    if args.sweep:
+        ev = {"data": args.sweep_data, "data_dir": args.sweep_data_dir,
+              "limit_per_relation": args.sweep_limit}  # fmt: skip
+        for m in ("sweep-written", "sweep-inplace"):
+            res[m] = _run(m, base, tuned, args.work / m, ks, {"SWEEP_EVAL": json.dumps(ev)})
     for m, r in res.items():
         print(f"{m:15s}: {r['wall']:8.1f} s  peak RSS {r['rss_gib']:6.2f} GiB")
     o, cp = res["ours"], res["copy"]
@@ -158,6 +181,17 @@ def main() -> None:
               f"{o['rss_gib'] / res[m]['rss_gib']:.2f}x; identical tensors: {same}")  # fmt: skip
     print(f"ours / copy of one checkpoint: {o['wall'] / cp['wall']:.1f}x for {len(ks)} outputs "
           f"= {o['wall'] / cp['wall'] / len(ks):.2f}x per output")  # fmt: skip
+    if args.sweep:
+        w, i = res["sweep-written"], res["sweep-inplace"]
+        written = args.work / "sweep-written"
+        records = [p.relative_to(written) for p in sorted(written.rglob("records.jsonl"))]
+        same = bool(records) and all(
+            (args.work / "sweep-written" / p).read_bytes()
+            == (args.work / "sweep-inplace" / p).read_bytes() for p in records
+        )
+        print(f"sweep of {len(ks)} k + the tuned model: written / in place = "
+              f"{w['wall'] / i['wall']:.2f}x wall, peak RSS {i['rss_gib']:.2f} vs "
+              f"{w['rss_gib']:.2f} GiB; identical eval records ({len(records)} models): {same}")
     if not args.keep:
         for m in res:
             shutil.rmtree(args.work / m, ignore_errors=True)
