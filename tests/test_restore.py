@@ -275,6 +275,14 @@ def test_in_place_sweep_scores_equal_the_written_sweep(
     assert not list(b.rglob("*.safetensors"))  # no checkpoint written
     again = _sweep(base, tuned, b, False, **kw)  # every eval done: reused, no model loaded
     assert again == written
+    last = written["rows"][-1]["label"]  # resumed: only the last output's evals are redone
+    for name in (last, f"{last}.dev"):
+        shutil.rmtree(b / "eval" / name)
+    assert _sweep(base, tuned, b, False, **kw) == written
+    for name in (last, f"{last}.dev"):
+        assert (a / "eval" / name / "records.jsonl").read_text() == (
+            b / "eval" / name / "records.jsonl"
+        ).read_text()
 
 
 def test_in_place_folder_gets_checkpoints_when_saved_later(pair, tmp_path: Path) -> None:

@@ -1,16 +1,17 @@
 """Restoration in place (``restore --eval --no-save``, the grid's default): the fine-tuned
-model is loaded once on the evaluation device, the selection computed once (the ranking passes
-of :class:`~sftscope.params.restore.Restorer`), and for each output every region tensor of
-the loaded model is overwritten with ``torch.where(mask, base, tuned)`` and the model
-evaluated. Each tensor is written whole from the two checkpoints, so the next output needs no
-undo step and one output can never leak into the next. No checkpoint is written: a sweep costs
-one model load instead of a write and a load per k.
+model is loaded once on the evaluation device and no checkpoint is written, so a sweep costs
+one model load instead of a write and a load per output.
 
-The restored weights equal those the written path would save, element for element: the same
-masks (each output's tensors visited in the same natural order, so the same tie budgets), and
-``torch.where(mask, base, tuned)`` in the checkpoint's dtype before the cast to the model's,
-exactly what loading the written checkpoint does. Memory: the model plus one tensor pair and
-its mask at a time.
+The selection is computed once, by the written path's own arithmetic: the ranking passes of
+:class:`~sftscope.params.restore.Restorer`, then one more pass (its ``region_masks``, without
+the writing) that keeps, per weight, a one-byte code: the first output, in ascending k, that
+restores it. A k sweep's selections are nested (the entries of a smaller k are the first of a
+larger one's, in the same total order of score then position), so restoring output j in place
+only copies the base values of the weights whose code is j into the model that holds output
+j - 1. Layer blocks copy whole tensors: the base ones of the block, the tuned ones of the block
+before. The restored weights equal, element for element, what the written path saves and
+loading casts (``where(mask, base, tuned)`` in the checkpoint's dtype, cast to the model's).
+Memory: the model, one byte per region weight on the CPU, and one tensor pair at a time.
 """
 
 from __future__ import annotations
@@ -19,21 +20,47 @@ import torch
 from tqdm.auto import tqdm
 
 from sftscope.errors import SftscopeError
-from sftscope.params.diff import checked, natural_key, relative_change
+from sftscope.params.diff import natural_key
 from sftscope.params.restore import Output, Restorer
 from sftscope.params.tensors import read_tensor
 
+NONE = 255  # the code of a weight no output restores
+
 
 class InPlace:
-    """Puts one output's selection into a loaded model (replacing the previous one's)."""
+    """Puts the outputs of one restore into a loaded model, one after another."""
 
     def __init__(self, restorer: Restorer) -> None:
         self.restorer = restorer
         self.weights: dict[str, torch.Tensor] | None = None
-        self.counted: set[str] = set()  # outputs applied (their statistics in restorer.rows)
+        outputs = restorer.outputs
+        if len(outputs) >= NONE:
+            raise SftscopeError(f"{len(outputs)} outputs: at most {NONE - 1} restore in place")
+        blocks = bool(restorer.cfg.layers)
+        self.order = outputs if blocks else sorted(outputs, key=lambda o: o.k or 0.0)
+        self.rank = {o.label: j for j, o in enumerate(self.order)}
+        self.codes: dict[str, torch.Tensor] = {}
+        self.current = -1  # rank of the output the model holds (-1: the tuned model)
+
+    def prepare(self) -> None:
+        """Pass 3 without writing: every output's statistics, and the codes of a k sweep."""
+        r = self.restorer
+        for name, p, s in r._pairs("restore in place: select", device=r.device):
+            masks = r.region_masks(name, p, s)
+            if r.cfg.layers:
+                for _ in masks:  # whole tensors: nothing to keep
+                    pass
+                continue
+            code = torch.full(p.shape, NONE, dtype=torch.uint8, device=p.device)
+            for out, mask in zip(r.outputs, masks, strict=True):
+                j = self.rank[out.label]
+                code[mask & (code > j)] = j
+                if int(torch.count_nonzero(code <= j)) != int(torch.count_nonzero(mask)):
+                    raise AssertionError(f"{name}: the selections of a sweep are not nested")
+            self.codes[name] = code.cpu()
 
     def attach(self, model: torch.nn.Module) -> None:
-        """The loaded model whose weights ``apply`` changes (loaded only if an eval is due)."""
+        """The loaded (fine-tuned) model whose weights ``apply`` changes."""
         r = self.restorer
         state = model.state_dict(keep_vars=True)
         missing = [n for n in r.names if n not in state]
@@ -49,33 +76,43 @@ class InPlace:
                                     "loaded model; restore with save: true")  # fmt: skip
         self.weights = {n: state[n] for n in r.names}
 
-    def _tensors(self, desc: str):
-        return tqdm(self.restorer.names, desc=desc, unit="tensor", leave=False)
+    def apply(self, out: Output) -> None:
+        """Make the model hold ``out``; the outputs of a k sweep go in ascending k."""
+        assert self.weights is not None, "attach() a model first"
+        j, r = self.rank[out.label], self.restorer
+        if r.cfg.layers:
+            previous = self.order[self.current] if self.current >= 0 else None
+            for name in self._each(out.label):
+                now, before = r._in_block(name, out.block), previous is not None and r._in_block(
+                    name, previous.block
+                )
+                if now != before:
+                    self._copy(name, read_tensor(r.base if now else r.tuned, name))
+        else:
+            if j <= self.current:
+                raise ValueError(f"{out.label}: a k sweep is restored in ascending k")
+            for name in self._each(out.label):
+                code = self.codes[name]
+                if j == self.current + 1:  # the usual step: only this output's own weights
+                    take = code == j
+                else:  # (after outputs skipped because their evals were done)
+                    take = (code <= j) & (code > self.current) if self.current >= 0 else code <= j
+                if bool(take.any()):  # (where + copy: several times faster than w[take] = …)
+                    w = self.weights[name]
+                    p = read_tensor(r.base, name).to(w.device, w.dtype)
+                    with torch.no_grad():
+                        w.copy_(torch.where(take.to(w.device), p, w))
+        self.current = j
 
-    def apply(self, out: Output, patch: bool = True) -> None:
-        """``out``'s selected base values into the model (``patch=False``: only its statistics,
-        for an output whose evaluations are already done)."""
-        r = self.restorer
-        if out.label in self.counted:  # the tie budgets of its selection are spent
-            raise ValueError(f"{out.label}: applied twice")
-        first = not self.counted
-        for name in self._tensors(f"restore in place: {out.label}"):
-            p = read_tensor(r.base, name).to(r.device)
-            s = read_tensor(r.tuned, name).to(r.device)
-            rc = relative_change(p, s)
-            if r.cfg.layers and first:
-                checked(name, rc)
-            tensor_r = float(rc.sum())
-            if first:
-                r.total_r += tensor_r
-            mask = r._mask(out, name, r._scores(name, rc))
-            r._account(out, name, rc, mask, tensor_r)
-            if patch:
-                assert self.weights is not None, "attach() a model first"
-                w = self.weights[name]
-                with torch.no_grad():
-                    w.copy_(torch.where(mask, p, s).to(w.device, w.dtype))
-        self.counted.add(out.label)
+    def _each(self, label: str):
+        return tqdm(self.restorer.names, desc=f"restore in place: {label}", unit="tensor",
+                    leave=False)  # fmt: skip
+
+    def _copy(self, name: str, values: torch.Tensor) -> None:
+        assert self.weights is not None
+        w = self.weights[name]
+        with torch.no_grad():
+            w.copy_(values.to(w.device, w.dtype))
 
     def rows(self) -> list[dict]:
         """The per-output, per-tensor statistics in the written path's order (tensor-major)."""

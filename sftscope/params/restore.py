@@ -33,7 +33,7 @@ import json
 import math
 import shutil
 import zlib
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -162,9 +162,23 @@ class Restorer:
         group = self.groups[name]
         return self.selector.mask((out.label, group), scores, out.cuts[group])
 
+    def region_masks(self, name: str, p: torch.Tensor, s: torch.Tensor) -> Iterator[torch.Tensor]:
+        """Pass 3's arithmetic for one region tensor (the pair on the compute device, tensors
+        in natural name order: the order positions count in, which the tie budgets rely on):
+        each output's mask in turn, counted into the statistics."""
+        r = relative_change(p, s)
+        if self.cfg.layers:  # (the ranking passes checked it otherwise)
+            checked(name, r)
+        tensor_r = float(r.sum())  # fp32 per tensor, like the restored sums below
+        self.total_r += tensor_r
+        scores = self._scores(name, r)  # once per tensor, for every output
+        for out in self.outputs:
+            mask = self._mask(out, name, scores)
+            self._account(out, name, r, mask, tensor_r)
+            yield mask
+
     def write(self, staging: Path) -> None:
-        """Pass 3: every output checkpoint, tensor by tensor, in natural name order (the
-        order positions count in, which the tie budgets rely on)."""
+        """Pass 3: every output checkpoint, tensor by tensor, in natural name order."""
         plan = sorted(plan_of(self.base), key=lambda e: natural_key(e[0]))
         writers = [ShardWriter(staging / o.label, plan, self.cfg.max_shard_bytes)
                    for o in self.outputs]  # fmt: skip
@@ -176,16 +190,9 @@ class Restorer:
                         w.add(name, s)
                     continue
                 p, s = p.to(self.device), s.to(self.device)  # (the writers copy back)
-                r = relative_change(p, s)
-                if self.cfg.layers:  # (the ranking passes checked it otherwise)
-                    checked(name, r)
-                tensor_r = float(r.sum())  # fp32 per tensor, like the restored sums below
-                self.total_r += tensor_r
-                scores = self._scores(name, r)  # once per tensor, for every output
-                for out, w in zip(self.outputs, writers, strict=True):
-                    mask = self._mask(out, name, scores)
+                masks = self.region_masks(name, p, s)
+                for mask, w in zip(masks, writers, strict=True):
                     w.add(name, torch.where(mask, p, s))
-                    self._account(out, name, r, mask, tensor_r)
             for w in writers:
                 w.close(side_files_from=(self.tuned.root, self.base.root))
         except BaseException:

@@ -120,24 +120,24 @@ def _in_place_rows(cfg: RestoreConfig, tuned_eval: Path | None) -> list[dict[str
     restorer = Restorer(cfg, base, tuned, device)
     restorer.select()
     inplace, engine = InPlace(restorer), None
-    out, rows = Path(cfg.out), []
-    models = [(TUNED, 0.0, None)] + [(o.label, o.k, o) for o in restorer.outputs]
-    for label, k, output in models:
+    inplace.prepare()
+    out, rows = Path(cfg.out), {}
+    for label, k, output in [(TUNED, 0.0, None)] + [(o.label, o.k, o) for o in inplace.order]:
         splits = _splits(cfg)
         due = [sp for sp in splits if not (_eval_dir(cfg, label, sp) / "summary.json").exists()
                and not (label == TUNED and sp == ev.split and tuned_eval is not None)]
         if due and engine is None:
             engine = _load_engine(cfg)
             inplace.attach(engine.model)
-        if output is not None:
-            inplace.apply(output, patch=bool(due))
+        if due and output is not None:
+            inplace.apply(output)  # ascending k: each adds the weights its k restores
         scores = {}
         for split in splits:
             reuse = tuned_eval if label == TUNED and split == ev.split else None
             scores[split] = _evaluate(cfg, label, out / label, split, reuse, engine)
-        rows.append(_row(cfg, label, k, scores))
+        rows[label] = _row(cfg, label, k, scores)
     write_selection(cfg, restorer, inplace.rows(), in_place=True)
-    return rows
+    return [rows[TUNED]] + [rows[o.label] for o in restorer.outputs]
 
 
 def _load_engine(cfg: RestoreConfig) -> Engine:
