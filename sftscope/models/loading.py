@@ -14,12 +14,15 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from sftscope.errors import SftscopeError
 from sftscope.paths import cache_dir
+
+if TYPE_CHECKING:  # transformers loads when a model does (~2 s): resolving a path needs none
+    from transformers import PreTrainedModel
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +78,8 @@ def smollm2_path() -> Path:
     log.info("dequantising %s once into %s", gguf.name, target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     try:
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         gguf_model = AutoModelForCausalLM.from_pretrained(
@@ -126,6 +131,8 @@ def _offline() -> bool:
 
 def load_tokenizer(name: str, trust_remote_code: bool = False):
     """The tokenizer with a pad token (eos when the model has none)."""
+    from transformers import AutoTokenizer
+
     location = resolve_model(name)
     try:
         tok = AutoTokenizer.from_pretrained(
@@ -155,6 +162,8 @@ def load_model(
     another (``eager``, ``flash_attention_2``, or ``None`` for transformers' own choice). A model
     without SDPA support (some remote code) falls back to eager with a warning instead of failing.
     """
+    from transformers import AutoModelForCausalLM
+
     dev = resolve_device(device)
     location = resolve_model(name)
     tokenizer = load_tokenizer(name, trust_remote_code=trust_remote_code)
