@@ -186,3 +186,19 @@ def test_a_rerun_submits_only_probe_shards_with_chunks_left(
         (parts / f"{c:05d}.jsonl").write_text("")
     names = [j.name for j in grid.probe_jobs(4)]
     assert names == ["probe/train#1of2", "probe/test#0of2", "probe/test#1of2"]
+
+
+def test_processes_workers_follow_the_visible_gpus(monkeypatch: pytest.MonkeyPatch) -> None:
+    from sftscope.executors.config import ExecutorConfig
+    from sftscope.executors.processes import default_workers, visible_gpus
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5,6")
+    assert visible_gpus() == ["3", "5", "6"]
+    assert default_workers(ExecutorConfig(kind="processes"), gpus=True) == 3  # one per GPU
+    assert default_workers(ExecutorConfig(kind="processes", workers=8), gpus=True) == 3
+    assert default_workers(ExecutorConfig(kind="processes", workers=2), gpus=True) == 2
+    assert default_workers(ExecutorConfig(kind="processes", workers=5), gpus=False) == 5
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "-1")
+    assert visible_gpus() == []
+    cpu_default = default_workers(ExecutorConfig(kind="processes"), gpus=True)
+    assert cpu_default == max(1, (os.cpu_count() or 2) // 2)  # no GPU visible: by cores
