@@ -19,7 +19,7 @@ from sftscope.config import (
     RestoreConfig,
     TrainConfig,
 )
-from sftscope.data.subsets import SubsetConfig
+from sftscope.data.subsets import SubsetConfig, run_subset
 from sftscope.stages import Stage
 
 Runner = Callable[..., dict[str, Any]]
@@ -32,11 +32,6 @@ def runner(kind: str, config: type[BaseModel]) -> Callable[[Runner], Runner]:
         return fn
 
     return register
-
-
-def stage_config(stage: Stage) -> BaseModel:
-    cls, _ = RUNNERS[stage.kind]
-    return cls.model_validate(stage.config)
 
 
 def run_stage(stage: Stage, **kw: Any) -> dict[str, Any]:
@@ -56,8 +51,6 @@ def _probe(cfg: ProbeConfig, stage: Stage, shard: tuple[int, int] | None = None)
 
 @runner("subset", SubsetConfig)
 def _subset(cfg: SubsetConfig, stage: Stage) -> dict:
-    from sftscope.data.subsets import run_subset
-
     return run_subset(cfg)  # the composition, kept in the marker subsets/<cell>.json
 
 

@@ -1,5 +1,6 @@
-"""What runs one planned job, wherever it runs: in the driver (``local``), in a subprocess
-(``processes``: ``python -m sftscope.worker JOB.json``), in a SLURM job or a Ray task.
+"""What runs one planned job, wherever it runs: in the driver (``local``), in a forked worker
+process (``processes``), in a SLURM job or a Ray task; by hand, ``python -m sftscope.worker
+RUN/jobs/JOB.json``.
 
 A job claims itself (``claims/<job>.json``, :mod:`sftscope.claims`), runs its stages in order,
 each skipped when its marker says it is done, and releases the claim. A worker killed at any

@@ -4,8 +4,9 @@ grid never knows which one it has.
 Every executor is handed a list of independent jobs (a wave of the plan: the probes' shards,
 then the base evaluation and the cells), writes each as ``RUN/jobs/<job>.json`` where it runs
 out of process, and reports the jobs that failed with their log paths. Nothing here schedules:
-local runs in this process, ``processes`` keeps N ``python -m sftscope.worker`` subprocesses
-busy, ``slurm`` submits job arrays through submitit, ``ray`` submits Ray tasks.
+local runs in this process, ``processes`` keeps N worker processes busy (forked by the standard
+library's forkserver), ``slurm`` submits job arrays through submitit, ``ray`` submits Ray
+tasks.
 """
 
 from __future__ import annotations
