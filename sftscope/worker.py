@@ -49,6 +49,8 @@ def run_job(
 def _run_cell(job: Job, on_stage: Callable[[Stage], None] | None) -> None:
     """train, then its analyses (eval, kl, diff, ...): the fine-tuned weights are retrained
     when deleted (``keep_models: false``) but needed again by an analysis not yet done."""
+    from sftscope.params.tensors import has_weights  # (torch: only in a job that trains)
+
     train, *analyses = job.stages
     if train.done() and all(s.done() for s in analyses):
         return
@@ -62,10 +64,6 @@ def _run_cell(job: Job, on_stage: Callable[[Stage], None] | None) -> None:
         for f in train.output.glob("*.safetensors"):
             f.unlink()
         shutil.rmtree(train.output / "adapter", ignore_errors=True)
-
-
-def has_weights(folder: Path) -> bool:
-    return (folder / "model.safetensors").exists() or any(folder.glob("model-*.safetensors"))
 
 
 def _execute(stage: Stage, on_stage: Callable[[Stage], None] | None) -> None:

@@ -39,6 +39,14 @@ class Failure:
         return f"{self.job}: {self.error}" + (f" (log: {self.log})" if self.log else "")
 
 
+def error_line(text: str, fallback: str = "no output") -> str:
+    """The cause a failed job reported last: its ``error: …`` line or the exception line that
+    ends its traceback (``ValueError: …``), else its last line."""
+    lines = [x.strip() for x in text.splitlines() if x.strip()]
+    errors = [x for x in lines if x.startswith("error:") or "Error" in x.split(":")[0]]
+    return (errors or lines or [fallback])[-1][:300]
+
+
 class Executor(Protocol):
     def run(self, jobs: list[Job], on_done: Callable[[Job], None]) -> list[Failure]:
         """Run every job (in any order), call ``on_done`` as each finishes, return failures."""

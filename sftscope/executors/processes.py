@@ -18,7 +18,7 @@ import queue
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 
-from sftscope.executors import Failure, write_job
+from sftscope.executors import Failure, error_line, write_job
 from sftscope.executors.config import ExecutorConfig
 from sftscope.layout import RunLayout
 from sftscope.stages import Job
@@ -76,7 +76,11 @@ class ProcessExecutor:
         if code == 0:
             return None
         how = f"killed by signal {-code}" if code and code < 0 else f"exit code {code}"
-        return Failure(job.name, f"{how}: {_last_line(log_path)}", log_path)
+        try:
+            cause = error_line(log_path.read_text(encoding="utf-8", errors="replace"))
+        except OSError:
+            cause = "no log"
+        return Failure(job.name, f"{how}: {cause}", log_path)
 
     def close(self) -> None:
         pass
@@ -111,14 +115,3 @@ def _child(job_file: str, gpu: str | None, threads: int | None, claim_timeout_s:
         run_job_file(job_file, log=True, claim_timeout_s=claim_timeout_s)
     except Exception:  # noqa: BLE001 - already in the job's log
         sys.exit(2)
-
-
-def _last_line(path) -> str:
-    """The error a failed worker printed last (its ``error:`` line, or the traceback's end)."""
-    try:
-        lines = [x for x in path.read_text(encoding="utf-8", errors="replace").splitlines()
-                 if x.strip()]  # fmt: skip
-    except OSError:
-        return "no log"
-    errors = [x for x in lines if x.startswith("error:") or "Error" in x.split(":")[0]]
-    return (errors or lines or ["no output"])[-1][:300]

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from sftscope.errors import SftscopeError
-from sftscope.executors import Failure, write_job
+from sftscope.executors import Failure, error_line, write_job
 from sftscope.executors.config import ExecutorConfig
 from sftscope.layout import RunLayout
 from sftscope.stages import Job
@@ -86,16 +86,10 @@ class SlurmExecutor:
                 try:
                     handle.result()
                 except Exception as e:  # noqa: BLE001 - reported with the job's log
-                    failures.append(Failure(job.name, _brief(e), self.layout.log(job.name)))
+                    cause = error_line(str(e), type(e).__name__)  # (submitit: the whole trace)
+                    failures.append(Failure(job.name, cause, self.layout.log(job.name)))
                 else:
                     on_done(job)
             if pending:
                 time.sleep(self.cfg.slurm.poll_s)
         return failures
-
-
-def _brief(e: Exception) -> str:
-    """submitit wraps a job's exception in a FailedJobError holding the whole traceback."""
-    lines = [x for x in str(e).splitlines() if x.strip()]
-    errors = [x for x in lines if "Error:" in x or x.startswith("error:")]
-    return (errors or lines or [type(e).__name__])[-1].strip()[:300]

@@ -81,12 +81,10 @@ class InPlace:
         assert self.weights is not None, "attach() a model first"
         j, r = self.rank[out.label], self.restorer
         if r.cfg.layers:
-            previous = self.order[self.current] if self.current >= 0 else None
+            before = self.order[self.current].block if self.current >= 0 else None
             for name in self._each(out.label):
-                now, before = r._in_block(name, out.block), previous is not None and r._in_block(
-                    name, previous.block
-                )
-                if now != before:
+                now = r._in_block(name, out.block)
+                if now != r._in_block(name, before):  # (_in_block of no block is False)
                     self._copy(name, read_tensor(r.base if now else r.tuned, name))
         else:
             if j <= self.current:

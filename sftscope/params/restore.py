@@ -238,15 +238,19 @@ def restore_settings(cfg: RestoreConfig) -> dict[str, Any]:
     return result_fields(cfg, exclude={"eval", "trust_remote_code"})
 
 
+def _check_settings(cfg: RestoreConfig) -> None:
+    """Refuse an output folder holding a restore made with other settings."""
+    saved = Path(cfg.out) / "restore.yaml"
+    if saved.exists() and read_yaml(saved, "restore settings") != restore_settings(cfg):
+        raise SftscopeError(f"{cfg.out} holds a restore with other settings; use another --out")
+
+
 def prepare_restore(cfg: RestoreConfig) -> tuple[Checkpoint, Checkpoint, torch.device]:
     """The checked pair and the compute device; refuses a folder holding another restore."""
     from sftscope.models.loading import resolve_device, resolve_model
 
     device = resolve_device(cfg.compute_device, "--compute-device")
-    out = Path(cfg.out)
-    saved = out / "restore.yaml"
-    if saved.exists() and read_yaml(saved, "restore settings") != restore_settings(cfg):
-        raise SftscopeError(f"{out} holds a restore with other settings; use another --out")
+    _check_settings(cfg)
     base = open_checkpoint(resolve_model(cfg.base))
     tuned = open_checkpoint(cfg.tuned)
     check_compatible(base, tuned)
@@ -275,7 +279,7 @@ def run_restore(cfg: RestoreConfig) -> dict[str, Any]:
     restored in place, without checkpoints, is written again)."""
     out = Path(cfg.out)
     if (out / "selection.json").exists():
-        prepare_restore(cfg)  # the settings check
+        _check_settings(cfg)
         selection = json.loads((out / "selection.json").read_text(encoding="utf-8"))
         if not selection.get("in_place"):
             return selection

@@ -20,6 +20,7 @@ from sftscope.errors import SftscopeError
 from sftscope.evaluate import run_eval
 from sftscope.io import atomic_write_json, replace_dir
 from sftscope.params.restore import run_restore
+from sftscope.params.tensors import has_weights
 
 if TYPE_CHECKING:
     from sftscope.models.engines import Engine
@@ -58,10 +59,7 @@ def _evaluate(
         replace_dir(staging, out)
     if (out / "summary.json").exists():
         return json.loads((out / "summary.json").read_text(encoding="utf-8"))
-    no_weights = not (model / "model.safetensors").exists() and not any(
-        model.glob("model-*.safetensors")
-    )
-    if engine is None and no_weights:
+    if engine is None and not has_weights(model):
         raise SftscopeError(f"{model}: no weights to evaluate (deleted by keep_models: false?)")
     settings = ev.model_dump(exclude={"pick_on", "keep_models", "mastery", "split"})
     ecfg = EvalConfig(**settings, model=str(model), prompt="sft", split=split,

@@ -85,6 +85,12 @@ def open_checkpoint(path: str | Path) -> Checkpoint:
     return ckpt
 
 
+def has_weights(folder: str | Path) -> bool:
+    """Whether a model folder still holds its weights (``keep_models: false`` deletes them)."""
+    folder = Path(folder)
+    return (folder / SINGLE).exists() or any(folder.glob("model-*.safetensors"))
+
+
 def check_compatible(base: Checkpoint, tuned: Checkpoint) -> None:
     """Same tensor names, shapes and dtypes; the error names the first difference."""
     for name in base.tensors:
