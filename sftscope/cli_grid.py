@@ -39,7 +39,7 @@ EXECUTOR = {"exclude": ["executor.slurm.additional"], "flatten": ["executor"],
 
 
 @_one_line_errors
-@with_config_options(GridConfig, ["executor"], **EXECUTOR)
+@with_config_options(GridConfig, ["executor", "engine", "vllm"], **EXECUTOR)
 def run_cmd(
     options: Options,
     config: Annotated[Path, typer.Argument(help="grid YAML (see configs/)")],
@@ -132,7 +132,7 @@ DEMO_PRESETS = ("demo", "paper")
 
 
 @_one_line_errors
-@with_config_options(GridConfig, ["out", "executor"], **EXECUTOR,
+@with_config_options(GridConfig, ["out", "executor", "engine", "vllm"], **EXECUTOR,
                      help={"out": "run folder (default runs/<preset>)"})  # fmt: skip
 def demo_cmd(
     options: Options,

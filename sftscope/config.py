@@ -17,6 +17,7 @@ from sftscope.config_base import result_fields as result_fields
 from sftscope.config_base import runtime as runtime
 from sftscope.data.schema import Split
 from sftscope.executors.config import ExecutorConfig
+from sftscope.models.engine_config import EngineFields, EngineName, VLLMSettings
 from sftscope.prompts import PromptStyle
 
 
@@ -51,7 +52,7 @@ class EvalSettings(StageConfig):
     fold_accents: bool = Field(False, description="accent-insensitive answer matching")
 
 
-class EvalConfig(DataConfig, EvalSettings):
+class EvalConfig(EngineFields, DataConfig, EvalSettings):
     """Closed-book QA evaluation (PAPER.md §4): greedy, 16 new tokens, stop at newline."""
 
     model: str = Field(description="local path, hub id, or 'smollm2' (the bundled model)")
@@ -99,7 +100,7 @@ class ProbeSettings(StageConfig):
         return v
 
 
-class ProbeConfig(DataConfig, ProbeSettings):
+class ProbeConfig(EngineFields, DataConfig, ProbeSettings):
     """``sftscope probe``: the mastery level of every fact of one split, for one base model."""
 
     model: str = Field(description="local path, hub id, or 'smollm2' (the bundled model)")
@@ -168,7 +169,7 @@ class KLSettings(StageConfig):
     batch_size: BatchSize = runtime(16, "facts per forward pass; auto: from free GPU memory")
 
 
-class KLConfig(DataConfig, KLSettings):
+class KLConfig(EngineFields, DataConfig, KLSettings):
     """``sftscope kl``: how far a fine-tuned model moved from its base (PAPER.md §6)."""
 
     base: str = Field(description="the base model (path, hub id or 'smollm2')")
@@ -265,7 +266,7 @@ class RestoreEval(DataConfig, EvalSettings):
     keep_models: bool = runtime(True, "false: delete restored weights once evaluated")
 
 
-class RestoreConfig(RestoreSettings):
+class RestoreConfig(EngineFields, RestoreSettings):
     """``sftscope restore``: restored checkpoints per k (or layer block), optionally evaluated."""
 
     base: str = Field(description="the base model (path, hub id or 'smollm2')")
@@ -346,6 +347,8 @@ class GridConfig(StageConfig):
         ExecutorConfig(), "how jobs run: local | processes | slurm | ray, and their settings"
     )
     device: str = runtime("auto", "auto, cpu or cuda: every stage's device")
+    engine: EngineName = EngineFields.model_fields["engine"]
+    vllm: VLLMSettings = EngineFields.model_fields["vllm"]
     trust_remote_code: bool = Field(False, description="run the model repo's own code")
     out: Path = runtime(description="run folder")
 

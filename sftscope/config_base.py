@@ -37,10 +37,21 @@ def runtime(default: Any = ..., description: str | None = None, **kw: Any) -> An
     return Field(default, description=description, json_schema_extra={"fingerprint": False}, **kw)
 
 
+def added(default: Any, description: str, **kw: Any) -> Any:
+    """A field that changes results, added after runs were made with what is now its default:
+    it counts in fingerprints only when set to something else, so those runs stay done."""
+    return Field(default, description=description,
+                 json_schema_extra={"fingerprint": "unless-default"}, **kw)  # fmt: skip
+
+
+def _marker(field: Any) -> Any:
+    extra = field.json_schema_extra
+    return extra.get("fingerprint") if isinstance(extra, dict) else None
+
+
 def counts(field: Any) -> bool:
     """Whether a pydantic ``FieldInfo`` changes results (see :func:`runtime`)."""
-    extra = field.json_schema_extra
-    return not (isinstance(extra, dict) and extra.get("fingerprint") is False)
+    return _marker(field) is not False
 
 
 def result_fields(cfg: BaseModel, exclude: set[str] | frozenset[str] = frozenset()) -> dict:
@@ -52,6 +63,8 @@ def result_fields(cfg: BaseModel, exclude: set[str] | frozenset[str] = frozenset
         if name in exclude or not counts(field) or name not in dumped:
             continue
         value = getattr(cfg, name)
+        if _marker(field) == "unless-default" and value == field.default:
+            continue
         out[name] = result_fields(value) if isinstance(value, BaseModel) else dumped[name]
     return out
 

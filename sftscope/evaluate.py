@@ -20,6 +20,7 @@ from sftscope.data.schema import Domain, QAItem
 from sftscope.errors import SftscopeError
 from sftscope.io import atomic_write_json, atomic_write_jsonl, atomic_write_text
 from sftscope.mastery import N_LEVELS, read_levels
+from sftscope.models.factory import check_engine, engine_info
 from sftscope.prompts import PromptStyle, build_prompt, pick_exemplars
 
 if TYPE_CHECKING:  # the engine (torch, transformers) loads only when a model runs
@@ -142,16 +143,14 @@ def prepare_eval(cfg: EvalConfig) -> tuple[list[QAItem], dict[str, list[QAItem]]
 def run_eval(cfg: EvalConfig, engine: Engine | None = None) -> dict[str, Any]:
     """The ``sftscope eval`` stage: writes records.jsonl, summary.json and config.yaml; with
     ``mastery`` set, records carry each item's level and the summary a per-level breakdown."""
+    if engine is None:
+        check_engine(cfg.engine)
     items, exemplars = prepare_eval(cfg)
     levels = read_levels(cfg.mastery) if cfg.mastery is not None else None
     if engine is None:
-        from sftscope.models.engines import HFEngine
-        from sftscope.models.loading import load_model
+        from sftscope.models.factory import engine_for
 
-        model, tokenizer = load_model(
-            cfg.model, device=cfg.device, trust_remote_code=cfg.trust_remote_code
-        )
-        engine = HFEngine(model, tokenizer, batch_size=cfg.batch_size)
+        engine = engine_for(cfg)
     records = evaluate_items(
         engine, items, cfg.prompt, exemplars, cfg.max_new_tokens, cfg.fold_accents
     )
@@ -160,6 +159,7 @@ def run_eval(cfg: EvalConfig, engine: Engine | None = None) -> dict[str, Any]:
         "data": cfg.data,
         "split": cfg.split,
         "prompt": cfg.prompt,
+        "engine": engine_info(engine),
         **summarize(records),
     }
     if levels is not None:

@@ -43,6 +43,7 @@ from sftscope.data.subsets import SubsetConfig, subset_name
 from sftscope.errors import SftscopeError
 from sftscope.io import atomic_write_json, atomic_write_jsonl, atomic_write_text
 from sftscope.layout import RunLayout
+from sftscope.models.factory import check_engine
 from sftscope.stages import Job, Stage, fingerprint, model_identity, package_versions
 
 log = logging.getLogger(__name__)
@@ -132,7 +133,8 @@ class Grid:
         pcfg = ProbeConfig(
             **cfg.probe.model_dump(), model=model or cfg.model, data=cfg.data,
             data_dir=cfg.data_dir, split=split, relations=relations, limit_per_relation=limit,
-            device=cfg.device, trust_remote_code=cfg.trust_remote_code, out=out,
+            device=cfg.device, engine=cfg.engine, vllm=cfg.vllm,
+            trust_remote_code=cfg.trust_remote_code, out=out,
         )  # fmt: skip
         settings = result_fields(pcfg, exclude={"model"})
         if pcfg.calibration is not None:  # the thresholds in the file, not just its path
@@ -145,7 +147,8 @@ class Grid:
         ecfg = EvalConfig(
             **ev.model_dump(exclude={"base"}), model=model, data=cfg.data, data_dir=cfg.data_dir,
             prompt=prompt, mastery=self.probes["eval"].output, device=cfg.device,
-            trust_remote_code=cfg.trust_remote_code, out=self.layout.eval(name),
+            engine=cfg.engine, vllm=cfg.vllm, trust_remote_code=cfg.trust_remote_code,
+            out=self.layout.eval(name),
         )  # fmt: skip
         if prompt == "sft":
             ecfg = ecfg.model_copy(update={"n_shots": 0})
@@ -210,7 +213,8 @@ class Grid:
         folder = self.layout.params(name, "blocks" if blocks else "restore")
         rcfg = RestoreConfig(
             **settings, layers=params.layers if blocks else None, base=cfg.model, tuned=model_dir,
-            device=cfg.device, trust_remote_code=cfg.trust_remote_code, out=folder,
+            device=cfg.device, engine=cfg.engine, vllm=cfg.vllm,
+            trust_remote_code=cfg.trust_remote_code, out=folder,
             eval=RestoreEval(**cfg.eval.model_dump(exclude={"base"}), data=cfg.data,
                              data_dir=cfg.data_dir, mastery=probe.output, pick_on=params.pick_on,
                              keep_models=cfg.keep_models),
@@ -227,7 +231,7 @@ class Grid:
             **cfg.kl.model_dump(exclude={"enabled"}), base=cfg.model, tuned=str(model_dir),
             data=cfg.data, data_dir=cfg.data_dir, split=cfg.eval.split,
             limit_per_relation=cfg.eval.limit_per_relation, probe=probe.output,
-            templates_file=cfg.probe.templates_file, device=cfg.device,
+            templates_file=cfg.probe.templates_file, device=cfg.device, engine=cfg.engine,
             trust_remote_code=cfg.trust_remote_code, out=self.layout.kl(name),
         )  # fmt: skip
         fp = fingerprint("kl", result_fields(cfg.kl), upstream, probe.fingerprint, self.base_fp)
@@ -306,6 +310,7 @@ class Grid:
         from sftscope.executors import make_executor, probe_workers
 
         ex = self.cfg.executor
+        check_engine(self.cfg.engine)  # before anything is written
         with Claim(self.layout.lock, ex.claim_timeout_s, what="run folder (another sftscope "
                    "run drives it)"):  # fmt: skip
             atomic_write_text(self.layout.config, dump_config(self.cfg))

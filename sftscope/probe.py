@@ -55,6 +55,7 @@ from sftscope.mastery import (
     slick_category,
     slick_level,
 )
+from sftscope.models.factory import check_engine, engine_for, engine_info
 from sftscope.prompts import fewshot_prompt, pick_exemplars
 
 if TYPE_CHECKING:  # the engine (torch, transformers) loads only when a model runs
@@ -227,6 +228,8 @@ def run_probe(
     probes only the chunks ``c % n == i`` and returns without merging: n workers probe one
     split in parallel, then one more call (no shard) merges their parts."""
     out = Path(cfg.out)
+    if engine is None:
+        check_engine(cfg.engine)
     dataset = resolve_dataset(cfg.data, cfg.data_dir)
     items = load_items(dataset, [cfg.split], cfg.relations, cfg.limit_per_relation)
     if not items:
@@ -265,13 +268,9 @@ def run_probe(
         todo = [c for c in todo if c % shard[1] == shard[0]]
     started, done_now = time.perf_counter(), 0
     if todo and engine is None:
-        from sftscope.models.engines import HFEngine
-        from sftscope.models.loading import load_model
-
-        model, tok = load_model(
-            cfg.model, device=cfg.device, trust_remote_code=cfg.trust_remote_code
-        )
-        engine = HFEngine(model, tok, batch_size=cfg.batch_size, progress=False)
+        engine = engine_for(cfg, progress=False)
+    if todo:  # what ran the chunks, for the summary (shards: the last to run one)
+        atomic_write_json(parts / "engine.json", engine_info(engine))
     tokens_before = getattr(engine, "tokens_forwarded", 0)
     bar = tqdm(total=len(probe_items), desc=f"probe ({cfg.method})", unit="fact",
                initial=len(probe_items) - sum(len(chunks[c]) for c in todo))  # fmt: skip
@@ -298,6 +297,11 @@ def run_probe(
         return {"chunks": len(todo), "facts": done_now, "seconds": round(wall, 2)}
     return _finish(cfg, out, items, chunks, thresholds, wall, done_now,
                    getattr(engine, "tokens_forwarded", 0) - tokens_before)  # fmt: skip
+
+
+def _read_engine(parts: Path) -> dict[str, Any] | None:
+    path = parts / "engine.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
 
 
 def _finish(
@@ -328,6 +332,7 @@ def _finish(
         "wall_seconds": round(wall, 2),
         "facts_per_second": round(done_now / wall, 3) if done_now and wall else None,
         "forward_tokens": tokens,
+        "engine": _read_engine(parts),
     }
     atomic_write_json(out / "summary.json", summary)
     shutil.rmtree(parts, ignore_errors=True)

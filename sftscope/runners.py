@@ -1,7 +1,11 @@
 """The stage registry: a stage's ``kind`` names the config model its JSON is validated by and
 the function that runs it. A new kind of stage is one function here and one ``@runner`` line;
 the grid plans it, every executor runs it. Each runner returns the brief result kept in the
-stage's marker (and so in ``manifest.json``)."""
+stage's marker (and so in ``manifest.json``).
+
+A stage registered with ``engine=True`` loads one model on its config's engine; on an engine
+that holds one model per process (vLLM) it runs in a fresh process of its own, so a job (a cell:
+eval, then the re-probe) or the local executor's driver can run one such stage after another."""
 
 from __future__ import annotations
 
@@ -20,27 +24,36 @@ from sftscope.config import (
     TrainConfig,
 )
 from sftscope.data.subsets import SubsetConfig, run_subset
+from sftscope.models.factory import in_fresh_process, one_model_per_process
 from sftscope.stages import Stage
 
 Runner = Callable[..., dict[str, Any]]
 RUNNERS: dict[str, tuple[type[BaseModel], Runner]] = {}
+ENGINE_STAGES: set[str] = set()  # kinds that load one model on their config's engine
 
 
-def runner(kind: str, config: type[BaseModel]) -> Callable[[Runner], Runner]:
+def runner(kind: str, config: type[BaseModel], engine: bool = False
+           ) -> Callable[[Runner], Runner]:  # fmt: skip
     def register(fn: Runner) -> Runner:
         RUNNERS[kind] = (config, fn)
+        if engine:
+            ENGINE_STAGES.add(kind)
         return fn
 
     return register
 
 
 def run_stage(stage: Stage, **kw: Any) -> dict[str, Any]:
-    """Run one stage in this process (``kw``: the probe's ``shard``)."""
+    """Run one stage (``kw``: the probe's ``shard``): in this process, or in a fresh one when
+    its engine holds one model per process."""
     cls, fn = RUNNERS[stage.kind]
-    return fn(cls.model_validate(stage.config), stage, **kw)
+    cfg = cls.model_validate(stage.config)
+    if stage.kind in ENGINE_STAGES and one_model_per_process(getattr(cfg, "engine", "hf")):
+        return in_fresh_process(fn, cfg, stage, **kw)
+    return fn(cfg, stage, **kw)
 
 
-@runner("probe", ProbeConfig)
+@runner("probe", ProbeConfig, engine=True)
 def _probe(cfg: ProbeConfig, stage: Stage, shard: tuple[int, int] | None = None) -> dict:
     from sftscope.probe import run_probe
 
@@ -61,7 +74,7 @@ def _train(cfg: TrainConfig, stage: Stage) -> dict:
     return run_train(cfg)
 
 
-@runner("eval", EvalConfig)
+@runner("eval", EvalConfig, engine=True)
 def _eval(cfg: EvalConfig, stage: Stage) -> dict:
     from sftscope.evaluate import run_eval
 

@@ -26,7 +26,8 @@ from tqdm.auto import tqdm
 from sftscope.data.schema import QAItem
 from sftscope.mastery import N_LEVELS
 from sftscope.models.batching import auto_batch_size
-from sftscope.models.engines import HFEngine, left_pad
+from sftscope.models.engines import left_pad
+from sftscope.models.factory import engine_info, hf_engine, say_once
 
 
 def topk_kl(tuned_logits: torch.Tensor, base_logits: torch.Tensor, k: int = 10) -> float:
@@ -255,7 +256,10 @@ def run_kl(cfg: Any, base_engine: Any = None) -> dict[str, Any]:
     base, base_tok = load_model(cfg.base, cfg.device, trust_remote_code=cfg.trust_remote_code)
     if len(tok) != len(base_tok) or tok.get_vocab() != base_tok.get_vocab():
         raise SftscopeError(f"{cfg.tuned} and {cfg.base} do not share a vocabulary")
-    engine = base_engine or HFEngine(base, base_tok, batch_size=cfg.batch_size, progress=False)
+    if cfg.engine != "hf":
+        say_once(f"kl: the token-level KL needs whole output distributions, which {cfg.engine} "
+                 "does not return; this stage runs on the HF engine")  # fmt: skip
+    engine = base_engine or hf_engine(base, base_tok, cfg.batch_size, progress=False)
 
     # Paper KL: level-k facts, best template per relation, answer-first filter.
     chosen = paper_items(items, levels, cfg.level)
@@ -292,6 +296,7 @@ def run_kl(cfg: Any, base_engine: Any = None) -> dict[str, Any]:
         "base": cfg.base,
         "tuned": cfg.tuned,
         "split": cfg.split,
+        "engine": engine_info(engine),
         "paper": {
             **paper_summary(paper_rows),
             "level": cfg.level,

@@ -1,7 +1,9 @@
 """The inference engine: batched generation and teacher-forced scoring.
 
 Every stage talks to a model through two calls, so a faster backend (e.g. vLLM) can be added
-later by implementing :class:`Engine` without touching the stages:
+by implementing :class:`Engine` without touching the stages (the factory,
+:mod:`sftscope.models.factory`, builds the one a stage names; vLLM's is
+:mod:`sftscope.models.vllm_engine`):
 
 * ``generate`` — batches of token-sorted prompts whose shared prefixes are prefilled once, KV
   cache, greedy or pure temperature sampling (no top-k/top-p truncation, so probabilities mean
@@ -16,7 +18,6 @@ with or without early exit (see :mod:`sftscope.models.decoding`).
 
 On CUDA the model is bf16 with SDPA attention (:func:`sftscope.models.loading.load_model`) and
 ``batch_size="auto"`` sizes batches from the free GPU memory (:mod:`sftscope.models.batching`).
-The vLLM mapping is on :class:`Engine`.
 """
 
 from __future__ import annotations
@@ -35,26 +36,10 @@ from sftscope.models.decoding import DoneIf, Finish, cache_kwarg, decode, row_un
 class Engine(Protocol):
     """What the stages need from a model: two calls, nothing about batching or devices.
 
-    A vLLM backend (none is shipped; nothing here imports vLLM) would implement it as follows.
-
-    * Construction: ``LLM(model=resolve_model(name), dtype="bfloat16", enable_prefix_caching=True)``
-      — prefix caching plays the part of the shared-prefix prefill; vLLM schedules its own
-      batches, so ``batch_size`` has no counterpart.
-    * ``generate``: one request per prompt with ``SamplingParams(n=n, temperature=temperature,
-      top_p=1.0, top_k=0, max_tokens=max_new_tokens, stop=list(stop), seed=seed * 1_000_003 +
-      i)`` — top-p/top-k set explicitly, since vLLM otherwise takes defaults from the model's
-      generation config, and a per-request seed keeps each prompt's samples independent of the
-      batch (the same distribution as :class:`HFEngine`, not the same draws). Return
-      ``[c.text for c in out.outputs]`` per prompt (stop strings are already cut off).
-      ``done_if`` is an optimisation and may be ignored.
-    * ``score``: tokenize exactly as :meth:`HFEngine.score` does (prompt with special tokens,
-      continuation without, concatenated), submit the ids as ``TokensPrompt`` with
-      ``SamplingParams(max_tokens=1, prompt_logprobs=0)``, and read the log-probability of each
-      continuation token from ``out.prompt_logprobs[len(prompt_ids):]``. vLLM returns those
-      from the unscaled distribution, so ``temperature=1`` maps directly; another temperature
-      (the likelihood probe's calibrated T) needs the full normaliser, i.e. a fallback to
-      :class:`HFEngine` for that call.
-    * ``tokens_forwarded`` (optional, read with ``getattr``) feeds the probe's throughput log.
+    Implemented by :class:`HFEngine` (below) and :class:`~sftscope.models.vllm_engine.VLLMEngine`
+    (its module docstring gives the mapping onto vLLM's requests). Optional attributes, read
+    with ``getattr``: ``info`` (engine, version, device type: recorded in stage outputs) and
+    ``tokens_forwarded`` (the probe's throughput log).
     """
 
     def generate(
@@ -181,6 +166,12 @@ class HFEngine:
     @property
     def device(self) -> torch.device:
         return self.model.device
+
+    @property
+    def info(self) -> dict[str, str]:
+        import transformers
+
+        return {"engine": "hf", "version": transformers.__version__, "device": self.device.type}
 
     def _encode(self, texts: Sequence[str], special: bool) -> list[list[int]]:
         return self.tokenizer(list(texts), add_special_tokens=special)["input_ids"]

@@ -19,6 +19,14 @@ from sftscope.config import EvalConfig, RestoreConfig
 from sftscope.errors import SftscopeError
 from sftscope.evaluate import run_eval
 from sftscope.io import atomic_write_json, replace_dir
+from sftscope.models.factory import (
+    EngineRequest,
+    check_engine,
+    in_fresh_process,
+    make_engine,
+    one_model_per_process,
+    say_once,
+)
 from sftscope.params.restore import run_restore
 from sftscope.params.tensors import has_weights
 
@@ -64,7 +72,10 @@ def _evaluate(
     settings = ev.model_dump(exclude={"pick_on", "keep_models", "mastery", "split"})
     ecfg = EvalConfig(**settings, model=str(model), prompt="sft", split=split,
                       mastery=ev.mastery if split == ev.split else None, device=cfg.device,
-                      trust_remote_code=cfg.trust_remote_code, out=out)  # fmt: skip
+                      engine=cfg.engine, vllm=cfg.vllm, trust_remote_code=cfg.trust_remote_code,
+                      out=out)  # fmt: skip
+    if engine is None and one_model_per_process(cfg.engine):
+        return in_fresh_process(run_eval, ecfg)
     return run_eval(ecfg, engine)
 
 
@@ -85,9 +96,12 @@ def _splits(cfg: RestoreConfig) -> list[str]:
 
 
 def _written_rows(cfg: RestoreConfig, tuned_eval: Path | None) -> list[dict[str, Any]]:
-    """Every output written as a checkpoint (``save: true``), then each loaded and evaluated."""
+    """Every output written as a checkpoint, then each loaded and evaluated: ``save: true``, or
+    an engine that cannot be handed edited weights (vLLM: each model in its own process, its
+    weights deleted once evaluated unless ``save``)."""
     ev = cfg.eval
     assert ev is not None
+    keep = ev.keep_models and cfg.save
     selection = run_restore(cfg)
     out = Path(cfg.out)
     models = [(TUNED, 0.0, Path(cfg.tuned))]
@@ -99,7 +113,7 @@ def _written_rows(cfg: RestoreConfig, tuned_eval: Path | None) -> list[dict[str,
             reuse = tuned_eval if label == TUNED and split == ev.split else None
             scores[split] = _evaluate(cfg, label, folder, split, reuse)
         rows.append(_row(cfg, label, k, scores))
-        if not ev.keep_models and label != TUNED:
+        if not keep and label != TUNED:
             for f in folder.glob("*.safetensors"):
                 f.unlink()
     return rows
@@ -139,13 +153,11 @@ def _in_place_rows(cfg: RestoreConfig, tuned_eval: Path | None) -> list[dict[str
 
 
 def _load_engine(cfg: RestoreConfig) -> Engine:
-    from sftscope.models.engines import HFEngine
-    from sftscope.models.loading import load_model
-
+    """The tuned model on the HF engine, whose weights the in-place sweep edits."""
     assert cfg.eval is not None
-    model, tok = load_model(str(cfg.tuned), device=cfg.device,
-                            trust_remote_code=cfg.trust_remote_code)  # fmt: skip
-    return HFEngine(model, tok, batch_size=cfg.eval.batch_size)
+    request = EngineRequest(str(cfg.tuned), cfg.device, cfg.eval.batch_size,
+                            cfg.trust_remote_code)  # fmt: skip
+    return make_engine("hf", request)
 
 
 def run_sweep(cfg: RestoreConfig, tuned_eval: Path | None = None) -> dict[str, Any]:
@@ -157,8 +169,13 @@ def run_sweep(cfg: RestoreConfig, tuned_eval: Path | None = None) -> dict[str, A
     ev = cfg.eval
     if ev is None:
         raise ValueError("run_sweep needs cfg.eval")
-    rows = _written_rows(cfg, tuned_eval) if cfg.save else _in_place_rows(cfg, tuned_eval)
-    result: dict[str, Any] = {"split": ev.split, "rows": rows}
+    check_engine(cfg.engine)
+    written = cfg.save or one_model_per_process(cfg.engine)
+    if written and not cfg.save:
+        say_once(f"restore: {cfg.engine} cannot evaluate weights restored in place; each "
+                 "restored model is written, evaluated in its own process, then deleted")
+    rows = _written_rows(cfg, tuned_eval) if written else _in_place_rows(cfg, tuned_eval)
+    result: dict[str, Any] = {"split": ev.split, "engine": cfg.engine, "rows": rows}
     if ev.pick_on:
         scored = [r for r in rows if r["dev_in_domain"] is not None]
         best = max(scored, key=lambda r: (r["dev_in_domain"], -(r["k"] or 0))) if scored else None

@@ -96,10 +96,10 @@ def pack(tokenizer, texts: list[str], block: int) -> list[list[int]]:
 def recall_by_exposure(model, tokenizer, facts: list[Fact]) -> dict[str, dict[str, float]]:
     """Greedy completion of each fact's first (seen) template: share containing the object."""
     from sftscope.data.matching import contains_answer
-    from sftscope.models.engines import HFEngine
+    from sftscope.models.factory import hf_engine
 
     table = load_templates(TESTBED)
-    engine = HFEngine(model, tokenizer, batch_size=64, progress=False)
+    engine = hf_engine(model, tokenizer, batch_size=64, progress=False)
     prompts = [fill(table[f.relation].mapping[0], f.subject) for f in facts]
     outs = engine.generate(prompts, max_new_tokens=8)
     hits: dict[str, list[int]] = defaultdict(list)

