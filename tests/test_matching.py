@@ -43,7 +43,19 @@ ACCENTED = ["Zürich", "Besançon", "São Paulo", "Saint-Étienne", "Hồ Chí M
         ("Paris — France", "paris france"),  # em dash
         ("  lots   of\t\nspace  ", "lots of space"),
         ("ＵＳＡ", "usa"),  # full-width letters, NFKC
-        ("Ｕ．Ｓ．Ａ．", "usa"),  # full-width full stops become '.' and are deleted
+        ("Ｕ．Ｓ．Ａ．", "usa"),  # full-width full stops become '.': initials, joined
+        # runs of initials are one word, spaced or not; any other period is a break
+        ("J.K. Rowling", "jk rowling"),
+        ("J. K. Rowling", "jk rowling"),
+        ("J.K.Rowling", "jk rowling"),
+        ("George R. R. Martin", "george rr martin"),
+        ("U.S. Army", "us army"),
+        ("Washington, D.C.", "washington dc"),
+        ("Paris.It was", "paris it was"),
+        ("Dr.No", "dr no"),
+        ("3.5", "3 5"),
+        ("Plan B.", "plan b"),
+        ("Ж. Б. Петров", "жб петров"),  # initials in any script
         ("Straße", "strasse"),  # casefold, not lower
         ("ΣΊΣΥΦΟΣ", "σίσυφοσ"),  # casefold maps final sigma to sigma
         ("soft\u00adhyphen", "softhyphen"),
@@ -140,6 +152,15 @@ def test_normalize_is_idempotent(raw: str) -> None:
         ("It's the United Republic of Tanzania", ["Tanzania, United Republic of"], False),
         ("Answer: (Paris)", ["Paris"], True),
         ('"Paris"', ["Paris"], True),
+        # initials (EntityQuestions authors, spouses, performers) and glued sentences
+        ("The author is J. K. Rowling.", ["J.K. Rowling"], True),
+        ("J.K. Rowling wrote it", ["J. K. Rowling"], True),
+        ("by J.K.Rowling", ["J. K. Rowling"], True),
+        ("by J. Rowling", ["J.K. Rowling"], False),
+        ("Paris.It was founded", ["Paris"], True),
+        ("It is Paris.The city", ["Paris"], True),
+        ("in Washington, D.C.", ["Washington DC"], True),
+        ("a Parisian.", ["Paris"], False),
         # possessive: the apostrophe is spaced, so "India's" still contains "India"
         ("India's capital", ["India"], True),
         ("Indiana's capital", ["India"], False),
@@ -231,6 +252,10 @@ def test_bare_string_answers_rejected(fn: Callable[..., object]) -> None:
         ("A Tale of Two Cities", ["Tale of Two Cities"], True),
         ("an apple", ["apple"], True),
         ("U.S.A.", ["USA"], True),
+        ("J.K.Rowling", ["J. K. Rowling"], True),
+        ("J. K. Rowling.", ["J.K. Rowling"], True),
+        ("J K Rowling", ["J.K. Rowling"], False),  # initials without periods stay apart
+        ("Paris.It", ["Paris"], False),
         ("St Petersburg", ["St. Petersburg"], True),
         ("Saint-Étienne", ["Saint Étienne"], True),
         ("Peoples Republic of China", ["People\u2019s Republic of China"], False),

@@ -20,15 +20,19 @@ Consequences worth knowing, all deliberate and covered by tests:
 * Apostrophes become spaces, so the possessive "India's capital" contains the alias "India"
   (models write possessives far more often than they drop an apostrophe); the price is that
   "Peoples Republic" does not equal "People's Republic" -- list such spellings in the alias table.
-* Periods are deleted so abbreviations compare equal ("U.S.A." == "USA"); as a side effect a
-  decimal point vanishes too ("3.5" -> "35"), while a thousands comma becomes a space
-  ("1,000" -> "1 000", which does not equal "1000").
+* A run of initials -- single letters each followed by a period, spaced or not -- becomes one
+  word, so abbreviations and initialled names compare equal ("U.S.A." == "USA", "J.K. Rowling"
+  == "J. K. Rowling" == "J.K.Rowling"); any other period is a word break like other punctuation,
+  so "Paris.It was" contains "Paris". A decimal point is a break too ("3.5" -> "3 5", on both
+  sides alike), and so is a thousands comma ("1,000" -> "1 000", which does not equal "1000").
+  Initials written without periods stay separate words ("J K Rowling" != "JK Rowling").
 * Accents are significant unless ``fold_accents=True``; folding strips combining marks only, so
   letters without a decomposition ("ø", "ł", "đ") stay as they are.
 """
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -36,10 +40,11 @@ from functools import lru_cache
 
 __all__ = ["MatchResult", "contains_answer", "exact_match", "match", "normalize"]
 
-# Periods are deleted rather than spaced so abbreviations collapse to one token:
-# "U.S.A." -> "usa", "St. Petersburg" -> "st petersburg". Apostrophes are spaced like other
-# punctuation, so "India's" -> "india s" still contains "india".
-_DELETED = "."
+# A run of initials: a letter that starts a word, then a period, then (spaces allowed) more such
+# letters with periods. "U.S.A." -> "usa", "J. K. Rowling" -> "jk rowling"; other periods are
+# spaced like other punctuation ("St. Petersburg" -> "st petersburg", "Paris.It" -> "paris it").
+# Apostrophes are spaced too, so "India's" -> "india s" still contains "india".
+_INITIALS = re.compile(r"(?<!\w)[^\W\d_]\.(?:\s*[^\W\d_]\.)*")
 # Invisible format characters that only split or glue a word visually.
 _INVISIBLE = "\u00ad\u2060\ufeff"  # soft hyphen, word joiner, byte-order mark
 _ARTICLES = frozenset({"a", "an", "the"})
@@ -56,7 +61,7 @@ def _build_table() -> dict[int, str | None]:
     }
     table[0x200B] = " "  # zero-width space marks a word break (e.g. in Thai text)
     table[0x02BC] = " "  # modifier letter apostrophe is a letter (Lm) but used as an apostrophe
-    for ch in _DELETED + _INVISIBLE:
+    for ch in _INVISIBLE:
         table[ord(ch)] = None
     return table
 
@@ -64,19 +69,25 @@ def _build_table() -> dict[int, str | None]:
 _TABLE = _build_table()
 # ASCII inputs (most generations) take a bytes.translate path, ~5x faster than str.translate.
 _ASCII_TABLE = bytes(32 if _TABLE.get(b, b) == " " else b for b in range(256))
-_ASCII_DELETED = b"."
+
+
+def _join_initials(text: str) -> str:
+    """Each run of initials as one word followed by a space: "j. k. rowling" -> "jk  rowling"."""
+    if "." not in text:
+        return text
+    return _INITIALS.sub(lambda m: "".join(c for c in m[0] if c.isalpha()) + " ", text)
 
 
 def normalize(text: str, *, fold_accents: bool = False) -> str:
     """Canonicalise *text* for answer comparison.
 
     NFKC (precomposed and decomposed accents compare equal, full-width "ＵＳＡ" becomes "usa"),
-    casefold, delete periods, turn other punctuation (apostrophes too) and symbols into spaces,
-    collapse whitespace. With ``fold_accents`` combining marks are dropped too
-    ("São Paulo" -> "sao paulo").
+    casefold, join runs of initials into one word ("J. K." -> "jk"), turn other punctuation
+    (periods and apostrophes too) and symbols into spaces, collapse whitespace. With
+    ``fold_accents`` combining marks are dropped too ("São Paulo" -> "sao paulo").
     """
     if text.isascii():  # fast path: ASCII is NFKC-stable and has no combining marks
-        raw = text.lower().encode("ascii").translate(_ASCII_TABLE, _ASCII_DELETED)
+        raw = _join_initials(text.lower()).encode("ascii").translate(_ASCII_TABLE)
         return " ".join(raw.decode("ascii").split())
     text = unicodedata.normalize("NFKC", text).casefold()
     if fold_accents:
@@ -84,7 +95,7 @@ def normalize(text: str, *, fold_accents: bool = False) -> str:
         text = "".join(ch for ch in decomposed if unicodedata.category(ch) != "Mn")
     # casefold can emit decomposed sequences (e.g. "İ" -> "i̇"); recompose for stability.
     text = unicodedata.normalize("NFC", text)
-    return " ".join(text.translate(_TABLE).split())
+    return " ".join(_join_initials(text).translate(_TABLE).split())
 
 
 def _drop_articles(normalized: str) -> str:
