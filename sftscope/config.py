@@ -24,9 +24,13 @@ from sftscope.prompts import PromptStyle
 class DataConfig(StageConfig):
     data: str = Field(
         "geo",
-        description="'geo' (built-in geography set), or 'entityquestions', 'testbed' in data_dir",
+        description="dataset reader: 'geo' (the built-in geography set), or over data_dir: "
+        "'entityquestions', 'testbed' (folder layout), 'popqa', 'generic' (a QA table)",
     )
-    data_dir: Path | None = Field(None, description="dataset folder ({split}/{rel}.{split}.json)")
+    data_dir: Path | None = Field(
+        None, description="dataset folder ({split}/{rel}.{split}.json) or table file (popqa, "
+        "generic: JSONL, JSON, CSV, TSV, Parquet, or a datasets save_to_disk folder)",
+    )  # fmt: skip
     relations: list[str] | None = Field(
         None, description="relation ids, e.g. P17,P36; all if not given"
     )
@@ -63,7 +67,7 @@ class EvalConfig(EngineFields, DataConfig, EvalSettings):
     out: Path = runtime(description="output folder")
 
 
-ProbeMethod = Literal["sampling", "likelihood", "slick"]
+ProbeMethod = Literal["sampling", "likelihood", "slick", "question"]
 PAPER_THRESHOLDS = (0.0, 0.25, 0.5, 0.75)
 
 
@@ -72,9 +76,12 @@ class ProbeSettings(StageConfig):
     ``sftscope probe`` and the grid."""
 
     method: ProbeMethod = Field(
-        "sampling", description="sampling (paper), likelihood (scored; calibrate it), slick (SliCK)"
+        "sampling", description="sampling (paper), likelihood (scored; calibrate it), slick "
+        "(SliCK), question (sampling with few-shot question prompts: any QA data)",
     )
-    templates: int = Field(21, ge=1, description="mapping templates per fact (N_map)")
+    templates: int = Field(
+        21, ge=1, description="mapping templates per fact (N_map); question: exemplar sets"
+    )
     samples: int = Field(10, ge=1, description="samples per template (N_sample)")
     temperature: float = Field(0.7, gt=0, description="sampling temperature")
     max_new_tokens: int = Field(32, ge=1, description="tokens per sample")
@@ -85,7 +92,7 @@ class ProbeSettings(StageConfig):
     templates_file: Path | None = Field(None, description="mapping templates (default: bundled)")
     early_exit: bool = Field(True, description="sampling: stop a sample once an alias appears")
     slick_sets: int = Field(10, ge=1, description="SliCK: few-shot exemplar sets")
-    slick_shots: int = Field(4, ge=1, description="SliCK: exemplars per set")
+    slick_shots: int = Field(4, ge=1, description="SliCK and question: exemplars per set")
     slick_samples: int = Field(4, ge=1, description="SliCK: samples per set at slick_temperature")
     slick_temperature: float = Field(0.5, gt=0, description="SliCK: sampling temperature")
     chunk_size: int = Field(16, ge=1, description="facts per resumable chunk")
@@ -317,8 +324,8 @@ class GridConfig(StageConfig):
     """``sftscope run``: the experiment grid; cells = level x size x seed (PAPER.md §1.4)."""
 
     model: str = Field(description="base model: local path, hub id, or 'smollm2'")
-    data: str = Field("geo", description="'geo' or 'entityquestions'")
-    data_dir: Path | None = Field(None, description="dataset folder ({split}/{rel}.{split}.json)")
+    data: str = DataConfig.model_fields["data"]
+    data_dir: Path | None = DataConfig.model_fields["data_dir"]
     relations: list[str] | None = Field(None, description="in-domain relations to train on")
     train_limit_per_relation: int | None = Field(
         None, ge=1, description="train facts probed per relation (None: all)"

@@ -76,7 +76,7 @@ class Grid:
         self.root = self.layout.root
         self.dataset = resolve_dataset(cfg.data, cfg.data_dir)
         in_domain = self.dataset.relation_ids(Domain.IN_DOMAIN)
-        present = [r for r in in_domain if self.dataset.file(r, "train").exists()]
+        present = [r for r in in_domain if self.dataset.has(r, "train")]
         self.relations = cfg.relations or present
         self.dataset.select(self.relations)  # unknown ids fail here
         ood = [r for r in self.relations if r not in in_domain]

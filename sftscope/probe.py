@@ -12,6 +12,9 @@ n_correct, n_total, method):
   P_T(continuation is a gold alias); levels from thresholds calibrated against ``sampling``.
 * ``slick`` — Gekhman et al. (2024): greedy and sampled answers under several few-shot
   exemplar sets; HighlyKnown / MaybeKnown / WeaklyKnown / Unknown.
+* ``question`` — the sampling protocol for data without mapping templates or subjects (any QA
+  file): the question under ``templates`` few-shot exemplar sets (``slick_shots`` each) in
+  place of the mapping templates, ``samples`` samples each; the same R and levels.
 
 Facts are processed in fixed chunks, each written atomically to ``parts/``; a killed probe
 rerun with the same settings skips finished chunks and gives the same result.
@@ -35,7 +38,7 @@ from sftscope.config import ProbeConfig, dump_config, result_fields
 from sftscope.data.dataset import load_items, resolve_dataset
 from sftscope.data.matching import contains_answer
 from sftscope.data.schema import QAItem
-from sftscope.data.templates import fill, load_templates
+from sftscope.data.templates import fill, load_templates, packaged_datasets
 from sftscope.errors import SftscopeError
 from sftscope.evaluate import STOP, exemplar_pool
 from sftscope.io import (
@@ -62,6 +65,7 @@ if TYPE_CHECKING:  # the engine (torch, transformers) loads only when a model ru
     from sftscope.models.engines import Engine
 
 Record = dict[str, Any]
+QUESTION_METHODS = ("slick", "question")  # prompted with the question, not mapping templates
 
 
 def _record(item: QAItem, method: str, r: float | None, level: int | None, **extra) -> Record:
@@ -74,15 +78,36 @@ def probe_sampling(
     cfg: ProbeConfig, seed: int,
 ) -> tuple[list[Record], list[Record]]:  # fmt: skip
     """The paper's protocol; returns (mastery records, generation records)."""
-    prompts, owner = [], []
-    for i, it in enumerate(items):
-        for t in templates[it.relation]:
-            prompts.append(fill(t, it.subject or ""))
-            owner.append(i)
+    prompts = [[fill(t, it.subject or "") for t in templates[it.relation]] for it in items]
+    return _sample(engine, items, prompts, cfg, seed)
+
+
+def probe_questions(
+    engine: Engine, items: Sequence[QAItem], exemplar_sets: dict[str, list[list[QAItem]]],
+    cfg: ProbeConfig, seed: int,
+) -> tuple[list[Record], list[Record]]:  # fmt: skip
+    """The sampling protocol on data without mapping templates (any QA): the question itself
+    under ``templates`` few-shot exemplar sets (zero-shot for a relation without exemplars)
+    instead of the mapping templates, answers cut at a newline; the same R and levels."""
+    prompts = [[fewshot_prompt(it.question, shots) for shots in exemplar_sets.get(it.relation)
+                or [[]]] for it in items]  # fmt: skip
+    return _sample(engine, items, prompts, cfg, seed, STOP, per="per_set")
+
+
+def _sample(
+    engine: Engine, items: Sequence[QAItem], prompts_of: Sequence[Sequence[str]],
+    cfg: ProbeConfig, seed: int, stop: Sequence[str] = (), per: str = "per_template",
+) -> tuple[list[Record], list[Record]]:  # fmt: skip
+    """``samples`` samples of every prompt of every item; an item's R is its share of samples
+    that contain a gold answer, and ``per`` (``per_template``, ``per_set``) its share per
+    prompt (the token-level KL picks each relation's best mapping template from it)."""
+    prompts = [p for ps in prompts_of for p in ps]
+    owner = [i for i, ps in enumerate(prompts_of) for _ in ps]
     done_if = [partial(decided, answers=items[i].accepted) for i in owner]
     outs = engine.generate(
         prompts, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-        n=cfg.samples, seed=seed, done_if=done_if if cfg.early_exit else None, desc="probe",
+        n=cfg.samples, seed=seed, stop=stop, done_if=done_if if cfg.early_exit else None,
+        desc="probe",
     )  # fmt: skip
     per_item: list[list[tuple[str, list[str]]]] = [[] for _ in items]
     for i, prompt, samples in zip(owner, prompts, outs, strict=True):
@@ -93,10 +118,9 @@ def probe_sampling(
         total = sum(len(s) for _, s in rows)
         correct = sum(hits)
         r = correct / total
-        per_template = [h / len(s) for h, (_, s) in zip(hits, rows, strict=True)]
-        records.append(_record(it, "sampling", r, level_of(r, cfg.thresholds),
-                               n_correct=correct, n_total=total,
-                               per_template=per_template))  # fmt: skip
+        shares = [h / len(s) for h, (_, s) in zip(hits, rows, strict=True)]
+        records.append(_record(it, cfg.method, r, level_of(r, cfg.thresholds),
+                               n_correct=correct, n_total=total, **{per: shares}))  # fmt: skip
         gens.append({"id": it.id, "prompts": [p for p, _ in rows], "samples": [s for _, s in rows]})
     return records, gens
 
@@ -172,11 +196,23 @@ def probe_slick(
     return records
 
 
-def slick_exemplar_sets(pool: Sequence[QAItem], cfg: ProbeConfig) -> dict[str, list[list]]:
+HINT = " (give templates_file, or use method question or slick, which need none)"
+
+
+def _templates(dataset: str, cfg: ProbeConfig) -> dict:
+    """The mapping templates of ``dataset``: the user's file, else the packaged ones."""
+    if cfg.templates_file is None and dataset not in packaged_datasets():
+        raise SftscopeError(f"no mapping templates for dataset {dataset}{HINT}")
+    return load_templates(dataset, cfg.templates_file)
+
+
+def exemplar_sets(pool: Sequence[QAItem], n_sets: int, shots: int, seed: int
+                  ) -> dict[str, list[list[QAItem]]]:  # fmt: skip
+    """``n_sets`` seeded draws of ``shots`` exemplars per relation (SliCK, the question probe)."""
     sets: dict[str, list[list[QAItem]]] = {}
-    for s in range(cfg.slick_sets):
-        for rel, shots in pick_exemplars(pool, cfg.slick_shots, cfg.seed * 7919 + s).items():
-            sets.setdefault(rel, []).append(shots)
+    for s in range(n_sets):
+        for rel, chosen in pick_exemplars(pool, shots, seed * 7919 + s).items():
+            sets.setdefault(rel, []).append(chosen)
     return sets
 
 
@@ -236,15 +272,17 @@ def run_probe(
         raise SftscopeError(f"no items to probe in {dataset.root} (split {cfg.split})")
     thresholds = load_thresholds(cfg)
     templates: dict[str, Sequence[str]] = {}
-    exemplar_sets: dict[str, list[list[QAItem]]] = {}
-    if cfg.method == "slick":
+    sets: dict[str, list[list[QAItem]]] = {}
+    if cfg.method in QUESTION_METHODS:
         pool = exemplar_pool(dataset, cfg.split, sorted({it.relation for it in items}))
-        exemplar_sets = slick_exemplar_sets(pool, cfg)
+        n_sets = cfg.slick_sets if cfg.method == "slick" else cfg.templates
+        sets = exemplar_sets(pool, n_sets, cfg.slick_shots, cfg.seed)
     else:
-        table = load_templates(dataset.name, cfg.templates_file)
+        table = _templates(dataset.name, cfg)
         for rel in sorted({it.relation for it in items}):
             if rel not in table:
-                raise SftscopeError(f"no mapping templates for relation {rel} of {dataset.name}")
+                raise SftscopeError(f"no mapping templates for relation {rel} of {dataset.name}"
+                                    f"{HINT}")  # fmt: skip
             if len(table[rel].mapping) < cfg.templates:
                 raise SftscopeError(
                     f"config field 'templates': {cfg.templates} > the {len(table[rel].mapping)} "
@@ -257,7 +295,8 @@ def run_probe(
         return json.loads((out / "summary.json").read_text(encoding="utf-8"))
     atomic_write_text(out / "probe.yaml", dump_config(_settings(cfg)))
 
-    probe_items = [it for it in items if it.subject is not None or cfg.method == "slick"]
+    probe_items = [it for it in items
+                   if it.subject is not None or cfg.method in QUESTION_METHODS]  # fmt: skip
     chunks = [
         probe_items[i : i + cfg.chunk_size] for i in range(0, len(probe_items), cfg.chunk_size)
     ]
@@ -281,8 +320,10 @@ def run_probe(
             records, gens = probe_sampling(engine, chunk, templates, cfg, seed)
         elif cfg.method == "likelihood":
             records = probe_likelihood(engine, chunk, templates, cfg, thresholds)
+        elif cfg.method == "question":
+            records, gens = probe_questions(engine, chunk, sets, cfg, seed)
         else:
-            records = probe_slick(engine, chunk, exemplar_sets, cfg, seed)
+            records = probe_slick(engine, chunk, sets, cfg, seed)
         if gens:
             text = "".join(json.dumps(g, ensure_ascii=False) + "\n" for g in gens)
             atomic_write_bytes(
@@ -315,7 +356,7 @@ def _finish(
                 for it in items if it.id not in probed]  # fmt: skip
     order = {it.id: k for k, it in enumerate(items)}
     records.sort(key=lambda r: order[r["id"]])
-    if cfg.method == "sampling":
+    if cfg.method in ("sampling", "question"):
         blobs = [(parts / f"{c:05d}.gen.jsonl.gz").read_bytes() for c in range(len(chunks))]
         atomic_write_bytes(out / "generations.jsonl.gz", b"".join(blobs))  # gzip members
     atomic_write_jsonl(out / "mastery.jsonl", records)

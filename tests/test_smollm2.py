@@ -38,7 +38,7 @@ def test_smollm2_knows_easy_capitals(smol: HFEngine, tmp_path: Path) -> None:
              for c, a in [("Peru", "Lima"), ("Kenya", "Nairobi"), ("Norway", "Oslo"),
                           ("Cuba", "Havana")]]  # fmt: skip
     root = write_dataset(tmp_path / "caps", {"test": {"P36": rows}, "train": {"P36": train}})
-    cfg = EvalConfig(model="smollm2", data="eq", data_dir=root, out=tmp_path / "out")
+    cfg = EvalConfig(model="smollm2", data="entityquestions", data_dir=root, out=tmp_path / "out")
     summary = run_eval(cfg, engine=smol)
     assert summary["overall"]["n"] == len(CAPITALS)
     assert summary["overall"]["containment"] >= 0.75, summary

@@ -110,12 +110,18 @@ def test_user_file(tmp_path: Path) -> None:
     assert load_templates("custom", str(path))["P1"].question == "Where is {subject}?"
 
 
+def test_a_user_file_may_hold_fewer_than_the_papers_21(tmp_path: Path) -> None:
+    """The probe asks for as many as its `templates` setting (and says so when short)."""
+    path = _write(tmp_path, _good_mapping(3))
+    assert len(load_templates("custom", path)["P1"].mapping) == 3
+
+
 @pytest.mark.parametrize(
     ("mapping", "message"),
     [
         (_good_mapping()[:-1] + ["no placeholder"], r"custom/P1: mapping\[20\].*\{subject\}"),
         (_good_mapping()[:-1] + ["{subject} and {subject}"], r"mapping\[20\].*exactly once"),
-        (_good_mapping()[:-1], r"custom/P1: 20 mapping templates, at least 21"),
+        ([], r"custom/P1: 0 mapping templates, at least 1"),
         (
             _good_mapping() + [_good_mapping()[3].replace("Template", "TEMPLATE")],
             r"mapping\[21\].*duplicates mapping\[3\]",

@@ -1,10 +1,16 @@
-"""Read a QA dataset in the EntityQuestions layout into typed records.
+"""Read a QA dataset into typed records, whatever its format: readers register by name.
 
-Layout: ``ROOT/{split}/{relation}.{split}.json``, each a JSON list of objects with
-``question`` and ``answers`` (and optionally ``subject`` and ``popularity``). An optional
-``ROOT/dataset.json`` names the relations, their question templates and domains; without it the
-folder is taken to be EntityQuestions. The built-in geography set is written in the same layout,
-so every stage treats both alike.
+A reader (``@reader("name")``; ``--data name``) turns a path into a :class:`Dataset`: its
+relations and an item source, which yields raw items per (relation, split). Every item then
+goes through one parser, so every format gets the same checks and the same stable ids.
+
+* ``entityquestions`` (and ``testbed``): the EntityQuestions layout,
+  ``ROOT/{split}/{relation}.{split}.json``, each a JSON list of objects with ``question`` and
+  ``answers`` (and optionally ``subject`` and ``popularity``). An optional ``ROOT/dataset.json``
+  names the relations, their question templates and domains; without it the folder is taken to
+  be EntityQuestions. The built-in geography set (``geo``) is written in this layout.
+* ``popqa`` and ``generic``: a table file (JSONL, JSON, CSV, TSV, Parquet, or a folder saved by
+  ``datasets``), see :mod:`sftscope.data.tables`.
 """
 
 from __future__ import annotations
@@ -13,10 +19,11 @@ import json
 import logging
 import re
 from collections import Counter
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
+from typing import Any, Protocol
 
 from pydantic import ValidationError
 
@@ -31,19 +38,59 @@ log = logging.getLogger(__name__)
 DATASET_META = "dataset.json"
 
 
+class ItemSource(Protocol):
+    """Where a dataset's raw items come from, per relation and split."""
+
+    def has(self, relation: str, split: str) -> bool: ...
+
+    def rows(self, relation: str, split: str) -> list[Any]:
+        """The raw items (``question``, ``answers``, optional ``subject``, ``popularity``), in a
+        stable order: an item's index is part of its id."""
+        ...
+
+    def where(self, relation: str, split: str) -> str:
+        """What to name in an error about these rows (a file)."""
+        ...
+
+
+@dataclass(frozen=True)
+class LayoutSource:
+    """The EntityQuestions layout: ``ROOT/{split}/{relation}.{split}.json``."""
+
+    root: Path
+
+    def path(self, relation: str, split: str) -> Path:
+        return self.root / split / f"{relation}.{split}.json"
+
+    def has(self, relation: str, split: str) -> bool:
+        return self.path(relation, split).exists()
+
+    def rows(self, relation: str, split: str) -> list[Any]:
+        return _read_file(self.path(relation, split))
+
+    def where(self, relation: str, split: str) -> str:
+        return str(self.path(relation, split))
+
+
 @dataclass(frozen=True)
 class Dataset:
-    """A dataset folder and its relations (in a stable order)."""
+    """A dataset, its relations (in a stable order) and where its items come from."""
 
     name: str
     root: Path
     relations: dict[str, Relation]
+    source: ItemSource = field(default=None)  # type: ignore[assignment]  # None: the layout
+
+    def __post_init__(self) -> None:
+        if self.source is None:
+            object.__setattr__(self, "source", LayoutSource(self.root))
 
     def relation_ids(self, domain: Domain | None = None) -> list[str]:
         return [r.id for r in self.relations.values() if domain is None or r.domain == domain]
 
-    def file(self, relation: str, split: str) -> Path:
-        return self.root / split / f"{relation}.{split}.json"
+    def has(self, relation: str, split: str) -> bool:
+        """Whether the dataset has items of ``relation`` in ``split``."""
+        return self.source.has(relation, split)
 
     def select(self, relations: Sequence[str] | None) -> list[Relation]:
         """The named relations (all when None); an unknown id is an error naming it."""
@@ -97,8 +144,8 @@ def _read_file(path: Path) -> list:
     return rows
 
 
-def _parse_item(raw: object, path: Path, index: int, rel: Relation, split: str) -> QAItem:
-    where = f"{path}: item {index}"
+def _parse_item(raw: object, source: str, index: int, rel: Relation, split: str) -> QAItem:
+    where = f"{source}: item {index}"
     if not isinstance(raw, dict):
         raise SftscopeError(f"{where}: expected an object with 'question' and 'answers'")
     question = raw.get("question")
@@ -110,7 +157,9 @@ def _parse_item(raw: object, path: Path, index: int, rel: Relation, split: str) 
     answers = [a.strip() for a in answers if a.strip()]
     if not answers:
         raise SftscopeError(f"{where}: item has no answers")
-    subject = raw.get("subject") or recover_subject(rel.question_template, question)
+    subject = raw.get("subject") or (
+        recover_subject(rel.question_template, question) if rel.question_template else None
+    )
     popularity = raw.get("popularity")
     return QAItem(
         id=item_id(rel.id, split, index),
@@ -144,19 +193,19 @@ def load_items(
             raise SftscopeError(f"unknown split {split!r} (expected one of {', '.join(SPLITS)})")
         chosen = dataset.select(relations)
         if not relations:  # "all relations" = those the folder has for this split
-            absent = [r.id for r in chosen if not dataset.file(r.id, split).exists()]
+            absent = [r.id for r in chosen if not dataset.has(r.id, split)]
             if len(absent) == len(chosen):
                 raise SftscopeError(f"{dataset.root / split}: no relation files for split {split}")
             if absent:
-                log.warning("%s: no %s file for %s", dataset.root, split, ",".join(absent))
+                log.warning("%s: no %s items for %s", dataset.root, split, ",".join(absent))
             chosen = [r for r in chosen if r.id not in absent]
         for rel in chosen:
-            path = dataset.file(rel.id, split)
-            rows = _read_file(path)
+            rows = dataset.source.rows(rel.id, split)
             if limit_per_relation is not None:
                 rows = rows[:limit_per_relation]
+            where = dataset.source.where(rel.id, split)
             for i, raw in enumerate(rows):
-                item = _parse_item(raw, path, i, rel, split)
+                item = _parse_item(raw, where, i, rel, split)
                 extra = aliases.aliases_for(item.answers)
                 items.append(item.model_copy(update={"aliases": extra}) if extra else item)
     missing = Counter(it.relation for it in items if it.subject is None)
@@ -166,9 +215,29 @@ def load_items(
     return items
 
 
+Reader = Callable[[Path], Dataset]
+READERS: dict[str, Reader] = {}
+
+
+def reader(name: str) -> Callable[[Reader], Reader]:
+    """Register a dataset reader: ``--data name --data-dir PATH`` calls it with PATH."""
+
+    def register(fn: Reader) -> Reader:
+        READERS[name] = fn
+        return fn
+
+    return register
+
+
+reader("entityquestions")(open_dataset)
+reader("testbed")(open_dataset)  # a layout folder whose dataset.json names its relations
+
+
 def resolve_dataset(data: str, data_dir: str | Path | None = None) -> Dataset:
-    """``geo`` = the built-in geography set (built once into the cache); ``entityquestions``
-    (or any other name) = the folder given by ``data_dir``."""
+    """``geo`` without a folder = the built-in geography set (built once into the cache); any
+    other name = that reader over ``data_dir`` (a layout ``geo`` folder reads as a layout)."""
+    from sftscope.data import tables  # noqa: F401  (registers popqa, generic)
+
     if data == "geo" and data_dir is None:
         from sftscope.data.geography import GEO_VERSION, build_geography
 
@@ -177,9 +246,13 @@ def resolve_dataset(data: str, data_dir: str | Path | None = None) -> Dataset:
             log.info("building the geography set into %s", root)
             build_geography(root)
         return open_dataset(root)
+    fn = open_dataset if data == "geo" else READERS.get(data)
+    if fn is None:
+        known = ", ".join(["geo", *sorted(READERS)])
+        raise SftscopeError(f"--data {data!r}: no such dataset reader (known: {known})")
     if data_dir is None:
-        raise SftscopeError(f"--data {data} needs --data-dir (the dataset folder)")
-    return open_dataset(data_dir)
+        raise SftscopeError(f"--data {data} needs --data-dir (the dataset folder or file)")
+    return fn(Path(data_dir))
 
 
 @dataclass(frozen=True)
@@ -197,7 +270,7 @@ def dataset_stats(dataset: Dataset, splits: Sequence[str] = SPLITS) -> list[Stat
     for rel in dataset.relations.values():
         counts, no_subject = {}, 0
         for split in splits:
-            if not dataset.file(rel.id, split).exists():
+            if not dataset.has(rel.id, split):
                 counts[split] = 0
                 continue
             items = load_items(dataset, [split], [rel.id], aliases=none)

@@ -25,13 +25,16 @@ class Relation(BaseModel):
 
     id: str
     name: str
-    question_template: str = Field(description="question with a '{subject}' placeholder")
+    question_template: str | None = Field(
+        description="question with a '{subject}' placeholder; None: the questions have no "
+        "common form (a generic QA file), subjects come only from the data"
+    )
     domain: Domain
 
     @field_validator("question_template")
     @classmethod
-    def _has_placeholder(cls, v: str) -> str:
-        if "{subject}" not in v:
+    def _has_placeholder(cls, v: str | None) -> str | None:
+        if v is not None and "{subject}" not in v:
             raise ValueError("question_template must contain '{subject}'")
         return v
 

@@ -19,7 +19,8 @@ from typing import Any
 from sftscope.errors import SftscopeError
 from sftscope.io import read_yaml
 
-__all__ = ["MIN_TEMPLATES", "PLACEHOLDER", "RelationTemplates", "fill", "load_templates"]
+__all__ = ["MIN_TEMPLATES", "PLACEHOLDER", "RelationTemplates", "fill", "load_templates",
+           "packaged_datasets"]
 
 PLACEHOLDER = "{subject}"
 MIN_TEMPLATES = 21  # the paper's N_map
@@ -47,17 +48,24 @@ def load_templates(dataset: str, path: Path | str | None = None) -> dict[str, Re
     """Relation id -> templates for ``dataset`` (``entityquestions``, ``geo``, ...).
 
     ``path`` is a user-supplied YAML file with the packaged file's layout; by default the
-    packaged ``templates.yaml`` is used (parsed once per process).
+    packaged ``templates.yaml`` is used (parsed once per process). The packaged file holds at
+    least the paper's 21 templates per relation; a user file may hold fewer (the probe checks
+    that a relation has as many as its ``templates`` setting asks for).
     """
     if path is None:
         return dict(_packaged(dataset))
     path = Path(path)
-    return _parse_dataset(read_yaml(path, "template file"), dataset, str(path))
+    return _parse_dataset(read_yaml(path, "template file"), dataset, str(path), minimum=1)
 
 
 @functools.cache
 def _packaged(dataset: str) -> dict[str, RelationTemplates]:
-    return _parse_dataset(_packaged_data(), dataset, DEFAULT_PATH.name)
+    return _parse_dataset(_packaged_data(), dataset, DEFAULT_PATH.name, MIN_TEMPLATES)
+
+
+def packaged_datasets() -> list[str]:
+    """The datasets the packaged file has templates for."""
+    return [str(name) for name in _packaged_data()]
 
 
 @functools.cache
@@ -65,7 +73,8 @@ def _packaged_data() -> Any:
     return read_yaml(DEFAULT_PATH, "template file")
 
 
-def _parse_dataset(data: Any, dataset: str, source: str) -> dict[str, RelationTemplates]:
+def _parse_dataset(data: Any, dataset: str, source: str, minimum: int
+                   ) -> dict[str, RelationTemplates]:  # fmt: skip
     if not isinstance(data, dict):
         raise SftscopeError(f"{source}: expected a mapping of dataset names at top level")
     if dataset not in data:
@@ -75,12 +84,12 @@ def _parse_dataset(data: Any, dataset: str, source: str) -> dict[str, RelationTe
     if not isinstance(relations, dict) or not relations:
         raise SftscopeError(f"{source}: {dataset}: expected a mapping of relation ids")
     return {
-        str(rel): _parse_relation(entry, f"{source}: {dataset}/{rel}", str(rel))
+        str(rel): _parse_relation(entry, f"{source}: {dataset}/{rel}", str(rel), minimum)
         for rel, entry in relations.items()
     }
 
 
-def _parse_relation(entry: Any, where: str, relation: str) -> RelationTemplates:
+def _parse_relation(entry: Any, where: str, relation: str, minimum: int) -> RelationTemplates:
     if not isinstance(entry, dict):
         raise SftscopeError(f"{where}: expected 'question' and 'mapping' keys")
     question = entry.get("question")
@@ -102,8 +111,6 @@ def _parse_relation(entry: Any, where: str, relation: str) -> RelationTemplates:
         if key in seen:
             raise SftscopeError(f"{at}: {template!r} duplicates mapping[{seen[key]}]")
         seen[key] = i
-    if len(mapping) < MIN_TEMPLATES:
-        raise SftscopeError(
-            f"{where}: {len(mapping)} mapping templates, at least {MIN_TEMPLATES} needed"
-        )
+    if len(mapping) < minimum:
+        raise SftscopeError(f"{where}: {len(mapping)} mapping templates, at least {minimum} needed")
     return RelationTemplates(relation=relation, question=question, mapping=tuple(mapping))

@@ -1,0 +1,252 @@
+"""Datasets kept in one table: PopQA (``--data popqa``) and any QA file (``--data generic``).
+
+A table is a JSONL, JSON (a list of objects), CSV, TSV or Parquet file, or a folder saved by
+``datasets`` (``save_to_disk``), or a folder of such files named by split (``train.jsonl``,
+``dev.csv``, ``test.parquet``; ``validation`` counts as dev). Each row becomes one raw item of
+:mod:`sftscope.data.dataset`, so every stage reads these like the EntityQuestions layout.
+
+* **PopQA** (Mallen et al., 2023): columns ``subj``, ``prop``, ``obj``, ``question``,
+  ``possible_answers`` (a JSON string holding a list) and ``s_pop`` (the subject's popularity).
+  Its 16 relations are the values of ``prop``, with spaces as underscores (``place_of_birth``);
+  their mapping templates are in ``templates.yaml`` under ``popqa``.
+* **generic**: ``question`` and ``answers`` (a list, or a JSON string holding one), and
+  optionally ``relation`` (default ``qa``), ``subject``, ``split``, ``popularity`` and ``domain``
+  (``in-domain``, the default, or ``out-of-domain``). The probe's templates come from a user
+  file (``templates_file``, dataset key ``generic``) and need a ``subject`` per item.
+
+Splits: a ``split`` column, else the file's split name, else a stable hash of the item (its
+relation and question) puts 80 % in train, 10 % in dev and 10 % in test: PopQA ships a single
+split, and a grid needs train and test facts.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sftscope.data.dataset import Dataset, reader
+from sftscope.data.schema import SPLITS, Domain, Relation
+from sftscope.errors import SftscopeError
+
+SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".parquet")
+SPLIT_NAMES = {"train": "train", "dev": "dev", "validation": "dev", "valid": "dev", "test": "test"}
+Row = dict[str, Any]
+
+_IN, _OOD = Domain.IN_DOMAIN, Domain.OOD
+POPQA_RELATIONS: tuple[Relation, ...] = tuple(
+    Relation(id=prop.replace(" ", "_"), name=prop, question_template=question, domain=domain)
+    for prop, question, domain in [
+        # people and places: the training pool and the in-domain test set
+        ("occupation", "What is {subject}'s occupation?", _IN),
+        ("place of birth", "In what city was {subject} born?", _IN),
+        ("father", "Who is the father of {subject}?", _IN),
+        ("mother", "Who is the mother of {subject}?", _IN),
+        ("religion", "What is the religion of {subject}?", _IN),
+        ("sport", "What sport does {subject} play?", _IN),
+        ("country", "In what country is {subject}?", _IN),
+        ("capital of", "What is {subject} the capital of?", _IN),
+        ("capital", "What is the capital of {subject}?", _IN),
+        ("color", "What color is {subject}?", _IN),
+        # creative works: out-of-domain test only
+        ("genre", "What genre is {subject}?", _OOD),
+        ("producer", "Who was the producer of {subject}?", _OOD),
+        ("director", "Who was the director of {subject}?", _OOD),
+        ("screenwriter", "Who was the screenwriter for {subject}?", _OOD),
+        ("composer", "Who was the composer of {subject}?", _OOD),
+        ("author", "Who is the author of {subject}?", _OOD),
+    ]
+)
+
+
+@dataclass(frozen=True)
+class TableSource:
+    """Raw items grouped by (relation, split), read once from a table."""
+
+    path: Path
+    groups: dict[tuple[str, str], list[Row]]
+
+    def has(self, relation: str, split: str) -> bool:
+        return (relation, split) in self.groups
+
+    def rows(self, relation: str, split: str) -> list[Row]:
+        return self.groups.get((relation, split), [])
+
+    def where(self, relation: str, split: str) -> str:
+        return f"{self.path} ({relation}, {split})"
+
+
+def read_table(path: Path) -> list[tuple[str, Row]]:
+    """(where, row) for every row of the table at ``path``; ``where`` names file and row. A
+    split-named file's rows carry that split unless they name their own."""
+    if not path.exists():
+        raise SftscopeError(f"{path}: file not found")
+    if path.is_dir():
+        if (path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists():
+            return _saved_by_datasets(path)
+        files = sorted(p for p in path.iterdir()
+                       if p.suffix in SUFFIXES and p.stem.lower() in SPLIT_NAMES)  # fmt: skip
+        if not files:
+            raise SftscopeError(f"{path}: no table files named train, dev or test "
+                                f"({', '.join(SUFFIXES)})")  # fmt: skip
+        out = []
+        for f in files:
+            split = SPLIT_NAMES[f.stem.lower()]
+            out += [(w, {"split": split, **r}) for w, r in read_table(f)]
+        return out
+    if path.suffix not in SUFFIXES:
+        raise SftscopeError(f"{path}: unknown table format (expected {', '.join(SUFFIXES)})")
+    rows = _read_rows(path)
+    bad = next((i for i, r in enumerate(rows) if not isinstance(r, dict)), None)
+    if bad is not None:
+        raise SftscopeError(f"{path}: row {bad + 1}: expected an object of columns")
+    return [(f"{path}: row {i + 1}", r) for i, r in enumerate(rows)]
+
+
+def _read_rows(path: Path) -> list[Any]:
+    try:
+        if path.suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            return pq.read_table(path).to_pylist()
+        text = path.read_text(encoding="utf-8")
+        if path.suffix in (".csv", ".tsv"):
+            return list(csv.DictReader(text.splitlines(), delimiter="\t" if path.suffix ==
+                                       ".tsv" else ","))  # fmt: skip
+        if path.suffix == ".json":
+            rows = json.loads(text)
+            if not isinstance(rows, list):
+                raise SftscopeError(f"{path}: expected a JSON list of rows")
+            return rows
+        out = []
+        for n, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    out.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise SftscopeError(f"{path}: line {n}: malformed JSON ({e.msg})") from None
+        return out
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, ValueError) as e:
+        if isinstance(e, SftscopeError):
+            raise
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise SftscopeError(f"{path}: unreadable table ({first})") from None
+
+
+def _saved_by_datasets(path: Path) -> list[tuple[str, Row]]:
+    """A folder written by ``Dataset.save_to_disk`` (or a ``DatasetDict``: its splits)."""
+    from datasets import DatasetDict, load_from_disk
+
+    saved = load_from_disk(str(path))
+    parts = saved.items() if isinstance(saved, DatasetDict) else [(None, saved)]
+    out = []
+    for name, part in parts:
+        split = SPLIT_NAMES.get(str(name).lower()) if name is not None else None
+        if name is not None and split is None:
+            raise SftscopeError(f"{path}: split {name!r} is not train, dev/validation or test")
+        for i, row in enumerate(part.to_list()):
+            out.append((f"{path}: {name or 'rows'} row {i + 1}", {"split": split, **row}
+                        if split else row))  # fmt: skip
+    return out
+
+
+def answer_list(value: Any, where: str, column: str) -> list[str]:
+    """A column holding answers: a list of strings, or a JSON string of one (PopQA's)."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            raise SftscopeError(f"{where}: '{column}' is not a list or a JSON list") from None
+    if not isinstance(value, list) or not all(isinstance(a, str) for a in value):
+        raise SftscopeError(f"{where}: '{column}' is not a list or a JSON list of strings")
+    return value
+
+
+def _need(row: Row, where: str, columns: tuple[str, ...], reader_name: str) -> None:
+    missing = [c for c in columns if row.get(c) in (None, "")]
+    if missing:
+        raise SftscopeError(f"{where}: no '{missing[0]}' ({reader_name} needs "
+                            f"{', '.join(columns)})")  # fmt: skip
+
+
+def _split_of(row: Row, where: str, key: str) -> str:
+    value = row.get("split")
+    if value in (None, ""):
+        bucket = int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) % 10
+        return "train" if bucket < 8 else "dev" if bucket == 8 else "test"
+    split = SPLIT_NAMES.get(str(value).lower())
+    if split is None:
+        raise SftscopeError(f"{where}: 'split' {value!r} is not one of {', '.join(SPLITS)}")
+    return split
+
+
+def _popularity(row: Row, where: str, column: str) -> float | None:
+    value = row.get(column)
+    if value in (None, ""):
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise SftscopeError(f"{where}: '{column}' {value!r} is not a number") from None
+
+
+def _dataset(name: str, path: Path, relations: list[Relation],
+             rows: list[tuple[str, str, Row]]) -> Dataset:  # fmt: skip
+    groups: dict[tuple[str, str], list[Row]] = {}
+    for rel, split, item in rows:
+        groups.setdefault((rel, split), []).append(item)
+    return Dataset(name, path, {r.id: r for r in relations}, TableSource(path, groups))
+
+
+@reader("popqa")
+def read_popqa(path: Path) -> Dataset:
+    by_prop = {r.name: r for r in POPQA_RELATIONS}
+    rows = []
+    for where, row in read_table(path):
+        _need(row, where, ("subj", "prop", "obj", "question", "possible_answers"), "PopQA")
+        rel = by_prop.get(str(row["prop"]))
+        if rel is None:
+            raise SftscopeError(f"{where}: 'prop' {row['prop']!r} is not one of PopQA's 16 "
+                                "relations")  # fmt: skip
+        answers = [str(row["obj"]), *answer_list(row["possible_answers"], where,
+                                                 "possible_answers")]  # fmt: skip
+        item = {"question": row["question"], "answers": list(dict.fromkeys(answers)),
+                "subject": str(row["subj"]),
+                "popularity": _popularity(row, where, "s_pop")}  # fmt: skip
+        rows.append((rel.id, _split_of(row, where, f"{rel.id}\n{row['question']}"), item))
+    return _dataset("popqa", path, list(POPQA_RELATIONS), rows)
+
+
+@reader("generic")
+def read_generic(path: Path) -> Dataset:
+    relations: dict[str, Relation] = {}
+    rows = []
+    for where, row in read_table(path):
+        _need(row, where, ("question", "answers"), "a generic QA table")
+        rid = str(row.get("relation") or "qa")
+        domain = _domain(row, where)
+        rel = relations.setdefault(rid, Relation(id=rid, name=rid, question_template=None,
+                                                 domain=domain))  # fmt: skip
+        if rel.domain != domain:
+            raise SftscopeError(f"{where}: relation {rid!r} is both in-domain and out-of-domain")
+        item = {"question": row["question"], "answers": answer_list(row["answers"], where,
+                                                                    "answers"),
+                "subject": row.get("subject") or None,
+                "popularity": _popularity(row, where, "popularity")}  # fmt: skip
+        rows.append((rid, _split_of(row, where, f"{rid}\n{row['question']}"), item))
+    if not rows:
+        raise SftscopeError(f"{path}: no rows")
+    return _dataset("generic", path, list(relations.values()), rows)
+
+
+def _domain(row: Row, where: str) -> Domain:
+    value = str(row.get("domain") or "in-domain").lower()
+    aliases: dict[str, Domain] = {"in-domain": _IN, "in_domain": _IN, "id": _IN,
+                                  "out-of-domain": _OOD, "ood": _OOD}  # fmt: skip
+    if value not in aliases:
+        raise SftscopeError(f"{where}: 'domain' {value!r} is not in-domain or out-of-domain")
+    return aliases[value]
+
