@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,7 +96,7 @@ def read_table(path: Path) -> list[tuple[str, Row]]:
         out = []
         for f in files:
             split = SPLIT_NAMES[f.stem.lower()]
-            out += [(w, {"split": split, **r}) for w, r in read_table(f)]
+            out += [(w, {**r, "split": r.get("split") or split}) for w, r in read_table(f)]
         return out
     if path.suffix not in SUFFIXES:
         raise SftscopeError(f"{path}: unknown table format (expected {', '.join(SUFFIXES)})")
@@ -114,8 +115,8 @@ def _read_rows(path: Path) -> list[Any]:
             return pq.read_table(path).to_pylist()
         text = path.read_text(encoding="utf-8")
         if path.suffix in (".csv", ".tsv"):
-            return list(csv.DictReader(text.splitlines(), delimiter="\t" if path.suffix ==
-                                       ".tsv" else ","))  # fmt: skip
+            delimiter = "\t" if path.suffix == ".tsv" else ","
+            return list(csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter))
         if path.suffix == ".json":
             rows = json.loads(text)
             if not isinstance(rows, list):
@@ -148,8 +149,8 @@ def _saved_by_datasets(path: Path) -> list[tuple[str, Row]]:
         if name is not None and split is None:
             raise SftscopeError(f"{path}: split {name!r} is not train, dev/validation or test")
         for i, row in enumerate(part.to_list()):
-            out.append((f"{path}: {name or 'rows'} row {i + 1}", {"split": split, **row}
-                        if split else row))  # fmt: skip
+            where = f"{path}: {name or 'rows'} row {i + 1}"
+            out.append((where, {**row, "split": row.get("split") or split} if split else row))
     return out
 
 
