@@ -12,7 +12,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from sftscope.data.matching import contains_answer, normalize
+from sftscope.data.matching import contains_answer, normalize, settled
 
 N_LEVELS = 5
 
@@ -27,10 +27,10 @@ def decided(text: str, answers: Sequence[str]) -> bool:
     """True once ``text`` contains a gold alias that no later token can undo.
 
     Containment is on word boundaries, so "India" at the very end can still become "Indiana";
-    only the text up to the last whitespace is final (normalisation never merges across it).
+    only the settled part of the text counts (:func:`sftscope.data.matching.settled`).
     """
-    cut = max(text.rfind(" "), text.rfind("\n"), text.rfind("\t"))
-    return cut > 0 and contains_answer(text[:cut], answers)
+    head = settled(text)
+    return bool(head) and contains_answer(head, answers)
 
 
 def prefix_free(aliases: Iterable[str]) -> list[str]:

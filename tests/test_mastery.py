@@ -45,13 +45,35 @@ def test_level_with_210_samples() -> None:
         (" in India", False),
         (" in Indiana, USA", False),
         (" in India\n", True),
-        (" India.com is", False),  # normalisation deletes the period: "indiacom"
+        (" India.com is", True),  # a period is a word break: "india com is"
         ("", False),
     ],
 )
 def test_decided_only_when_no_later_token_can_undo_it(text: str, expected: bool) -> None:
     answers = ["France"] if "France" in text else ["India"]
     assert decided(text, answers) is expected
+
+
+def test_a_decided_prefix_stays_correct_whatever_follows() -> None:
+    """Early exit must never change R: once ``decided``, every continuation still contains a
+    gold answer, initials (which join across spaces) included."""
+    import itertools
+
+    from sftscope.data.matching import contains_answer
+
+    pieces = [" B", ".", " C.", " J.", "K.", " Rowling", " India", "na", " ", "\n", ".com",
+              " a", "L", "B.com", " x.y"]
+    answers = [["B"], ["India"], ["J. K. Rowling"], ["K"]]
+    for gold in answers:
+        for n in range(1, 5):
+            for prefix in itertools.product(pieces, repeat=n):
+                text = "".join(prefix)
+                if not decided(text, gold):
+                    continue
+                for tail in pieces:
+                    assert contains_answer(text + tail, gold), (text, tail, gold)
+    assert not decided(" type B. ", ["B"])  # " C." next would make it "bc"
+    assert decided(" type B. and", ["B"])
 
 
 def test_prefix_free_aliases() -> None:

@@ -38,7 +38,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
-__all__ = ["MatchResult", "contains_answer", "exact_match", "match", "normalize"]
+__all__ = ["MatchResult", "contains_answer", "exact_match", "match", "normalize", "settled"]
 
 # A run of initials: a letter that starts a word, then a period, then (spaces allowed) more such
 # letters with periods. "U.S.A." -> "usa", "J. K. Rowling" -> "jk rowling"; other periods are
@@ -69,6 +69,22 @@ def _build_table() -> dict[int, str | None]:
 _TABLE = _build_table()
 # ASCII inputs (most generations) take a bytes.translate path, ~5x faster than str.translate.
 _ASCII_TABLE = bytes(32 if _TABLE.get(b, b) == " " else b for b in range(256))
+
+
+_OPEN_INITIALS = re.compile(r"(?:(?<!\w)[^\W\d_]\.\s*)+$")
+_MAYBE_INITIAL = re.compile(r"[^\W\d_]?$|[^\W\d_]\.")  # a word that starts as an initial may
+
+
+def settled(text: str) -> str:
+    """The start of ``text`` that no continuation can change once normalised: up to its last
+    whitespace (normalisation merges words only within a run of initials), less a run of
+    initials at its end while the word after it may still start as one ("J. K" may become
+    "J. K.", one word "jk"; so may "J. K.com")."""
+    cut = max(text.rfind(" "), text.rfind("\n"), text.rfind("\t"))
+    if cut <= 0:
+        return ""
+    head = text[:cut]
+    return _OPEN_INITIALS.sub("", head) if _MAYBE_INITIAL.match(text[cut + 1 :]) else head
 
 
 def _join_initials(text: str) -> str:
