@@ -20,7 +20,7 @@ from sftscope.data.schema import Domain, QAItem
 from sftscope.errors import SftscopeError
 from sftscope.io import atomic_write_json, atomic_write_jsonl, atomic_write_text
 from sftscope.mastery import N_LEVELS, read_levels
-from sftscope.models.factory import check_engine, engine_info
+from sftscope.models.factory import engine_info
 from sftscope.prompts import PromptStyle, build_prompt, pick_exemplars
 
 if TYPE_CHECKING:  # the engine (torch, transformers) loads only when a model runs
@@ -143,8 +143,6 @@ def prepare_eval(cfg: EvalConfig) -> tuple[list[QAItem], dict[str, list[QAItem]]
 def run_eval(cfg: EvalConfig, engine: Engine | None = None) -> dict[str, Any]:
     """The ``sftscope eval`` stage: writes records.jsonl, summary.json and config.yaml; with
     ``mastery`` set, records carry each item's level and the summary a per-level breakdown."""
-    if engine is None:
-        check_engine(cfg.engine)
     items, exemplars = prepare_eval(cfg)
     levels = read_levels(cfg.mastery) if cfg.mastery is not None else None
     if engine is None:

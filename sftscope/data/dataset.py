@@ -20,7 +20,7 @@ import logging
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Protocol
@@ -79,11 +79,7 @@ class Dataset:
     name: str
     root: Path
     relations: dict[str, Relation]
-    source: ItemSource = field(default=None)  # type: ignore[assignment]  # None: the layout
-
-    def __post_init__(self) -> None:
-        if self.source is None:
-            object.__setattr__(self, "source", LayoutSource(self.root))
+    source: ItemSource
 
     def relation_ids(self, domain: Domain | None = None) -> list[str]:
         return [r.id for r in self.relations.values() if domain is None or r.domain == domain]
@@ -110,14 +106,15 @@ def open_dataset(root: str | Path) -> Dataset:
         raise SftscopeError(f"data directory {root} does not exist")
     meta_path = root / DATASET_META
     if not meta_path.exists():
-        return Dataset("entityquestions", root, {r.id: r for r in EQ_RELATIONS})
+        return Dataset("entityquestions", root, {r.id: r for r in EQ_RELATIONS}, LayoutSource(root))
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
         relations = [Relation.model_validate(r) for r in meta["relations"]]
     except (json.JSONDecodeError, KeyError, TypeError, ValidationError) as e:
         first = str(e).splitlines()[0]
         raise SftscopeError(f"{meta_path}: invalid dataset metadata ({first})") from None
-    return Dataset(str(meta.get("name", root.name)), root, {r.id: r for r in relations})
+    return Dataset(str(meta.get("name", root.name)), root, {r.id: r for r in relations},
+                   LayoutSource(root))
 
 
 @lru_cache(maxsize=256)

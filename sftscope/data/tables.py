@@ -243,11 +243,12 @@ def read_generic(path: Path) -> Dataset:
     return _dataset("generic", path, list(relations.values()), rows)
 
 
+DOMAINS = {"in-domain": _IN, "in_domain": _IN, "id": _IN, "out-of-domain": _OOD, "ood": _OOD}
+
+
 def _domain(row: Row, where: str) -> Domain:
     value = str(row.get("domain") or "in-domain").lower()
-    aliases: dict[str, Domain] = {"in-domain": _IN, "in_domain": _IN, "id": _IN,
-                                  "out-of-domain": _OOD, "ood": _OOD}  # fmt: skip
-    if value not in aliases:
+    if value not in DOMAINS:
         raise SftscopeError(f"{where}: 'domain' {value!r} is not in-domain or out-of-domain")
-    return aliases[value]
+    return DOMAINS[value]
 

@@ -29,7 +29,6 @@ from sftscope.errors import SftscopeError
 from sftscope.models.engines import cut_at_stop, encode_prompts, eos_ids
 from sftscope.models.factory import (
     EngineRequest,
-    check_engine,
     make_engine,
     release_on_exit,
     say_once,
@@ -59,7 +58,7 @@ class VLLMEngine:
     """:class:`Engine` over ``vllm.LLM``; see the module docstring for the mapping."""
 
     def __init__(self, request: EngineRequest) -> None:
-        check_engine("vllm")
+        """Built by :func:`sftscope.models.factory.make_engine`, which checks vLLM is there."""
         from vllm.platforms import current_platform
 
         from sftscope.models.loading import load_tokenizer, resolve_model
@@ -72,6 +71,7 @@ class VLLMEngine:
                                 f"{self.device_type} (vllm {vllm_version()})")  # fmt: skip
         self.location = resolve_model(request.model)
         self.tokenizer = load_tokenizer(request.model, request.trust_remote_code)
+        self.stop_ids = self._stop_ids()
         self.tokens_forwarded = 0
         self._llm: Any = None
         self._fallback: Engine | None = None
@@ -163,7 +163,7 @@ class VLLMEngine:
             return []
         encoded = encode_prompts(self.tokenizer, prompts, temperature, n)
         common = dict(max_tokens=max_new_tokens, stop=list(stop) or None,
-                      stop_token_ids=self._stop_ids(), skip_special_tokens=True)  # fmt: skip
+                      stop_token_ids=self.stop_ids, skip_special_tokens=True)  # fmt: skip
         if temperature > 0:
             params = [SamplingParams(n=n, temperature=temperature, top_p=1.0, top_k=0,
                                      seed=seed * 1_000_003 + i, **common)
