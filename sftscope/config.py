@@ -107,11 +107,17 @@ class ProbeSettings(StageConfig):
         return v
 
 
+ProbeSplit = Literal["train", "dev", "test", "all"]
+
+
 class ProbeConfig(EngineFields, DataConfig, ProbeSettings):
     """``sftscope probe``: the mastery level of every fact of one split, for one base model."""
 
     model: str = Field(description="local path, hub id, or 'smollm2' (the bundled model)")
-    split: Split = Field("train", description="split probed")
+    split: ProbeSplit = Field(
+        "train", description="split probed; all: every item of every split as one pool (few-shot "
+        "exemplars then come from the other items, never from the fact itself)",
+    )  # fmt: skip
     device: str = runtime("auto", "auto, cpu or cuda")
     trust_remote_code: bool = Field(False, description="run the model repo's own code")
     out: Path = runtime(description="output folder")

@@ -16,18 +16,28 @@ n_correct, n_total, method):
   file): the question under ``templates`` few-shot exemplar sets (``slick_shots`` each) in
   place of the mapping templates, ``samples`` samples each; the same R and levels.
 
+Few-shot exemplars (``slick``, ``question``) come from train, from dev when train is probed,
+and with ``split: all`` (every item as one pool, e.g. an SFT file) from the pool itself. In
+every case a fact is never its own exemplar: each set holds spare candidates and a fact skips
+those with its own question (:func:`shots_for`), so no prompt contains the answer it asks for.
+
 Facts are processed in fixed chunks, each written atomically to ``parts/``; a killed probe
-rerun with the same settings skips finished chunks and gives the same result.
+rerun with the same settings skips finished chunks and gives the same result. The folder
+records a digest of the items probed (``items.sha256``): a rerun on changed data is refused
+rather than answered from the old probe.
 """
 
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import shutil
 import time
+from collections import Counter
 from collections.abc import Sequence
-from functools import partial
+from dataclasses import dataclass
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,9 +45,9 @@ from pydantic import ValidationError
 from tqdm.auto import tqdm
 
 from sftscope.config import ProbeConfig, dump_config, result_fields
-from sftscope.data.dataset import load_items, resolve_dataset
-from sftscope.data.matching import contains_answer
-from sftscope.data.schema import QAItem
+from sftscope.data.dataset import Dataset, load_items, resolve_dataset, warn_no_subject
+from sftscope.data.matching import contains_answer, normalize
+from sftscope.data.schema import SPLITS, QAItem
 from sftscope.data.templates import fill, load_templates, packaged_datasets
 from sftscope.errors import SftscopeError
 from sftscope.evaluate import STOP, exemplar_pool
@@ -66,6 +76,7 @@ if TYPE_CHECKING:  # the engine (torch, transformers) loads only when a model ru
 
 Record = dict[str, Any]
 QUESTION_METHODS = ("slick", "question")  # prompted with the question, not mapping templates
+ITEMS_DIGEST = "items.sha256"  # in a probe folder: the digest of the items it probed
 
 
 def _record(item: QAItem, method: str, r: float | None, level: int | None, **extra) -> Record:
@@ -89,8 +100,9 @@ def probe_questions(
     """The sampling protocol on data without mapping templates (any QA): the question itself
     under ``templates`` few-shot exemplar sets (zero-shot for a relation without exemplars)
     instead of the mapping templates, answers cut at a newline; the same R and levels."""
-    prompts = [[fewshot_prompt(it.question, shots) for shots in exemplar_sets.get(it.relation)
-                or [[]]] for it in items]  # fmt: skip
+    k = cfg.slick_shots
+    prompts = [[fewshot_prompt(it.question, shots_for(it, shots, k))
+                for shots in exemplar_sets.get(it.relation) or [[]]] for it in items]  # fmt: skip
     return _sample(engine, items, prompts, cfg, seed, STOP, per="per_set")
 
 
@@ -170,7 +182,7 @@ def probe_slick(
     prompts, owner = [], []
     for i, it in enumerate(items):
         for shots in exemplar_sets.get(it.relation, []):
-            prompts.append(fewshot_prompt(it.question, shots))
+            prompts.append(fewshot_prompt(it.question, shots_for(it, shots, cfg.slick_shots)))
             owner.append(i)
     greedy = engine.generate(prompts, max_new_tokens=16, stop=STOP, desc="slick greedy")
     sampled = engine.generate(
@@ -206,14 +218,71 @@ def _templates(dataset: str, cfg: ProbeConfig) -> dict:
     return load_templates(dataset, cfg.templates_file)
 
 
-def exemplar_sets(pool: Sequence[QAItem], n_sets: int, shots: int, seed: int
+def exemplar_sets(pool: Sequence[QAItem], n_sets: int, shots: int, seed: int, spare: int = 0
                   ) -> dict[str, list[list[QAItem]]]:  # fmt: skip
-    """``n_sets`` seeded draws of ``shots`` exemplars per relation (SliCK, the question probe)."""
+    """``n_sets`` seeded draws of ``shots + spare`` candidate exemplars per relation (SliCK,
+    the question probe); a fact takes the first ``shots`` that are not itself."""
     sets: dict[str, list[list[QAItem]]] = {}
     for s in range(n_sets):
-        for rel, chosen in pick_exemplars(pool, shots, seed * 7919 + s).items():
+        for rel, chosen in pick_exemplars(pool, shots + spare, seed * 7919 + s).items():
             sets.setdefault(rel, []).append(chosen)
     return sets
+
+
+@lru_cache(maxsize=1 << 16)
+def _normalized(question: str) -> str:
+    return normalize(question)
+
+
+def fact_key(item: QAItem) -> tuple[str, str]:
+    """What makes two rows the same fact: relation and normalised question."""
+    return item.relation, _normalized(item.question)
+
+
+def shots_for(item: QAItem, candidates: Sequence[QAItem], k: int) -> list[QAItem]:
+    """The first ``k`` candidates that are not ``item``'s own fact (nor a copy of it)."""
+    own = fact_key(item)
+    return [c for c in candidates if c.id != item.id and fact_key(c) != own][:k]
+
+
+def spare_for(pool: Sequence[QAItem]) -> int:
+    """Spare candidates per exemplar set when the probed items are the pool: the most copies
+    of one fact, so that a fact skipping its own copies still finds ``shots`` others."""
+    return max(Counter(fact_key(it) for it in pool).values(), default=0)
+
+
+def probe_pool(dataset: Dataset, cfg: ProbeConfig) -> list[QAItem]:
+    """The items of ``cfg.split``; for ``all``, every split the data has (train, dev, test in
+    turn), ``limit_per_relation`` counted per relation over all of them."""
+    warn = cfg.method not in QUESTION_METHODS  # they need no subjects
+    if cfg.split != "all":
+        return load_items(dataset, [cfg.split], cfg.relations, cfg.limit_per_relation, warn=warn)
+    chosen = [r.id for r in dataset.select(cfg.relations)]
+    items: list[QAItem] = []
+    for split in SPLITS:
+        present = [r for r in chosen if dataset.has(r, split)]
+        if present:
+            items += load_items(dataset, [split], present, warn=False)
+    if cfg.limit_per_relation is not None:
+        seen: Counter[str] = Counter()
+        kept = []
+        for it in items:
+            seen[it.relation] += 1
+            if seen[it.relation] <= cfg.limit_per_relation:
+                kept.append(it)
+        items = kept
+    if warn:
+        warn_no_subject(items)
+    return items
+
+
+def items_digest(items: Sequence[QAItem]) -> str:
+    """A digest of what the probe asks about (ids, questions, answers, subjects)."""
+    h = hashlib.sha256()
+    for it in items:
+        row = [it.id, it.question, list(it.answers), it.subject]
+        h.update(json.dumps(row, ensure_ascii=False).encode() + b"\n")
+    return h.hexdigest()
 
 
 def load_thresholds(cfg: ProbeConfig) -> tuple[float, ...]:
@@ -257,26 +326,35 @@ def finished_chunks(out: Path) -> set[int]:
     return {int(p.stem) for p in (Path(out) / "parts").glob("*.jsonl") if p.stem.isdigit()}
 
 
-def run_probe(
-    cfg: ProbeConfig, engine: Engine | None = None, shard: tuple[int, int] | None = None
-) -> dict[str, Any]:
-    """The ``sftscope probe`` stage; resumable, see the module docstring. ``shard = (i, n)``
-    probes only the chunks ``c % n == i`` and returns without merging: n workers probe one
-    split in parallel, then one more call (no shard) merges their parts."""
-    out = Path(cfg.out)
-    if engine is None:
-        check_engine(cfg.engine)
-    dataset = resolve_dataset(cfg.data, cfg.data_dir)
-    items = load_items(dataset, [cfg.split], cfg.relations, cfg.limit_per_relation)
+@dataclass(frozen=True)
+class ProbePlan:
+    """What a probe asks, loaded and checked before anything is written."""
+
+    dataset: Dataset
+    items: list[QAItem]
+    thresholds: tuple[float, ...]
+    templates: dict[str, Sequence[str]]
+    sets: dict[str, list[list[QAItem]]]
+
+
+def plan_probe(cfg: ProbeConfig, dataset: Dataset | None = None,
+               items: list[QAItem] | None = None) -> ProbePlan:  # fmt: skip
+    """Load the items (unless given: :func:`probe_pool` of ``dataset``), thresholds and
+    templates or exemplar sets of a probe; bad input is an error here, before anything is
+    written."""
+    dataset = dataset or resolve_dataset(cfg.data, cfg.data_dir)
+    items = probe_pool(dataset, cfg) if items is None else items
     if not items:
         raise SftscopeError(f"no items to probe in {dataset.root} (split {cfg.split})")
     thresholds = load_thresholds(cfg)
     templates: dict[str, Sequence[str]] = {}
     sets: dict[str, list[list[QAItem]]] = {}
     if cfg.method in QUESTION_METHODS:
-        pool = exemplar_pool(dataset, cfg.split, sorted({it.relation for it in items}))
+        relations = sorted({it.relation for it in items})
+        pool = items if cfg.split == "all" else exemplar_pool(dataset, cfg.split, relations)
+        spare = spare_for(pool) if cfg.split == "all" else 0
         n_sets = cfg.slick_sets if cfg.method == "slick" else cfg.templates
-        sets = exemplar_sets(pool, n_sets, cfg.slick_shots, cfg.seed)
+        sets = exemplar_sets(pool, n_sets, cfg.slick_shots, cfg.seed, spare)
     else:
         table = _templates(dataset.name, cfg)
         for rel in sorted({it.relation for it in items}):
@@ -289,11 +367,37 @@ def run_probe(
                     f"mapping templates of {rel}"
                 )
             templates[rel] = table[rel].mapping[: cfg.templates]
+    return ProbePlan(dataset, items, thresholds, templates, sets)
+
+
+def check_probe_folder(cfg: ProbeConfig, items: Sequence[QAItem]) -> None:
+    """Refuse a folder holding a probe with other settings or of other items."""
+    out = Path(cfg.out)
     if holds_other_probe(cfg):
         raise SftscopeError(f"{out} holds a probe with other settings; use another --out")
+    saved = out / ITEMS_DIGEST
+    if saved.exists() and saved.read_text(encoding="utf-8").strip() != items_digest(items):
+        data = cfg.data_dir or cfg.data
+        raise SftscopeError(f"{out} holds a probe of other items ({data} changed since it was "
+                            "probed); use another --out")  # fmt: skip
+
+
+def run_probe(
+    cfg: ProbeConfig, engine: Engine | None = None, shard: tuple[int, int] | None = None,
+    plan: ProbePlan | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """The ``sftscope probe`` stage; resumable, see the module docstring. ``shard = (i, n)``
+    probes only the chunks ``c % n == i`` and returns without merging: n workers probe one
+    split in parallel, then one more call (no shard) merges their parts. ``plan``: what
+    :func:`plan_probe` made of ``cfg`` already."""
+    out = Path(cfg.out)
+    if engine is None:
+        check_engine(cfg.engine)
+    plan = plan or plan_probe(cfg)
+    items, thresholds, templates, sets = plan.items, plan.thresholds, plan.templates, plan.sets
+    check_probe_folder(cfg, items)
     if (out / "summary.json").exists():
         return json.loads((out / "summary.json").read_text(encoding="utf-8"))
-    atomic_write_text(out / "probe.yaml", dump_config(_settings(cfg)))
 
     probe_items = [it for it in items
                    if it.subject is not None or cfg.method in QUESTION_METHODS]  # fmt: skip
@@ -306,8 +410,10 @@ def run_probe(
     if shard is not None:
         todo = [c for c in todo if c % shard[1] == shard[0]]
     started, done_now = time.perf_counter(), 0
-    if todo and engine is None:
+    if todo and engine is None:  # a model that does not load leaves nothing written
         engine = engine_for(cfg, progress=False)
+    atomic_write_text(out / "probe.yaml", dump_config(_settings(cfg)))
+    atomic_write_text(out / ITEMS_DIGEST, items_digest(items) + "\n")
     if todo:  # what ran the chunks, for the summary (shards: the last to run one)
         atomic_write_json(parts / "engine.json", engine_info(engine))
     tokens_before = getattr(engine, "tokens_forwarded", 0)

@@ -95,7 +95,8 @@ class Dataset:
         unknown = [r for r in relations if r not in self.relations]
         if unknown:
             known = ",".join(self.relations)
-            raise SftscopeError(f"unknown relation {unknown[0]!r} in {self.name} (known: {known})")
+            raise SftscopeError(f"{self.root}: unknown relation {unknown[0]!r} in {self.name} "
+                                f"(known: {known})")  # fmt: skip
         return [self.relations[r] for r in relations]
 
 
@@ -176,12 +177,14 @@ def load_items(
     relations: Sequence[str] | None = None,
     limit_per_relation: int | None = None,
     aliases: AliasTable | None = None,
+    warn: bool = True,
 ) -> list[QAItem]:
     """Load items, relation by relation, in file order (so ids and ``limit`` are stable).
 
     Gold answers are extended with the alias table (the packaged default unless one is given).
     Items whose subject cannot be recovered from the question are kept with ``subject=None``
-    and counted in a warning: later stages decide what to do with them.
+    and counted in a warning (unless ``warn`` is false): later stages decide what to do with
+    them.
     """
     aliases = aliases if aliases is not None else AliasTable.default()
     items: list[QAItem] = []
@@ -205,11 +208,19 @@ def load_items(
                 item = _parse_item(raw, where, i, rel, split)
                 extra = aliases.aliases_for(item.answers)
                 items.append(item.model_copy(update={"aliases": extra}) if extra else item)
+    if warn:
+        warn_no_subject(items)
+    return items
+
+
+def warn_no_subject(items: Iterable[QAItem]) -> None:
+    """One warning counting the items without a subject, per relation (``warn=False`` of
+    :func:`load_items` leaves it to the caller: a stage that needs no subjects, or one that
+    loads several parts)."""
     missing = Counter(it.relation for it in items if it.subject is None)
     if missing:
         detail = ", ".join(f"{r}: {n}" for r, n in sorted(missing.items()))
         log.warning("subject not recovered for %d items (%s)", sum(missing.values()), detail)
-    return items
 
 
 Reader = Callable[[Path], Dataset]

@@ -25,7 +25,7 @@ import csv
 import hashlib
 import io
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +69,8 @@ class TableSource:
 
     path: Path
     groups: dict[tuple[str, str], list[Row]]
+    # the table's own rows behind each group's items, with their positions in the table
+    originals: dict[tuple[str, str], list[tuple[int, Row]]] = field(default_factory=dict)
 
     def has(self, relation: str, split: str) -> bool:
         return (relation, split) in self.groups
@@ -78,6 +80,11 @@ class TableSource:
 
     def where(self, relation: str, split: str) -> str:
         return f"{self.path} ({relation}, {split})"
+
+    def original_rows(self, relation: str, split: str) -> list[tuple[int, Row]]:
+        """(position in the table, the row as read) behind each of ``rows(relation, split)``:
+        every column the user's file has, not only the ones an item is made of."""
+        return self.originals.get((relation, split), [])
 
 
 def read_table(path: Path) -> list[tuple[str, Row]]:
@@ -195,11 +202,15 @@ def _popularity(row: Row, where: str, column: str) -> float | None:
 
 
 def _dataset(name: str, path: Path, relations: list[Relation],
-             rows: list[tuple[str, str, Row]]) -> Dataset:  # fmt: skip
+             rows: list[tuple[str, str, Row, Row]]) -> Dataset:  # fmt: skip
+    """``rows``: (relation, split, item, the table's row) in table order."""
     groups: dict[tuple[str, str], list[Row]] = {}
-    for rel, split, item in rows:
+    originals: dict[tuple[str, str], list[tuple[int, Row]]] = {}
+    for pos, (rel, split, item, raw) in enumerate(rows):
         groups.setdefault((rel, split), []).append(item)
-    return Dataset(name, path, {r.id: r for r in relations}, TableSource(path, groups))
+        originals.setdefault((rel, split), []).append((pos, raw))
+    source = TableSource(path, groups, originals)
+    return Dataset(name, path, {r.id: r for r in relations}, source)
 
 
 @reader("popqa")
@@ -217,7 +228,7 @@ def read_popqa(path: Path) -> Dataset:
         item = {"question": row["question"], "answers": list(dict.fromkeys(answers)),
                 "subject": str(row["subj"]),
                 "popularity": _popularity(row, where, "s_pop")}  # fmt: skip
-        rows.append((rel.id, _split_of(row, where, f"{rel.id}\n{row['question']}"), item))
+        rows.append((rel.id, _split_of(row, where, f"{rel.id}\n{row['question']}"), item, row))
     return _dataset("popqa", path, list(POPQA_RELATIONS), rows)
 
 
@@ -237,7 +248,7 @@ def read_generic(path: Path) -> Dataset:
                                                                     "answers"),
                 "subject": row.get("subject") or None,
                 "popularity": _popularity(row, where, "popularity")}  # fmt: skip
-        rows.append((rid, _split_of(row, where, f"{rid}\n{row['question']}"), item))
+        rows.append((rid, _split_of(row, where, f"{rid}\n{row['question']}"), item, row))
     if not rows:
         raise SftscopeError(f"{path}: no rows")
     return _dataset("generic", path, list(relations.values()), rows)
