@@ -23,6 +23,7 @@ from sftscope.config import (
     ProbeConfig,
     RestoreConfig,
     RestoreEval,
+    SelectConfig,
     TrainConfig,
     load_config,
 )
@@ -33,6 +34,7 @@ from sftscope.tables import (
     level_table,
     num,
     pct,
+    select_table,
     selection_table,
     summary_table,
     sweep_tables,
@@ -88,6 +90,34 @@ def probe_cmd(options: Options, overrides: Overrides = None, config: ConfigOpt =
         + (f"; {summary['no_subject']} without a subject skipped" if summary["no_subject"] else "")
         + f"; results in {cfg.out}"
     )
+
+
+@app.command("select")
+@_one_line_errors
+@with_config_options(SelectConfig, exclude=["probe.thresholds"], flatten=["probe"],
+                     names={"probe.seed": "probe-seed"})  # fmt: skip
+def select_cmd(options: Options, overrides: Overrides = None, config: ConfigOpt = None) -> None:
+    """Annotate an SFT file (any QA table) with the base model's mastery level of each pair and
+    write the subsets the paper recommends: DIR/annotated.jsonl, histogram.json,
+    recommended.jsonl (at most --size pairs of levels >= --min-level), level-<L>.jsonl."""
+    from sftscope.select_data import run_select
+
+    cfg = load_config(SelectConfig, config, options, overrides)
+    s = run_select(cfg)
+    console.print(select_table(s))
+    rec, out = s["recommended"], cfg.out
+    levels = f"levels {rec['min_level']}-{rec['max_level']}"
+    if rec["n"] == 0:
+        console.print(f"no pair is at {levels}: {out}/recommended.jsonl is empty (see "
+                      "level-<L>.jsonl, or lower --min-level)")  # fmt: skip
+    else:
+        short = f" (only {rec['eligible']} qualify)" if rec["eligible"] < rec["size"] else ""
+        console.print(f"{rec['n']} pairs of {levels}{short} in {out}/recommended.jsonl "
+                      "(recommended.train.jsonl: for sftscope train)")  # fmt: skip
+    if s["histogram"]["unprobed"]:
+        console.print(f"{s['histogram']['unprobed']} pairs without a subject were not probed "
+                      f"({s['method']} needs one): mastery_level null")  # fmt: skip
+    console.print(f"annotated.jsonl, histogram.json, level-0..4.jsonl, select.json in {out}")
 
 
 @app.command("calibrate")

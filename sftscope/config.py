@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 
 from sftscope.config_base import BatchSize as BatchSize
 from sftscope.config_base import StageConfig as StageConfig
@@ -121,6 +121,49 @@ class ProbeConfig(EngineFields, DataConfig, ProbeSettings):
     device: str = runtime("auto", "auto, cpu or cuda")
     trust_remote_code: bool = Field(False, description="run the model repo's own code")
     out: Path = runtime(description="output folder")
+
+
+SelectMethod = Literal["auto", "sampling", "likelihood", "slick", "question"]
+
+
+class SelectProbe(ProbeSettings):
+    """The probe inside ``sftscope select``: the paper's settings; the method from the data."""
+
+    method: SelectMethod = Field(  # type: ignore[assignment]
+        "auto", description="auto: sampling when the data has mapping templates (a packaged "
+        "dataset's, or templates_file), else question (any QA file); or a probe method",
+    )  # fmt: skip
+
+
+class SelectConfig(EngineFields, DataConfig):
+    """``sftscope select``: the base model's mastery level of every pair of an SFT file, and
+    the subsets the paper's findings recommend (see :mod:`sftscope.select_data`)."""
+
+    model: str = Field(description="the base model: local path, hub id, or 'smollm2'")
+    data: str = Field(
+        "generic", description="dataset reader of the SFT file: generic (any QA table), popqa, "
+        "entityquestions, testbed, geo",
+    )  # fmt: skip
+    probe: SelectProbe = Field(SelectProbe(), description="how mastery is measured")
+    size: int = Field(
+        240, ge=1, description="pairs in recommended.jsonl (PAPER.md §5.1: ~240 is best)"
+    )
+    min_level: int = Field(
+        2, ge=0, le=4, description="lowest mastery level recommended (level 0 hurts: PAPER.md §5.1)"
+    )
+    max_level: int = Field(4, ge=0, le=4, description="highest mastery level recommended")
+    seed: int = Field(0, description="seed of the recommended sample")
+    device: str = runtime("auto", "auto, cpu or cuda")
+    trust_remote_code: bool = Field(False, description="run the model repo's own code")
+    out: Path = runtime(description="output folder")
+
+    @field_validator("max_level")
+    @classmethod
+    def _level_range(cls, v: int, info: ValidationInfo) -> int:
+        low = info.data.get("min_level")
+        if low is not None and v < low:
+            raise ValueError(f"max_level {v} is below min_level {low}")
+        return v
 
 
 class TrainRecipe(StageConfig):

@@ -21,6 +21,7 @@ from sftscope.config import (
     KLConfig,
     ProbeConfig,
     RestoreConfig,
+    SelectConfig,
     TrainConfig,
 )
 from sftscope.data.subsets import SubsetConfig, run_subset
@@ -60,6 +61,14 @@ def _probe(cfg: ProbeConfig, stage: Stage, shard: tuple[int, int] | None = None)
     summary = run_probe(cfg, shard=shard)
     keep = ("n_probed", "histogram", "facts_per_second", "thresholds", "chunks")
     return {k: summary[k] for k in keep if k in summary}
+
+
+@runner("select", SelectConfig, engine=True)
+def _select(cfg: SelectConfig, stage: Stage) -> dict:
+    from sftscope.select_data import run_select
+
+    s = run_select(cfg)
+    return {"histogram": s["histogram"]["overall"], "recommended": s["recommended"]["n"]}
 
 
 @runner("subset", SubsetConfig)

@@ -49,17 +49,36 @@ def level_table(by_level: dict[str, Any]) -> Table:
 def histogram_table(summary: dict[str, Any]) -> Table:
     """Facts per mastery level and relation (PAPER.md §1.3 style)."""
     title = f"mastery levels: {summary['method']} probe, {summary['data']}/{summary['split']}"
+    return _levels_table(title, summary["histogram"], "facts")
+
+
+def _levels_table(title: str, hist: dict[str, list[int]], unit: str,
+                  extra: dict[str, dict[str, int]] | None = None) -> Table:  # fmt: skip
+    """Rows of counts per level (the ``total`` row after a rule), then ``extra`` columns."""
     table = Table(title=title)
     table.add_column("relation")
     for k in range(5):
         table.add_column(f"level {k}", justify="right")
-    table.add_column("facts", justify="right")
-    hist = summary["histogram"]
+    table.add_column(unit, justify="right")
+    for name in extra or {}:
+        table.add_column(name, justify="right")
     for rel, counts in hist.items():
         if rel == "total":
             table.add_section()
-        table.add_row(rel, *(str(c) for c in counts), str(sum(counts)))
+        cells = [str(c) for c in counts] + [str(sum(counts))]
+        for col in (extra or {}).values():
+            cells.append(str(sum(col.values()) if rel == "total" else col.get(rel, 0)))
+        table.add_row(rel, *cells)
     return table
+
+
+def select_table(summary: dict[str, Any]) -> Table:
+    """``sftscope select``: pairs per level and relation, and how many were picked for
+    recommended.jsonl."""
+    hist = summary["histogram"]
+    title = f"mastery levels of the SFT pairs ({summary['method']} probe, {summary['model']})"
+    rows = {**hist["per_relation"], "total": hist["overall"]}
+    return _levels_table(title, rows, "pairs", {"picked": summary["recommended"]["composition"]})
 
 
 def concentration_table(rows: list[dict[str, Any]], region: str) -> Table:
