@@ -16,6 +16,8 @@ it), wall time and peak RSS of each, and whether their eval records are identica
 
     .venv/bin/python benchmarks/restore_bench.py --pair smollm2 runs/ft-2-240-0
     .venv/bin/python benchmarks/restore_bench.py --synthetic 1.0e9     # builds a bf16 pair
+    .venv/bin/python benchmarks/restore_bench.py --pair smollm2 runs/ft --synthetic 1.0e9 \
+        --reference kth                                                  # both, in one run
     .venv/bin/python benchmarks/restore_bench.py --pair smollm2 runs/ft --sweep --k 1,5,20,60 \
         --reference none --sweep-limit 5
 
@@ -38,33 +40,42 @@ PAPER_K = [1, 3, 5, 10, 20, 40, 60]
 
 
 def _child(mode: str, base: Path, tuned: Path, out: Path, ks: list[float]) -> None:
+    """One method in a fresh process; the clock starts once its imports are done (a copy
+    imports nothing), and the import time is reported beside it."""
     started = time.perf_counter()
     if mode.startswith("sweep-"):  # sweep-written | sweep-inplace, eval settings from the env
         from sftscope.config import RestoreConfig, RestoreEval
         from sftscope.params.sweep import run_sweep
 
         ev = RestoreEval(**json.loads(os.environ["SWEEP_EVAL"]))
-        run_sweep(RestoreConfig(base=str(base), tuned=tuned, out=out, k=ks, eval=ev,
-                                device="cpu", save=mode == "sweep-written"))  # fmt: skip
+        cfg = RestoreConfig(base=str(base), tuned=tuned, out=out, k=ks, eval=ev, device="cpu",
+                            save=mode == "sweep-written")  # fmt: skip
+        work = lambda: run_sweep(cfg)  # noqa: E731
     elif mode == "copy":
-        shutil.copytree(tuned, out)
+        work = lambda: shutil.copytree(tuned, out)  # noqa: E731
     elif mode == "ours":
         from sftscope.config import RestoreConfig
         from sftscope.params.restore import run_restore
 
-        run_restore(RestoreConfig(base=str(base), tuned=tuned, out=out, k=ks))
+        cfg = RestoreConfig(base=str(base), tuned=tuned, out=out, k=ks)
+        work = lambda: run_restore(cfg)  # noqa: E731
     else:
         from safetensors.torch import save_file
 
         from sftscope.params.reference import reference_restore
 
-        out.mkdir(parents=True)
-        method = mode.split("-")[1]  # reference-sort | reference-kth
-        for k, state in reference_restore(base, tuned, ks, method=method):
-            (out / f"global-top-{k:g}").mkdir()
-            save_file(state, str(out / f"global-top-{k:g}" / "model.safetensors"))
-            del state
-    print(json.dumps({"wall": time.perf_counter() - started}))
+        def work() -> None:
+            out.mkdir(parents=True)
+            method = mode.split("-")[1]  # reference-sort | reference-kth
+            for k, state in reference_restore(base, tuned, ks, method=method):
+                (out / f"global-top-{k:g}").mkdir()
+                save_file(state, str(out / f"global-top-{k:g}" / "model.safetensors"))
+                del state
+
+    imports = time.perf_counter() - started
+    started = time.perf_counter()
+    work()
+    print(json.dumps({"wall": time.perf_counter() - started, "imports": imports}))
 
 
 def _run(mode: str, base: Path, tuned: Path, out: Path, ks: list[float], env=None) -> dict:
@@ -82,8 +93,8 @@ def _run(mode: str, base: Path, tuned: Path, out: Path, ks: list[float], env=Non
     text = proc.stdout.read().decode() if proc.stdout else ""
     if status != 0:
         raise SystemExit(f"{mode} failed (status {status}): {text}")
-    wall = json.loads(text.strip().splitlines()[-1])["wall"]
-    return {"wall": wall, "rss_gib": usage.ru_maxrss / 2**20}  # ru_maxrss is in KiB
+    timing = json.loads(text.strip().splitlines()[-1])
+    return {**timing, "rss_gib": usage.ru_maxrss / 2**20}  # ru_maxrss is in KiB
 
 
 def _identical(a: Path, b: Path, ks: list[float]) -> bool:
@@ -157,23 +168,38 @@ def main() -> None:
     ap.add_argument("--sweep-limit", type=int, default=5, help="test items per relation")
     args = ap.parse_args()
     ks = [float(k) for k in args.k.split(",")]
-    if args.synthetic:
-        base, tuned = build_synthetic(args.work / "synthetic", args.synthetic)
-    elif args.pair:
+    pairs = []
+    if args.pair:
         from sftscope.models.loading import resolve_model
 
-        base, tuned = Path(resolve_model(args.pair[0])), Path(args.pair[1])
-    else:
-        ap.error("give --pair BASE TUNED or --synthetic N")
+        pairs.append((f"pair {args.pair[1]}", Path(resolve_model(args.pair[0])),
+                      Path(args.pair[1])))  # fmt: skip
+    if args.synthetic:
+        pairs.append((f"synthetic {args.synthetic:g}",
+                      *build_synthetic(args.work / "synthetic", args.synthetic)))  # fmt: skip
+    if not pairs:
+        ap.error("give --pair BASE TUNED and/or --synthetic N")
+    for label, base, tuned in pairs:  # one run, every pair (each method alone on the machine)
+        print(f"== {label}")
+        _bench(args, ks, base, tuned)
+
+
+def _bench(args: argparse.Namespace, ks: list[float], base: Path, tuned: Path) -> None:
     refs = [f"reference-{m}" for m in args.reference.split(",") if m and m != "none"]
     res = {m: _run(m, base, tuned, args.work / m, ks) for m in ("copy", "ours", *refs)}
-    if args.sweep:
+    sweep = args.sweep and (tuned / "tokenizer.json").exists()
+    if args.sweep and not sweep:
+        print(f"(no sweep: {tuned} has no tokenizer to evaluate with)")
+    if sweep:
         ev = {"data": args.sweep_data, "data_dir": args.sweep_data_dir,
               "limit_per_relation": args.sweep_limit}  # fmt: skip
         for m in ("sweep-written", "sweep-inplace"):
             res[m] = _run(m, base, tuned, args.work / m, ks, {"SWEEP_EVAL": json.dumps(ev)})
     for m, r in res.items():
-        print(f"{m:15s}: {r['wall']:8.1f} s  peak RSS {r['rss_gib']:6.2f} GiB")
+        print(
+            f"{m:15s}: {r['wall']:8.1f} s  peak RSS {r['rss_gib']:6.2f} GiB  "
+            f"(imports before the clock: {r['imports']:.1f} s)"
+        )
     o, cp = res["ours"], res["copy"]
     for m in refs:
         same = _identical(args.work / "ours", args.work / m, ks)
@@ -181,17 +207,20 @@ def main() -> None:
               f"{o['rss_gib'] / res[m]['rss_gib']:.2f}x; identical tensors: {same}")  # fmt: skip
     print(f"ours / copy of one checkpoint: {o['wall'] / cp['wall']:.1f}x for {len(ks)} outputs "
           f"= {o['wall'] / cp['wall'] / len(ks):.2f}x per output")  # fmt: skip
-    if args.sweep:
+    if sweep:
         w, i = res["sweep-written"], res["sweep-inplace"]
         written = args.work / "sweep-written"
         records = [p.relative_to(written) for p in sorted(written.rglob("records.jsonl"))]
         same = bool(records) and all(
             (args.work / "sweep-written" / p).read_bytes()
-            == (args.work / "sweep-inplace" / p).read_bytes() for p in records
+            == (args.work / "sweep-inplace" / p).read_bytes()
+            for p in records
         )
-        print(f"sweep of {len(ks)} k + the tuned model: written / in place = "
-              f"{w['wall'] / i['wall']:.2f}x wall, peak RSS {i['rss_gib']:.2f} vs "
-              f"{w['rss_gib']:.2f} GiB; identical eval records ({len(records)} models): {same}")
+        print(
+            f"sweep of {len(ks)} k + the tuned model: written / in place = "
+            f"{w['wall'] / i['wall']:.2f}x wall, peak RSS {i['rss_gib']:.2f} vs "
+            f"{w['rss_gib']:.2f} GiB; identical eval records ({len(records)} models): {same}"
+        )
     if not args.keep:
         for m in res:
             shutil.rmtree(args.work / m, ignore_errors=True)

@@ -76,6 +76,13 @@ def test_bf16_ties_and_other_regions(bf16_pair, tmp_path: Path, scope, strategy,
                                region=region)  # fmt: skip
 
 
+def test_k_in_any_order_and_many_ties(bf16_pair, tmp_path: Path) -> None:
+    """Outputs are built in ascending k whatever the config's order; bf16 has many ties."""
+    base, tuned = bf16_pair
+    _assert_equal_to_reference(base, tuned, tmp_path / "r", (60, 1, 99.5, 3, 50),
+                               scope="layer", strategy="bottom")  # fmt: skip
+
+
 def test_sharding_changes_nothing(pair, tmp_path: Path) -> None:
     """Positions follow natural name order, not file order: a sharded base gives the same
     selection; small output shards load with from_pretrained."""
@@ -248,8 +255,12 @@ def _sweep(base: Path, tuned: Path, out: Path, save: bool, **kw) -> dict:
 
 @pytest.mark.parametrize("which", ["pair", "bf16_pair"])
 @pytest.mark.parametrize(
-    "kw", [{"k": [3, 50]}, {"k": [10, 60], "scope": "tensor", "strategy": "random"},
-           {"layers": ["0-0", "1-1"]}],  # fmt: skip
+    "kw",
+    [
+        {"k": [3, 50]},
+        {"k": [10, 60], "scope": "tensor", "strategy": "random"},
+        {"layers": ["0-0", "1-1"]},
+    ],  # fmt: skip
 )
 def test_in_place_sweep_scores_equal_the_written_sweep(
     which: str, kw: dict, request: pytest.FixtureRequest, tmp_path: Path

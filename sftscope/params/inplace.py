@@ -3,14 +3,15 @@ model is loaded once on the evaluation device and no checkpoint is written, so a
 one model load instead of a write and a load per output.
 
 The selection is computed once, by the written path's own arithmetic: the ranking passes of
-:class:`~sftscope.params.restore.Restorer`, then one more pass (its ``region_masks``, without
-the writing) that keeps, per weight, a one-byte code: the first output, in ascending k, that
-restores it. A k sweep's selections are nested (the entries of a smaller k are the first of a
-larger one's, in the same total order of score then position), so restoring output j in place
-only copies the base values of the weights whose code is j into the model that holds output
-j - 1. Layer blocks copy whole tensors: the base ones of the block, the tuned ones of the block
-before. The restored weights equal, element for element, what the written path saves and
-loading casts (``where(mask, base, tuned)`` in the checkpoint's dtype, cast to the model's).
+:class:`~sftscope.params.restore.Restorer`, then its third pass without the writing, which
+keeps, per weight, the one-byte code of :meth:`~sftscope.params.restore.Restorer.codes`: the
+first output, in ascending k, that restores it. A k sweep's selections are nested (the entries
+of a smaller k are the first of a larger one's, in the same total order of score then
+position), so restoring output j in place only copies the base values of the weights whose
+code is j into the model that holds output j - 1. Layer blocks copy whole tensors: the base
+ones of the block, the tuned ones of the block before. The restored weights equal, element for
+element, what the written path saves and loading casts (``where(code <= j, base, tuned)`` in
+the checkpoint's dtype, cast to the model's).
 Memory: the model, one byte per region weight on the CPU, and one tensor pair at a time.
 """
 
@@ -20,11 +21,8 @@ import torch
 from tqdm.auto import tqdm
 
 from sftscope.errors import SftscopeError
-from sftscope.params.diff import natural_key
 from sftscope.params.restore import Output, Restorer
 from sftscope.params.tensors import read_tensor
-
-NONE = 255  # the code of a weight no output restores
 
 
 class InPlace:
@@ -33,11 +31,7 @@ class InPlace:
     def __init__(self, restorer: Restorer) -> None:
         self.restorer = restorer
         self.weights: dict[str, torch.Tensor] | None = None
-        outputs = restorer.outputs
-        if len(outputs) >= NONE:
-            raise SftscopeError(f"{len(outputs)} outputs: at most {NONE - 1} restore in place")
-        blocks = bool(restorer.cfg.layers)
-        self.order = outputs if blocks else sorted(outputs, key=lambda o: o.k or 0.0)
+        self.order = restorer.order
         self.rank = {o.label: j for j, o in enumerate(self.order)}
         self.codes: dict[str, torch.Tensor] = {}
         self.current = -1  # rank of the output the model holds (-1: the tuned model)
@@ -45,19 +39,11 @@ class InPlace:
     def prepare(self) -> None:
         """Pass 3 without writing: every output's statistics, and the codes of a k sweep."""
         r = self.restorer
-        for name, p, s in r._pairs("restore in place: select", device=r.device):
-            masks = r.region_masks(name, p, s)
-            if r.cfg.layers:
-                for _ in masks:  # whole tensors: nothing to keep
-                    pass
-                continue
-            code = torch.full(p.shape, NONE, dtype=torch.uint8, device=p.device)
-            for out, mask in zip(r.outputs, masks, strict=True):
-                j = self.rank[out.label]
-                code[mask & (code > j)] = j
-                if int(torch.count_nonzero(code <= j)) != int(torch.count_nonzero(mask)):
-                    raise AssertionError(f"{name}: the selections of a sweep are not nested")
-            self.codes[name] = code.cpu()
+        for name, p, s in r.pairs("restore in place: select", device=r.device):
+            code = r.codes(name, p, s)
+            if code is not None:  # (layer blocks: whole tensors, nothing to keep)
+                self.codes[name] = code.cpu()
+        r.check_counts()
 
     def attach(self, model: torch.nn.Module) -> None:
         """The loaded (fine-tuned) model whose weights ``apply`` changes."""
@@ -83,8 +69,8 @@ class InPlace:
         if r.cfg.layers:
             before = self.order[self.current].block if self.current >= 0 else None
             for name in self._each(out.label):
-                now = r._in_block(name, out.block)
-                if now != r._in_block(name, before):  # (_in_block of no block is False)
+                now = r.in_block(name, out.block)
+                if now != r.in_block(name, before):
                     self._copy(name, read_tensor(r.base if now else r.tuned, name))
         else:
             if j <= self.current:
@@ -111,10 +97,3 @@ class InPlace:
         w = self.weights[name]
         with torch.no_grad():
             w.copy_(values.to(w.device, w.dtype))
-
-    def rows(self) -> list[dict]:
-        """The per-output, per-tensor statistics in the written path's order (tensor-major)."""
-        order = {o.label: i for i, o in enumerate(self.restorer.outputs)}
-        return sorted(
-            self.restorer.rows, key=lambda row: (natural_key(row["tensor"]), order[row["output"]])
-        )

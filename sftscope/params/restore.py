@@ -33,7 +33,7 @@ import json
 import math
 import shutil
 import zlib
-from collections.abc import Hashable, Iterator
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,6 +50,7 @@ from sftscope.params.select import Cut, Ranking, Selector
 from sftscope.params.tensors import (
     Checkpoint,
     ShardWriter,
+    WriteQueue,
     check_compatible,
     iter_pairs,
     open_checkpoint,
@@ -84,6 +85,9 @@ def parse_block(text: str) -> tuple[int, int]:
     return lo, hi
 
 
+MAX_OUTPUTS = 255  # codes are uint8: 0 … m - 1, and m for "none"
+
+
 @dataclass
 class Output:
     """One restored checkpoint: a k of the sweep, or a layer block."""
@@ -115,16 +119,22 @@ class Restorer:
             self.outputs = [Output(f"layers-{a}-{b}", block=(a, b))
                             for a, b in map(parse_block, cfg.layers)]  # fmt: skip
             for out in self.outputs:
-                if not any(self._in_block(n, out.block) for n in self.names):
+                if not any(self.in_block(n, out.block) for n in self.names):
                     raise SftscopeError(f"layer block {out.label[7:]} holds no tensor of region "
                                         f"{cfg.region!r} in {base.root}")  # fmt: skip
+            self.order = list(self.outputs)
         else:
             self.outputs = [Output(f"{cfg.scope}-{cfg.strategy}-{k:g}", k=k) for k in cfg.k]
+            # Ascending k: each selection holds the one before (the first n of one total order).
+            self.order = sorted(self.outputs, key=lambda o: o.k or 0.0)
+        if len(self.order) > MAX_OUTPUTS:
+            raise SftscopeError(f"{len(self.order)} outputs: at most {MAX_OUTPUTS} in one restore")
         self.total_r = 0.0
         self.rows: list[dict[str, Any]] = []
 
     @staticmethod
-    def _in_block(name: str, block: tuple[int, int] | None) -> bool:
+    def in_block(name: str, block: tuple[int, int] | None) -> bool:
+        """Whether tensor ``name`` lies in the layer ``block`` (False for no block)."""
         layer = layer_of(name)
         return block is not None and layer is not None and block[0] <= layer <= block[1]
 
@@ -133,7 +143,9 @@ class Restorer:
             return random_scores(name, r.shape, self.cfg.seed).to(r.device)
         return r
 
-    def _pairs(self, desc: str, names=None, device: torch.device | None = None):
+    def pairs(self, desc: str, names=None, device: torch.device | None = None):
+        """(name, base, tuned) of ``names`` (default: the region, in natural order), with a
+        progress bar."""
         names = names or self.names
         return tqdm(iter_pairs(self.base, self.tuned, names, device), total=len(names),
                     desc=desc, unit="tensor", leave=False)  # fmt: skip
@@ -142,57 +154,72 @@ class Restorer:
         """Passes 1 and 2: the exact cut of every (group, k)."""
         if self.cfg.layers:
             return
-        for name, p, s in self._pairs("restore: rank", device=self.device):
+        for name, p, s in self.pairs("restore: rank", device=self.device):
             r = checked(name, relative_change(p, s))
             self.ranking.count(self.groups[name], self._scores(name, r))
         wanted = {g: {math.floor(size * k / 100) for k in self.cfg.k}
                   for g, size in self.sizes.items()}  # fmt: skip
         self.ranking.plan(wanted)
-        for name, p, s in self._pairs("restore: cut", device=self.device):
-            self.ranking.refine(self.groups[name], self._scores(name, relative_change(p, s)))
+        for name, p, s in self.pairs("restore: cut", device=self.device):
+            scores = self._scores(name, relative_change(p, s))
+            self.ranking.refine(self.groups[name], scores, tensor=name)
         cuts = self.ranking.cuts()
         for out in self.outputs:
             for g, size in self.sizes.items():
                 n = math.floor(size * out.k / 100)
                 out.cuts[g] = cuts.get((g, n), Cut(0, None, 0, None))
 
-    def _mask(self, out: Output, name: str, scores: torch.Tensor) -> torch.Tensor:
-        if out.block is not None:
-            return torch.full_like(scores, self._in_block(name, out.block), dtype=torch.bool)
-        group = self.groups[name]
-        return self.selector.mask((out.label, group), scores, out.cuts[group])
-
-    def region_masks(self, name: str, p: torch.Tensor, s: torch.Tensor) -> Iterator[torch.Tensor]:
-        """Pass 3's arithmetic for one region tensor (the pair on the compute device, tensors
-        in natural name order: the order positions count in, which the tie budgets rely on):
-        each output's mask in turn, counted into the statistics."""
+    def codes(self, name: str, p: torch.Tensor, s: torch.Tensor) -> torch.Tensor | None:
+        """Pass 3's arithmetic for one region tensor (the pair on the compute device; tensors
+        in natural name order, the order positions count in, which the tie budgets rely on):
+        per weight, the rank in ``order`` of the first output restoring it (``len(order)``:
+        none), as uint8; ``None`` for layer blocks, which restore whole tensors. Counted into every
+        output's statistics."""
         r = relative_change(p, s)
         if self.cfg.layers:  # (the ranking passes checked it otherwise)
             checked(name, r)
-        tensor_r = float(r.sum())  # fp32 per tensor, like the restored sums below
+        tensor_r = float(r.sum(dtype=torch.float64))
         self.total_r += tensor_r
-        scores = self._scores(name, r)  # once per tensor, for every output
+        numel = r.numel()
+        if self.cfg.layers:
+            for out in self.outputs:
+                inside = self.in_block(name, out.block)
+                self._account(out, name, numel, numel if inside else 0,
+                              tensor_r if inside else 0.0, tensor_r)  # fmt: skip
+            return None
+        group = self.groups[name]
+        cuts = [((o.label, group), o.cuts[group]) for o in self.order]
+        code = self.selector.codes(cuts, self._scores(name, r),
+                                   lambda value: self.ranking.holds(name, value))  # fmt: skip
+        flat, m = code.flatten(), len(self.order)
+        counts = torch.bincount(flat, minlength=m + 1).cpu()
+        sums = torch.bincount(flat, weights=r.flatten().double(), minlength=m + 1).cpu()
+        n, restored = counts[:m].cumsum(0), sums[:m].cumsum(0)
+        for j, out in enumerate(self.order):
+            self._account(out, name, numel, int(n[j]), float(restored[j]), tensor_r)
+        return code
+
+    def check_counts(self) -> None:
+        """Every output restored exactly the weights its cuts select (an internal check)."""
         for out in self.outputs:
-            mask = self._mask(out, name, scores)
-            self._account(out, name, r, mask, tensor_r)
-            yield mask
+            if out.k is not None and out.count != sum(c.n for c in out.cuts.values()):
+                raise AssertionError(f"{out.label}: {out.count} weights restored, the cuts "
+                                     f"select {sum(c.n for c in out.cuts.values())}")  # fmt: skip
 
     def write(self, staging: Path) -> None:
-        """Pass 3: every output checkpoint, tensor by tensor, in natural name order."""
+        """Pass 3: every output checkpoint, tensor by tensor, in natural name order. A k sweep
+        writes its outputs in ascending k, each one the previous with its own weights added."""
         plan = sorted(plan_of(self.base), key=lambda e: natural_key(e[0]))
         writers = [ShardWriter(staging / o.label, plan, self.cfg.max_shard_bytes)
-                   for o in self.outputs]  # fmt: skip
+                   for o in self.order]  # fmt: skip
         region = set(self.names)
         try:
-            for name, p, s in self._pairs("restore: write", [e[0] for e in plan]):
-                if name not in region:
-                    for w in writers:
-                        w.add(name, s)
-                    continue
-                p, s = p.to(self.device), s.to(self.device)  # (the writers copy back)
-                masks = self.region_masks(name, p, s)
-                for mask, w in zip(masks, writers, strict=True):
-                    w.add(name, torch.where(mask, p, s))
+            with WriteQueue() as queue:
+                for name, p, s in self.pairs("restore: write", [e[0] for e in plan]):
+                    for w, tensor in zip(writers, self._restored(name, p, s, region), strict=True):
+                        queue.add(w, name, tensor)
+                queue.drain()
+            self.check_counts()
             for w in writers:
                 w.close(side_files_from=(self.tuned.root, self.base.root))
         except BaseException:
@@ -200,22 +227,40 @@ class Restorer:
                 w.abort()
             raise
 
-    def _account(self, out: Output, name: str, r: torch.Tensor, mask: torch.Tensor,
+    def _restored(self, name: str, p: torch.Tensor, s: torch.Tensor, region: set[str]):
+        """Tensor ``name`` of every output, in ``order``."""
+        if name not in region:
+            yield from (s for _ in self.order)
+            return
+        p, s = p.to(self.device), s.to(self.device)  # (the writers copy back)
+        code = self.codes(name, p, s)
+        if code is None:  # layer blocks: whole tensors
+            yield from (p if self.in_block(name, out.block) else s for out in self.order)
+            return
+        restored = s
+        for j in range(len(self.order)):  # each output: the one before, plus its own weights
+            restored = torch.where(code == j, p, restored)
+            yield restored
+
+    def _account(self, out: Output, name: str, numel: int, n: int, restored_r: float,
                  tensor_r: float) -> None:  # fmt: skip
-        n = int(torch.count_nonzero(mask))  # (several times faster than mask.sum() on CPU)
-        restored_r = float(torch.dot(r.flatten(), mask.flatten().to(r.dtype))) if n else 0.0
         out.count += n
         out.sum_r += restored_r
         self.rows.append({"output": out.label, "tensor": name, "layer": layer_of(name),
-                          "numel": r.numel(), "restored": n, "restored_pct": 100 * n / r.numel(),
+                          "numel": numel, "restored": n, "restored_pct": 100 * n / numel,
                           "sum_r": tensor_r, "restored_sum_r": restored_r})  # fmt: skip
+
+    def stats_rows(self) -> list[dict[str, Any]]:
+        """``restore_stats.tsv``'s rows: tensor-major, outputs in the config's order."""
+        order = {o.label: i for i, o in enumerate(self.outputs)}
+        return sorted(self.rows, key=lambda row: (natural_key(row["tensor"]), order[row["output"]]))
 
     def selection(self) -> dict[str, Any]:
         outputs = []
         for o in self.outputs:
             entry: dict[str, Any] = {"label": o.label, "k": o.k, "block": o.block,
                                      "count": o.count, "sum_r": o.sum_r,
-                                     # (fp32 sums per tensor: clamp the rounding above 1)
+                                     # (fp64 sums per tensor: clamp any rounding above 1)
                                      "share_of_r": min(1.0, o.sum_r / self.total_r)
                                      if self.total_r else 0.0,
                                      "mean_r": o.sum_r / o.count if o.count else None}  # fmt: skip
@@ -258,14 +303,13 @@ def prepare_restore(cfg: RestoreConfig) -> tuple[Checkpoint, Checkpoint, torch.d
 
 
 def write_selection(
-    cfg: RestoreConfig, restorer: Restorer, rows: list[dict[str, Any]],
-    folder: Path | None = None, in_place: bool = False,
-) -> dict[str, Any]:  # fmt: skip
+    cfg: RestoreConfig, restorer: Restorer, folder: Path | None = None, in_place: bool = False
+) -> dict[str, Any]:
     """``selection.json``, ``restore_stats.tsv`` and ``restore.yaml`` into ``folder`` (default
     ``OUT``); ``in_place``: the outputs were evaluated in memory, no checkpoint was written."""
     folder = Path(folder or cfg.out)
     selection = {**restorer.selection(), "in_place": in_place}
-    atomic_write_text(folder / "restore_stats.tsv", tsv_text(STATS_COLUMNS, rows))
+    atomic_write_text(folder / "restore_stats.tsv", tsv_text(STATS_COLUMNS, restorer.stats_rows()))
     atomic_write_text(folder / "restore.yaml",
                       yaml.safe_dump(restore_settings(cfg), sort_keys=False))  # fmt: skip
     atomic_write_json(folder / "selection.json", selection)
@@ -291,7 +335,7 @@ def run_restore(cfg: RestoreConfig) -> dict[str, Any]:
     try:
         restorer.select()
         restorer.write(staging)
-        selection = write_selection(cfg, restorer, restorer.rows, staging)
+        selection = write_selection(cfg, restorer, staging)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -22,9 +22,10 @@ device; only the optional fp64 sums may differ in their last bits (GPU atomics a
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 SHIFT = 16
@@ -33,7 +34,7 @@ NSUB = 1 << SHIFT
 
 
 def _bits(scores: torch.Tensor) -> torch.Tensor:
-    return scores.contiguous().view(torch.int32).flatten().long()
+    return scores.contiguous().view(torch.int32).flatten()  # (int32: bincount takes it as is)
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,7 @@ class Ranking:
         self._bin_of: dict[tuple[Hashable, int], int] = {}  # (group, n) -> bin holding the n-th
         self._sub: dict[tuple[Hashable, int], torch.Tensor] = {}  # (group, bin) -> value counts
         self._sub_sums: dict[tuple[Hashable, int], torch.Tensor] = {}
+        self._present: dict[tuple[Hashable, int], np.ndarray] = {}  # (tensor, bin) -> bits
 
     def size(self, group: Hashable) -> int:
         return int(self.counts[group].sum())
@@ -96,24 +98,38 @@ class Ranking:
                             (group, b), torch.zeros(NSUB, dtype=torch.float64)
                         )
 
-    def refine(self, group: Hashable, scores: torch.Tensor) -> None:
-        """Count, per distinct value, this tensor's entries inside the planned bins."""
+    def refine(self, group: Hashable, scores: torch.Tensor, tensor: Hashable = None) -> None:
+        """Count, per distinct value, this tensor's entries inside the planned bins; with a
+        ``tensor`` name, also keep which values it holds there (8 KiB per tensor and bin), so
+        :meth:`holds` can tell later whether it holds a cut's value."""
         needed = [b for (g, b) in self._sub if g == group]
         if not needed:
             return
         bits = _bits(scores)
         hi = bits >> SHIFT
-        inside = torch.isin(hi, torch.tensor(needed, device=hi.device)).nonzero().flatten()
+        wanted = torch.tensor(needed, dtype=hi.dtype, device=hi.device)
+        inside = torch.isin(hi, wanted).nonzero().flatten()
         if not inside.numel():
             return
         hi_in, lo_in = hi[inside], bits[inside] & (NSUB - 1)
         values = scores.flatten()[inside].double() if self.keep_sums else None
         for b in needed:
             at = hi_in == b
-            self._sub[(group, b)] += torch.bincount(lo_in[at], minlength=NSUB).cpu()
+            counts = torch.bincount(lo_in[at], minlength=NSUB).cpu()
+            self._sub[(group, b)] += counts
+            if tensor is not None and bool(counts.any()):
+                self._present[(tensor, b)] = np.packbits(counts.numpy() > 0)
             if values is not None:
                 self._sub_sums[(group, b)] += torch.bincount(lo_in[at], weights=values[at],
                                                              minlength=NSUB).cpu()  # fmt: skip
+
+    def holds(self, tensor: Hashable, value: float) -> bool:
+        """Whether ``tensor`` (refined under that name) holds an entry equal to ``value``, the
+        value of one of the planned cuts."""
+        bits = int(torch.tensor([value], dtype=torch.float32).view(torch.int32))
+        packed = self._present.get((tensor, bits >> SHIFT))
+        lo = bits & (NSUB - 1)
+        return packed is not None and bool((packed[lo >> 3] >> (7 - (lo & 7))) & 1)
 
     def cuts(self) -> dict[tuple[Hashable, int], Cut]:
         """The cut of every planned (group, n)."""
@@ -145,17 +161,33 @@ class Selector:
         self.descending = descending
         self.ties_left: dict[Hashable, int] = {}
 
-    def mask(self, key: Hashable, scores: torch.Tensor, cut: Cut) -> torch.Tensor:
-        """Boolean mask (scores' shape) of the entries ``cut`` selects; ``key`` names the
-        (selection, group) whose tie budget this tensor draws on."""
-        if cut.n == 0:
-            return torch.zeros_like(scores, dtype=torch.bool)
+    def codes(self, cuts: Sequence[tuple[Hashable, Cut]], scores: torch.Tensor,
+              holds: Callable[[float], bool] | None = None) -> torch.Tensor:  # fmt: skip
+        """Per entry of ``scores``, the index in ``cuts`` of the first cut selecting it, as
+        uint8 (``len(cuts)``: none). ``cuts`` are ``(key, cut)`` of one group in ascending
+        ``n``: each selection is the first ``n`` of one order (score, then position), so each
+        holds the one before, and one code per entry says which selections take it. ``key``
+        names the tie budget this tensor draws on; ``holds(value)`` may say that the tensor
+        has no entry equal to a cut's value, which saves looking for one.
+
+        The cuts an entry is not strictly beyond form a prefix, so counting them gives the
+        code: one comparison per cut. Entries equal to a cut's value are then taken first-come
+        while the cut's ties last (in position order, across the group's tensors)."""
         flat = scores.flatten()
-        value = torch.tensor(cut.value, dtype=flat.dtype, device=flat.device)
-        sel = flat > value if self.descending else flat < value
-        left = self.ties_left.setdefault(key, cut.ties)
-        if left:
-            ties = (flat == value).nonzero().flatten()[:left]
-            sel[ties] = True
-            self.ties_left[key] = left - ties.numel()
-        return sel.view(scores.shape)
+        code = torch.zeros(flat.shape, dtype=torch.uint8, device=flat.device)
+        short = torch.empty(flat.shape, dtype=torch.bool, device=flat.device)
+        for _, cut in cuts:
+            if not cut.n:  # takes nothing
+                code.add_(1)
+                continue
+            (torch.le if self.descending else torch.ge)(flat, cut.value, out=short)
+            code.add_(short)
+        for j, (key, cut) in enumerate(cuts):
+            left = self.ties_left.setdefault(key, cut.ties)
+            if not left or (holds is not None and not holds(cut.value)):
+                continue
+            if bool(torch.eq(flat, cut.value, out=short).any()):
+                ties = short.nonzero().flatten()[:left]
+                code[ties] = torch.clamp(code[ties], max=j)
+                self.ties_left[key] = left - ties.numel()
+        return code.view(scores.shape)

@@ -136,8 +136,12 @@ def _in_place_rows(cfg: RestoreConfig, tuned_eval: Path | None) -> list[dict[str
     out, rows = Path(cfg.out), {}
     for label, k, output in [(TUNED, 0.0, None)] + [(o.label, o.k, o) for o in inplace.order]:
         splits = _splits(cfg)
-        due = [sp for sp in splits if not (_eval_dir(cfg, label, sp) / "summary.json").exists()
-               and not (label == TUNED and sp == ev.split and tuned_eval is not None)]
+        due = [
+            sp
+            for sp in splits
+            if not (_eval_dir(cfg, label, sp) / "summary.json").exists()
+            and not (label == TUNED and sp == ev.split and tuned_eval is not None)
+        ]
         if due and engine is None:
             engine = _load_engine(cfg)
             inplace.attach(engine.model)
@@ -148,7 +152,7 @@ def _in_place_rows(cfg: RestoreConfig, tuned_eval: Path | None) -> list[dict[str
             reuse = tuned_eval if label == TUNED and split == ev.split else None
             scores[split] = _evaluate(cfg, label, out / label, split, reuse, engine)
         rows[label] = _row(cfg, label, k, scores)
-    write_selection(cfg, restorer, inplace.rows(), in_place=True)
+    write_selection(cfg, restorer, in_place=True)
     return [rows[TUNED]] + [rows[o.label] for o in restorer.outputs]
 
 
@@ -172,8 +176,10 @@ def run_sweep(cfg: RestoreConfig, tuned_eval: Path | None = None) -> dict[str, A
     check_engine(cfg.engine)
     written = cfg.save or one_model_per_process(cfg.engine)
     if written and not cfg.save:
-        say_once(f"restore: {cfg.engine} cannot evaluate weights restored in place; each "
-                 "restored model is written, evaluated in its own process, then deleted")
+        say_once(
+            f"restore: {cfg.engine} cannot evaluate weights restored in place; each "
+            "restored model is written, evaluated in its own process, then deleted"
+        )
     rows = _written_rows(cfg, tuned_eval) if written else _in_place_rows(cfg, tuned_eval)
     result: dict[str, Any] = {"split": ev.split, "engine": cfg.engine, "rows": rows}
     if ev.pick_on:

@@ -13,7 +13,9 @@ import json
 import os
 import shutil
 import tempfile
+from collections import deque
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -249,6 +251,43 @@ class ShardWriter:
         if self._file is not None:
             self._file.close()
         shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+class WriteQueue:
+    """:meth:`ShardWriter.add` calls run in order on one background thread. The file writes
+    release the GIL, so the next tensor's arithmetic overlaps them; at most ``max_bytes`` of
+    tensors wait (at least one). An error of a write is raised by the next call after it."""
+
+    def __init__(self, max_bytes: int = 512 * 2**20) -> None:
+        self.max_bytes = max_bytes
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="sftscope-write")
+        self.pending: deque[tuple[Future, int]] = deque()
+        self.bytes = 0
+
+    def add(self, writer: ShardWriter, name: str, tensor: torch.Tensor) -> None:
+        n = tensor.numel() * tensor.element_size()
+        while self.pending and self.bytes + n > self.max_bytes:
+            self._wait_one()
+        self.pending.append((self.pool.submit(writer.add, name, tensor), n))
+        self.bytes += n
+
+    def _wait_one(self) -> None:
+        future, n = self.pending.popleft()
+        self.bytes -= n
+        future.result()
+
+    def drain(self) -> None:
+        """Wait for every queued write."""
+        while self.pending:
+            self._wait_one()
+
+    def __enter__(self) -> WriteQueue:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for future, _ in self.pending:
+            future.cancel()
+        self.pool.shutdown(wait=True)
 
 
 def cast_checkpoint(
