@@ -258,7 +258,7 @@ class WriteQueue:
     release the GIL, so the next tensor's arithmetic overlaps them; at most ``max_bytes`` of
     tensors wait (at least one). An error of a write is raised by the next call after it."""
 
-    def __init__(self, max_bytes: int = 512 * 2**20) -> None:
+    def __init__(self, max_bytes: int = 128 * 2**20) -> None:
         self.max_bytes = max_bytes
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="sftscope-write")
         self.pending: deque[tuple[Future, int]] = deque()
