@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
 from conftest import EQ_FIXTURE, grid_yaml
 from typer.testing import CliRunner
 
@@ -124,6 +125,40 @@ def test_findings_verdicts_follow_the_intervals() -> None:
     assert lowest_layers_critical(params)["verdict"] == "not reproduced"
     blocks[2]["in_domain"], blocks[1]["in_domain"] = 0.50, 0.48  # lowest worst, but small
     assert lowest_layers_critical(params)["verdict"] == "inconclusive"
+
+
+def test_each_verdict_says_what_it_rests_on() -> None:
+    """Seeds, items and the smallest detectable difference beside each finding (issue 20)."""
+    from sftscope.report.findings import basis_text, binomial_mde, findings
+
+    groups = [_g("2", "60", 0.50, 0.02, 3), _g("2", "240", 0.60, 0.01, 3),
+              _g("4", "60", 0.55, None, 1)]  # fmt: skip
+    params = {
+        "c": {
+            "concentration": [{"k": 1, "share": 0.7}],
+            "sweep": {
+                "rows": [
+                    {"label": "tuned", "k": 0, "in_domain": 0.5},
+                    {"label": "global-top-5", "k": 5, "in_domain": 0.52},
+                ]
+            },
+        }
+    }
+    data = {"groups": groups, "params": params, "base": {"in_domain_n": 100}}
+    peak, level, top1, helps, *_ = findings(data)
+    # Welch df 2.94 -> the df-2 quantile 4.303: 4.303 * sqrt(0.02^2/3 + 0.01^2/3) = 0.0556
+    assert peak["basis"]["seeds"] == 3 and peak["basis"]["items"] == 100
+    assert peak["basis"]["detectable"] == pytest.approx(0.0556, abs=5e-4)
+    assert basis_text(peak["basis"]).startswith("3 seeds × 100 test items; detectable ≥ 5.6 points")
+    assert level["basis"]["seeds"] == 1 and level["basis"]["detectable"] is None  # one-seed side
+    assert "no interval" in basis_text(level["basis"])
+    assert top1["basis"]["detectable"] is None and "exact" in basis_text(top1["basis"])
+    # one model per k: 1.96 * sqrt(2 * 0.25 / 100) = 0.139
+    assert helps["basis"]["detectable"] == pytest.approx(0.1386, abs=1e-3)
+    assert binomial_mde(0.5, 100) == pytest.approx(0.1386, abs=1e-3)
+    assert binomial_mde(None, 100) is None and binomial_mde(0.5, 0) is None
+    empty = findings({"groups": [], "params": {}, "base": None})
+    assert all(basis_text(f["basis"]) for f in empty)
 
 
 def test_demo_runs_the_grid_then_the_report(tiny_model_dir: Path, tmp_path: Path) -> None:

@@ -5,6 +5,11 @@ Differences between grid cells use the seeds: a difference of means is called re
 95 % interval (Welch's t, sd from the seeds) excludes 0; with one seed there is no
 interval and the verdict is inconclusive. Restore-sweep and concentration numbers come from one
 model each, so they are judged against stated margins instead.
+
+Each verdict also says what it rests on (``basis``): seeds per compared group, test items per
+evaluation, and the smallest difference the run could have detected — the narrowest 95 %
+interval half-width among its seed comparisons, or, for one model, a 95 % binomial bound on a
+difference between two accuracies over the same number of items (pessimistic for paired items).
 """
 
 from __future__ import annotations
@@ -41,6 +46,18 @@ def diff_ci(a: dict[str, Any], b: dict[str, Any]) -> tuple[float, float | None]:
     return d, t975(df) * math.sqrt(va + vb)
 
 
+def binomial_mde(p: float | None, n: int) -> float | None:
+    """Smallest difference between two accuracies near ``p`` on ``n`` items each that a 95 %
+    test could tell from 0 (unpaired, so an upper bound for the same items)."""
+    if p is None or not n:
+        return None
+    return 1.96 * math.sqrt(2 * max(p * (1 - p), 1 / (4 * n)) / n)
+
+
+def _basis(seeds: int | None, items: int | None, mde: float | None, how: str) -> dict[str, Any]:
+    return {"seeds": seeds, "items": items, "detectable": mde, "how": how}
+
+
 def _pts(d: float, half: float | None) -> str:
     d += 0.0  # no "-0.0"
     return f"{100 * d:+.1f}" + ("" if half is None else f" ± {100 * half:.1f}") + " points"
@@ -57,11 +74,20 @@ def _sizes(groups: list[dict[str, Any]]) -> list[str]:
     return list(dict.fromkeys(g["size"] for g in groups))
 
 
-def peak_at_small_size(groups: list[dict[str, Any]]) -> dict[str, Any]:
+def _group_basis(compared: list[tuple[dict, dict]], half: list[float | None],
+                 items: int | None) -> dict[str, Any]:  # fmt: skip
+    seeds = min((min(a["n"], b["n"]) for a, b in compared), default=None)
+    widths = [h for h in half if h is not None]
+    how = ("the narrowest 95 % interval half-width among the comparisons" if widths
+           else "no interval: a side has fewer than two seeds")  # fmt: skip
+    return _basis(seeds, items, min(widths) if widths else None, how)
+
+
+def peak_at_small_size(groups: list[dict[str, Any]], items: int | None = None) -> dict[str, Any]:
     """PAPER.md §5.1: accuracy peaks at a small training size and falls with more data."""
     claim = "accuracy peaks at a small training-set size and falls with more data"
     test = "per training level: best size vs the largest size (ID mean of levels), 95 % interval"
-    lines, signs = [], []
+    lines, signs, compared, halves = [], [], [], []
     for level in dict.fromkeys(g["level"] for g in groups):
         own = [g for g in groups if g["level"] == level and g["in_domain_mean"]["mean"] is not None]
         if len(own) < 2:
@@ -69,23 +95,27 @@ def peak_at_small_size(groups: list[dict[str, Any]]) -> dict[str, Any]:
         best = max(own, key=lambda g: g["in_domain_mean"]["mean"])
         last = own[-1]
         if best is last:  # rising: is the largest size better than the smallest?
-            d, half = diff_ci(last["in_domain_mean"], own[0]["in_domain_mean"])
+            pair = (last["in_domain_mean"], own[0]["in_domain_mean"])
+            d, half = diff_ci(*pair)
             signs.append(-_sign(d, half))
             lines.append(f"level {level}: largest size {last['size']} is best, "
                          f"{_pts(d, half)} over size {own[0]['size']}")  # fmt: skip
         else:
-            d, half = diff_ci(best["in_domain_mean"], last["in_domain_mean"])
+            pair = (best["in_domain_mean"], last["in_domain_mean"])
+            d, half = diff_ci(*pair)
             signs.append(_sign(d, half))
             lines.append(f"level {level}: peak at size {best['size']}, {_pts(d, half)} over "
                          f"size {last['size']}")  # fmt: skip
-    return _verdict(claim, test, lines, signs)
+        compared.append(pair)
+        halves.append(half)
+    return _verdict(claim, test, lines, signs, basis=_group_basis(compared, halves, items))
 
 
-def level_moves_accuracy(groups: list[dict[str, Any]]) -> dict[str, Any]:
+def level_moves_accuracy(groups: list[dict[str, Any]], items: int | None = None) -> dict[str, Any]:
     """PAPER.md §5.1: at a fixed size, which mastery level is trained on changes accuracy."""
     claim = "the training data's mastery level changes accuracy at a fixed size"
     test = "per size: best vs worst training level (ID mean of levels), 95 % interval"
-    lines, signs = [], []
+    lines, signs, compared, halves = [], [], [], []
     for size in _sizes(groups):
         own = [g for g in groups if g["size"] == size and g["in_domain_mean"]["mean"] is not None]
         if len(own) < 2:
@@ -95,7 +125,10 @@ def level_moves_accuracy(groups: list[dict[str, Any]]) -> dict[str, Any]:
         d, half = diff_ci(hi["in_domain_mean"], lo["in_domain_mean"])
         signs.append(_sign(d, half))
         lines.append(f"size {size}: level {hi['level']} vs level {lo['level']} {_pts(d, half)}")
-    return _verdict(claim, test, lines, [s if s > 0 else 0 for s in signs], any_positive=True)
+        compared.append((hi["in_domain_mean"], lo["in_domain_mean"]))
+        halves.append(half)
+    return _verdict(claim, test, lines, [s if s > 0 else 0 for s in signs], any_positive=True,
+                    basis=_group_basis(compared, halves, items))  # fmt: skip
 
 
 def top1_holds_most(params: dict[str, Any]) -> dict[str, Any]:
@@ -123,7 +156,8 @@ def top1_holds_most(params: dict[str, Any]) -> dict[str, Any]:
         if share is not None:
             signs.append(1 if share >= TOP1_SHARE else -1)
             lines.append(f"{cell}: {100 * share:.1f} %{note} (paper, LLaMA-3-8B: ~71 %)")
-    return _verdict(claim, test, lines, signs)
+    basis = _basis(1, None, None, "exact: every weight of the region counted, one model a cell")
+    return _verdict(claim, test, lines, signs, basis=basis)
 
 
 def _sweep_rows(params: dict[str, Any]):
@@ -135,7 +169,15 @@ def _sweep_rows(params: dict[str, Any]):
             yield cell, base, [r for r in rows if r["k"] > 0]
 
 
-def restoration_helps(params: dict[str, Any]) -> dict[str, Any]:
+def _sweep_basis(params: dict[str, Any], items: int | None, key: str = "sweep") -> dict[str, Any]:
+    tuned = [r["in_domain"] for entry in params.values()
+             for r in entry.get(key, {}).get("rows", []) if r["k"] == 0]  # fmt: skip
+    mde = binomial_mde(tuned[0], items) if tuned and items else None
+    return _basis(1, items, mde, "one model per k: 95 % binomial bound on a difference of "
+                                 "two accuracies over these items")  # fmt: skip
+
+
+def restoration_helps(params: dict[str, Any], items: int | None = None) -> dict[str, Any]:
     """PAPER.md §7.3: restoring a few most-changed weights improves the fine-tuned model."""
     claim = "restoring the most-changed weights (k ≤ 20 %) improves accuracy"
     test = f"best k ≤ 20 % vs unrestored (test ID accuracy): ≥ +{100 * RESTORE_GAIN:.0f} point"
@@ -148,10 +190,11 @@ def restoration_helps(params: dict[str, Any]) -> dict[str, Any]:
         d = best["in_domain"] - base["in_domain"]
         signs.append(1 if d >= RESTORE_GAIN else -1 if d <= 0 else 0)
         lines.append(f"{cell}: k = {best['k']:g} % {100 * d:+.1f} points")
-    return _verdict(claim, test, lines, signs)
+    return _verdict(claim, test, lines, signs, basis=_sweep_basis(params, items))
 
 
-def heavy_restoration_collapses(params: dict[str, Any]) -> dict[str, Any]:
+def heavy_restoration_collapses(params: dict[str, Any], items: int | None = None
+                                ) -> dict[str, Any]:  # fmt: skip
     """PAPER.md §7.3: restoring a large share of weights undoes the fine-tuning."""
     claim = "restoring a large share (k ≥ 40 %) of weights collapses accuracy"
     test = f"largest k ≥ 40 % vs unrestored (test ID accuracy): ≤ −{100 * COLLAPSE_DROP:.0f} points"
@@ -164,10 +207,10 @@ def heavy_restoration_collapses(params: dict[str, Any]) -> dict[str, Any]:
         d = r["in_domain"] - base["in_domain"]
         signs.append(1 if d <= -COLLAPSE_DROP else -1 if d >= 0 else 0)
         lines.append(f"{cell}: k = {r['k']:g} % {100 * d:+.1f} points")
-    return _verdict(claim, test, lines, signs)
+    return _verdict(claim, test, lines, signs, basis=_sweep_basis(params, items))
 
 
-def lowest_layers_critical(params: dict[str, Any]) -> dict[str, Any]:
+def lowest_layers_critical(params: dict[str, Any], items: int | None = None) -> dict[str, Any]:
     """PAPER.md §7.5 (Table 11): restoring the lowest layers is the most harmful."""
     claim = "restoring the lowest layer block hurts most (lower layers are the most critical)"
     test = (f"the block holding layer 0 loses the most test ID accuracy, ≥ "
@@ -192,11 +235,12 @@ def lowest_layers_critical(params: dict[str, Any]) -> dict[str, Any]:
             signs.append(-1)
         else:
             signs.append(1 if drops[low] >= COLLAPSE_DROP else 0)
-    return _verdict(claim, test, lines, signs)
+    return _verdict(claim, test, lines, signs, basis=_sweep_basis(params, items, "blocks"))
 
 
 def _verdict(claim: str, test: str, lines: list[str], signs: list[int],
-             any_positive: bool = False) -> dict[str, Any]:  # fmt: skip
+             any_positive: bool = False, basis: dict[str, Any] | None = None
+             ) -> dict[str, Any]:  # fmt: skip
     """All evidence for (or any, with any_positive) → reproduced; all against → not; else
     inconclusive (also when the run has nothing to test it with)."""
     if not signs:
@@ -207,11 +251,28 @@ def _verdict(claim: str, test: str, lines: list[str], signs: list[int],
         verdict = NOT
     else:
         verdict = INCONCLUSIVE
-    return {"claim": claim, "verdict": verdict, "test": test, "evidence": lines}
+    return {"claim": claim, "verdict": verdict, "test": test, "evidence": lines,
+            "basis": basis or _basis(None, None, None, "")}  # fmt: skip
+
+
+def basis_text(basis: dict[str, Any]) -> str:
+    """One line for the report: what a verdict rests on."""
+    parts = []
+    if basis.get("seeds") is not None:
+        parts.append(f"{basis['seeds']} seed{'s' if basis['seeds'] != 1 else ''}")
+    if basis.get("items"):
+        parts.append(f"{basis['items']} test items")
+    head = " × ".join(parts) or "no data"
+    if basis.get("detectable") is not None:
+        return f"{head}; detectable ≥ {100 * basis['detectable']:.1f} points ({basis['how']})"
+    return f"{head}; {basis['how']}" if basis.get("how") else head
 
 
 def findings(data: dict[str, Any]) -> list[dict[str, Any]]:
     g, p = data["groups"], data["params"]
-    return [peak_at_small_size(g), level_moves_accuracy(g), top1_holds_most(p),
-            restoration_helps(p), heavy_restoration_collapses(p),
-            lowest_layers_critical(p)]  # fmt: skip
+    base = data.get("base") or {}
+    items = base.get("in_domain_n") or next((c.get("in_domain_n") for c in data.get("cells", [])
+                                             if c.get("in_domain_n")), None)  # fmt: skip
+    return [peak_at_small_size(g, items), level_moves_accuracy(g, items), top1_holds_most(p),
+            restoration_helps(p, items), heavy_restoration_collapses(p, items),
+            lowest_layers_critical(p, items)]  # fmt: skip
