@@ -1,0 +1,284 @@
+"""What the composite commands share (the grid, :mod:`sftscope.experiment`, and the audit of a
+base/tuned pair, :mod:`sftscope.audit`): building the typed stage specs, and running a plan of
+them in waves with an executor (:mod:`sftscope.executors`).
+
+The builders turn settings sections (``ProbeSettings``, ``EvalSettings``, ...) into
+:class:`~sftscope.stages.Stage` s with chained fingerprints; ``run`` is the run's config (a
+``GridConfig`` or ``AuditConfig``), which gives every stage its data, device and engine. A
+:class:`Plan` runs its probes first (each split into shards of chunks over the workers), then
+the stages the driver does itself (cheap: the grid's subsets), then its other jobs, rewriting
+``manifest.json`` after each.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from sftscope.claims import Claim
+from sftscope.config import (
+    DiffConfig,
+    EvalConfig,
+    EvalSettings,
+    KLConfig,
+    KLSettings,
+    ProbeConfig,
+    ProbeSettings,
+    RestoreConfig,
+    RestoreEval,
+    RestoreSettings,
+    result_fields,
+)
+from sftscope.data.schema import QAItem
+from sftscope.errors import SftscopeError
+from sftscope.layout import RunLayout
+from sftscope.models.factory import check_engine
+from sftscope.stages import Job, Stage, fingerprint
+
+log = logging.getLogger(__name__)
+
+
+def spec(key: str, kind: str, cfg, fp: str, **kw) -> Stage:
+    return Stage(key=key, kind=kind, config=cfg.model_dump(mode="json"), output=cfg.out,
+                 fingerprint=fp, **kw)  # fmt: skip
+
+
+def _run_fields(run) -> dict[str, Any]:
+    """What every model stage takes from the run: the data, where and on what it runs."""
+    return {"data": run.data, "data_dir": run.data_dir, "device": run.device,
+            "engine": run.engine, "vllm": run.vllm,
+            "trust_remote_code": run.trust_remote_code}  # fmt: skip
+
+
+def _section(settings, cls) -> dict[str, Any]:
+    """The fields of ``cls`` in ``settings`` (an instance of a subclass with more fields)."""
+    return settings.model_dump(include=set(cls.model_fields))
+
+
+def probe_stage(
+    key: str, run, settings: ProbeSettings, model: str, split: str, relations, limit, out: Path,
+    upstream: str,
+) -> Stage:  # fmt: skip
+    """A probe of ``model`` on one split; its fingerprint chains ``upstream`` (the model's)."""
+    from sftscope.probe import load_thresholds
+
+    pcfg = ProbeConfig(**settings.model_dump(), model=model, split=split, relations=relations,
+                       limit_per_relation=limit, out=out, **_run_fields(run))  # fmt: skip
+    fields = result_fields(pcfg, exclude={"model"})
+    if pcfg.calibration is not None:  # the thresholds in the file, not just its path
+        fields["calibrated_thresholds"] = list(load_thresholds(pcfg))
+    return spec(key, "probe", pcfg, fingerprint("probe", fields, upstream), keep_partial=True)
+
+
+def eval_stage(
+    key: str, run, settings: EvalSettings, model: str, prompt: str, probe: Stage, out: Path,
+    upstream: str, relations=None,
+) -> Stage:  # fmt: skip
+    """CBQA of ``model`` on the probed split, per mastery level of ``probe``."""
+    ecfg = EvalConfig(**_section(settings, EvalSettings), model=model, relations=relations,
+                      prompt=prompt, mastery=probe.output, out=out, **_run_fields(run))  # fmt: skip
+    if prompt == "sft":
+        ecfg = ecfg.model_copy(update={"n_shots": 0})
+    fp = fingerprint("eval", result_fields(ecfg, exclude={"model", "mastery"}), upstream,
+                     probe.fingerprint)  # fmt: skip
+    return spec(key, "eval", ecfg, fp)
+
+
+def kl_stage(
+    key: str, run, settings: KLSettings, base: str, tuned: str, split: str, limit, probe: Stage,
+    templates_file, out: Path, upstream: str, base_fp: str, relations=None,
+) -> Stage:  # fmt: skip
+    """The token-level KL of ``tuned`` from ``base`` on the facts ``probe`` leveled; the
+    fingerprint hashes ``settings`` as given (a section with more fields: all of them)."""
+    kcfg = KLConfig(**_section(settings, KLSettings), base=base, tuned=tuned, split=split,
+                    relations=relations, limit_per_relation=limit, probe=probe.output,
+                    templates_file=templates_file, out=out, **_run_fields(run))  # fmt: skip
+    fp = fingerprint("kl", result_fields(settings), upstream, probe.fingerprint, base_fp)
+    return spec(key, "kl", kcfg, fp, marker_file=kcfg.out.with_suffix(".stage.json"))
+
+
+def diff_stage(key: str, base: str, tuned: Path, region: str, compute_device: str, out: Path,
+               upstream: str, base_fp: str) -> Stage:  # fmt: skip
+    dcfg = DiffConfig(base=base, tuned=tuned, region=region, compute_device=compute_device,
+                      out=out)  # fmt: skip
+    return spec(key, "diff", dcfg, fingerprint("diff", region, upstream, base_fp))
+
+
+def restore_stage(
+    key: str, run, params: RestoreSettings, base: str, tuned: Path, ev: EvalSettings,
+    probe: Stage, out: Path, upstream: str, blocks: bool = False, relations=None,
+    inputs: dict[str, Path] | None = None,
+) -> Stage:  # fmt: skip
+    """The k sweep of ``params`` (or, with ``blocks``, its layer blocks restored entirely),
+    every restored model evaluated like ``ev`` says (and picked on dev with ``params.pick_on``);
+    ``inputs["tuned_eval"]``: the unrestored model's evaluation with those settings, reused."""
+    settings = params.model_dump(include=set(RestoreSettings.model_fields) | {"compute_device"},
+                                 exclude={"layers"})  # fmt: skip
+    fields = _run_fields(run)
+    data = {k: fields.pop(k) for k in ("data", "data_dir")}
+    rcfg = RestoreConfig(
+        **settings, layers=params.layers if blocks else None, base=base, tuned=tuned, out=out,
+        eval=RestoreEval(**_section(ev, EvalSettings), **data, relations=relations,
+                         mastery=probe.output, pick_on=getattr(params, "pick_on", None),
+                         keep_models=run.keep_models),
+        **fields,
+    )  # fmt: skip
+    fp = fingerprint("restore", result_fields(rcfg, exclude={"tuned", "eval"}),
+                     result_fields(rcfg.eval, exclude={"mastery"}), upstream,
+                     probe.fingerprint)  # fmt: skip
+    return spec(key, "restore", rcfg, fp, inputs=inputs or {})
+
+
+def probe_chunks(items: Sequence[QAItem], settings: ProbeSettings) -> int:
+    """The chunks a probe of ``items`` makes (the facts it can probe: with a subject, or any for
+    a method prompted with the question)."""
+    from sftscope.probe import QUESTION_METHODS
+
+    probed = sum(it.subject is not None or settings.method in QUESTION_METHODS for it in items)
+    return -(-probed // settings.chunk_size)
+
+
+def stage_entry(stage: Stage) -> dict[str, Any]:
+    """A stage as the manifest lists it: status, fingerprint, and its marker's brief result."""
+    m = stage.marker() or {}
+    done = m.get("fingerprint") == stage.fingerprint
+    return {
+        "status": "done" if done else "pending",
+        "fingerprint": stage.fingerprint,
+        "seconds": m.get("seconds") if done else None,
+        "host": m.get("host") if done else None,
+        "result": m.get("result") if done else None,
+    }
+
+
+class Plan:
+    """Stages of one run folder in three waves: ``probes`` (sharded), ``driver_stages()``
+    (run here), ``stage_jobs()`` (handed to the executor). Subclasses set ``cfg`` (with
+    ``executor``, ``engine``, ``device``), ``layout``, ``probes`` and ``probe_chunks`` (chunks
+    per probe key), and write their inputs and manifest."""
+
+    WAVES = ("1 probes", "2 subsets", "3 cells")  # the plan table's wave names
+    cfg: Any
+    layout: RunLayout
+    probes: dict[str, Stage]
+    probe_chunks: dict[str, int]
+
+    @property
+    def root(self) -> Path:
+        return self.layout.root
+
+    def driver_stages(self) -> list[Stage]:
+        return []
+
+    def stage_jobs(self) -> list[Job]:
+        raise NotImplementedError
+
+    def write_inputs(self) -> None:
+        """The run's config and data snapshot, once the run folder is claimed."""
+
+    def after_waves(self) -> None:
+        """What the driver writes from the finished stages (the audit's files and report)."""
+
+    def write_manifest(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    # -- the plan -------------------------------------------------------------------------
+    def probe_shards(self, workers: int) -> dict[str, int]:
+        """Jobs per probe: the ``workers`` shared by the probes in proportion to their chunks
+        (at least one each, at most one per chunk)."""
+        total = sum(self.probe_chunks.values()) or 1
+        return {key: max(1, min(n, round(workers * n / total)))
+                for key, n in self.probe_chunks.items()}  # fmt: skip
+
+    def probe_jobs(self, workers: int) -> list[Job]:
+        """The probes not yet done, each split into shards over its chunks (see above)."""
+        jobs, shards = [], self.probe_shards(workers)
+        for stage in self.probes.values():
+            n = shards[stage.key]
+            if stage.done():
+                continue
+            if n == 1:
+                jobs.append(Job(name=stage.key, stages=[stage]))
+            else:  # a rerun submits only the shards with chunks left
+                from sftscope.probe import finished_chunks
+
+                left = set(range(self.probe_chunks[stage.key])) - finished_chunks(stage.output)
+                jobs += [Job(name=f"{stage.key}#{i}of{n}", stages=[stage], shard=(i, n))
+                         for i in range(n) if any(c % n == i for c in left)]  # fmt: skip
+        return jobs
+
+    @property
+    def _gpus(self) -> bool:
+        """Whether jobs want a GPU each (any device but cpu: auto finds none on a CPU box)."""
+        return self.cfg.device != "cpu"
+
+    def plan_jobs(self) -> list[tuple[str, str, str, str]]:
+        """(wave, job, stage, status) rows: what ``run`` would hand its executor, job by job."""
+        from sftscope.executors import probe_workers
+
+        shards = self.probe_shards(probe_workers(self.cfg.executor, self._gpus))
+        rows = []
+        for stage in self.probes.values():
+            n = shards[stage.key]
+            job = f"{n} shards" if n > 1 and not stage.done() else stage.key
+            rows.append((self.WAVES[0], job, stage.key, stage.status()))
+        rows += [(self.WAVES[1], "(driver)", s.key, s.status()) for s in self.driver_stages()]
+        for job in self.stage_jobs():
+            rows += [(self.WAVES[2], job.name, s.key, s.status()) for s in job.stages]
+        return rows
+
+    # -- running --------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        from sftscope.executors import make_executor, probe_workers
+
+        ex = self.cfg.executor
+        check_engine(self.cfg.engine)  # before anything is written
+        with Claim(self.layout.lock, ex.claim_timeout_s, what="run folder (another sftscope "
+                   "run drives it)"):  # fmt: skip
+            self.write_inputs()
+            executor = make_executor(ex, self.layout, gpus=self._gpus)
+            try:
+                workers = probe_workers(ex, self._gpus)
+                for stage in self.probes.values():
+                    if not stage.done():
+                        stage.clear()  # a probe made from other inputs goes before shards start
+                self._wave(executor, self.probe_jobs(workers), "probes")
+                for stage in self.probes.values():  # merge the shards' parts (no model loaded)
+                    self._execute(stage)
+                for stage in self.driver_stages():  # the grid: every set before any training
+                    self._execute(stage)
+                jobs = [j for j in self.stage_jobs() if not j.done()]
+                self._wave(executor, jobs, self.WAVES[2].split(" ", 1)[1])
+            finally:
+                executor.close()
+            self.after_waves()
+            return self.write_manifest()
+
+    def _wave(self, executor, jobs: list[Job], what: str) -> None:
+        if not jobs:
+            return
+        bar, finished = tqdm(total=len(jobs), desc=what, unit="job"), set()
+
+        def done(job: Job) -> None:  # after every job (local: every stage)
+            self.write_manifest()
+            if job.name not in finished and (job.shard or all(s.done() for s in job.stages)):
+                finished.add(job.name)
+                bar.update(1)
+                bar.set_postfix_str(job.name)
+
+        failures = executor.run(jobs, done)
+        bar.close()
+        self.write_manifest()
+        if failures:
+            lines = "; ".join(f.line() for f in failures)
+            raise SftscopeError(f"{len(failures)} of {len(jobs)} jobs ({what}) failed: {lines}")
+
+    def _execute(self, stage: Stage) -> None:
+        if not stage.done():
+            log.info("running %s", stage.key)
+            stage.execute()
+            self.write_manifest()
