@@ -175,11 +175,12 @@ def kl_cmd(options: Options, overrides: Overrides = None, config: ConfigOpt = No
 
     cfg = load_config(KLConfig, config, options, overrides)
     s = run_kl(cfg)
-    p = s["paper"]
-    console.print(
-        f"paper KL (top-{p['top_k']}, level {p['level']}, {p['answer_first']} of "
-        f"{p['candidates']} facts answer first): mean {num(p['mean'])} ± {num(p['std'])}"
-    )
+    if "paper" in s:
+        p = s["paper"]
+        console.print(
+            f"paper KL (top-{p['top_k']}, level {p['level']}, {p['answer_first']} of "
+            f"{p['candidates']} facts answer first): mean {num(p['mean'])} ± {num(p['std'])}"
+        )
     if "full" in s:
         table = Table(title="full-vocabulary KL per answer token, by mastery level")
         for col in ("level", "facts", "KL mean", "KL std", "Δ log p(gold)", "gained %"):

@@ -10,6 +10,7 @@ from pydantic import Field, ValidationInfo, field_validator
 
 from sftscope.config_base import BatchSize as BatchSize
 from sftscope.config_base import StageConfig as StageConfig
+from sftscope.config_base import added
 from sftscope.config_base import dump_config as dump_config
 from sftscope.config_base import load_config as load_config
 from sftscope.config_base import parse_overrides as parse_overrides
@@ -219,6 +220,9 @@ class KLSettings(StageConfig):
     )
     base_prompt: Literal["sft", "template"] = Field(
         "template", description="paper KL: the base model's prompt"
+    )
+    paper: bool = added(
+        True, "the paper KL (needs mapping templates); false: only the full-vocabulary KL"
     )
     full: bool = Field(True, description="also the full-vocabulary KL (SFT prompt, every fact)")
     chunk_size: int = Field(256, ge=1, description="answer positions per fp32 KL chunk")

@@ -48,6 +48,7 @@ def cell_table(root: Path) -> list[dict[str, Any]]:
                 "ood_mean": ood.get("mean_of_levels", {}).get("containment"),
                 "in_domain": s["in_domain"]["containment"],
                 "ood": s["ood"]["containment"],
+                "in_domain_n": s["in_domain"]["n"],
                 **_kl_columns(layout.kl(path.parent.name)),
             }
         )
@@ -59,11 +60,11 @@ def _kl_columns(path: Path) -> dict[str, Any]:
         return {"kl_paper": None, "kl_paper_std": None, "kl_paper_n": 0, "kl_full": None,
                 "kl_full_per_level": [None] * 5}  # fmt: skip
     k = json.loads(path.read_text(encoding="utf-8"))
-    full = k.get("full", {})
+    full, paper = k.get("full", {}), k.get("paper", {"mean": None, "std": None, "n": 0})
     return {
-        "kl_paper": k["paper"]["mean"],
-        "kl_paper_std": k["paper"]["std"],
-        "kl_paper_n": k["paper"]["n"],
+        "kl_paper": paper["mean"],
+        "kl_paper_std": paper["std"],
+        "kl_paper_n": paper["n"],
         "kl_full": full.get("overall", {}).get("kl_mean"),
         "kl_full_per_level": [b.get("kl_mean") for b in full.get("per_level", [{}] * 5)],
     }

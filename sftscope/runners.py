@@ -99,8 +99,10 @@ def _eval(cfg: EvalConfig, stage: Stage) -> dict:
 def _kl(cfg: KLConfig, stage: Stage) -> dict:
     from sftscope.token_kl import run_kl
 
-    p = (summary := run_kl(cfg))["paper"]
-    out = {"paper_mean": p["mean"], "paper_std": p["std"], "paper_n": p["n"]}
+    summary, out = run_kl(cfg), {}
+    if "paper" in summary:
+        p = summary["paper"]
+        out = {"paper_mean": p["mean"], "paper_std": p["std"], "paper_n": p["n"]}
     if "full" in summary:
         out["full_per_level"] = [b["kl_mean"] for b in summary["full"]["per_level"]]
         out["dlogp_per_level"] = [b["dlogp_mean"] for b in summary["full"]["per_level"]]

@@ -181,7 +181,7 @@ def grid_tables(root: Path, scope: str, strategy: str, split: str) -> list[Table
             pct(r["ood_mean"]), pct(r["in_domain"]), pct(r["ood"]),
         )  # fmt: skip
     out.append(table)
-    if any(r["kl_paper_n"] for r in rows):
+    if any(r["kl_paper_n"] or r["kl_full"] is not None for r in rows):
         table = Table(title="KL(fine-tuned || base): paper top-10 at the first token; full "
                       "vocabulary per answer token by test level")  # fmt: skip
         for col in ("cell", "paper mean ± std (n)", *(f"L{k}" for k in range(5)), "all"):

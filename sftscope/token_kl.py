@@ -246,11 +246,14 @@ def run_kl(cfg: Any, base_engine: Any = None) -> dict[str, Any]:
     levels = {r["id"]: r["level"] for r in probe_rows}
     if not any(it.id in levels for it in items):
         raise SftscopeError(f"{probe_file}: probes none of the {cfg.split} items of {dataset.name}")
-    table = load_templates(dataset.name, cfg.templates_file)
     relations = sorted({it.relation for it in items})
+    table = load_templates(dataset.name, cfg.templates_file) if cfg.paper else {}
     missing = [r for r in relations if r not in table]
-    if missing:
-        raise SftscopeError(f"no mapping templates for relation {missing[0]} of {dataset.name}")
+    if cfg.paper and missing:
+        raise SftscopeError(f"no mapping templates for relation {missing[0]} of {dataset.name} "
+                            "(paper=false: only the full-vocabulary KL, which needs none)")
+    if not (cfg.paper or cfg.full):
+        raise SftscopeError("paper=false and full=false: no KL to measure")
 
     tuned, tok = load_model(cfg.tuned, cfg.device, trust_remote_code=cfg.trust_remote_code)
     base, base_tok = load_model(cfg.base, cfg.device, trust_remote_code=cfg.trust_remote_code)
@@ -262,7 +265,7 @@ def run_kl(cfg: Any, base_engine: Any = None) -> dict[str, Any]:
     engine = base_engine or hf_engine(base, base_tok, cfg.batch_size, progress=False)
 
     # Paper KL: level-k facts, best template per relation, answer-first filter.
-    chosen = paper_items(items, levels, cfg.level)
+    chosen = paper_items(items, levels, cfg.level) if cfg.paper else []
     best = best_templates(probe_rows, relations)
     by_rel: dict[str, list[QAItem]] = defaultdict(list)
     for it in chosen:
@@ -297,7 +300,9 @@ def run_kl(cfg: Any, base_engine: Any = None) -> dict[str, Any]:
         "tuned": cfg.tuned,
         "split": cfg.split,
         "engine": engine_info(engine),
-        "paper": {
+    }
+    if cfg.paper:
+        summary["paper"] = {
             **paper_summary(paper_rows),
             "level": cfg.level,
             "candidates": len(chosen),
@@ -305,8 +310,7 @@ def run_kl(cfg: Any, base_engine: Any = None) -> dict[str, Any]:
             "top_k": cfg.top_k,
             "prompts": {"tuned": cfg.tuned_prompt, "base": cfg.base_prompt},
             "templates": template,
-        },
-    }
+        }
     full_rows: list[dict[str, Any]] = []
     if cfg.full:
         probed = [it for it in items if it.id in levels]
