@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterable
@@ -44,6 +45,16 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 
 def atomic_write_json(path: str | Path, obj: Any, indent: int | None = 2) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=indent, ensure_ascii=False) + "\n")
+
+
+# An indented list of numbers: it opens on a real newline, which no JSON string holds.
+_NUMBER_LIST = re.compile(r"\[(\n[-+.\deEnul,\s]*)\]")
+
+
+def json_text(obj: Any) -> str:
+    """Indented JSON with each list of numbers on one line (a histogram row reads as one)."""
+    text = json.dumps(obj, indent=2, ensure_ascii=False)
+    return _NUMBER_LIST.sub(lambda m: "[" + " ".join(m.group(1).split()) + "]", text) + "\n"
 
 
 def atomic_write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> Path:

@@ -45,18 +45,18 @@ same config and seed give the same files.
 from __future__ import annotations
 
 import json
-import re
+from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sftscope.config import ProbeConfig, SelectConfig
+from sftscope.config import ProbeConfig, SelectConfig, SelectProbe
 from sftscope.data.dataset import Dataset, resolve_dataset
 from sftscope.data.schema import QAItem
 from sftscope.data.subsets import MIXED, Subset, draw_subset
 from sftscope.data.templates import load_templates, packaged_datasets
 from sftscope.errors import SftscopeError
-from sftscope.io import atomic_write_text, read_jsonl
+from sftscope.io import atomic_write_text, json_text, read_jsonl
 from sftscope.mastery import N_LEVELS
 from sftscope.models.factory import check_engine
 from sftscope.probe import fact_key, plan_probe, probe_pool, run_probe
@@ -83,15 +83,24 @@ def probe_config(cfg: SelectConfig, method: str) -> ProbeConfig:
     )  # fmt: skip
 
 
-def pick_method(cfg: SelectConfig, dataset: Dataset, items: list[QAItem]) -> str:
-    """``auto``: the paper's protocol where it applies to every row, else ``question``."""
-    if cfg.probe.method != "auto":
-        return cfg.probe.method
-    if cfg.probe.templates_file is None and dataset.name not in packaged_datasets():
-        return "question"
-    table = load_templates(dataset.name, cfg.probe.templates_file)
-    ok = all(it.subject is not None and it.relation in table and
-             len(table[it.relation].mapping) >= cfg.probe.templates for it in items)  # fmt: skip
+def has_templates(dataset: Dataset, relations: Iterable[str], templates_file: Path | None,
+                  n: int = 1) -> bool:  # fmt: skip
+    """Whether every relation has ``n`` mapping templates (the packaged ones of the dataset,
+    or ``templates_file``'s)."""
+    if templates_file is None and dataset.name not in packaged_datasets():
+        return False
+    table = load_templates(dataset.name, templates_file)
+    return all(rel in table and len(table[rel].mapping) >= n for rel in relations)
+
+
+def pick_method(probe: SelectProbe, dataset: Dataset, items: list[QAItem]) -> str:
+    """``auto``: the paper's protocol where it applies to every row (a subject, and mapping
+    templates for its relation), else ``question``."""
+    if probe.method != "auto":
+        return probe.method
+    ok = all(it.subject is not None for it in items) and has_templates(
+        dataset, {it.relation for it in items}, probe.templates_file, probe.templates
+    )
     return "sampling" if ok else "question"
 
 
@@ -155,16 +164,6 @@ def _jsonl(rows: list[Row]) -> str:
     return "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in rows)
 
 
-# An indented list of numbers: it opens on a real newline, which no JSON string holds.
-_NUMBER_LIST = re.compile(r"\[(\n[-+.\deEnul,\s]*)\]")
-
-
-def _json(obj: Any) -> str:
-    """Indented JSON with each list of numbers on one line (a histogram row reads as one)."""
-    text = json.dumps(obj, indent=2, ensure_ascii=False)
-    return _NUMBER_LIST.sub(lambda m: "[" + " ".join(m.group(1).split()) + "]", text) + "\n"
-
-
 def run_select(cfg: SelectConfig, engine: Engine | None = None) -> dict[str, Any]:
     """The ``sftscope select`` stage (see the module docstring); returns ``select.json``."""
     out = Path(cfg.out)
@@ -175,7 +174,7 @@ def run_select(cfg: SelectConfig, engine: Engine | None = None) -> dict[str, Any
     items = probe_pool(dataset, probe_config(cfg, asked))
     if not items:
         raise SftscopeError(f"{dataset.root}: no rows to select from")
-    pcfg = probe_config(cfg, pick_method(cfg, dataset, items))
+    pcfg = probe_config(cfg, pick_method(cfg.probe, dataset, items))
     plan = plan_probe(pcfg, dataset, items)
     rows = input_rows(dataset, items)
     probe = run_probe(pcfg, engine, plan=plan)  # resumable; bad input fails before it writes
@@ -195,13 +194,13 @@ def run_select(cfg: SelectConfig, engine: Engine | None = None) -> dict[str, Any
         sub = replace(sub, items=[it for it, _ in ordered if it.id in chosen])
     texts["recommended.train.jsonl"] = _jsonl(sub.rows() if sub else [])
     hist = level_histogram(items, levels)
-    texts["histogram.json"] = _json(hist)
+    texts["histogram.json"] = json_text(hist)
     summary = {
         "model": cfg.model, "data": cfg.data, "data_dir": str(cfg.data_dir or dataset.root),
         "method": pcfg.method, "thresholds": probe["thresholds"], "histogram": hist,
         "recommended": picked, "files": sorted(texts),
     }  # fmt: skip
-    texts["select.json"] = _json(summary)
+    texts["select.json"] = json_text(summary)
     for name, text in texts.items():  # select.json last: its presence marks a finished run
         atomic_write_text(out / name, text)
     return summary

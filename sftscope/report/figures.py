@@ -21,7 +21,8 @@ def _finish(fig, ax, xlabel: str, ylabel: str, path: Path) -> str:
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path)
     _plt().close(fig)
@@ -91,10 +92,17 @@ def sweep_curves(cell: str, sweep: dict[str, Any], figdir: Path) -> list[tuple[s
     rows = sorted(rows, key=lambda r: r["k"])
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=110)
     for key, label in (("in_domain", "in-domain"), ("ood", "out-of-domain")):
-        ax.plot([r["k"] for r in rows], [100 * r[key] for r in rows], marker="o", label=label)
+        pts = [(r["k"], 100 * r[key]) for r in rows if r[key] is not None]
+        ax.plot([k for k, _ in pts], [v for _, v in pts], marker="o", label=label)
+    caption = f"{cell}: accuracy vs share of most-changed weights restored (Table 4)."
+    pick = sweep.get("pick")
+    if pick and pick["in_domain"] is not None:  # the k chosen on dev, at its test score
+        ax.plot([pick["k"]], [100 * pick["in_domain"]], marker="*", markersize=16, color="red",
+                linestyle="none", label=f"picked on dev: k = {pick['k']:g} %")  # fmt: skip
+        caption += " The star marks the k chosen on dev, at its test in-domain accuracy."
     name = _finish(fig, ax, "weights restored to their pre-SFT values (top k %)",
                    "containment accuracy (%)", figdir / f"restore_{cell}.png")  # fmt: skip
-    return [(name, f"{cell}: accuracy vs share of most-changed weights restored (Table 4).")]
+    return [(name, caption)]
 
 
 def layer_shares(cell: str, where: dict[str, Any], figdir: Path) -> list[tuple[str, str]]:

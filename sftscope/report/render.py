@@ -10,6 +10,7 @@ from __future__ import annotations
 import html
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from sftscope.io import atomic_write_text, replace_dir
 from sftscope.layout import RunLayout
 from sftscope.report.collect import collect
 from sftscope.report.figures import accuracy_vs_size, layer_shares, sweep_curves
-from sftscope.report.findings import findings
+from sftscope.report.findings import basis_text, findings
 
 Block = tuple  # ("h2", text) | ("p", text) | ("table", header, rows) | ("img", file, caption)
 
@@ -57,9 +58,9 @@ def blocks(data: dict[str, Any], figdir: Path) -> list[Block]:
             "interval over seeds, and one seed gives no interval (inconclusive).",
         )
     )
-    out.append(("table", ["finding", "verdict", "evidence", "test"],
-                [[f["claim"], f["verdict"], "; ".join(f["evidence"]), f["test"]]
-                 for f in findings(data)]))  # fmt: skip
+    out.append(("table", ["finding", "verdict", "evidence", "test", "rests on"],
+                [[f["claim"], f["verdict"], "; ".join(f["evidence"]), f["test"],
+                  basis_text(f["basis"])] for f in findings(data)]))  # fmt: skip
     out.append(("h2", "Data and mastery levels"))
     for name, s in data["probes"].items():
         rows = [[rel, *map(str, c), str(sum(c))] for rel, c in s["histogram"].items()]
@@ -258,15 +259,21 @@ def to_html(page: list[Block], title: str) -> str:
     )
 
 
+def write_page(out: Path, build: Callable[[Path], list[Block]]) -> Path:
+    """Write the folder ``out``: report.md and index.html of the blocks ``build(figdir)``
+    returns, the figures it drew in ``figdir`` (``out/figures``); built aside, then moved."""
+    staging = out.parent / f".{out.name}.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    (staging / "figures").mkdir(parents=True)
+    page = build(staging / "figures")
+    atomic_write_text(staging / "report.md", to_markdown(page))
+    atomic_write_text(staging / "index.html", to_html(page, page[0][1]))
+    return replace_dir(staging, out)
+
+
 def write_report(root: Path, out: Path | None = None) -> Path:
     """Write ``OUT`` (default ``RUN/report``): report.md, index.html, figures/*.png."""
     root = Path(root)
     data = collect(root)
-    out = Path(out) if out else RunLayout(root).report()
-    staging = out.parent / f".{out.name}.partial"
-    shutil.rmtree(staging, ignore_errors=True)
-    (staging / "figures").mkdir(parents=True)
-    page = blocks(data, staging / "figures")
-    atomic_write_text(staging / "report.md", to_markdown(page))
-    atomic_write_text(staging / "index.html", to_html(page, page[0][1]))
-    return replace_dir(staging, out)
+    return write_page(Path(out) if out else RunLayout(root).report(),
+                      lambda figdir: blocks(data, figdir))  # fmt: skip
