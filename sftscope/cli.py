@@ -14,7 +14,7 @@ import typer
 from rich.table import Table
 
 from sftscope.cli_common import ConfigOpt, Overrides, _one_line_errors, console
-from sftscope.cli_grid import demo_cmd, report_cmd, run_cmd, testbed_app
+from sftscope.cli_grid import audit_cmd, demo_cmd, report_cmd, run_cmd, testbed_app
 from sftscope.cli_options import Options, with_config_options
 from sftscope.config import (
     DiffConfig,
@@ -301,6 +301,7 @@ def stats_cmd(
 
 
 app.command("run")(run_cmd)
+app.command("audit")(audit_cmd)
 app.add_typer(testbed_app, name="testbed")
 app.command("report")(report_cmd)
 app.command("demo")(demo_cmd)

@@ -1,8 +1,9 @@
-"""The grid-level subcommands: ``run``, ``report``, ``demo`` (packaged presets) and the
-``testbed`` group. Registered on the app in :mod:`sftscope.cli`."""
+"""The grid-level subcommands: ``run``, ``audit`` (a base / tuned pair), ``report``, ``demo``
+(packaged presets) and the ``testbed`` group. Registered on the app in :mod:`sftscope.cli`."""
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Annotated
@@ -12,7 +13,7 @@ from rich.table import Table
 
 from sftscope.cli_common import ConfigOpt, Overrides, _one_line_errors, console
 from sftscope.cli_options import Options, with_config_options
-from sftscope.config import GridConfig, load_config
+from sftscope.config import AuditConfig, GridConfig, load_config
 from sftscope.errors import SftscopeError
 from sftscope.tables import grid_tables, pct, transition_line, transition_table
 
@@ -29,8 +30,22 @@ def plan_table(grid) -> Table:
                       status)  # fmt: skip
         last_wave, last_job = wave, job
     jobs = [j for j in grid.stage_jobs() if not j.done()]
-    table.caption = f"{len(jobs)} of {len(grid.stage_jobs())} wave-3 jobs to run"
+    wave = grid.WAVES[2].split(" ", 1)[0]
+    table.caption = f"{len(jobs)} of {len(grid.stage_jobs())} wave-{wave} jobs to run"
     return table
+
+
+def run_and_show(plan, dry_run: bool) -> bool:
+    """With ``dry_run`` the plan table, nothing run (False); else the plan run and its
+    results' tables printed (True)."""
+    if dry_run:
+        console.print(plan_table(plan))
+        return False
+    plan.run()
+    cfg = plan.cfg
+    for item in grid_tables(plan.root, cfg.params.scope, cfg.params.strategy, cfg.eval.split):
+        console.print(item)
+    return True
 
 
 # How the grid's jobs run: --executor (executor.kind), --workers, --slurm-partition, ...
@@ -50,14 +65,48 @@ def run_cmd(
     from sftscope.experiment import Grid
 
     cfg = load_config(GridConfig, config, options, overrides)
-    grid = Grid(cfg)
-    if dry_run:
-        console.print(plan_table(grid))
+    if run_and_show(Grid(cfg), dry_run):
+        console.print(f"manifest, subsets, models and evals in {cfg.out}")
+
+
+AUDIT_NAMES = {"probe.seed": "probe-seed", "probe.batch_size": "probe-batch-size",
+               "probe.max_new_tokens": "probe-max-new-tokens", "eval.seed": "eval-seed",
+               "eval.batch_size": "eval-batch-size", "eval.max_new_tokens": "eval-max-new-tokens",
+               "params.seed": "restore-seed", **EXECUTOR["names"]}  # fmt: skip
+AUDIT_HELP = {"eval.split": "split audited: its facts are probed with both models and evaluated "
+                            "(train | dev | test; default: test)",
+              "kl.enabled": "the token-level KL of the tuned model from the base (default: "
+                            "--kl-enabled)"}  # fmt: skip
+
+
+@_one_line_errors
+@with_config_options(AuditConfig, exclude=["probe.thresholds", *EXECUTOR["exclude"]],
+                     flatten=["probe", "eval", "params", "executor"],
+                     names=AUDIT_NAMES, help=AUDIT_HELP)  # fmt: skip
+def audit_cmd(
+    options: Options,
+    overrides: Overrides = None,
+    config: ConfigOpt = None,
+    dry_run: Annotated[bool, typer.Option(help="list what would run, run nothing")] = False,
+) -> None:
+    """Audit a fine-tuned model against its base (same architecture): the same probe of the
+    --split facts with both (knowledge lost and gained per fact, by level and relation), CBQA
+    accuracy of both (the tuned one with the base's few-shot prompt unless --tuned-prompt sft),
+    token KL, where the weights changed, and a restore sweep with k picked on dev. Writes
+    transitions.jsonl, audit.json and report/index.html in --out; resumable."""
+    from sftscope.audit import Audit
+
+    cfg = load_config(AuditConfig, config, options, overrides)
+    audit = Audit(cfg)
+    if not run_and_show(audit, dry_run):
         return
-    grid.run()
-    for item in grid_tables(cfg.out, cfg.params.scope, cfg.params.strategy, cfg.eval.split):
-        console.print(item)
-    console.print(f"manifest, subsets, models and evals in {cfg.out}")
+    summary = json.loads((audit.root / "audit.json").read_text(encoding="utf-8"))
+    t = summary["transitions"]
+    title = f"knowledge transitions of the {cfg.eval.split} facts (same probe, base → tuned)"
+    console.print(transition_table(t, title))
+    console.print(transition_line("tuned", t) + f" ({t['n_lost']} lost, {t['n_gained']} gained "
+                  "in transitions.jsonl)")  # fmt: skip
+    console.print(f"audit.json, transitions.jsonl and report/index.html in {audit.root}")
 
 
 testbed_app = typer.Typer(help="The synthetic controlled-knowledge testbed.", no_args_is_help=True)

@@ -350,12 +350,11 @@ class GridEval(EvalSettings):
     base: bool = Field(True, description="also evaluate the base model (few-shot prompt)")
 
 
-class GridParams(RestoreSettings):
-    """Parameter-level analyses inside the grid (PAPER.md §7), for the cells named: the diff
-    (``params/<cell>/diff/``) and the restore sweep, each restored model evaluated like the
-    cells (``params/<cell>/restore/``)."""
+class ParamsSettings(RestoreSettings):
+    """The parameter level of a composite run (PAPER.md §7), as the grid and the audit plan it:
+    the diff (``params/<cell>/diff/``) and the restore sweep, each restored model evaluated like
+    the tuned one (``params/<cell>/restore/``), and optionally layer blocks."""
 
-    cells: list[str] = Field([], description="cell names, e.g. 2-240-0, or 'all'")
     layers: list[str] | None = Field(
         None, description="also restore these layer blocks A-B entirely (params/<cell>/blocks)"
     )
@@ -367,10 +366,26 @@ class GridParams(RestoreSettings):
     compute_device: str = _compute_device()
     pick_on: Literal["dev"] | None = Field(None, description="also pick k on dev")
 
+
+class GridParams(ParamsSettings):
+    """Parameter-level analyses inside the grid, for the cells named."""
+
+    cells: list[str] = Field([], description="cell names, e.g. 2-240-0, or 'all'")
+
     @field_validator("cells", mode="before")
     @classmethod
     def _split_cells(cls, v: Any) -> Any:
         return [c.strip() for c in v.split(",") if c.strip()] if isinstance(v, str) else v
+
+
+def _relation_list(v: Any) -> Any:
+    """``P17,P36`` (from a command line) as a list of relation ids."""
+    return DataConfig._split_commas(v)
+
+
+def _executor_config(v: Any) -> Any:
+    """``executor: slurm`` as ``executor: {kind: slurm}``."""
+    return ExecutorConfig._from_name(v)
 
 
 class GridConfig(StageConfig):
@@ -412,15 +427,8 @@ class GridConfig(StageConfig):
     trust_remote_code: bool = Field(False, description="run the model repo's own code")
     out: Path = runtime(description="run folder")
 
-    @field_validator("relations", mode="before")
-    @classmethod
-    def _split_commas(cls, v: Any) -> Any:
-        return DataConfig._split_commas(v)
-
-    @field_validator("executor", mode="before")
-    @classmethod
-    def _executor(cls, v: Any) -> Any:
-        return ExecutorConfig._from_name(v)
+    _relations = field_validator("relations", mode="before")(_relation_list)
+    _executor = field_validator("executor", mode="before")(_executor_config)
 
     @field_validator("levels")
     @classmethod
@@ -437,3 +445,66 @@ class GridConfig(StageConfig):
         if bad:
             raise ValueError(f"size {bad[0]} is not a positive integer or 'all'")
         return v
+
+
+class AuditProbe(SelectProbe):
+    """The probe of both models in ``sftscope audit``: the same settings, items and seed before
+    and after SFT (the clean measure of what was lost and gained)."""
+
+
+class AuditEval(EvalSettings):
+    """CBQA of both models in ``sftscope audit`` (its split and limit are also the probed
+    facts')."""
+
+    tuned_prompt: PromptStyle = Field(
+        "fewshot", description="the tuned model's prompt: fewshot, the base model's own "
+        "few-shot Question/Answer prompt (n_shots exemplars; fair to any SFT format), or sft, the "
+        "paper's <|question|> ... <|answer|> (for models trained by sftscope train)",
+    )  # fmt: skip
+
+
+class AuditKL(GridKL):
+    """The token-level KL in ``sftscope audit``, on the probed facts."""
+
+    tuned_prompt: Literal["auto", "sft", "template"] = Field(  # type: ignore[assignment]
+        "auto", description="paper KL: the tuned model's prompt; auto: sft when tuned_prompt is "
+        "sft, else template (the base model's best mapping template)",
+    )  # fmt: skip
+
+
+class AuditParams(ParamsSettings):
+    """The parameter level in ``sftscope audit``: where the weights changed, and the restore
+    sweep with k picked on dev."""
+
+    pick_on: Literal["dev"] | None = Field(  # type: ignore[assignment]
+        "dev", description="choose k by dev in-domain accuracy and report the test score at "
+        "that k (null: the sweep only, no dev split needed)",
+    )  # fmt: skip
+
+
+class AuditConfig(StageConfig):
+    """``sftscope audit``: what fine-tuning did to a model's knowledge, for any base / tuned
+    pair of the same architecture (see :mod:`sftscope.audit`)."""
+
+    base: str = Field(description="the base model: a local save_pretrained folder or 'smollm2'")
+    tuned: Path = Field(description="the fine-tuned model folder (the base's architecture)")
+    data: str = DataConfig.model_fields["data"]
+    data_dir: Path | None = DataConfig.model_fields["data_dir"]
+    relations: list[str] | None = DataConfig.model_fields["relations"]
+    probe: AuditProbe = Field(AuditProbe(), description="the mastery probe of both models")
+    eval: AuditEval = Field(AuditEval(), description="CBQA of both models")
+    kl: AuditKL = Field(AuditKL(), description="token-level KL of the tuned model from the base")
+    params: AuditParams = Field(AuditParams(), description="weight diff and restore sweep")
+    keep_models: bool = runtime(
+        True, "false: delete each restored checkpoint (params.save: true) once evaluated"
+    )
+    # how and where the stages run: as in the grid
+    executor: ExecutorConfig = GridConfig.model_fields["executor"]
+    device: str = GridConfig.model_fields["device"]
+    engine: EngineName = GridConfig.model_fields["engine"]
+    vllm: VLLMSettings = GridConfig.model_fields["vllm"]
+    trust_remote_code: bool = GridConfig.model_fields["trust_remote_code"]
+    out: Path = runtime(description="audit folder")
+
+    _relations = field_validator("relations", mode="before")(_relation_list)
+    _executor = field_validator("executor", mode="before")(_executor_config)

@@ -1,0 +1,334 @@
+"""``sftscope audit``: what fine-tuning did to a model's knowledge, for any base / fine-tuned
+pair of the same architecture (a public base model and a user's SFT of it).
+
+The audit *plans* typed stages (:mod:`sftscope.plan`, the grid's machinery) and runs them with
+an executor, resumable stage by stage:
+
+1. probes: ``probe/base`` and ``probe/tuned``, the same probe (settings, items, seed) of the
+   evaluation split's facts with each model, the clean measure of what SFT changed;
+2. analyses, independent jobs: ``eval/base`` (few-shot prompt); ``eval/tuned`` (``eval.
+   tuned_prompt``: the same few-shot prompt by default, since a user's SFT need not know the
+   paper's ``<|question|>`` format; ``sft`` for one trained by ``sftscope train``) then the
+   restore sweep ``params/tuned/restore`` (k picked on dev) and any layer blocks; ``kl/tuned``;
+   ``params/tuned/diff``. Both evaluations and the KL read the base probe's levels.
+
+Then, in the driver, from the finished stages: ``transitions.jsonl`` (every fact lost, known
+-> unknown, or gained, unknown -> known, with both probes' levels and both models' answers),
+``audit.json`` (the summary numbers) and ``report/index.html``.
+
+Everything that can fail on bad input is checked when the audit is planned, before anything is
+written: the pair (the tuned folder, the same tensors, shapes and dtypes), the data (the readers'
+one-line errors), the probe (templates, relations). Data without mapping templates (a generic QA
+file) gets the ``question`` probe and the full-vocabulary KL only (the paper KL needs templates).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from sftscope.config import AuditConfig, ProbeConfig, ProbeSettings, dump_config
+from sftscope.data.dataset import load_items, resolve_dataset
+from sftscope.data.schema import QAItem
+from sftscope.errors import SftscopeError
+from sftscope.io import (
+    atomic_write_json,
+    atomic_write_jsonl,
+    atomic_write_text,
+    json_text,
+    read_jsonl,
+)
+from sftscope.layout import RunLayout
+from sftscope.mastery import N_LEVELS
+from sftscope.plan import (
+    Plan,
+    diff_stage,
+    eval_stage,
+    kl_stage,
+    probe_chunks,
+    probe_stage,
+    restore_stage,
+    stage_entry,
+)
+from sftscope.probe import plan_probe
+from sftscope.select_data import has_templates, pick_method
+from sftscope.stages import Job, Stage, fingerprint, model_identity, package_versions
+from sftscope.transitions import KNOWN, answer_transitions, read_answers, read_mastery, transitions
+
+log = logging.getLogger(__name__)
+TUNED = "tuned"  # the tuned model's name in the layout: eval/tuned, kl/tuned.json, params/tuned
+
+
+def check_pair(base: str, tuned: Path) -> tuple[str, Path]:
+    """Both checkpoints as absolute local folders, with the same tensors (names, shapes,
+    dtypes); a one-line error otherwise."""
+    from sftscope.models.loading import SMOLLM2, resolve_model
+    from sftscope.params.tensors import check_compatible, open_checkpoint
+
+    if not Path(tuned).is_dir():
+        raise SftscopeError(f"--tuned {tuned}: no such model folder")
+    location = resolve_model(base)
+    if not Path(location).is_dir():
+        raise SftscopeError(f"--base {base}: the audit compares weights, so it needs a local "
+                            "save_pretrained folder (or smollm2)")  # fmt: skip
+    base_dir, tuned_dir = Path(location).resolve(), Path(tuned).resolve()
+    check_compatible(open_checkpoint(base_dir), open_checkpoint(tuned_dir))
+    return (base if base == SMOLLM2 else str(base_dir)), tuned_dir
+
+
+class Audit(Plan):
+    """The stages of one audit folder, built from an ``AuditConfig``; nothing runs (nor is
+    written) until ``run()``."""
+
+    WAVES = ("1 probes", "- driver", "2 analyses")
+
+    def __init__(self, cfg: AuditConfig):
+        self.cfg = cfg
+        self.layout = RunLayout(Path(cfg.out).resolve())
+        self.base, self.tuned = check_pair(cfg.base, cfg.tuned)
+        self.dataset = resolve_dataset(cfg.data, cfg.data_dir)
+        ev, params = cfg.eval, cfg.params
+        self.items = load_items(self.dataset, [ev.split], cfg.relations, ev.limit_per_relation)
+        if not self.items:
+            raise SftscopeError(f"{self.dataset.root}: no {ev.split} items to audit")
+        relations = sorted({it.relation for it in self.items})
+        dev = any(self.dataset.has(r, "dev") for r in relations)
+        if params.restore and params.pick_on and not dev:
+            raise SftscopeError(f"{self.dataset.root}: no dev items to pick k on (give a dev "
+                                "split, or params.pick_on=null)")  # fmt: skip
+        method = pick_method(cfg.probe, self.dataset, self.items)
+        settings = ProbeSettings(**cfg.probe.model_dump(exclude={"method"}), method=method)
+        self.base_fp = fingerprint(model_identity(self.base))
+        self.tuned_fp = fingerprint(model_identity(str(self.tuned)))
+        limit, layout = ev.limit_per_relation, self.layout
+        models = {"base": (self.base, self.base_fp), TUNED: (str(self.tuned), self.tuned_fp)}
+        self.probes = {
+            name: probe_stage(f"probe/{name}", cfg, settings, model, ev.split, cfg.relations,
+                              limit, layout.probe(name), fp)
+            for name, (model, fp) in models.items()
+        }  # fmt: skip
+        # templates and relations are checked here, before anything is written
+        plan_probe(ProbeConfig.model_validate(self.probes["base"].config), self.dataset,
+                   self.items)  # fmt: skip
+        n = probe_chunks(self.items, settings)
+        self.probe_chunks = {s.key: n for s in self.probes.values()}
+        probe = self.probes["base"]
+        prompts = {"base": "fewshot", TUNED: ev.tuned_prompt}
+        self.evals = {
+            name: eval_stage(f"eval/{name}", cfg, ev, model, prompts[name], probe,
+                             layout.eval(name), fp, cfg.relations)
+            for name, (model, fp) in models.items()
+        }  # fmt: skip
+        self.notes: list[str] = []  # what the audit adapted to the data, for the report
+        self.kl = self._kl_stage(relations)
+        self.params: dict[str, Stage] = {}
+        if params.diff:
+            self.params["diff"] = diff_stage(
+                f"params/{TUNED}/diff", self.base, self.tuned, params.region,
+                params.compute_device, layout.params(TUNED, "diff"), self.tuned_fp, self.base_fp,
+            )  # fmt: skip
+        reuse = {"tuned_eval": layout.eval(TUNED)} if ev.tuned_prompt == "sft" else {}
+        wanted = {"restore": params.restore, "blocks": bool(params.layers)}
+        for part in (p for p, on in wanted.items() if on):
+            self.params[part] = restore_stage(
+                f"params/{TUNED}/{part}", cfg, params, self.base, self.tuned, ev, probe,
+                layout.params(TUNED, part), self.tuned_fp, part == "blocks", cfg.relations,
+                inputs=reuse,
+            )  # fmt: skip
+        self._versions = package_versions()
+
+    def _kl_stage(self, relations: list[str]) -> Stage | None:
+        """The KL stage; the paper KL only where every relation has mapping templates (else
+        the full-vocabulary KL alone, said in a log line), none when nothing is left."""
+        cfg, kl = self.cfg, self.cfg.kl
+        if not kl.enabled:
+            return None
+        prompt = kl.tuned_prompt
+        if prompt == "auto":
+            prompt = "sft" if cfg.eval.tuned_prompt == "sft" else "template"
+        paper = kl.paper and has_templates(self.dataset, relations, cfg.probe.templates_file)
+        if kl.paper and not paper:
+            if not kl.full:
+                self._note(f"kl: off (no mapping templates for {self.dataset.name}, which the "
+                           "paper KL needs, and kl.full is false)")  # fmt: skip
+                return None
+            self._note(f"kl: the paper KL needs mapping templates, which {self.dataset.name} "
+                       "lacks; only the full-vocabulary KL runs")  # fmt: skip
+        settings = kl.model_copy(update={"tuned_prompt": prompt, "paper": paper})
+        ev = cfg.eval
+        return kl_stage(
+            f"kl/{TUNED}", cfg, settings, self.base, str(self.tuned), ev.split,
+            ev.limit_per_relation, self.probes["base"], cfg.probe.templates_file,
+            self.layout.kl(TUNED), self.tuned_fp, self.base_fp, cfg.relations,
+        )  # fmt: skip
+
+    def _note(self, text: str) -> None:
+        log.info("audit: %s", text)
+        self.notes.append(text)
+
+    # -- the plan -------------------------------------------------------------------------
+    @property
+    def stages(self) -> list[Stage]:
+        later = [self.evals[TUNED], *self.params.values(), self.evals["base"], self.kl]
+        return [*self.probes.values(), *(s for s in later if s is not None)]
+
+    def stage_jobs(self) -> list[Job]:
+        """The tuned model's eval then its restore sweep (which reuses that eval), the base
+        eval, the KL and the diff: independent jobs."""
+        first = [self.evals[TUNED]] + [s for k, s in self.params.items() if k != "diff"]
+        jobs = [Job(name=TUNED, stages=first), Job(name="eval/base", stages=[self.evals["base"]])]
+        jobs += [Job(name=s.key, stages=[s]) for s in (self.kl, self.params.get("diff")) if s]
+        return jobs
+
+    def plan(self) -> list[tuple[str, str]]:
+        return [(s.key, s.status()) for s in self.stages]
+
+    # -- running --------------------------------------------------------------------------
+    def write_inputs(self) -> None:
+        atomic_write_text(self.layout.config, dump_config(self.cfg))
+        atomic_write_jsonl(self.layout.items, [it.model_dump(mode="json") for it in self.items])
+
+    def write_manifest(self) -> dict[str, Any]:
+        manifest = {"name": self.root.name, "updated": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                    "versions": self._versions, "executor": self.cfg.executor.kind,
+                    "base": self.base, "tuned": str(self.tuned),
+                    "stages": {s.key: stage_entry(s) for s in self.stages}}  # fmt: skip
+        atomic_write_json(self.layout.manifest, manifest)
+        return manifest
+
+    def after_waves(self) -> None:
+        """``transitions.jsonl``, ``audit.json`` (last but the report) and the report."""
+        from sftscope.report.audit_report import write_audit_report
+
+        rows, summary = self.summarize()
+        atomic_write_jsonl(self.root / "transitions.jsonl", rows)
+        atomic_write_text(self.root / "audit.json", json_text(summary))
+        write_audit_report(self.root, summary)
+
+    # -- the results ----------------------------------------------------------------------
+    def summarize(self) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        """(transitions.jsonl rows, audit.json) from the finished stages."""
+        before = read_mastery(self.probes["base"].output)
+        after = read_mastery(self.probes[TUNED].output)
+        correct = {name: _correct(s.output) for name, s in self.evals.items()}
+        rows = fact_changes(self.items, before, after, correct)
+        ev = self.cfg.eval
+        summary: dict[str, Any] = {
+            "base": self.base, "tuned": str(self.tuned), "data": self.cfg.data,
+            "data_dir": str(self.cfg.data_dir or self.dataset.root), "split": ev.split,
+            "facts": len(self.items), "notes": self.notes,
+            "probe": {k: self.probes["base"].config[k]
+                      for k in ("method", "templates", "samples", "temperature", "thresholds")},
+            "prompts": {"base": "fewshot", TUNED: ev.tuned_prompt,
+                        "restore sweep": "sft" if "restore" in self.params else None},
+            "transitions": {**transitions(before, after), **change_counts(rows, before, after)},
+            "accuracy": {name: accuracy(s.output) for name, s in self.evals.items()},
+            "answers": answer_transitions(read_answers(self.evals["base"].output),
+                                          read_answers(self.evals[TUNED].output)),
+            "kl": kl_summary(self.kl.output) if self.kl else None,
+            "params": params_summary(self.params),
+        }  # fmt: skip
+        return rows, summary
+
+
+def _correct(folder: Path) -> dict[str, bool]:
+    return {r["id"]: bool(r["containment"]) for r in read_jsonl(folder / "records.jsonl")}
+
+
+def change_of(before: int, after: int) -> str | None:
+    """``lost`` (known, level 3-4, to unknown, 0-1), ``gained`` (the reverse) or None."""
+    if before >= KNOWN and after < KNOWN - 1:
+        return "lost"
+    if before < KNOWN - 1 and after >= KNOWN:
+        return "gained"
+    return None
+
+
+def fact_changes(
+    items: list[QAItem], before: dict[str, dict], after: dict[str, dict],
+    correct: dict[str, dict[str, bool]],
+) -> list[dict[str, Any]]:  # fmt: skip
+    """Every fact lost or gained, in item order, with both probes and both answers."""
+    rows = []
+    for it in items:
+        b, a = before.get(it.id), after.get(it.id)
+        change = change_of(b["level"], a["level"]) if b and a else None
+        if change is None:
+            continue
+        row = {"id": it.id, "relation": it.relation, "domain": it.domain.value,
+               "question": it.question, "answers": list(it.answers), "change": change,
+               "base_level": b["level"], "base_R": b["R"], "tuned_level": a["level"],
+               "tuned_R": a["R"]}  # fmt: skip
+        row.update({f"{name}_correct": c.get(it.id) for name, c in correct.items()})
+        rows.append(row)
+    return rows
+
+
+def change_counts(rows: list[dict], before: dict[str, dict], after: dict[str, dict]) -> dict:
+    """Facts lost and gained by base level (facts of the level probed both times) and by
+    relation (its known and unknown facts before)."""
+    both = [i for i in before if i in after]
+    by_level = [{"facts": 0, "lost": 0, "gained": 0} for _ in range(N_LEVELS)]
+    by_relation: dict[str, dict[str, int]] = {}
+    for i in both:
+        b = before[i]
+        by_level[b["level"]]["facts"] += 1
+        rel = by_relation.setdefault(b["relation"], {"known": 0, "lost": 0, "unknown": 0,
+                                                     "gained": 0})  # fmt: skip
+        rel["known"] += b["level"] >= KNOWN
+        rel["unknown"] += b["level"] < KNOWN - 1
+    for r in rows:
+        by_level[r["base_level"]][r["change"]] += 1
+        by_relation[r["relation"]][r["change"]] += 1
+    return {"n_lost": sum(r["change"] == "lost" for r in rows),
+            "n_gained": sum(r["change"] == "gained" for r in rows),
+            "by_level": by_level, "by_relation": by_relation}  # fmt: skip
+
+
+def accuracy(folder: Path) -> dict[str, Any]:
+    """One model's containment accuracy: in-domain, OOD, overall, and per base level."""
+    s = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
+    out: dict[str, Any] = {"prompt": s["prompt"]}
+    for key in ("in_domain", "ood", "overall"):
+        out[key] = {"n": s[key]["n"], "accuracy": s[key]["containment"]}
+    for key, block in s.get("by_level", {}).items():
+        out[key]["per_level"] = [v["containment"] for v in block["per_level"]]
+        out[key]["n_per_level"] = [v["n"] for v in block["per_level"]]
+        out[key]["mean_of_levels"] = block["mean_of_levels"]["containment"]
+    return out
+
+
+def kl_summary(path: Path) -> dict[str, Any]:
+    k = json.loads(Path(path).read_text(encoding="utf-8"))
+    out: dict[str, Any] = {}
+    if "paper" in k:
+        out["paper"] = {key: k["paper"][key] for key in ("mean", "std", "n", "level", "prompts")}
+    if "full" in k:
+        full = k["full"]
+        out["full"] = {"overall": full["overall"], "per_level": full["per_level"],
+                       "prompt": full["prompt"]}  # fmt: skip
+    return out
+
+
+def params_summary(stages: dict[str, Stage]) -> dict[str, Any]:
+    """Concentration and change per layer / module (the diff); the sweep and its dev pick."""
+    out: dict[str, Any] = {}
+    if "diff" in stages:
+        folder = stages["diff"].output
+        d = json.loads((folder / "diff.json").read_text(encoding="utf-8"))
+        c = json.loads((folder / "concentration.json").read_text(encoding="utf-8"))
+        out["diff"] = {
+            "region": d["region"], "weights": d["weights"], "zero_base": d["zero_base"],
+            "concentration": [{"k": r["k"], "share": r["share"]} for r in c["rows"]],
+            "concentration_nonzero_base": [{"k": r["k"], "share": r["share"]}
+                                           for r in c.get("other", {}).get("rows", [])],
+            "mean_change_per_layer": {k: g["mean"] for k, g in d["per_layer"].items()},
+            "mean_change_per_module": {k: g["mean"] for k, g in d["per_module"].items()},
+        }  # fmt: skip
+    for part in ("restore", "blocks"):
+        if part in stages:
+            out[part] = json.loads((stages[part].output / "sweep.json").read_text(encoding="utf-8"))
+    return out
