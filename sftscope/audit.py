@@ -130,13 +130,13 @@ class Audit(Plan):
                 f"params/{TUNED}/diff", self.base, self.tuned, params.region,
                 params.compute_device, layout.params(TUNED, "diff"), self.tuned_fp, self.base_fp,
             )  # fmt: skip
-        reuse = {"tuned_eval": layout.eval(TUNED)} if ev.tuned_prompt == "sft" else {}
+        reuse = {"tuned_eval": layout.eval(TUNED)}  # (the sweep uses the tuned prompt too)
         wanted = {"restore": params.restore, "blocks": bool(params.layers)}
         for part in (p for p, on in wanted.items() if on):
             self.params[part] = restore_stage(
                 f"params/{TUNED}/{part}", cfg, params, self.base, self.tuned, ev, probe,
                 layout.params(TUNED, part), self.tuned_fp, part == "blocks", cfg.relations,
-                inputs=reuse,
+                inputs=reuse, prompt=ev.tuned_prompt,
             )  # fmt: skip
         self._versions = package_versions()
 
@@ -223,7 +223,7 @@ class Audit(Plan):
             "probe": {k: self.probes["base"].config[k]
                       for k in ("method", "templates", "samples", "temperature", "thresholds")},
             "prompts": {"base": "fewshot", TUNED: ev.tuned_prompt,
-                        "restore sweep": "sft" if "restore" in self.params else None},
+                        "restore sweep": ev.tuned_prompt if "restore" in self.params else None},
             "transitions": {**transitions(before, after), **change_counts(rows, before, after)},
             "accuracy": {name: accuracy(s.output) for name, s in self.evals.items()},
             "answers": answer_transitions(read_answers(self.evals["base"].output),

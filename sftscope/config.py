@@ -324,6 +324,10 @@ class RestoreEval(DataConfig, EvalSettings):
         None, description="choose k by dev in-domain accuracy and report test at that k"
     )
     keep_models: bool = runtime(True, "false: delete restored weights once evaluated")
+    prompt: PromptStyle = added(
+        "sft", "prompt of every evaluated model: sft (the paper's format), or fewshot (the "
+        "base model's few-shot prompt, for a fine-tune in another format)"
+    )
 
 
 class RestoreConfig(EngineFields, RestoreSettings):

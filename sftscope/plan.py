@@ -111,11 +111,12 @@ def diff_stage(key: str, base: str, tuned: Path, region: str, compute_device: st
 def restore_stage(
     key: str, run, params: RestoreSettings, base: str, tuned: Path, ev: EvalSettings,
     probe: Stage, out: Path, upstream: str, blocks: bool = False, relations=None,
-    inputs: dict[str, Path] | None = None,
+    inputs: dict[str, Path] | None = None, prompt: str = "sft",
 ) -> Stage:  # fmt: skip
     """The k sweep of ``params`` (or, with ``blocks``, its layer blocks restored entirely),
     every restored model evaluated like ``ev`` says (and picked on dev with ``params.pick_on``);
-    ``inputs["tuned_eval"]``: the unrestored model's evaluation with those settings, reused."""
+    ``inputs["tuned_eval"]``: the unrestored model's evaluation with those settings, reused;
+    ``prompt``: the one every model of the sweep is evaluated with."""
     settings = params.model_dump(include=set(RestoreSettings.model_fields) | {"compute_device"},
                                  exclude={"layers"})  # fmt: skip
     fields = _run_fields(run)
@@ -124,7 +125,7 @@ def restore_stage(
         **settings, layers=params.layers if blocks else None, base=base, tuned=tuned, out=out,
         eval=RestoreEval(**_section(ev, EvalSettings), **data, relations=relations,
                          mastery=probe.output, pick_on=getattr(params, "pick_on", None),
-                         keep_models=run.keep_models),
+                         keep_models=run.keep_models, prompt=prompt),
         **fields,
     )  # fmt: skip
     fp = fingerprint("restore", result_fields(rcfg, exclude={"tuned", "eval"}),

@@ -242,12 +242,12 @@ def test_cuda_restore_is_bit_identical_to_cpu(bf16_pair, tmp_path: Path, strateg
         assert all(torch.equal(x[n], y[n]) and x[n].dtype == y[n].dtype for n in x)
 
 
-def _sweep(base: Path, tuned: Path, out: Path, save: bool, **kw) -> dict:
+def _sweep(base: Path, tuned: Path, out: Path, save: bool, prompt: str = "sft", **kw) -> dict:
     from sftscope.config import RestoreEval
     from sftscope.params.sweep import run_sweep
 
     ev = RestoreEval(data="entityquestions", data_dir=EQ_FIXTURE, limit_per_relation=2,
-                     pick_on="dev", batch_size=4)  # fmt: skip
+                     pick_on="dev", batch_size=4, prompt=prompt)  # fmt: skip
     cfg = RestoreConfig(base=str(base), tuned=tuned, out=out, save=save, eval=ev, device="cpu",
                         **kw)  # fmt: skip
     return run_sweep(cfg)
@@ -294,6 +294,24 @@ def test_in_place_sweep_scores_equal_the_written_sweep(
         assert (a / "eval" / name / "records.jsonl").read_text() == (
             b / "eval" / name / "records.jsonl"
         ).read_text()
+
+
+def test_sweep_evaluates_with_the_prompt_asked_for(pair, tmp_path: Path) -> None:
+    """eval.prompt: fewshot evaluates every model of the sweep like `sftscope eval` does by
+    default (a fine-tune in another format); sft, the default, stays out of fingerprints."""
+    from sftscope.config import EvalConfig, RestoreEval, result_fields
+    from sftscope.evaluate import run_eval
+
+    base, tuned = pair
+    _sweep(base, tuned, tmp_path / "s", save=False, prompt="fewshot", k=[50])
+    direct = run_eval(EvalConfig(model=str(tuned), data="entityquestions", data_dir=EQ_FIXTURE,
+                                 limit_per_relation=2, batch_size=4, device="cpu",
+                                 out=tmp_path / "e"))  # fmt: skip
+    assert direct["in_domain"]["n"] > 0
+    got = (tmp_path / "s" / "eval" / "tuned" / "records.jsonl").read_text()
+    assert got == (tmp_path / "e" / "records.jsonl").read_text()
+    assert "prompt" not in result_fields(RestoreEval(data="geo"))
+    assert result_fields(RestoreEval(data="geo", prompt="fewshot"))["prompt"] == "fewshot"
 
 
 def test_in_place_folder_gets_checkpoints_when_saved_later(pair, tmp_path: Path) -> None:

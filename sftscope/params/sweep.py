@@ -1,11 +1,12 @@
 """``sftscope restore --eval``: evaluate every restored model, and pick k on dev.
 
 Each output of :func:`sftscope.params.restore.run_restore` — and the unrestored fine-tuned
-model, as k = 0 — is evaluated with the SFT prompt on the evaluation split (``OUT/eval/<label>/``,
-the usual records and summary, resumable per model). With ``pick_on: dev`` every model is also
-evaluated on the dev split, the k with the best dev in-domain accuracy is chosen (ties: the
-smaller k, i.e. the fewer restored weights), and the test score at that k is reported: a
-"repair my fine-tuned model" procedure that never looks at the test set to choose.
+model, as k = 0 — is evaluated with the SFT prompt (or ``eval.prompt``) on the evaluation
+split (``OUT/eval/<label>/``, the usual records and summary, resumable per model). With
+``pick_on: dev`` every model is also evaluated on the dev split, the k with the best dev
+in-domain accuracy is chosen (ties: the smaller k, i.e. the fewer restored weights), and the
+test score at that k is reported: a "repair my fine-tuned model" procedure that never looks at
+the test set to choose.
 """
 
 from __future__ import annotations
@@ -69,8 +70,8 @@ def _evaluate(
         return json.loads((out / "summary.json").read_text(encoding="utf-8"))
     if engine is None and not has_weights(model):
         raise SftscopeError(f"{model}: no weights to evaluate (deleted by keep_models: false?)")
-    settings = ev.model_dump(exclude={"pick_on", "keep_models", "mastery", "split"})
-    ecfg = EvalConfig(**settings, model=str(model), prompt="sft", split=split,
+    settings = ev.model_dump(exclude={"pick_on", "keep_models", "mastery", "split", "prompt"})
+    ecfg = EvalConfig(**settings, model=str(model), prompt=ev.prompt, split=split,
                       mastery=ev.mastery if split == ev.split else None, device=cfg.device,
                       engine=cfg.engine, vllm=cfg.vllm, trust_remote_code=cfg.trust_remote_code,
                       out=out)  # fmt: skip

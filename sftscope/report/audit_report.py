@@ -133,7 +133,7 @@ def blocks(s: dict[str, Any], root: Path, figdir: Path) -> list[Block]:
                          f"{fmt(pick['in_domain'])} % ({_points(pick['gain_in_domain'])} vs the "
                          f"unrestored model), out-of-domain {fmt(pick['ood'])} % "
                          f"({_points(pick['gain_ood'])}). The sweep's models are evaluated with "
-                         "the SFT prompt."))  # fmt: skip
+                         f"the tuned model's prompt, {s['prompts']['restore sweep']}."))
     return out
 
 
