@@ -186,8 +186,7 @@ class Selector:
             left = self.ties_left.setdefault(key, cut.ties)
             if not left or (holds is not None and not holds(cut.value)):
                 continue
-            if bool(torch.eq(flat, cut.value, out=short).any()):
-                ties = short.nonzero().flatten()[:left]
-                code[ties] = torch.clamp(code[ties], max=j)
-                self.ties_left[key] = left - ties.numel()
+            ties = torch.eq(flat, cut.value, out=short).nonzero().flatten()[:left]
+            code[ties] = torch.clamp(code[ties], max=j)
+            self.ties_left[key] = left - ties.numel()
         return code.view(scores.shape)
