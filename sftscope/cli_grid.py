@@ -177,7 +177,7 @@ def report_cmd(
     console.print(f"report in {path / 'index.html'} (and report.md)")
 
 
-DEMO_PRESETS = ("demo", "paper")
+DEMO_PRESETS = ("demo", "study", "paper")
 
 
 @_one_line_errors
@@ -187,13 +187,18 @@ def demo_cmd(
     options: Options,
     overrides: Overrides = None,
     preset: Annotated[
-        str, typer.Option(help="demo (SmolLM2 + geography, ~20 min on a CPU) | paper (GPU)")
+        str,
+        typer.Option(
+            help="demo (SmolLM2 + geography, ~20 min on a CPU) | study (the demo's recipe, "
+            "sizes 60-960, levels 0-1: hours on a CPU) | paper (GPU)"
+        ),
     ] = "demo",
     config: ConfigOpt = None,
     dry_run: Annotated[bool, typer.Option(help="list what would run, run nothing")] = False,
 ) -> None:
     """A packaged grid end to end, then the report: `demo` is what `make demo` runs (the
-    bundled SmolLM2 + geography); `paper` is the paper's full grid on EntityQuestions, for a GPU
+    bundled SmolLM2 + geography); `study` is the demo's recipe on the paper's size range (hours
+    on a CPU); `paper` is the paper's full grid on EntityQuestions, for a GPU
     (sftscope demo --preset paper model=PATH data_dir=DIR)."""
     from importlib.resources import files
 
@@ -205,7 +210,7 @@ def demo_cmd(
         raise SftscopeError(f"--preset {preset!r}: expected one of {', '.join(DEMO_PRESETS)}")
     presets = files("sftscope") / "presets"
     defaults = read_yaml(Path(str(presets / f"{preset}.yaml")), f"{preset} preset")
-    if preset == "demo":  # the likelihood probe's thresholds, fitted on SmolLM2 (see README)
+    if preset in ("demo", "study"):  # the likelihood probe's thresholds, fitted on SmolLM2
         defaults["probe"]["calibration"] = str(presets / "smollm2-geo-calibration.json")
     cfg = load_config(GridConfig, config, options, overrides, defaults)
     grid = Grid(cfg)

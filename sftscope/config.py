@@ -429,6 +429,9 @@ class GridConfig(StageConfig):
     engine: EngineName = EngineFields.model_fields["engine"]
     vllm: VLLMSettings = EngineFields.model_fields["vllm"]
     trust_remote_code: bool = Field(False, description="run the model repo's own code")
+    note: str | None = runtime(
+        None, "a sentence for the report's header: why this run departs from the paper"
+    )
     out: Path = runtime(description="run folder")
 
     _relations = field_validator("relations", mode="before")(_relation_list)

@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 import pytest
+import yaml
 from conftest import EQ_FIXTURE, grid_yaml
 from typer.testing import CliRunner
 
@@ -23,7 +24,8 @@ def test_spread_over_seeds() -> None:
 def test_report_of_a_grid_run(tiny_model_dir: Path, tmp_path: Path) -> None:
     params = {"cells": ["1-4-0"], "k": [10, 50], "layers": ["0-0", "1-1"], "compute_device": "auto"}
     path = grid_yaml(tmp_path, tiny_model_dir, sizes=[4, 8], levels=[1], seeds=[0, 1],
-                      keep_models=False, params=params, transitions=True)  # fmt: skip
+                      keep_models=False, params=params, transitions=True,
+                      note="a tiny model learns fast")  # fmt: skip
     res = CliRunner().invoke(app, ["run", str(path)])
     assert res.exit_code == 0, res.output
     run = tmp_path / "run"
@@ -47,6 +49,11 @@ def test_report_of_a_grid_run(tiny_model_dir: Path, tmp_path: Path) -> None:
     for head in (">module</th>", ">layer</th>", ">top 10 %</th>", ">Δ ID</th>"):
         assert head in page  # Tables 9-10 (where the top-k % sit) and Table 11 (layer blocks)
     assert "| layers-0-0 |" in md and "| down_proj |" in md
+    # the header names the recipe, each departure from the paper's, and the run's note
+    assert ("SFT: full fine-tuning, learning rate 0.001, batch 4, 1 epoch, adamw_torch, cosine "
+            "schedule. Departs from the paper's recipe (PAPER.md §3.2): learning rate 0.001 "
+            "(paper 1e-05); batch size 4 (paper 8).") in md  # fmt: skip
+    assert "Note: a tiny model learns fast" in md and "Note: a tiny model learns fast" in page
     # the unrestored model's score is the cell's own evaluation, copied, not re-run
     cell_eval = (run / "eval" / "1-4-0" / "records.jsonl").read_text()
     for folder in ("restore", "blocks"):
@@ -174,6 +181,27 @@ def test_demo_runs_the_grid_then_the_report(tiny_model_dir: Path, tmp_path: Path
     assert (tmp_path / "d" / "manifest.json").exists() and not (tmp_path / "run").exists()
 
 
+def test_study_preset_plans_the_size_axis(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """`sftscope demo --preset study`: levels 0 and 1 x sizes 60-960 x 3 seeds with the demo's
+    recipe, the parameter level on the 960-fact cells; planned, nothing written."""
+    run = tmp_path / "study"
+    args = ["demo", "--preset", "study", "--dry-run", "--out", str(run), f"model={tiny_model_dir}"]
+    res = CliRunner(env={"COLUMNS": "200"}).invoke(app, args)
+    assert res.exit_code == 0, res.output
+    cells = set(re.findall(r"models/(\d-\d+-\d)", res.output))
+    assert cells == {f"{lv}-{n}-{s}" for lv in (0, 1) for n in (60, 120, 240, 480, 960)
+                     for s in (0, 1, 2)}  # fmt: skip
+    for stage in ("probe/train", "probe/test", "eval/base", "kl/0-60-0", "params/0-960-0/diff",
+                  "params/1-960-0/restore", "params/1-960-0/blocks"):  # fmt: skip
+        assert stage in res.output
+    assert "params/0-480-0" not in res.output and "params/1-960-1" not in res.output
+    assert not run.exists()
+    presets = Path(__file__).parents[1] / "sftscope" / "presets"
+    demo, study = (yaml.safe_load((presets / f"{p}.yaml").read_text()) for p in ("demo", "study"))
+    assert study["train"] == demo["train"] and study["probe"] == demo["probe"]  # one recipe
+    assert demo["note"] and study["note"]  # each report says why it is not the paper's recipe
+
+
 def test_paper_preset_plans_the_full_grid(tiny_model_dir: Path, tmp_path: Path) -> None:
     """`sftscope demo --preset paper`: 5 levels + Mixed x 5 sizes x 3 seeds, the k sweep and
     layer blocks on the 240 / 1920 cells; planned (not run) on the EntityQuestions fixture."""
@@ -189,4 +217,4 @@ def test_paper_preset_plans_the_full_grid(tiny_model_dir: Path, tmp_path: Path) 
     res = CliRunner().invoke(app, ["demo", "--preset", "paper", "--out", str(run)])
     assert res.exit_code == 2 and "--data-dir" in res.output  # the dataset folder is required
     res = CliRunner().invoke(app, ["demo", "--preset", "nope"])
-    assert res.exit_code == 2 and "demo, paper" in res.output
+    assert res.exit_code == 2 and "demo, study, paper" in res.output

@@ -14,6 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from sftscope.config import TrainRecipe
+from sftscope.config_base import counts
 from sftscope.io import atomic_write_text, replace_dir
 from sftscope.layout import RunLayout
 from sftscope.report.collect import collect
@@ -36,6 +38,31 @@ def fmt(s: dict[str, Any] | float | None, scale: float = 100, digits: int = 1) -
     return "-" if s is None else f"{scale * s:.{digits}f}"
 
 
+def recipe_text(train: dict[str, Any]) -> str:
+    """The run's SFT recipe, and every setting that departs from the paper's (the defaults of
+    :class:`TrainRecipe` are the paper's, PAPER.md §3.2), so a reader never mistakes a
+    small-model recipe for the paper's."""
+    paper = TrainRecipe()
+    run = TrainRecipe(**train)
+    kind = f"LoRA r = {run.lora_r}" if run.lora else "full fine-tuning"
+    text = (f"SFT: {kind}, learning rate {run.learning_rate:g}, batch {run.batch_size}, "
+            f"{run.epochs:g} epoch{'s' if run.epochs != 1 else ''}, {run.optimizer}, "
+            f"{run.lr_scheduler} schedule.")  # fmt: skip
+
+    def show(v: Any) -> str:
+        return f"{v:g}" if isinstance(v, float) else ("on" if v is True else "off" if v is False
+                                                      else str(v))  # fmt: skip
+
+    changed = [
+        f"{name.replace('_', ' ')} {show(getattr(run, name))} (paper {show(getattr(paper, name))})"
+        for name, field in TrainRecipe.model_fields.items()
+        if counts(field) and name != "seed" and getattr(run, name) != getattr(paper, name)
+    ]
+    if changed:
+        return f"{text} Departs from the paper's recipe (PAPER.md §3.2): {'; '.join(changed)}."
+    return f"{text} The paper's recipe (PAPER.md §3.2)."
+
+
 def blocks(data: dict[str, Any], figdir: Path) -> list[Block]:
     cfg, split = data["config"], data["split"]
     probe = cfg.get("probe") or {}
@@ -49,6 +76,9 @@ def blocks(data: dict[str, Any], figdir: Path) -> list[Block]:
                         == "sampling" else "")
                      + (f", calibration `{probe['calibration']}`" if probe.get("calibration")
                         else "") + ")."))  # fmt: skip
+    out.append(("p", recipe_text(cfg.get("train") or {})))
+    if cfg.get("note"):
+        out.append(("p", f"Note: {cfg['note']}"))
     out.append(("h2", "Findings"))
     out.append(
         (
