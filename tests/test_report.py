@@ -54,6 +54,7 @@ def test_report_of_a_grid_run(tiny_model_dir: Path, tmp_path: Path) -> None:
             "schedule. Departs from the paper's recipe (PAPER.md §3.2): learning rate 0.001 "
             "(paper 1e-05); batch size 4 (paper 8).") in md  # fmt: skip
     assert "Note: a tiny model learns fast" in md and "Note: a tiny model learns fast" in page
+    assert "Dotted: the base model." in md  # the base model's level on the accuracy figures
     # the unrestored model's score is the cell's own evaluation, copied, not re-run
     cell_eval = (run / "eval" / "1-4-0" / "records.jsonl").read_text()
     for folder in ("restore", "blocks"):

@@ -56,23 +56,32 @@ def _lines(ax, groups: list[dict[str, Any]], metric, scale: float = 100) -> bool
     return drawn
 
 
-def accuracy_vs_size(groups: list[dict[str, Any]], figdir: Path) -> list[tuple[str, str]]:
+def accuracy_vs_size(
+    groups: list[dict[str, Any]], figdir: Path, base: dict[str, Any] | None = None
+) -> list[tuple[str, str]]:
     """Fig. 2 / Fig. 4 / Fig. 5 analogues: one line per training level, error bars = sd over
-    seeds; sizes on a log axis."""
+    seeds; sizes on a log axis. ``base``: the base model's evaluation row, drawn as a level line
+    on the accuracy figures, since whether SFT beat the untuned model is the first question."""
     plt = _plt()
+    level4 = base["in_domain_per_level"][4] if base and base["in_domain_per_level"] else None
     specs = [
         ("accuracy_vs_size.png", "in-domain accuracy, mean of test levels (%)",
-         lambda g: g["in_domain_mean"], 100,
+         lambda g: g["in_domain_mean"], 100, base and base["in_domain_mean"],
          "In-domain accuracy (mean over test levels) vs training-set size (PAPER.md Fig. 2)."),
         ("level4_vs_size.png", "accuracy on level-4 test items (%)", lambda g: g["per_level"][4],
-         100, "Accuracy on the test facts the base model knew best vs size (PAPER.md Fig. 4)."),
+         100, level4,
+         "Accuracy on the test facts the base model knew best vs size (PAPER.md Fig. 4)."),
         ("kl_vs_size.png", "paper KL, top-10 first token (nats)", lambda g: g["kl_paper"], 1,
-         "KL(fine-tuned ‖ base) on level-4 facts vs size (PAPER.md Fig. 5)."),
+         None, "KL(fine-tuned ‖ base) on level-4 facts vs size (PAPER.md Fig. 5)."),
     ]  # fmt: skip
     out = []
-    for name, ylabel, metric, scale, caption in specs:
+    for name, ylabel, metric, scale, reference, caption in specs:
         fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=110)
         if _lines(ax, groups, metric, scale):
+            if reference is not None:
+                ax.axhline(scale * reference, color="0.45", linestyle=(0, (1, 2)),
+                           label="base model (few-shot)")  # fmt: skip
+                caption += " Dotted: the base model."
             ax.set_xscale("log")
             xs = sorted({x for g in groups if (x := _size(g["size"])) is not None})
             ax.set_xticks(xs, [f"{x:g}" for x in xs])

@@ -119,7 +119,7 @@ def blocks(data: dict[str, Any], figdir: Path) -> list[Block]:
             ]
         )
     out.append(("table", header, rows))
-    for name, caption in accuracy_vs_size(data["groups"], figdir):
+    for name, caption in accuracy_vs_size(data["groups"], figdir, data["base"]):
         out.append(("img", name, caption))
     if any(g["kl_full"]["n"] for g in data["groups"]):
         out.append(("h2", "Token level: KL(fine-tuned ‖ base)"))
