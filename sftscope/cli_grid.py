@@ -210,8 +210,9 @@ def demo_cmd(
         raise SftscopeError(f"--preset {preset!r}: expected one of {', '.join(DEMO_PRESETS)}")
     presets = files("sftscope") / "presets"
     defaults = read_yaml(Path(str(presets / f"{preset}.yaml")), f"{preset} preset")
-    if preset in ("demo", "study"):  # the likelihood probe's thresholds, fitted on SmolLM2
-        defaults["probe"]["calibration"] = str(presets / "smollm2-geo-calibration.json")
+    calibration = (defaults.get("probe") or {}).get("calibration")
+    if calibration:  # a preset names a calibration packaged beside it (the SmolLM2 fit)
+        defaults["probe"]["calibration"] = str(presets / calibration)
     cfg = load_config(GridConfig, config, options, overrides, defaults)
     grid = Grid(cfg)
     if dry_run:
