@@ -101,7 +101,8 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=None, help="folder for outputs (default: temp)")
     args = ap.parse_args()
 
-    from sftscope.models.factory import check_engine, in_fresh_process
+    from sftscope.models.factory import check_engine
+    from sftscope.models.process import in_fresh_process
 
     check_engine("vllm")
     work = args.work or Path(tempfile.mkdtemp(prefix="engine-bench-"))

@@ -13,7 +13,8 @@ import time
 
 import torch
 
-from sftscope.data.dataset import load_items, resolve_dataset
+from sftscope.data.dataset import load_items
+from sftscope.data.readers import resolve_dataset
 from sftscope.evaluate import STOP, exemplar_pool
 from sftscope.models.engines import HFEngine, cut_at_stop
 from sftscope.models.loading import load_model

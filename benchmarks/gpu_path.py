@@ -99,7 +99,8 @@ class Bench:
     """One model's measurements on one device; rows land in ``results``."""
 
     def __init__(self, args: argparse.Namespace, name: str, path: Path, work: Path) -> None:
-        from sftscope.data.dataset import load_items, resolve_dataset
+        from sftscope.data.dataset import load_items
+        from sftscope.data.readers import resolve_dataset
         from sftscope.data.templates import load_templates
 
         self.args, self.name, self.path, self.work = args, name, path, work
@@ -129,7 +130,9 @@ class Bench:
     def inference(self, device: str) -> None:
         from sftscope.config import ProbeConfig
         from sftscope.evaluate import evaluate_items, exemplar_pool
-        from sftscope.probe import likelihood_scores, probe_sampling
+        from sftscope.probe_methods import ProbeInputs
+        from sftscope.probe_methods.likelihood import likelihood_scores
+        from sftscope.probe_methods.sampling import METHOD as sampling
         from sftscope.prompts import pick_exemplars
 
         sizes, res = self._sizes(device), self.out.setdefault(device, {})
@@ -138,8 +141,8 @@ class Bench:
         if "probe" in wanted:
             facts = self.facts[: sizes["probe"]]
             cfg = ProbeConfig(model=self.name, out=Path("."))
-            took, (records, _) = _timed(lambda: probe_sampling(engine, facts, self.templates,
-                                                               cfg, seed=0))  # fmt: skip
+            inputs = ProbeInputs(tuple(cfg.thresholds), self.templates)
+            took, (records, _) = _timed(lambda: sampling.run(engine, facts, inputs, cfg, seed=0))
             res["probe_facts_s"] = len(facts) / took
             res["probe_batch"] = engine.last_batch_size
         if "score" in wanted:
@@ -272,7 +275,8 @@ def _num(x: Any) -> str:
 
 
 def models_to_run(args: argparse.Namespace, work: Path) -> list[tuple[str, Path]]:
-    from sftscope.data.dataset import load_items, resolve_dataset
+    from sftscope.data.dataset import load_items
+    from sftscope.data.readers import resolve_dataset
     from sftscope.models.loading import SMOLLM2_PACKAGE, load_tokenizer, smollm2_path
     from sftscope.models.tiny import build_tokenizer, save_tiny
 

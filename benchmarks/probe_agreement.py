@@ -23,7 +23,8 @@ from pathlib import Path
 
 from sftscope.calibration import agreement_matrix, calibrate
 from sftscope.config import ProbeConfig
-from sftscope.data.dataset import load_items, resolve_dataset
+from sftscope.data.dataset import load_items
+from sftscope.data.readers import resolve_dataset
 from sftscope.io import read_jsonl
 from sftscope.mastery import level_of
 from sftscope.models.engines import HFEngine

@@ -45,7 +45,7 @@ def _child(mode: str, base: Path, tuned: Path, out: Path, ks: list[float]) -> No
     started = time.perf_counter()
     if mode.startswith("sweep-"):  # sweep-written | sweep-inplace, eval settings from the env
         from sftscope.config import RestoreConfig, RestoreEval
-        from sftscope.params.sweep import run_sweep
+        from sftscope.restore_sweep import run_sweep
 
         ev = RestoreEval(**json.loads(os.environ["SWEEP_EVAL"]))
         cfg = RestoreConfig(base=str(base), tuned=tuned, out=out, k=ks, eval=ev, device="cpu",

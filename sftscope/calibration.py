@@ -14,7 +14,7 @@ from typing import Any
 
 from sftscope.errors import SftscopeError
 from sftscope.io import atomic_write_json, atomic_write_jsonl, read_jsonl
-from sftscope.mastery import N_LEVELS, fit_thresholds, level_of
+from sftscope.mastery import N_LEVELS, fit_thresholds, histogram, level_of, read_calibration
 
 
 def _mastery(folder: Path, method: str) -> dict[str, dict[str, Any]]:
@@ -62,8 +62,6 @@ def calibrate(labels: Path, scores: Path, out: Path) -> dict[str, Any]:
 def relevel(probe_dir: Path, calibration: Path, out: Path) -> dict[str, Any]:
     """Relabel a finished likelihood probe with calibrated thresholds, without the model:
     writes ``out/mastery.jsonl`` and ``out/summary.json`` (R-hat unchanged, levels refitted)."""
-    from sftscope.probe import histogram
-
     _mastery(probe_dir, "likelihood")  # validates the folder and the method
     rows = read_jsonl(Path(probe_dir) / "mastery.jsonl")  # all rows, unprobed ones included
     cal = read_calibration(calibration)
@@ -76,15 +74,3 @@ def relevel(probe_dir: Path, calibration: Path, out: Path) -> dict[str, Any]:
     atomic_write_jsonl(Path(out) / "mastery.jsonl", rows)
     atomic_write_json(Path(out) / "summary.json", summary)
     return summary
-
-
-def read_calibration(path: Path) -> tuple[float, ...]:
-    """The four thresholds saved by :func:`calibrate`."""
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-        thresholds = tuple(float(x) for x in data["thresholds"])
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise SftscopeError(f"{path}: not a calibration file ({e})") from None
-    if len(thresholds) != N_LEVELS - 1 or list(thresholds) != sorted(thresholds):
-        raise SftscopeError(f"{path}: expected {N_LEVELS - 1} ascending thresholds")
-    return thresholds

@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sftscope.config import EvalConfig, dump_config
-from sftscope.data.dataset import Dataset, load_items, resolve_dataset
+from sftscope.data.dataset import Dataset, load_items
 from sftscope.data.matching import match
+from sftscope.data.readers import resolve_dataset
 from sftscope.data.schema import Domain, QAItem
 from sftscope.errors import SftscopeError
 from sftscope.io import atomic_write_json, atomic_write_jsonl, atomic_write_text

@@ -1,18 +1,22 @@
 """Mastery arithmetic shared by the probe methods: levels, early-exit decisions, the likelihood
-estimator's alias probabilities, threshold calibration, SliCK categories.
+estimator's alias probabilities, threshold calibration (and reading a calibration file), SliCK
+categories, the level histogram.
 
 Pure functions with no model in sight, so each is tested against a hand computation.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from bisect import bisect_left
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 from sftscope.data.matching import contains_answer, normalize, settled
+from sftscope.errors import SftscopeError
 
 N_LEVELS = 5
 
@@ -137,3 +141,25 @@ def read_levels(path: str | Path) -> dict[str, int | None]:
             raise SftscopeError(f"{path}: row {k}: expected fields 'id' and 'level'")
         out[str(row["id"])] = row["level"]
     return out
+
+
+def histogram(records: Sequence[dict[str, Any]]) -> dict[str, list[int]]:
+    """Facts per level, per relation (in first-seen order) and in total."""
+    hist: dict[str, list[int]] = {}
+    for r in records:
+        if r["level"] is not None:
+            hist.setdefault(r["relation"], [0] * N_LEVELS)[r["level"]] += 1
+    hist["total"] = [sum(h[k] for h in hist.values()) for k in range(N_LEVELS)]
+    return hist
+
+
+def read_calibration(path: Path) -> tuple[float, ...]:
+    """The four thresholds saved by :func:`calibrate`."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        thresholds = tuple(float(x) for x in data["thresholds"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise SftscopeError(f"{path}: not a calibration file ({e})") from None
+    if len(thresholds) != N_LEVELS - 1 or list(thresholds) != sorted(thresholds):
+        raise SftscopeError(f"{path}: expected {N_LEVELS - 1} ascending thresholds")
+    return thresholds

@@ -11,11 +11,9 @@ from __future__ import annotations
 import random
 from collections import defaultdict
 from collections.abc import Sequence
-from typing import Literal
 
+from sftscope.config.base import PromptStyle as PromptStyle
 from sftscope.data.schema import QAItem
-
-PromptStyle = Literal["fewshot", "sft"]
 
 
 def sft_prompt(question: str) -> str:

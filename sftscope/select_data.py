@@ -16,7 +16,7 @@ has mapping templates and every row a subject, else ``question`` (any QA file). 
 * ``level-<L>.jsonl`` (L = 0..4): the input rows of each level, as they were;
 * ``recommended.jsonl``: at most ``size`` input rows of levels ``min_level``..``max_level``, a
   seeded sample balanced across relations (the paper's balanced draw, PAPER.md §1.4, with
-  :func:`sftscope.data.subsets.draw_subset`: small relations taken whole, the rest shared);
+  :func:`sftscope.subsets.draw_subset`: small relations taken whole, the rest shared);
   a pair the file repeats counts once. ``recommended.train.jsonl``: the same pairs as
   ``sftscope train --train-file`` reads them (question, answer = the first gold answer);
 * ``select.json``: settings, histogram and the sample's composition; written last.
@@ -51,15 +51,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sftscope.config import ProbeConfig, SelectConfig, SelectProbe
-from sftscope.data.dataset import Dataset, resolve_dataset
+from sftscope.config.engine import engine_sections
+from sftscope.data.dataset import Dataset
+from sftscope.data.readers import resolve_dataset
 from sftscope.data.schema import QAItem
-from sftscope.data.subsets import MIXED, Subset, draw_subset
 from sftscope.data.templates import load_templates, packaged_datasets
 from sftscope.errors import SftscopeError
 from sftscope.io import atomic_write_text, json_text, read_jsonl
 from sftscope.mastery import N_LEVELS
 from sftscope.models.factory import check_engine
-from sftscope.probe import fact_key, plan_probe, probe_pool, run_probe
+from sftscope.probe import plan_probe, probe_pool, run_probe
+from sftscope.probe_methods.base import fact_key
+from sftscope.subsets import MIXED, Subset, draw_subset
 
 if TYPE_CHECKING:
     from sftscope.models.engines import Engine
@@ -78,7 +81,7 @@ def probe_config(cfg: SelectConfig, method: str) -> ProbeConfig:
     return ProbeConfig(
         **cfg.probe.model_dump(exclude={"method"}), method=method, split="all",
         model=cfg.model, data=cfg.data, data_dir=cfg.data_dir, relations=cfg.relations,
-        limit_per_relation=cfg.limit_per_relation, engine=cfg.engine, vllm=cfg.vllm,
+        limit_per_relation=cfg.limit_per_relation, **engine_sections(cfg),
         device=cfg.device, trust_remote_code=cfg.trust_remote_code, out=Path(cfg.out) / "probe",
     )  # fmt: skip
 

@@ -27,7 +27,8 @@ from sftscope.data.schema import QAItem
 from sftscope.mastery import N_LEVELS
 from sftscope.models.batching import auto_batch_size
 from sftscope.models.engines import left_pad
-from sftscope.models.factory import engine_info, hf_engine, say_once
+from sftscope.models.factory import engine_info, hf_engine
+from sftscope.models.process import say_once
 
 
 def topk_kl(tuned_logits: torch.Tensor, base_logits: torch.Tensor, k: int = 10) -> float:
@@ -229,12 +230,13 @@ def run_kl(cfg: Any, base_engine: Any = None) -> dict[str, Any]:
     ``<name>.records.jsonl`` (one line per fact and measure)."""
     from pathlib import Path
 
-    from sftscope.data.dataset import load_items, resolve_dataset
+    from sftscope.data.dataset import load_items
+    from sftscope.data.readers import resolve_dataset
     from sftscope.data.templates import fill, load_templates
     from sftscope.errors import SftscopeError
     from sftscope.io import atomic_write_json, atomic_write_jsonl, read_jsonl
     from sftscope.models.loading import load_model
-    from sftscope.probe import likelihood_scores
+    from sftscope.probe_methods.likelihood import likelihood_scores
     from sftscope.prompts import sft_prompt
 
     dataset = resolve_dataset(cfg.data, cfg.data_dir)

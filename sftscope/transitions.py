@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from sftscope.data.schema import Domain
+from sftscope.data.schema import Domain, QAItem
 from sftscope.errors import SftscopeError
 from sftscope.io import read_jsonl
 from sftscope.mastery import N_LEVELS
@@ -107,3 +107,53 @@ def read_answers(folder: Path) -> dict[str, tuple[bool, int | None]]:
         raise SftscopeError(f"{path}: not found (run sftscope eval first)")
     return {r["id"]: (bool(r["containment"]), r.get("level")) for r in read_jsonl(path)
             if r["domain"] == Domain.IN_DOMAIN.value}  # fmt: skip
+
+
+def change_of(before: int, after: int) -> str | None:
+    """``lost`` (known, level 3-4, to unknown, 0-1), ``gained`` (the reverse) or None."""
+    if before >= KNOWN and after < KNOWN - 1:
+        return "lost"
+    if before < KNOWN - 1 and after >= KNOWN:
+        return "gained"
+    return None
+
+
+def fact_changes(
+    items: list[QAItem], before: dict[str, dict], after: dict[str, dict],
+    correct: dict[str, dict[str, bool]],
+) -> list[dict[str, Any]]:  # fmt: skip
+    """Every fact lost or gained, in item order, with both probes and both answers."""
+    rows = []
+    for it in items:
+        b, a = before.get(it.id), after.get(it.id)
+        change = change_of(b["level"], a["level"]) if b and a else None
+        if change is None:
+            continue
+        row = {"id": it.id, "relation": it.relation, "domain": it.domain.value,
+               "question": it.question, "answers": list(it.answers), "change": change,
+               "base_level": b["level"], "base_R": b["R"], "tuned_level": a["level"],
+               "tuned_R": a["R"]}  # fmt: skip
+        row.update({f"{name}_correct": c.get(it.id) for name, c in correct.items()})
+        rows.append(row)
+    return rows
+
+
+def change_counts(rows: list[dict], before: dict[str, dict], after: dict[str, dict]) -> dict:
+    """Facts lost and gained by base level (facts of the level probed both times) and by
+    relation (its known and unknown facts before)."""
+    both = [i for i in before if i in after]
+    by_level = [{"facts": 0, "lost": 0, "gained": 0} for _ in range(N_LEVELS)]
+    by_relation: dict[str, dict[str, int]] = {}
+    for i in both:
+        b = before[i]
+        by_level[b["level"]]["facts"] += 1
+        rel = by_relation.setdefault(b["relation"], {"known": 0, "lost": 0, "unknown": 0,
+                                                     "gained": 0})  # fmt: skip
+        rel["known"] += b["level"] >= KNOWN
+        rel["unknown"] += b["level"] < KNOWN - 1
+    for r in rows:
+        by_level[r["base_level"]][r["change"]] += 1
+        by_relation[r["relation"]][r["change"]] += 1
+    return {"n_lost": sum(r["change"] == "lost" for r in rows),
+            "n_gained": sum(r["change"] == "gained" for r in rows),
+            "by_level": by_level, "by_relation": by_relation}  # fmt: skip

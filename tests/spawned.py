@@ -1,4 +1,4 @@
-"""Functions run by sftscope.models.factory.in_fresh_process in the tests: a module of their
+"""Functions run by sftscope.models.process.in_fresh_process in the tests: a module of their
 own, so the spawned child imports only this."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """The command line: every command's help, the options generated from the configs
-(sftscope.cli_options) and their precedence (defaults < YAML < options < key=value)."""
+(sftscope.cli.options) and their precedence (defaults < YAML < options < key=value)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import typer
 from conftest import EQ_FIXTURE
 from typer.testing import CliRunner
 
-import sftscope.cli
-import sftscope.cli_grid
+import sftscope.cli.commands
+import sftscope.cli.composite
 from sftscope.cli import app
 from sftscope.config import (
     DiffConfig,
@@ -71,7 +71,7 @@ def test_help_lists_every_option_with_help(path: str) -> None:
      ("restore", RestoreConfig, {"eval"})],
 )  # fmt: skip
 def test_every_config_field_is_an_option(command: str, cls, excluded: set[str]) -> None:
-    opts = getattr(sftscope.cli, f"{command}_cmd").config_options
+    opts = getattr(sftscope.cli.commands, f"{command}_cmd").config_options
     keys = {o.key for o in opts}
     top = {k.split(".")[0] for k in keys}  # a section (vllm.*) by its name
     assert top | excluded == set(cls.model_fields)
@@ -115,8 +115,8 @@ def loaded(monkeypatch: pytest.MonkeyPatch) -> list:
         seen.append(load_config(*args, **kwargs))
         raise SftscopeError("stopped")
 
-    monkeypatch.setattr(sftscope.cli, "load_config", capture)
-    monkeypatch.setattr(sftscope.cli_grid, "load_config", capture)
+    monkeypatch.setattr(sftscope.cli.commands, "load_config", capture)
+    monkeypatch.setattr(sftscope.cli.composite, "load_config", capture)
     return seen
 
 

@@ -8,14 +8,9 @@ from pathlib import Path
 import pytest
 from conftest import EQ_FIXTURE, SHARED_EQ, write_dataset
 
-from sftscope.data.dataset import (
-    dataset_stats,
-    load_items,
-    open_dataset,
-    recover_subject,
-    resolve_dataset,
-)
+from sftscope.data.dataset import dataset_stats, load_items, open_dataset, recover_subject
 from sftscope.data.entityquestions import EQ_RELATIONS, IN_DOMAIN_IDS, OOD_IDS
+from sftscope.data.readers import resolve_dataset
 from sftscope.data.schema import Domain
 from sftscope.errors import SftscopeError
 

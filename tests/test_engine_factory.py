@@ -16,15 +16,10 @@ from sftscope.cli import app
 from sftscope.config import EvalConfig, GridConfig, ProbeConfig, load_config, result_fields
 from sftscope.errors import SftscopeError
 from sftscope.evaluate import run_eval
-from sftscope.experiment import Grid
-from sftscope.models.factory import (
-    ENGINES,
-    EngineRequest,
-    engine_for,
-    engine_info,
-    in_fresh_process,
-    make_engine,
-)
+from sftscope.models.factory import EngineRequest, engine_for, engine_info, make_engine
+from sftscope.models.process import in_fresh_process
+from sftscope.pipeline.grid import Grid
+from sftscope.registry import ENGINES
 
 NO_VLLM = importlib.util.find_spec("vllm") is None  # tests/engine_vllm: not a "vllm" folder
 

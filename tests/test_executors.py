@@ -18,10 +18,10 @@ import torch
 from conftest import cli_run, grid_yaml
 from safetensors.torch import load_file
 
-from sftscope.claims import Claim
 from sftscope.config import GridConfig, load_config
 from sftscope.errors import SftscopeError
-from sftscope.experiment import Grid
+from sftscope.pipeline.claims import Claim
+from sftscope.pipeline.grid import Grid
 
 CELLS = ["1-4-0", "1-8-0", "mixed-4-0", "mixed-8-0"]
 EXECUTORS = {
@@ -189,8 +189,8 @@ def test_a_rerun_submits_only_probe_shards_with_chunks_left(
 
 
 def test_processes_workers_follow_the_visible_gpus(monkeypatch: pytest.MonkeyPatch) -> None:
-    from sftscope.executors.config import ExecutorConfig
-    from sftscope.executors.processes import default_workers, visible_gpus
+    from sftscope.config.executors import ExecutorConfig
+    from sftscope.pipeline.executors.processes import default_workers, visible_gpus
 
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5,6")
     assert visible_gpus() == ["3", "5", "6"]

@@ -14,8 +14,8 @@ from typer.testing import CliRunner
 
 from sftscope.cli import app
 from sftscope.config import GridConfig, load_config
-from sftscope.experiment import Grid
-from sftscope.run_results import cell_table
+from sftscope.pipeline.grid import Grid
+from sftscope.report.results import cell_table
 
 CELLS = ["1-4-0", "1-8-0", "mixed-4-0", "mixed-8-0"]
 

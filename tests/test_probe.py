@@ -12,14 +12,15 @@ import torch
 from conftest import EQ_FIXTURE
 from typer.testing import CliRunner
 
-import sftscope.probe as probe_mod
 from sftscope.cli import app
 from sftscope.config import ProbeConfig
 from sftscope.data.dataset import load_items, open_dataset
 from sftscope.data.templates import fill, load_templates
 from sftscope.mastery import decided, prefix_free
 from sftscope.models.engines import HFEngine
-from sftscope.probe import likelihood_scores, run_probe
+from sftscope.probe import run_probe
+from sftscope.probe_methods import sampling
+from sftscope.probe_methods.likelihood import likelihood_scores
 
 
 def _cfg(tmp_path: Path, name: str, model: Path, **kw) -> ProbeConfig:
@@ -56,7 +57,7 @@ def test_killed_probe_resumes_to_the_same_result(
     tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     run_probe(_cfg(tmp_path, "whole", tiny_model_dir))
-    real, calls = probe_mod.probe_sampling, []
+    real, calls = sampling.METHOD.run, []
 
     def dies_after_first_chunk(*args, **kwargs):
         if calls:
@@ -64,12 +65,12 @@ def test_killed_probe_resumes_to_the_same_result(
         calls.append(1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(probe_mod, "probe_sampling", dies_after_first_chunk)
+    monkeypatch.setattr(sampling.METHOD, "run", dies_after_first_chunk)
     with pytest.raises(KeyboardInterrupt):
         run_probe(_cfg(tmp_path, "killed", tiny_model_dir))
     assert len(list((tmp_path / "killed" / "parts").glob("*.jsonl"))) == 1
     assert not (tmp_path / "killed" / "mastery.jsonl").exists()
-    monkeypatch.setattr(probe_mod, "probe_sampling", real)
+    monkeypatch.setattr(sampling.METHOD, "run", real)
     run_probe(_cfg(tmp_path, "killed", tiny_model_dir))
     assert _lines(tmp_path / "killed" / "mastery.jsonl") == _lines(
         tmp_path / "whole" / "mastery.jsonl"

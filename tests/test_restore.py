@@ -244,7 +244,7 @@ def test_cuda_restore_is_bit_identical_to_cpu(bf16_pair, tmp_path: Path, strateg
 
 def _sweep(base: Path, tuned: Path, out: Path, save: bool, prompt: str = "sft", **kw) -> dict:
     from sftscope.config import RestoreEval
-    from sftscope.params.sweep import run_sweep
+    from sftscope.restore_sweep import run_sweep
 
     ev = RestoreEval(data="entityquestions", data_dir=EQ_FIXTURE, limit_per_relation=2,
                      pick_on="dev", batch_size=4, prompt=prompt)  # fmt: skip

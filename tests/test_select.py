@@ -176,8 +176,8 @@ def test_a_layout_folder_is_one_pool_too(model_link: Path, tmp_path: Path) -> No
 
 def test_select_is_a_registered_stage(model_link: Path, tmp_path: Path) -> None:
     from sftscope.config import SelectConfig
-    from sftscope.runners import run_stage
-    from sftscope.stages import Stage
+    from sftscope.pipeline.runners import run_stage
+    from sftscope.pipeline.stage import Stage
 
     data = write_jsonl(tmp_path / "sft.jsonl", sft_rows()[:4])
     cfg = SelectConfig(model=str(model_link), data_dir=data, out=tmp_path / "st", device="cpu",

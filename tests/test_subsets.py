@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from sftscope.data.schema import Domain, QAItem
-from sftscope.data.subsets import allocate, draw_subset, subset_name
 from sftscope.errors import SftscopeError
+from sftscope.subsets import allocate, draw_subset, subset_name
 
 
 def _items(rel: str, n: int, split: str = "train") -> list[QAItem]:

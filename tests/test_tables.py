@@ -13,13 +13,15 @@ from typer.testing import CliRunner
 
 from sftscope.cli import app
 from sftscope.config import EvalConfig, GridConfig, ProbeConfig, load_config
-from sftscope.data.dataset import READERS, load_items, resolve_dataset
+from sftscope.data.dataset import load_items
+from sftscope.data.readers import resolve_dataset
 from sftscope.data.schema import Domain
 from sftscope.data.tables import POPQA_RELATIONS
 from sftscope.errors import SftscopeError
 from sftscope.evaluate import run_eval
-from sftscope.experiment import Grid
+from sftscope.pipeline.grid import Grid
 from sftscope.probe import run_probe
+from sftscope.registry import READERS
 
 CITIES = ["Paris", "Rome", "Madrid", "Berlin", "Vienna", "Lisbon", "Athens", "Dublin"]
 COUNTRIES = ["France", "Italy", "Spain", "Germany", "Austria", "Portugal", "Greece", "Ireland"]

@@ -1,7 +1,7 @@
-"""Read a QA dataset into typed records, whatever its format: readers register by name.
+"""Read a QA dataset into typed records, whatever its format.
 
-A reader (``@reader("name")``; ``--data name``) turns a path into a :class:`Dataset`: its
-relations and an item source, which yields raw items per (relation, split). Every item then
+A reader (:mod:`sftscope.data.readers`; ``--data name``) turns a path into a :class:`Dataset`:
+its relations and an item source, which yields raw items per (relation, split). Every item then
 goes through one parser, so every format gets the same checks and the same stable ids.
 
 * ``entityquestions`` (and ``testbed``): the EntityQuestions layout,
@@ -19,7 +19,7 @@ import json
 import logging
 import re
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -31,7 +31,6 @@ from sftscope.data.aliases import AliasTable
 from sftscope.data.entityquestions import EQ_RELATIONS
 from sftscope.data.schema import SPLITS, Domain, QAItem, Relation, item_id
 from sftscope.errors import SftscopeError
-from sftscope.paths import cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -221,46 +220,6 @@ def warn_no_subject(items: Iterable[QAItem]) -> None:
     if missing:
         detail = ", ".join(f"{r}: {n}" for r, n in sorted(missing.items()))
         log.warning("subject not recovered for %d items (%s)", sum(missing.values()), detail)
-
-
-Reader = Callable[[Path], Dataset]
-READERS: dict[str, Reader] = {}
-
-
-def reader(name: str) -> Callable[[Reader], Reader]:
-    """Register a dataset reader: ``--data name --data-dir PATH`` calls it with PATH."""
-
-    def register(fn: Reader) -> Reader:
-        READERS[name] = fn
-        return fn
-
-    return register
-
-
-reader("entityquestions")(open_dataset)
-reader("testbed")(open_dataset)  # a layout folder whose dataset.json names its relations
-
-
-def resolve_dataset(data: str, data_dir: str | Path | None = None) -> Dataset:
-    """``geo`` without a folder = the built-in geography set (built once into the cache); any
-    other name = that reader over ``data_dir`` (a layout ``geo`` folder reads as a layout)."""
-    from sftscope.data import tables  # noqa: F401  (registers popqa, generic)
-
-    if data == "geo" and data_dir is None:
-        from sftscope.data.geography import GEO_VERSION, build_geography
-
-        root = cache_dir() / "data" / f"geo-v{GEO_VERSION}"
-        if not (root / DATASET_META).exists():
-            log.info("building the geography set into %s", root)
-            build_geography(root)
-        return open_dataset(root)
-    fn = open_dataset if data == "geo" else READERS.get(data)
-    if fn is None:
-        known = ", ".join(["geo", *sorted(READERS)])
-        raise SftscopeError(f"--data {data!r}: no such dataset reader (known: {known})")
-    if data_dir is None:
-        raise SftscopeError(f"--data {data} needs --data-dir (the dataset folder or file)")
-    return fn(Path(data_dir))
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import datetime
 import functools
 import json
+import logging
 import os
 import random
 import re
@@ -38,9 +39,13 @@ from typing import Any
 import yaml
 
 from sftscope.data.aliases import AliasTable
+from sftscope.data.dataset import DATASET_META, Dataset, open_dataset
 from sftscope.data.schema import SPLITS, Relation
 from sftscope.errors import SftscopeError
 from sftscope.io import atomic_write_json, atomic_write_text, replace_dir
+from sftscope.paths import cache_dir
+
+log = logging.getLogger(__name__)
 
 GEO_VERSION = 1
 # A city name shared across countries (or US states) belongs to its largest bearer only if
@@ -411,3 +416,15 @@ def build_geography(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return counts
+
+
+def open_geo(data_dir: Path | None = None) -> Dataset:
+    """``--data geo``: the built-in geography set, built once into the cache (or, given a
+    folder, a geography set written there in the EntityQuestions layout)."""
+    if data_dir is not None:
+        return open_dataset(data_dir)
+    root = cache_dir() / "data" / f"geo-v{GEO_VERSION}"
+    if not (root / DATASET_META).exists():
+        log.info("building the geography set into %s", root)
+        build_geography(root)
+    return open_dataset(root)

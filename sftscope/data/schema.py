@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from enum import Enum
-from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-Split = Literal["train", "dev", "test"]
-SPLITS: tuple[Split, ...] = ("train", "dev", "test")
+from sftscope.config.base import SPLITS as SPLITS
+from sftscope.config.base import Split as Split
 
 
 class Domain(str, Enum):

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sftscope.data.dataset import Dataset, reader
+from sftscope.data.dataset import Dataset
 from sftscope.data.schema import SPLITS, Domain, Relation
 from sftscope.errors import SftscopeError
 
@@ -213,7 +213,6 @@ def _dataset(name: str, path: Path, relations: list[Relation],
     return Dataset(name, path, {r.id: r for r in relations}, source)
 
 
-@reader("popqa")
 def read_popqa(path: Path) -> Dataset:
     by_prop = {r.name: r for r in POPQA_RELATIONS}
     rows = []
@@ -232,7 +231,6 @@ def read_popqa(path: Path) -> Dataset:
     return _dataset("popqa", path, list(POPQA_RELATIONS), rows)
 
 
-@reader("generic")
 def read_generic(path: Path) -> Dataset:
     relations: dict[str, Relation] = {}
     rows = []

@@ -25,14 +25,12 @@ import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from sftscope.config.engine import VLLMSettings
 from sftscope.errors import SftscopeError
 from sftscope.models.engines import cut_at_stop, encode_prompts, eos_ids
-from sftscope.models.factory import (
-    EngineRequest,
-    make_engine,
-    release_on_exit,
-    say_once,
-)
+from sftscope.models.factory import make_engine
+from sftscope.models.process import release_on_exit, say_once
+from sftscope.models.request import EngineRequest
 
 if TYPE_CHECKING:
     from sftscope.models.decoding import DoneIf
@@ -86,7 +84,7 @@ class VLLMEngine:
 
         from sftscope.models.loading import default_dtype
 
-        s, cpu = self.request.vllm, self.device_type == "cpu"
+        s, cpu = self.request.settings or VLLMSettings(), self.device_type == "cpu"
         args: dict[str, Any] = dict(
             model=self.location, tokenizer=self.location, seed=0,
             dtype=str(default_dtype(torch.device(self.device_type))).removeprefix("torch."),
@@ -109,7 +107,7 @@ class VLLMEngine:
             if _BUILT:
                 raise SftscopeError(
                     f"vLLM: this process already holds {_BUILT[0]}; a second model needs a "
-                    "process of its own (sftscope.models.factory.in_fresh_process)"
+                    "process of its own (sftscope.models.process.in_fresh_process)"
                 )
             from vllm import LLM
 

@@ -3,7 +3,7 @@
 r_i = |s_i - p_i| / (|p_i| + 1e-8) in fp32, for the tensors of a region (the paper's: decoder
 layer weights, norms excluded). Streamed tensor by tensor; the concentration table (share of the
 total r held by the top k% of weights) is exact without a flat vector: two streamed histogram
-passes find each k's threshold value (:mod:`sftscope.params.select`). With a ``device``
+passes find each k's threshold value (:mod:`sftscope.params.ranking`). With a ``device``
 (``compute_device: cuda``) the arithmetic runs there, tensor pair by tensor pair; the statistics
 come back as Python numbers.
 """
@@ -20,7 +20,7 @@ import torch
 
 from sftscope.config import PAPER_K
 from sftscope.errors import SftscopeError
-from sftscope.params.select import Ranking
+from sftscope.params.ranking import Ranking
 from sftscope.params.tensors import Checkpoint, check_compatible, iter_pairs
 
 EPS = 1e-8
@@ -105,7 +105,7 @@ def concentration(
     device: torch.device | None = None,
 ) -> dict[str, Any]:
     """Share of Σr held by the top k% of the region's weights, exactly, in two streamed passes
-    (see :mod:`sftscope.params.select`); with ``nonzero_base``, of the weights whose base value
+    (see :mod:`sftscope.params.ranking`); with ``nonzero_base``, of the weights whose base value
     is not exactly 0 (their r = |Δ|/1e-8 can swamp everything else). Both are ranked in the
     same passes: the one not asked for is returned under ``other``.
 

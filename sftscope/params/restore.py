@@ -2,7 +2,7 @@
 
 The paper ranks every weight of the region by its relative change r (one global ranking,
 ``torch.topk`` over a flat vector of the whole model) and sets the top k% back to the base
-values, once per k. Here the ranking is exact and streamed (:mod:`sftscope.params.select`):
+values, once per k. Here the ranking is exact and streamed (:mod:`sftscope.params.ranking`):
 three passes over the two checkpoints, whatever the number of k values, and one output
 checkpoint per k written tensor by tensor, so memory holds a tensor pair, not a model.
 
@@ -19,7 +19,7 @@ checkpoint per k written tensor by tensor, so memory holds a tensor pair, not a 
 
 With ``compute_device: cuda`` each region tensor pair is moved to the GPU for the arithmetic
 (r, scores, histograms, masks, the restored tensor) and comes back to the CPU for writing; the
-restored checkpoints are bit-identical to a CPU run (see :mod:`sftscope.params.select`).
+restored checkpoints are bit-identical to a CPU run (see :mod:`sftscope.params.ranking`).
 
 Outputs: ``OUT/<scope>-<strategy>-<k>/`` or ``OUT/layers-<a>-<b>/`` (``from_pretrained``-loadable,
 config and tokenizer copied), ``OUT/selection.json`` (per output: count, cut per group, stats of
@@ -46,7 +46,7 @@ from sftscope.config import RestoreConfig, dump_config, result_fields
 from sftscope.errors import SftscopeError
 from sftscope.io import atomic_write_json, atomic_write_text, read_yaml, replace_dir, tsv_text
 from sftscope.params.diff import checked, layer_of, natural_key, region_names, relative_change
-from sftscope.params.select import Cut, Ranking, Selector
+from sftscope.params.ranking import Cut, Ranking, Selector
 from sftscope.params.tensors import (
     Checkpoint,
     ShardWriter,

@@ -16,7 +16,7 @@ from typing import Any
 from sftscope.errors import SftscopeError
 from sftscope.io import read_yaml
 from sftscope.layout import RunLayout
-from sftscope.run_results import (
+from sftscope.report.results import (
     answer_transition_tables,
     cell_order,
     cell_table,

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from sftscope.config import TrainRecipe
-from sftscope.config_base import counts
+from sftscope.config.base import counts
 from sftscope.io import atomic_write_text, replace_dir
 from sftscope.layout import RunLayout
 from sftscope.report.collect import collect

@@ -102,7 +102,7 @@ def test_a_grid_runs_end_to_end_on_vllm(tmp_path: Path) -> None:
     model = save_tiny(fixture_questions(), tmp_path / "model", num_heads=1)
 
     from sftscope.config import GridConfig, load_config
-    from sftscope.experiment import Grid
+    from sftscope.pipeline.grid import Grid
 
     path = grid_yaml(
         tmp_path, model, engine="vllm", levels=[0], sizes=[4],

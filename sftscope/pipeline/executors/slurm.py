@@ -12,20 +12,18 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from sftscope.config.executors import ExecutorConfig
 from sftscope.errors import SftscopeError
-from sftscope.executors import Failure, error_line, write_job
-from sftscope.executors.config import ExecutorConfig
 from sftscope.layout import RunLayout
-from sftscope.stages import Job
+from sftscope.pipeline.executors import Failure, error_line, write_job
+from sftscope.pipeline.stage import Job
 
 
 def _submitit() -> Any:
-    try:
-        import submitit
-    except ImportError:
-        raise SftscopeError(
-            "executor 'slurm' needs submitit: pip install 'sftscope[slurm]'"
-        ) from None
+    """submitit, imported when used (its registry entry names it: a missing one is a one-line
+    error before anything runs)."""
+    import submitit
+
     return submitit
 
 
@@ -33,7 +31,7 @@ def job_runner() -> Any:
     """The callable a SLURM job runs: checkpointable, so a preempted or timed-out job is
     requeued with the same arguments (its finished stages are skipped on the way back)."""
     submitit = _submitit()
-    from sftscope.worker import run_job_file
+    from sftscope.pipeline.worker import run_job_file
 
     class RunJob(submitit.helpers.Checkpointable):
         def __call__(self, job_file: str, claim_timeout_s: float) -> str:

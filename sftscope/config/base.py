@@ -1,6 +1,6 @@
 """What every stage config is made of: the base model, the field marker that keeps a field out
 of fingerprints, and loading (defaults < YAML < CLI options < ``key=value`` overrides). The
-stage configs themselves are in :mod:`sftscope.config`."""
+stage configs themselves are in :mod:`sftscope.config.stages` and :mod:`sftscope.config.runs`."""
 
 from __future__ import annotations
 
@@ -14,6 +14,11 @@ from sftscope.errors import SftscopeError
 from sftscope.io import read_yaml
 
 C = TypeVar("C", bound=BaseModel)
+
+# The values that configs and records share (the data's splits, the prompt formats).
+Split = Literal["train", "dev", "test"]
+SPLITS: tuple[Split, ...] = ("train", "dev", "test")
+PromptStyle = Literal["fewshot", "sft"]
 
 
 def _batch_size(v: Any) -> int | str:

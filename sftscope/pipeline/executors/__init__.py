@@ -1,5 +1,5 @@
-"""Executors: who runs the jobs a plan holds. One module each, one line in ``EXECUTORS``; the
-grid never knows which one it has.
+"""Executors: who runs the jobs a plan holds. One module each, one line in the registry
+(:data:`sftscope.registry.EXECUTORS`); the grid never knows which one it has.
 
 Every executor is handed a list of independent jobs (a wave of the plan: the probes' shards,
 then the base evaluation and the cells), writes each as ``RUN/jobs/<job>.json`` where it runs
@@ -13,20 +13,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from importlib import import_module
 from pathlib import Path
 from typing import Protocol
 
-from sftscope.executors.config import ExecutorConfig
+from sftscope.config.executors import ExecutorConfig
 from sftscope.layout import RunLayout
-from sftscope.stages import Job
-
-EXECUTORS = {
-    "local": "sftscope.executors.local:LocalExecutor",
-    "processes": "sftscope.executors.processes:ProcessExecutor",
-    "slurm": "sftscope.executors.slurm:SlurmExecutor",
-    "ray": "sftscope.executors.ray_tasks:RayExecutor",
-}
+from sftscope.pipeline.stage import Job
+from sftscope.registry import EXECUTORS
 
 
 @dataclass(frozen=True)
@@ -59,23 +52,20 @@ class Executor(Protocol):
 
 def make_executor(cfg: ExecutorConfig, layout: RunLayout, gpus: bool = False) -> Executor:
     """The executor ``cfg.kind`` names; ``gpus``: the run's stages want a GPU each."""
-    module, _, name = EXECUTORS[cfg.kind].partition(":")
-    return getattr(import_module(module), name)(cfg, layout, gpus)
+    return EXECUTORS.check(cfg.kind).load()(cfg, layout, gpus)
 
 
 def probe_workers(cfg: ExecutorConfig, gpus: bool = False) -> int:
     """Probe jobs to plan in all (the grid shares them between its probes by size):
-    ``probe_shards`` if set, else as many as run at once (``workers``; processes: one per
-    visible GPU, else one per 2 cores; slurm 8; ray 4; local 1)."""
+    ``probe_shards`` if set, else ``workers`` or its registry entry's ``workers`` (slurm 8,
+    ray 4), or for an entry without one its class's ``default_workers`` (local 1; processes:
+    one per visible GPU, else one per 2 cores)."""
     if cfg.probe_shards:
         return cfg.probe_shards
-    if cfg.kind == "local":
-        return 1
-    if cfg.kind == "processes":
-        from sftscope.executors.processes import default_workers
-
-        return default_workers(cfg, gpus)
-    return cfg.workers or {"slurm": 8, "ray": 4}[cfg.kind]
+    entry = EXECUTORS[cfg.kind]
+    if entry.workers is None:
+        return entry.load().default_workers(cfg, gpus)
+    return cfg.workers or entry.workers
 
 
 def write_job(layout: RunLayout, job: Job) -> Path:

@@ -1,5 +1,5 @@
-"""Reading a run folder's results: the manifest and per-cell tables (for the CLI and the
-report), from the stages' own summary files."""
+"""Reading finished run folders: a grid run's manifest and per-cell tables (for the CLI and the
+report), and the summaries an audit is made of, from the stages' own summary files."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from sftscope.errors import SftscopeError
+from sftscope.io import read_jsonl
 from sftscope.layout import RunLayout
 
 
@@ -122,3 +123,54 @@ def answer_transition_tables(root: Path) -> dict[str, dict[str, Any]]:
     return {c: answer_transitions(before, read_answers(layout.eval(c)))
             for c in sorted(cells, key=cell_order)
             if (layout.eval(c) / "records.jsonl").exists()}  # fmt: skip
+
+
+def correct_by_id(folder: Path) -> dict[str, bool]:
+    return {r["id"]: bool(r["containment"]) for r in read_jsonl(folder / "records.jsonl")}
+
+
+def accuracy(folder: Path) -> dict[str, Any]:
+    """One model's containment accuracy: in-domain, OOD, overall, and per base level."""
+    s = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
+    out: dict[str, Any] = {"prompt": s["prompt"]}
+    for key in ("in_domain", "ood", "overall"):
+        out[key] = {"n": s[key]["n"], "accuracy": s[key]["containment"]}
+    for key, block in s.get("by_level", {}).items():
+        out[key]["per_level"] = [v["containment"] for v in block["per_level"]]
+        out[key]["n_per_level"] = [v["n"] for v in block["per_level"]]
+        out[key]["mean_of_levels"] = block["mean_of_levels"]["containment"]
+    return out
+
+
+def kl_summary(path: Path) -> dict[str, Any]:
+    k = json.loads(Path(path).read_text(encoding="utf-8"))
+    out: dict[str, Any] = {}
+    if "paper" in k:
+        out["paper"] = {key: k["paper"][key] for key in ("mean", "std", "n", "level", "prompts")}
+    if "full" in k:
+        full = k["full"]
+        out["full"] = {"overall": full["overall"], "per_level": full["per_level"],
+                       "prompt": full["prompt"]}  # fmt: skip
+    return out
+
+
+def params_summary(outputs: dict[str, Path]) -> dict[str, Any]:
+    """Concentration and change per layer / module (the diff); the sweep and its dev pick, from
+    the parts' folders (``diff``, ``restore``, ``blocks``)."""
+    out: dict[str, Any] = {}
+    if "diff" in outputs:
+        folder = outputs["diff"]
+        d = json.loads((folder / "diff.json").read_text(encoding="utf-8"))
+        c = json.loads((folder / "concentration.json").read_text(encoding="utf-8"))
+        out["diff"] = {
+            "region": d["region"], "weights": d["weights"], "zero_base": d["zero_base"],
+            "concentration": [{"k": r["k"], "share": r["share"]} for r in c["rows"]],
+            "concentration_nonzero_base": [{"k": r["k"], "share": r["share"]}
+                                           for r in c.get("other", {}).get("rows", [])],
+            "mean_change_per_layer": {k: g["mean"] for k, g in d["per_layer"].items()},
+            "mean_change_per_module": {k: g["mean"] for k, g in d["per_module"].items()},
+        }  # fmt: skip
+    for part in ("restore", "blocks"):
+        if part in outputs:
+            out[part] = json.loads((outputs[part] / "sweep.json").read_text(encoding="utf-8"))
+    return out

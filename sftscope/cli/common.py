@@ -1,5 +1,5 @@
 """What every ``sftscope`` subcommand shares: the console, ``--config`` and the ``key=value``
-overrides (the stage options are generated from the configs: :mod:`sftscope.cli_options`), and
+overrides (the stage options are generated from the configs: :mod:`sftscope.cli.options`), and
 the one-line error handling (``error: …`` on stderr, exit code 2)."""
 
 from __future__ import annotations

@@ -5,14 +5,18 @@ from __future__ import annotations
 from collections.abc import Callable
 from functools import partial
 
-from sftscope.executors import Failure
-from sftscope.executors.config import ExecutorConfig
+from sftscope.config.executors import ExecutorConfig
 from sftscope.layout import RunLayout
-from sftscope.stages import Job
-from sftscope.worker import run_job
+from sftscope.pipeline.executors import Failure
+from sftscope.pipeline.stage import Job
+from sftscope.pipeline.worker import run_job
 
 
 class LocalExecutor:
+    @staticmethod
+    def default_workers(cfg: ExecutorConfig, gpus: bool) -> int:
+        return 1  # one job at a time, in this process
+
     def __init__(self, cfg: ExecutorConfig, layout: RunLayout, gpus: bool = False):
         self.cfg, self.layout = cfg, layout
 

@@ -17,17 +17,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sftscope.config import EvalConfig, RestoreConfig
+from sftscope.config.engine import engine_sections
 from sftscope.errors import SftscopeError
 from sftscope.evaluate import run_eval
 from sftscope.io import atomic_write_json, replace_dir
-from sftscope.models.factory import (
-    EngineRequest,
-    check_engine,
-    in_fresh_process,
-    make_engine,
-    one_model_per_process,
-    say_once,
-)
+from sftscope.models.factory import EngineRequest, check_engine, make_engine, one_model_per_process
+from sftscope.models.process import in_fresh_process, say_once
 from sftscope.params.restore import run_restore
 from sftscope.params.tensors import has_weights
 
@@ -73,7 +68,7 @@ def _evaluate(
     settings = ev.model_dump(exclude={"pick_on", "keep_models", "mastery", "split", "prompt"})
     ecfg = EvalConfig(**settings, model=str(model), prompt=ev.prompt, split=split,
                       mastery=ev.mastery if split == ev.split else None, device=cfg.device,
-                      engine=cfg.engine, vllm=cfg.vllm, trust_remote_code=cfg.trust_remote_code,
+                      **engine_sections(cfg), trust_remote_code=cfg.trust_remote_code,
                       out=out)  # fmt: skip
     if engine is None and one_model_per_process(cfg.engine):
         return in_fresh_process(run_eval, ecfg)

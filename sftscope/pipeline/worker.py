@@ -1,8 +1,8 @@
 """What runs one planned job, wherever it runs: in the driver (``local``), in a forked worker
-process (``processes``), in a SLURM job or a Ray task; by hand, ``python -m sftscope.worker
+process (``processes``), in a SLURM job or a Ray task; by hand, ``python -m sftscope.pipeline.worker
 RUN/jobs/JOB.json``.
 
-A job claims itself (``claims/<job>.json``, :mod:`sftscope.claims`), runs its stages in order,
+A job claims itself (``claims/<job>.json``, :mod:`.claims`), runs its stages in order,
 each skipped when its marker says it is done, and releases the claim. A worker killed at any
 point leaves finished stages marked and the half-done one unmarked, so running the same job
 again redoes exactly that one.
@@ -18,10 +18,11 @@ import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from sftscope.claims import Claim
 from sftscope.errors import SftscopeError
 from sftscope.layout import RunLayout
-from sftscope.stages import Job, Stage
+from sftscope.pipeline.claims import Claim
+from sftscope.pipeline.runners import execute, run_stage
+from sftscope.pipeline.stage import Job, Stage
 
 DEFAULT_CLAIM_TIMEOUT_S = 600.0
 
@@ -31,8 +32,6 @@ def run_job(
     on_stage: Callable[[Stage], None] | None = None,
 ) -> None:  # fmt: skip
     """Run ``job`` of the run folder ``root`` in this process."""
-    from sftscope.runners import run_stage
-
     with Claim(RunLayout(root).claim(job.name), claim_timeout_s):
         if job.shard is not None:
             (stage,) = job.stages
@@ -68,7 +67,7 @@ def _run_cell(job: Job, on_stage: Callable[[Stage], None] | None) -> None:
 
 def _execute(stage: Stage, on_stage: Callable[[Stage], None] | None) -> None:
     if not stage.done():
-        stage.execute()
+        execute(stage)
         if on_stage is not None:
             on_stage(stage)
 
@@ -128,7 +127,7 @@ def run_job_file(path: str | Path, log: bool = False, claim_timeout_s: float | N
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
-        print("usage: python -m sftscope.worker RUN/jobs/JOB.json", file=sys.stderr)
+        print("usage: python -m sftscope.pipeline.worker RUN/jobs/JOB.json", file=sys.stderr)
         return 2
     try:
         run_job_file(args[0])

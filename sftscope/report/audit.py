@@ -11,7 +11,7 @@ from sftscope.layout import RunLayout
 from sftscope.mastery import N_LEVELS
 from sftscope.report.figures import _finish, _plt
 from sftscope.report.render import Block, fmt, param_blocks, write_page
-from sftscope.run_results import restore_tables
+from sftscope.report.results import restore_tables
 
 LEVELS = [f"L{k}" for k in range(N_LEVELS)]
 

@@ -18,15 +18,23 @@ import queue
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 
-from sftscope.executors import Failure, error_line, write_job
-from sftscope.executors.config import ExecutorConfig
+from sftscope.config.executors import ExecutorConfig
 from sftscope.layout import RunLayout
-from sftscope.stages import Job
+from sftscope.pipeline.executors import Failure, error_line, write_job
+from sftscope.pipeline.stage import Job
 
 # What every job imports; the forkserver imports it once (a module that fails is skipped).
-PRELOAD = ["sftscope.worker", "sftscope.runners", "sftscope.train", "sftscope.evaluate",
-           "sftscope.probe", "sftscope.token_kl", "sftscope.params.sweep", "sftscope.params.diff",
-           "sftscope.models.engines"]  # fmt: skip
+PRELOAD = [
+    "sftscope.pipeline.worker",
+    "sftscope.pipeline.runners",
+    "sftscope.train",
+    "sftscope.evaluate",
+    "sftscope.probe",
+    "sftscope.token_kl",
+    "sftscope.restore_sweep",
+    "sftscope.params.diff",
+    "sftscope.models.engines",
+]
 
 
 def visible_gpus() -> list[str]:
@@ -50,6 +58,8 @@ def default_workers(cfg: ExecutorConfig, gpus: bool) -> int:
 
 
 class ProcessExecutor:
+    default_workers = staticmethod(default_workers)
+
     def __init__(self, cfg: ExecutorConfig, layout: RunLayout, gpus: bool = False):
         self.cfg, self.layout = cfg, layout
         self.gpus = visible_gpus() if gpus else []
@@ -109,7 +119,7 @@ def _child(job_file: str, gpu: str | None, threads: int | None, claim_timeout_s:
         os.environ["CUDA_VISIBLE_DEVICES"] = gpu
     if threads is not None and "OMP_NUM_THREADS" not in os.environ:
         os.environ["OMP_NUM_THREADS"] = str(threads)  # the user's setting wins
-    from sftscope.worker import run_job_file
+    from sftscope.pipeline.worker import run_job_file
 
     try:
         run_job_file(job_file, log=True, claim_timeout_s=claim_timeout_s)

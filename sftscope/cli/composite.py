@@ -11,11 +11,11 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from sftscope.cli_common import ConfigOpt, Overrides, _one_line_errors, console
-from sftscope.cli_options import Options, with_config_options
+from sftscope.cli.common import ConfigOpt, Overrides, _one_line_errors, console
+from sftscope.cli.options import Options, with_config_options
+from sftscope.cli.tables import grid_tables, pct, transition_line, transition_table
 from sftscope.config import AuditConfig, GridConfig, load_config
 from sftscope.errors import SftscopeError
-from sftscope.tables import grid_tables, pct, transition_line, transition_table
 
 
 def plan_table(grid) -> Table:
@@ -62,7 +62,7 @@ def run_cmd(
     dry_run: Annotated[bool, typer.Option(help="list what would run, run nothing")] = False,
 ) -> None:
     """The experiment grid: probe, subsets, train, eval per level x size x seed (resumable)."""
-    from sftscope.experiment import Grid
+    from sftscope.pipeline.grid import Grid
 
     cfg = load_config(GridConfig, config, options, overrides)
     if run_and_show(Grid(cfg), dry_run):
@@ -94,7 +94,7 @@ def audit_cmd(
     accuracy of both (the tuned one with the base's few-shot prompt unless --tuned-prompt sft),
     token KL, where the weights changed, and a restore sweep with k picked on dev. Writes
     transitions.jsonl, audit.json and report/index.html in --out; resumable."""
-    from sftscope.audit import Audit
+    from sftscope.pipeline.audit import Audit
 
     cfg = load_config(AuditConfig, config, options, overrides)
     audit = Audit(cfg)
@@ -202,8 +202,8 @@ def demo_cmd(
     (sftscope demo --preset paper model=PATH data_dir=DIR)."""
     from importlib.resources import files
 
-    from sftscope.experiment import Grid
     from sftscope.io import read_yaml
+    from sftscope.pipeline.grid import Grid
     from sftscope.report.render import write_report
 
     if preset not in DEMO_PRESETS:

@@ -1,5 +1,5 @@
-"""Resumable stages and jobs, the data the grid (:mod:`sftscope.experiment`) plans and an
-executor (:mod:`sftscope.executors`) runs.
+"""Resumable stages and jobs, the data the grid (:mod:`sftscope.pipeline.grid`) plans and an
+executor (:mod:`sftscope.pipeline.executors`) runs.
 
 A stage's output carries a fingerprint of what made it: the fields of the stage's config that
 change results (:func:`sftscope.config.result_fields`) and the fingerprints of its inputs. A
@@ -14,15 +14,11 @@ import hashlib
 import json
 import platform
 import shutil
-import socket
-import time
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
-
-from sftscope.io import atomic_write_json
 
 MARKER = "stage.json"
 _PACKAGES = ("sftscope", "torch", "transformers", "trl", "peft", "accelerate", "datasets")
@@ -53,11 +49,12 @@ def model_identity(name: str) -> dict[str, Any]:
 
 
 class Stage(BaseModel):
-    """One unit of work, as data: which runner (``kind``, see :mod:`sftscope.runners`), its
+    """One unit of work, as data: which runner (``kind``, see :mod:`sftscope.pipeline.runners`), its
     config as JSON, where it writes, and the fingerprint of what makes its result. Being plain
     data, a stage travels to any worker (a subprocess, a SLURM job, a Ray task) as JSON. Its
     output (a folder, or a file) is complete once its marker exists: ``OUTPUT/stage.json`` for
-    a folder, ``OUTPUT.json`` beside a file."""
+    a folder, ``OUTPUT.json`` beside a file. :func:`sftscope.pipeline.runners.execute` runs it
+    and writes the marker."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -100,25 +97,6 @@ class Stage(BaseModel):
         if self.output.exists() and (self.marker() is not None or not self.keep_partial):
             remove_output(self.output)
         self.marker_path.unlink(missing_ok=True)
-
-    def execute(self) -> dict[str, Any]:
-        from sftscope.runners import run_stage
-
-        if self.done():
-            return self.marker() or {}
-        self.clear()
-        started = time.perf_counter()
-        result = run_stage(self)
-        marker = {
-            "stage": self.key,
-            "fingerprint": self.fingerprint,
-            "seconds": round(time.perf_counter() - started, 2),
-            "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            "host": socket.gethostname(),
-            "result": result,
-        }
-        atomic_write_json(self.marker_path, marker)
-        return marker
 
 
 class Job(BaseModel):

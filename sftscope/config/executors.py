@@ -7,9 +7,10 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from sftscope.config_base import SHORTHANDS, StageConfig
+from sftscope.config.base import SHORTHANDS, StageConfig
+from sftscope.registry import EXECUTORS
 
-ExecutorKind = Literal["local", "processes", "slurm", "ray"]
+ExecutorKind = EXECUTORS.literal()
 
 
 class SlurmSettings(StageConfig):
@@ -53,7 +54,7 @@ class ExecutorConfig(StageConfig):
     """How the planned jobs run; never changes results (so no field is fingerprinted)."""
 
     kind: ExecutorKind = Field(
-        "local", description="in this process, worker processes, SLURM job arrays or Ray tasks"
+        "local", description=f"who runs the jobs: {EXECUTORS.help()}"
     )
     workers: int | None = Field(
         None, ge=1, description="processes: jobs at once (default: one per visible GPU, else 1 "

@@ -1,9 +1,9 @@
-"""What the composite commands share (the grid, :mod:`sftscope.experiment`, and the audit of a
-base/tuned pair, :mod:`sftscope.audit`): building the typed stage specs, and running a plan of
-them in waves with an executor (:mod:`sftscope.executors`).
+"""What the composite commands share (the grid, :mod:`.grid`, and the audit of a
+base/tuned pair, :mod:`.audit`): building the typed stage specs, and running a plan of
+them in waves with an executor (:mod:`.executors`).
 
 The builders turn settings sections (``ProbeSettings``, ``EvalSettings``, ...) into
-:class:`~sftscope.stages.Stage` s with chained fingerprints; ``run`` is the run's config (a
+:class:`~sftscope.pipeline.stage.Stage` s with chained fingerprints; ``run`` is the run's config (a
 ``GridConfig`` or ``AuditConfig``), which gives every stage its data, device and engine. A
 :class:`Plan` runs its probes first (each split into shards of chunks over the workers), then
 the stages the driver does itself (cheap: the grid's subsets), then its other jobs, rewriting
@@ -19,7 +19,6 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from sftscope.claims import Claim
 from sftscope.config import (
     DiffConfig,
     EvalConfig,
@@ -33,11 +32,15 @@ from sftscope.config import (
     RestoreSettings,
     result_fields,
 )
+from sftscope.config.engine import engine_sections
 from sftscope.data.schema import QAItem
 from sftscope.errors import SftscopeError
 from sftscope.layout import RunLayout
 from sftscope.models.factory import check_engine
-from sftscope.stages import Job, Stage, fingerprint
+from sftscope.pipeline.claims import Claim
+from sftscope.pipeline.runners import execute
+from sftscope.pipeline.stage import Job, Stage, fingerprint
+from sftscope.registry import PROBE_METHODS
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +53,7 @@ def spec(key: str, kind: str, cfg, fp: str, **kw) -> Stage:
 def _run_fields(run) -> dict[str, Any]:
     """What every model stage takes from the run: the data, where and on what it runs."""
     return {"data": run.data, "data_dir": run.data_dir, "device": run.device,
-            "engine": run.engine, "vllm": run.vllm,
+            **engine_sections(run),
             "trust_remote_code": run.trust_remote_code}  # fmt: skip
 
 
@@ -137,9 +140,8 @@ def restore_stage(
 def probe_chunks(items: Sequence[QAItem], settings: ProbeSettings) -> int:
     """The chunks a probe of ``items`` makes (the facts it can probe: with a subject, or any for
     a method prompted with the question)."""
-    from sftscope.probe import QUESTION_METHODS
-
-    probed = sum(it.subject is not None or settings.method in QUESTION_METHODS for it in items)
+    question = PROBE_METHODS[settings.method].question
+    probed = sum(it.subject is not None or question for it in items)
     return -(-probed // settings.chunk_size)
 
 
@@ -219,7 +221,7 @@ class Plan:
 
     def plan_jobs(self) -> list[tuple[str, str, str, str]]:
         """(wave, job, stage, status) rows: what ``run`` would hand its executor, job by job."""
-        from sftscope.executors import probe_workers
+        from sftscope.pipeline.executors import probe_workers
 
         shards = self.probe_shards(probe_workers(self.cfg.executor, self._gpus))
         rows = []
@@ -234,7 +236,7 @@ class Plan:
 
     # -- running --------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
-        from sftscope.executors import make_executor, probe_workers
+        from sftscope.pipeline.executors import make_executor, probe_workers
 
         ex = self.cfg.executor
         check_engine(self.cfg.engine)  # before anything is written
@@ -281,5 +283,5 @@ class Plan:
     def _execute(self, stage: Stage) -> None:
         if not stage.done():
             log.info("running %s", stage.key)
-            stage.execute()
+            execute(stage)
             self.write_manifest()

@@ -1,17 +1,17 @@
 """The experiment grid (``sftscope run``): probe -> subsets -> train -> eval (-> kl, re-probe,
 diff, restore) for every cell (level x size x seed), resumable at any point.
 
-The grid *plans*: it turns a ``GridConfig`` into :class:`~sftscope.stages.Stage` specs (plain
+The grid *plans*: it turns a ``GridConfig`` into :class:`~.stage.Stage` specs (plain
 data) whose fingerprints chain, so a changed learning rate redoes training and everything after
 it, and nothing else, while a changed device or batch size redoes nothing. It groups them into
-:class:`~sftscope.stages.Job` s run in three waves by an executor (:mod:`sftscope.executors`):
+:class:`~.stage.Job` s run in three waves by an executor (:mod:`.executors`):
 
 1. the probes of the train and evaluation splits, each split into shards of chunks;
 2. (in the driver: cheap) the probes' merge and every cell's subset, so a level too small for a
    size fails before anything trains;
 3. the base model's evaluation and one job per cell (train, eval, kl, re-probe, diff, restore).
 
-The stage builders and the waves are :mod:`sftscope.plan`'s, shared with ``sftscope audit``.
+The stage builders and the waves are :mod:`.plan`'s, shared with ``sftscope audit``.
 ``manifest.json`` is a report rebuilt from the stages' markers after every job.
 """
 
@@ -23,13 +23,13 @@ from pathlib import Path
 from typing import Any
 
 from sftscope.config import GridConfig, TrainConfig, dump_config, result_fields
-from sftscope.data.dataset import load_items, resolve_dataset
+from sftscope.data.dataset import load_items
+from sftscope.data.readers import resolve_dataset
 from sftscope.data.schema import Domain
-from sftscope.data.subsets import SubsetConfig, subset_name
 from sftscope.errors import SftscopeError
 from sftscope.io import atomic_write_json, atomic_write_jsonl, atomic_write_text
 from sftscope.layout import RunLayout
-from sftscope.plan import (
+from sftscope.pipeline.plan import (
     Plan,
     diff_stage,
     eval_stage,
@@ -40,7 +40,8 @@ from sftscope.plan import (
     spec,
     stage_entry,
 )
-from sftscope.stages import Job, Stage, fingerprint, model_identity, package_versions
+from sftscope.pipeline.stage import Job, Stage, fingerprint, model_identity, package_versions
+from sftscope.subsets import SubsetConfig, subset_name
 
 SUBSETS_VERSION = 1  # bump when the drawing algorithm changes: subsets and all after are redone
 

@@ -9,18 +9,17 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from sftscope.errors import SftscopeError
-from sftscope.executors import Failure, write_job
-from sftscope.executors.config import ExecutorConfig
+from sftscope.config.executors import ExecutorConfig
 from sftscope.layout import RunLayout
-from sftscope.stages import Job
+from sftscope.pipeline.executors import Failure, write_job
+from sftscope.pipeline.stage import Job
 
 
 def _ray() -> Any:
-    try:
-        import ray
-    except ImportError:
-        raise SftscopeError("executor 'ray' needs Ray: pip install 'sftscope[ray]'") from None
+    """Ray, imported when used (its registry entry names it: a missing one is a one-line error
+    before anything runs)."""
+    import ray
+
     return ray
 
 
@@ -36,7 +35,7 @@ class RayExecutor:
             ray.init(address=s.address, num_cpus=s.local_cpus if s.address is None else None,
                      include_dashboard=False, log_to_driver=False,
                      configure_logging=False)  # fmt: skip
-        from sftscope.worker import run_job_file
+        from sftscope.pipeline.worker import run_job_file
 
         num_gpus = s.num_gpus
         if num_gpus is None:  # a GPU per task where there are GPUs (a CPU cluster would hang)

@@ -13,9 +13,20 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from sftscope.cli_common import ConfigOpt, Overrides, _one_line_errors, console
-from sftscope.cli_grid import audit_cmd, demo_cmd, report_cmd, run_cmd, testbed_app
-from sftscope.cli_options import Options, with_config_options
+from sftscope.cli.common import ConfigOpt, Overrides, _one_line_errors, console
+from sftscope.cli.composite import audit_cmd, demo_cmd, report_cmd, run_cmd, testbed_app
+from sftscope.cli.options import Options, with_config_options
+from sftscope.cli.tables import (
+    concentration_table,
+    histogram_table,
+    level_table,
+    num,
+    pct,
+    select_table,
+    selection_table,
+    summary_table,
+    sweep_tables,
+)
 from sftscope.config import (
     DiffConfig,
     EvalConfig,
@@ -28,17 +39,6 @@ from sftscope.config import (
     load_config,
 )
 from sftscope.errors import SftscopeError
-from sftscope.tables import (
-    concentration_table,
-    histogram_table,
-    level_table,
-    num,
-    pct,
-    select_table,
-    selection_table,
-    summary_table,
-    sweep_tables,
-)
 
 app = typer.Typer(
     help="Measure and control what supervised fine-tuning does to a model's knowledge.",
@@ -244,7 +244,7 @@ def restore_cmd(
         )
         console.print(f"checkpoints, selection.json and restore_stats.tsv in {cfg.out}")
         return
-    from sftscope.params.sweep import run_sweep
+    from sftscope.restore_sweep import run_sweep
 
     s = run_sweep(cfg)
     title = f"restore sweep: {cfg.eval.split} accuracy % (mean of levels if known)"
@@ -279,7 +279,8 @@ def stats_cmd(
     data_dir: Annotated[Path | None, typer.Option(help="dataset folder")] = None,
 ) -> None:
     """Items per relation and split, and how many subjects could not be recovered."""
-    from sftscope.data.dataset import dataset_stats, resolve_dataset
+    from sftscope.data.dataset import dataset_stats
+    from sftscope.data.readers import resolve_dataset
 
     ds = resolve_dataset(data, data_dir)
     rows = dataset_stats(ds)
@@ -305,6 +306,3 @@ app.command("audit")(audit_cmd)
 app.add_typer(testbed_app, name="testbed")
 app.command("report")(report_cmd)
 app.command("demo")(demo_cmd)
-
-if __name__ == "__main__":
-    app()

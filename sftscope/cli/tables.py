@@ -168,7 +168,7 @@ def _signed(x: float | None) -> str:
 
 def grid_tables(root: Path, scope: str, strategy: str, split: str) -> list[Table | str]:
     """A finished grid's results: accuracy per cell, KL per cell, and the parameter level."""
-    from sftscope.run_results import cell_table, restore_tables, transition_tables
+    from sftscope.report.results import cell_table, restore_tables, transition_tables
 
     out: list[Table | str] = []
     rows = cell_table(root)

@@ -1,7 +1,7 @@
 """``sftscope audit``: what fine-tuning did to a model's knowledge, for any base / fine-tuned
 pair of the same architecture (a public base model and a user's SFT of it).
 
-The audit *plans* typed stages (:mod:`sftscope.plan`, the grid's machinery) and runs them with
+The audit *plans* typed stages (:mod:`.plan`, the grid's machinery) and runs them with
 an executor, resumable stage by stage:
 
 1. probes: ``probe/base`` and ``probe/tuned``, the same probe (settings, items, seed) of the
@@ -24,26 +24,23 @@ file) gets the ``question`` probe and the full-vocabulary KL only (the paper KL 
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
 from typing import Any
 
 from sftscope.config import AuditConfig, ProbeConfig, ProbeSettings, dump_config
-from sftscope.data.dataset import load_items, resolve_dataset
-from sftscope.data.schema import QAItem
+from sftscope.data.dataset import load_items
+from sftscope.data.readers import resolve_dataset
 from sftscope.errors import SftscopeError
 from sftscope.io import (
     atomic_write_json,
     atomic_write_jsonl,
     atomic_write_text,
     json_text,
-    read_jsonl,
 )
 from sftscope.layout import RunLayout
-from sftscope.mastery import N_LEVELS
-from sftscope.plan import (
+from sftscope.pipeline.plan import (
     Plan,
     diff_stage,
     eval_stage,
@@ -53,10 +50,18 @@ from sftscope.plan import (
     restore_stage,
     stage_entry,
 )
+from sftscope.pipeline.stage import Job, Stage, fingerprint, model_identity, package_versions
 from sftscope.probe import plan_probe
+from sftscope.report.results import accuracy, correct_by_id, kl_summary, params_summary
 from sftscope.select_data import has_templates, pick_method
-from sftscope.stages import Job, Stage, fingerprint, model_identity, package_versions
-from sftscope.transitions import KNOWN, answer_transitions, read_answers, read_mastery, transitions
+from sftscope.transitions import (
+    answer_transitions,
+    change_counts,
+    fact_changes,
+    read_answers,
+    read_mastery,
+    transitions,
+)
 
 log = logging.getLogger(__name__)
 TUNED = "tuned"  # the tuned model's name in the layout: eval/tuned, kl/tuned.json, params/tuned
@@ -201,7 +206,7 @@ class Audit(Plan):
 
     def after_waves(self) -> None:
         """``transitions.jsonl``, ``audit.json`` (last but the report) and the report."""
-        from sftscope.report.audit_report import write_audit_report
+        from sftscope.report.audit import write_audit_report
 
         rows, summary = self.summarize()
         atomic_write_jsonl(self.root / "transitions.jsonl", rows)
@@ -213,7 +218,7 @@ class Audit(Plan):
         """(transitions.jsonl rows, audit.json) from the finished stages."""
         before = read_mastery(self.probes["base"].output)
         after = read_mastery(self.probes[TUNED].output)
-        correct = {name: _correct(s.output) for name, s in self.evals.items()}
+        correct = {name: correct_by_id(s.output) for name, s in self.evals.items()}
         rows = fact_changes(self.items, before, after, correct)
         ev = self.cfg.eval
         summary: dict[str, Any] = {
@@ -229,106 +234,6 @@ class Audit(Plan):
             "answers": answer_transitions(read_answers(self.evals["base"].output),
                                           read_answers(self.evals[TUNED].output)),
             "kl": kl_summary(self.kl.output) if self.kl else None,
-            "params": params_summary(self.params),
+            "params": params_summary({k: s.output for k, s in self.params.items()}),
         }  # fmt: skip
         return rows, summary
-
-
-def _correct(folder: Path) -> dict[str, bool]:
-    return {r["id"]: bool(r["containment"]) for r in read_jsonl(folder / "records.jsonl")}
-
-
-def change_of(before: int, after: int) -> str | None:
-    """``lost`` (known, level 3-4, to unknown, 0-1), ``gained`` (the reverse) or None."""
-    if before >= KNOWN and after < KNOWN - 1:
-        return "lost"
-    if before < KNOWN - 1 and after >= KNOWN:
-        return "gained"
-    return None
-
-
-def fact_changes(
-    items: list[QAItem], before: dict[str, dict], after: dict[str, dict],
-    correct: dict[str, dict[str, bool]],
-) -> list[dict[str, Any]]:  # fmt: skip
-    """Every fact lost or gained, in item order, with both probes and both answers."""
-    rows = []
-    for it in items:
-        b, a = before.get(it.id), after.get(it.id)
-        change = change_of(b["level"], a["level"]) if b and a else None
-        if change is None:
-            continue
-        row = {"id": it.id, "relation": it.relation, "domain": it.domain.value,
-               "question": it.question, "answers": list(it.answers), "change": change,
-               "base_level": b["level"], "base_R": b["R"], "tuned_level": a["level"],
-               "tuned_R": a["R"]}  # fmt: skip
-        row.update({f"{name}_correct": c.get(it.id) for name, c in correct.items()})
-        rows.append(row)
-    return rows
-
-
-def change_counts(rows: list[dict], before: dict[str, dict], after: dict[str, dict]) -> dict:
-    """Facts lost and gained by base level (facts of the level probed both times) and by
-    relation (its known and unknown facts before)."""
-    both = [i for i in before if i in after]
-    by_level = [{"facts": 0, "lost": 0, "gained": 0} for _ in range(N_LEVELS)]
-    by_relation: dict[str, dict[str, int]] = {}
-    for i in both:
-        b = before[i]
-        by_level[b["level"]]["facts"] += 1
-        rel = by_relation.setdefault(b["relation"], {"known": 0, "lost": 0, "unknown": 0,
-                                                     "gained": 0})  # fmt: skip
-        rel["known"] += b["level"] >= KNOWN
-        rel["unknown"] += b["level"] < KNOWN - 1
-    for r in rows:
-        by_level[r["base_level"]][r["change"]] += 1
-        by_relation[r["relation"]][r["change"]] += 1
-    return {"n_lost": sum(r["change"] == "lost" for r in rows),
-            "n_gained": sum(r["change"] == "gained" for r in rows),
-            "by_level": by_level, "by_relation": by_relation}  # fmt: skip
-
-
-def accuracy(folder: Path) -> dict[str, Any]:
-    """One model's containment accuracy: in-domain, OOD, overall, and per base level."""
-    s = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
-    out: dict[str, Any] = {"prompt": s["prompt"]}
-    for key in ("in_domain", "ood", "overall"):
-        out[key] = {"n": s[key]["n"], "accuracy": s[key]["containment"]}
-    for key, block in s.get("by_level", {}).items():
-        out[key]["per_level"] = [v["containment"] for v in block["per_level"]]
-        out[key]["n_per_level"] = [v["n"] for v in block["per_level"]]
-        out[key]["mean_of_levels"] = block["mean_of_levels"]["containment"]
-    return out
-
-
-def kl_summary(path: Path) -> dict[str, Any]:
-    k = json.loads(Path(path).read_text(encoding="utf-8"))
-    out: dict[str, Any] = {}
-    if "paper" in k:
-        out["paper"] = {key: k["paper"][key] for key in ("mean", "std", "n", "level", "prompts")}
-    if "full" in k:
-        full = k["full"]
-        out["full"] = {"overall": full["overall"], "per_level": full["per_level"],
-                       "prompt": full["prompt"]}  # fmt: skip
-    return out
-
-
-def params_summary(stages: dict[str, Stage]) -> dict[str, Any]:
-    """Concentration and change per layer / module (the diff); the sweep and its dev pick."""
-    out: dict[str, Any] = {}
-    if "diff" in stages:
-        folder = stages["diff"].output
-        d = json.loads((folder / "diff.json").read_text(encoding="utf-8"))
-        c = json.loads((folder / "concentration.json").read_text(encoding="utf-8"))
-        out["diff"] = {
-            "region": d["region"], "weights": d["weights"], "zero_base": d["zero_base"],
-            "concentration": [{"k": r["k"], "share": r["share"]} for r in c["rows"]],
-            "concentration_nonzero_base": [{"k": r["k"], "share": r["share"]}
-                                           for r in c.get("other", {}).get("rows", [])],
-            "mean_change_per_layer": {k: g["mean"] for k, g in d["per_layer"].items()},
-            "mean_change_per_module": {k: g["mean"] for k, g in d["per_module"].items()},
-        }  # fmt: skip
-    for part in ("restore", "blocks"):
-        if part in stages:
-            out[part] = json.loads((stages[part].output / "sweep.json").read_text(encoding="utf-8"))
-    return out

@@ -1,0 +1,27 @@
+"""Which dataset ``--data NAME --data-dir PATH`` means: the readers registry
+(:data:`sftscope.registry.READERS`, one line per reader) and the one call every stage makes.
+
+A reader is a function ``(data_dir) -> Dataset`` in a module of its own: the EntityQuestions
+layout (``entityquestions``, ``testbed``: :func:`~sftscope.data.dataset.open_dataset`), the
+built-in geography set (``geo``), PopQA and generic QA tables (:mod:`sftscope.data.tables`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sftscope.data.dataset import Dataset
+from sftscope.errors import SftscopeError
+from sftscope.registry import READERS
+
+
+def resolve_dataset(data: str, data_dir: str | Path | None = None) -> Dataset:
+    """The reader ``data`` names over ``data_dir``; a one-line error for an unknown reader, or
+    for a missing folder where the reader needs one."""
+    if data not in READERS:
+        raise SftscopeError(f"--data {data!r}: no such dataset reader (known: "
+                            f"{', '.join(READERS.names)})")  # fmt: skip
+    entry = READERS[data]
+    if data_dir is None and entry.needs_dir:
+        raise SftscopeError(f"--data {data} needs --data-dir (the dataset folder or file)")
+    return entry.load()(Path(data_dir) if data_dir is not None else None)

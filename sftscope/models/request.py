@@ -1,0 +1,20 @@
+"""What a stage asks an engine for (light: configs and the factory import it, never torch)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pydantic import BaseModel
+
+
+@dataclass(frozen=True)
+class EngineRequest:
+    """A model by name and how to run it; ``settings``: the engine's own settings block (its
+    config section, e.g. ``vllm``), None for an engine without one or to take its defaults."""
+
+    model: str
+    device: str = "auto"
+    batch_size: int | str = 32
+    trust_remote_code: bool = False
+    progress: bool = True
+    settings: BaseModel | None = None
