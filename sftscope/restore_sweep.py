@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sftscope.config import EvalConfig, RestoreConfig
-from sftscope.config.engine import engine_sections
 from sftscope.errors import SftscopeError
 from sftscope.evaluate import run_eval
 from sftscope.io import atomic_write_json, replace_dir
@@ -67,9 +66,8 @@ def _evaluate(
         raise SftscopeError(f"{model}: no weights to evaluate (deleted by keep_models: false?)")
     settings = ev.model_dump(exclude={"pick_on", "keep_models", "mastery", "split", "prompt"})
     ecfg = EvalConfig(**settings, model=str(model), prompt=ev.prompt, split=split,
-                      mastery=ev.mastery if split == ev.split else None, device=cfg.device,
-                      **engine_sections(cfg), trust_remote_code=cfg.trust_remote_code,
-                      out=out)  # fmt: skip
+                      mastery=ev.mastery if split == ev.split else None, out=out,
+                      **cfg.runtime_fields())  # fmt: skip
     if engine is None and one_model_per_process(cfg.engine):
         return in_fresh_process(run_eval, ecfg)
     return run_eval(ecfg, engine)

@@ -51,7 +51,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sftscope.config import ProbeConfig, SelectConfig, SelectProbe
-from sftscope.config.engine import engine_sections
 from sftscope.data.dataset import Dataset
 from sftscope.data.readers import resolve_dataset
 from sftscope.data.schema import QAItem
@@ -80,9 +79,8 @@ def probe_config(cfg: SelectConfig, method: str) -> ProbeConfig:
     """The probe of the whole file, in ``DIR/probe``."""
     return ProbeConfig(
         **cfg.probe.model_dump(exclude={"method"}), method=method, split="all",
-        model=cfg.model, data=cfg.data, data_dir=cfg.data_dir, relations=cfg.relations,
-        limit_per_relation=cfg.limit_per_relation, **engine_sections(cfg),
-        device=cfg.device, trust_remote_code=cfg.trust_remote_code, out=Path(cfg.out) / "probe",
+        model=cfg.model, relations=cfg.relations, limit_per_relation=cfg.limit_per_relation,
+        out=Path(cfg.out) / "probe", **cfg.context(),
     )  # fmt: skip
 
 

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from sftscope.config import KLConfig
 from sftscope.data.schema import QAItem
 from sftscope.mastery import N_LEVELS
 from sftscope.models.batching import auto_batch_size
@@ -225,7 +226,7 @@ def full_kl_items(
 _ESTIMATED: dict[tuple, int] = {}  # best template per (base, probe, relation, facts)
 
 
-def run_kl(cfg: Any, base_engine: Any = None) -> dict[str, Any]:
+def run_kl(cfg: KLConfig, base_engine: Any = None) -> dict[str, Any]:
     """The ``sftscope kl`` stage: writes ``cfg.out`` (summary JSON) and, beside it,
     ``<name>.records.jsonl`` (one line per fact and measure)."""
     from pathlib import Path

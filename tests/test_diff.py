@@ -12,7 +12,7 @@ from conftest import perturbed_copy
 from safetensors.torch import load_file, save_file
 
 from sftscope.errors import SftscopeError
-from sftscope.params.diff import concentration, in_region, module_of, region_names, run_diff
+from sftscope.params.diff import concentration, diff_checkpoints, in_region, module_of, region_names
 from sftscope.params.tensors import open_checkpoint
 
 
@@ -56,7 +56,7 @@ def test_concentration_equals_a_flat_reference(tiny_model_dir: Path, tmp_path: P
 
 def test_run_diff_outputs_and_nan(tiny_model_dir: Path, tmp_path: Path) -> None:
     tuned_dir = perturbed_copy(tiny_model_dir, tmp_path / "tuned")
-    s = run_diff(tiny_model_dir, tuned_dir, tmp_path / "out")
+    s = diff_checkpoints(tiny_model_dir, tuned_dir, tmp_path / "out")
     assert s["tensors"] == 2 * 7 and set(s["per_module"]) == {
         "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}  # fmt: skip
     assert set(s["per_layer"]) == {"0", "1"}
@@ -70,7 +70,7 @@ def test_run_diff_outputs_and_nan(tiny_model_dir: Path, tmp_path: Path) -> None:
     w[name][0, 0] = float("nan")
     save_file(w, str(bad / "model.safetensors"))
     with pytest.raises(SftscopeError, match=f"tensor {name}: NaN"):
-        run_diff(tiny_model_dir, bad, tmp_path / "out2")
+        diff_checkpoints(tiny_model_dir, bad, tmp_path / "out2")
     assert not (tmp_path / "out2").exists()
 
 
@@ -106,14 +106,14 @@ def test_zero_base_weights_are_reported(tiny_model_dir: Path, tmp_path: Path) ->
     w[name][0] = 0.0
     save_file(w, str(base / "model.safetensors"))
     tuned = perturbed_copy(base, tmp_path / "tuned")
-    s = run_diff(base, tuned, tmp_path / "out")
+    s = diff_checkpoints(base, tuned, tmp_path / "out")
     assert s["zero_base"]["weights"] == w[name].shape[1]
     assert s["zero_base"]["share_of_r"] > 0.9
     res = CliRunner().invoke(app, ["diff", "--base", str(base), "--tuned", str(tuned), "--out",
                                    str(tmp_path / "cli")])  # fmt: skip
     assert res.exit_code == 0 and "exactly 0 in the base model" in " ".join(res.output.split())
     # Leaving them out: the concentration over the other weights equals a flat reference.
-    nz = run_diff(base, tuned, tmp_path / "nz", nonzero_base=True)
+    nz = diff_checkpoints(base, tuned, tmp_path / "nz", nonzero_base=True)
     wb, wt = load_file(base / "model.safetensors"), load_file(tuned / "model.safetensors")
     names = region_names(open_checkpoint(base), "paper")
     flat = torch.cat([((wt[n] - wb[n]).abs() / (wb[n].abs() + 1e-8))[wb[n] != 0] for n in names])
@@ -138,10 +138,13 @@ def test_diff_compute_device(tiny_model_dir: Path, tmp_path: Path) -> None:
     from sftscope.cli import app
 
     tuned_dir = perturbed_copy(tiny_model_dir, tmp_path / "tuned")
-    cpu = run_diff(tiny_model_dir, tuned_dir, tmp_path / "cpu")
-    assert run_diff(tiny_model_dir, tuned_dir, tmp_path / "c2", compute_device="cpu") == cpu
+    cpu = diff_checkpoints(tiny_model_dir, tuned_dir, tmp_path / "cpu")
+    assert diff_checkpoints(tiny_model_dir, tuned_dir, tmp_path / "c2", compute_device="cpu") == cpu
     if not torch.cuda.is_available():
-        assert run_diff(tiny_model_dir, tuned_dir, tmp_path / "auto", compute_device="auto") == cpu
+        assert (
+            diff_checkpoints(tiny_model_dir, tuned_dir, tmp_path / "auto", compute_device="auto")
+            == cpu
+        )
         args = ["diff", "--base", str(tiny_model_dir), "--tuned", str(tuned_dir), "--out",
                 str(tmp_path / "d"), "--compute-device", "cuda"]  # fmt: skip
         res = CliRunner().invoke(app, args)
@@ -149,7 +152,7 @@ def test_diff_compute_device(tiny_model_dir: Path, tmp_path: Path) -> None:
         assert res.output == "error: --compute-device cuda: no CUDA device is available\n"
         assert not (tmp_path / "d").exists()
         return
-    gpu = run_diff(tiny_model_dir, tuned_dir, tmp_path / "gpu", compute_device="cuda")
+    gpu = diff_checkpoints(tiny_model_dir, tuned_dir, tmp_path / "gpu", compute_device="cuda")
     for c, g in zip(cpu["concentration"], gpu["concentration"], strict=True):
         assert c["count"] == g["count"] and c["threshold"] == g["threshold"]
         assert g["share"] == pytest.approx(c["share"], rel=1e-9)

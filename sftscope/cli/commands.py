@@ -197,14 +197,11 @@ def kl_cmd(options: Options, overrides: Overrides = None, config: ConfigOpt = No
 @with_config_options(DiffConfig)
 def diff_cmd(options: Options, overrides: Overrides = None, config: ConfigOpt = None) -> None:
     """Relative change of every weight, per tensor/layer/module, and its concentration."""
-    from sftscope.models.loading import resolve_device, resolve_model
     from sftscope.params.diff import run_diff
 
     cfg = load_config(DiffConfig, config, options, overrides)
-    resolve_device(cfg.compute_device, "--compute-device")  # before the base is resolved
     region, out = cfg.region, cfg.out
-    s = run_diff(Path(resolve_model(cfg.base)), cfg.tuned, out, region, cfg.nonzero_base,
-                 cfg.compute_device)  # fmt: skip
+    s = run_diff(cfg)
     console.print(concentration_table(s["concentration"], region))
     zero = s["zero_base"]
     if zero["share_of_r"] > 0.5 and not cfg.nonzero_base:

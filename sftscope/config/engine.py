@@ -57,14 +57,8 @@ def _engine_fields() -> type[StageConfig]:
 
 
 EngineFields = _engine_fields()
-ENGINE_SECTIONS = tuple(n for n, e in ENGINES.items() if e.settings)  # the settings sections
 
 
 def engine_settings(cfg: Any) -> BaseModel | None:
     """The settings block of the engine ``cfg.engine`` names (None: it has none)."""
     return getattr(cfg, cfg.engine) if ENGINES[cfg.engine].settings else None
-
-
-def engine_sections(cfg: Any) -> dict[str, Any]:
-    """``engine`` and every engine settings section of ``cfg``, to pass on to another config."""
-    return {"engine": cfg.engine, **{n: getattr(cfg, n) for n in ENGINE_SECTIONS}}

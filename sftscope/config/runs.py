@@ -8,8 +8,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
-from sftscope.config.base import PromptStyle, StageConfig, runtime
-from sftscope.config.engine import EngineFields, EngineName, VLLMSettings
+from sftscope.config.base import PromptStyle, runtime
 from sftscope.config.executors import ExecutorConfig
 from sftscope.config.stages import (
     DataConfig,
@@ -17,6 +16,7 @@ from sftscope.config.stages import (
     KLSettings,
     ProbeSettings,
     RestoreSettings,
+    RunContext,
     SelectProbe,
     TrainRecipe,
     compute_device_field,
@@ -73,12 +73,10 @@ def _executor_config(v: Any) -> Any:
     return ExecutorConfig._from_name(v)
 
 
-class GridConfig(StageConfig):
+class GridConfig(RunContext):
     """``sftscope run``: the experiment grid; cells = level x size x seed (PAPER.md §1.4)."""
 
     model: str = Field(description="base model: local path, hub id, or 'smollm2'")
-    data: str = DataConfig.model_fields["data"]
-    data_dir: Path | None = DataConfig.model_fields["data_dir"]
     relations: list[str] | None = Field(None, description="in-domain relations to train on")
     train_limit_per_relation: int | None = Field(
         None, ge=1, description="train facts probed per relation (None: all)"
@@ -107,9 +105,6 @@ class GridConfig(StageConfig):
         ExecutorConfig(), "how jobs run: local | processes | slurm | ray, and their settings"
     )
     device: str = runtime("auto", "auto, cpu or cuda: every stage's device")
-    engine: EngineName = EngineFields.model_fields["engine"]
-    vllm: VLLMSettings = EngineFields.model_fields["vllm"]
-    trust_remote_code: bool = Field(False, description="run the model repo's own code")
     note: str | None = runtime(
         None, "a sentence for the report's header: why this run departs from the paper"
     )
@@ -170,14 +165,12 @@ class AuditParams(ParamsSettings):
     )  # fmt: skip
 
 
-class AuditConfig(StageConfig):
+class AuditConfig(RunContext):
     """``sftscope audit``: what fine-tuning did to a model's knowledge, for any base / tuned
     pair of the same architecture (see :mod:`sftscope.pipeline.audit`)."""
 
     base: str = Field(description="the base model: a local save_pretrained folder or 'smollm2'")
     tuned: Path = Field(description="the fine-tuned model folder (the base's architecture)")
-    data: str = DataConfig.model_fields["data"]
-    data_dir: Path | None = DataConfig.model_fields["data_dir"]
     relations: list[str] | None = DataConfig.model_fields["relations"]
     probe: AuditProbe = Field(AuditProbe(), description="the mastery probe of both models")
     eval: AuditEval = Field(AuditEval(), description="CBQA of both models")
@@ -189,9 +182,6 @@ class AuditConfig(StageConfig):
     # how and where the stages run: as in the grid
     executor: ExecutorConfig = GridConfig.model_fields["executor"]
     device: str = GridConfig.model_fields["device"]
-    engine: EngineName = GridConfig.model_fields["engine"]
-    vllm: VLLMSettings = GridConfig.model_fields["vllm"]
-    trust_remote_code: bool = GridConfig.model_fields["trust_remote_code"]
     out: Path = runtime(description="audit folder")
 
     _relations = field_validator("relations", mode="before")(_relation_list)

@@ -11,18 +11,44 @@ from pydantic import Field, ValidationInfo, field_validator
 
 from sftscope.config.base import BatchSize, PromptStyle, Split, StageConfig, added, runtime
 from sftscope.config.engine import EngineFields
+from sftscope.registry import READERS
 
 
-class DataConfig(StageConfig):
-    data: str = Field(
-        "geo",
-        description="dataset reader: 'geo' (the built-in geography set), or over data_dir: "
-        "'entityquestions', 'testbed' (folder layout), 'popqa', 'generic' (a QA table)",
-    )
+class DataSource(StageConfig):
+    """Where a stage's QA data comes from: a reader (the registry's names) over a folder or file."""
+
+    data: str = Field("geo", description=f"dataset reader: {READERS.help()}")
     data_dir: Path | None = Field(
         None, description="dataset folder ({split}/{rel}.{split}.json) or table file (popqa, "
         "generic: JSONL, JSON, CSV, TSV, Parquet, or a datasets save_to_disk folder)",
     )  # fmt: skip
+
+
+class ModelRuntime(EngineFields):
+    """How a stage runs its model(s): the engine (and its settings section), the device, and
+    whether the model repo's own code may run."""
+
+    device: str = runtime("auto", "auto, cpu or cuda")
+    trust_remote_code: bool = Field(False, description="run the model repo's own code")
+
+    def runtime_fields(self) -> dict[str, Any]:
+        """These fields as they are (to run another stage the same way)."""
+        return {name: getattr(self, name) for name in ModelRuntime.model_fields}
+
+
+class RunContext(ModelRuntime, DataSource):
+    """The run context, declared once: what every model stage of a run shares (the data, and
+    where and on what it runs). A composite run's config is one; it hands it to each stage it
+    plans with :meth:`context`."""
+
+    def context(self) -> dict[str, Any]:
+        """The context's fields as they are (to build a stage's config with)."""
+        return {**self.runtime_fields(), "data": self.data, "data_dir": self.data_dir}
+
+
+class DataConfig(DataSource):
+    """The data of one stage: the source, the relations and how many items of each."""
+
     relations: list[str] | None = Field(
         None, description="relation ids, e.g. P17,P36; all if not given"
     )
@@ -48,14 +74,12 @@ class EvalSettings(StageConfig):
     fold_accents: bool = Field(False, description="accent-insensitive answer matching")
 
 
-class EvalConfig(EngineFields, DataConfig, EvalSettings):
+class EvalConfig(RunContext, DataConfig, EvalSettings):
     """Closed-book QA evaluation (PAPER.md §4): greedy, 16 new tokens, stop at newline."""
 
     model: str = Field(description="local path, hub id, or 'smollm2' (the bundled model)")
     prompt: PromptStyle = Field("fewshot", description="'sft' for fine-tuned models")
     mastery: Path | None = Field(None, description="probe folder or mastery.jsonl: per-level acc")
-    device: str = runtime("auto", "auto, cpu or cuda")
-    trust_remote_code: bool = Field(False, description="run the model repo's own code")
     out: Path = runtime(description="output folder")
 
 
@@ -102,7 +126,7 @@ class ProbeSettings(StageConfig):
 ProbeSplit = Literal["train", "dev", "test", "all"]
 
 
-class ProbeConfig(EngineFields, DataConfig, ProbeSettings):
+class ProbeConfig(RunContext, DataConfig, ProbeSettings):
     """``sftscope probe``: the mastery level of every fact of one split, for one base model."""
 
     model: str = Field(description="local path, hub id, or 'smollm2' (the bundled model)")
@@ -110,8 +134,6 @@ class ProbeConfig(EngineFields, DataConfig, ProbeSettings):
         "train", description="split probed; all: every item of every split as one pool (few-shot "
         "exemplars then come from the other items, never from the fact itself)",
     )  # fmt: skip
-    device: str = runtime("auto", "auto, cpu or cuda")
-    trust_remote_code: bool = Field(False, description="run the model repo's own code")
     out: Path = runtime(description="output folder")
 
 
@@ -127,7 +149,7 @@ class SelectProbe(ProbeSettings):
     )  # fmt: skip
 
 
-class SelectConfig(EngineFields, DataConfig):
+class SelectConfig(RunContext, DataConfig):
     """``sftscope select``: the base model's mastery level of every pair of an SFT file, and
     the subsets the paper's findings recommend (see :mod:`sftscope.select_data`)."""
 
@@ -145,8 +167,6 @@ class SelectConfig(EngineFields, DataConfig):
     )
     max_level: int = Field(4, ge=0, le=4, description="highest mastery level recommended")
     seed: int = Field(0, description="seed of the recommended sample")
-    device: str = runtime("auto", "auto, cpu or cuda")
-    trust_remote_code: bool = Field(False, description="run the model repo's own code")
     out: Path = runtime(description="output folder")
 
     @field_validator("max_level")
@@ -220,7 +240,7 @@ class KLSettings(StageConfig):
     batch_size: BatchSize = runtime(16, "facts per forward pass; auto: from free GPU memory")
 
 
-class KLConfig(EngineFields, DataConfig, KLSettings):
+class KLConfig(RunContext, DataConfig, KLSettings):
     """``sftscope kl``: how far a fine-tuned model moved from its base (PAPER.md §6)."""
 
     base: str = Field(description="the base model (path, hub id or 'smollm2')")
@@ -228,8 +248,6 @@ class KLConfig(EngineFields, DataConfig, KLSettings):
     split: Split = Field("test", description="split measured")
     probe: Path = Field(description="base-model probe of this split: levels, template success")
     templates_file: Path | None = Field(None, description="mapping templates (default: bundled)")
-    device: str = runtime("auto", "auto, cpu or cuda")
-    trust_remote_code: bool = Field(False, description="run the model repo's own code")
     out: Path = runtime(description="the JSON summary to write (records go beside it)")
 
 
@@ -321,7 +339,7 @@ class RestoreEval(DataConfig, EvalSettings):
     )
 
 
-class RestoreConfig(EngineFields, RestoreSettings):
+class RestoreConfig(ModelRuntime, RestoreSettings):
     """``sftscope restore``: restored checkpoints per k (or layer block), optionally evaluated."""
 
     base: str = Field(description="the base model (path, hub id or 'smollm2')")
@@ -329,5 +347,4 @@ class RestoreConfig(EngineFields, RestoreSettings):
     eval: RestoreEval | None = Field(None, description="evaluate every restored model (--eval)")
     device: str = runtime("auto", "device of the evaluation (--eval)")
     compute_device: str = compute_device_field()
-    trust_remote_code: bool = Field(False, description="run the model repo's own code")
     out: Path = runtime(description="output folder")

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from sftscope.config import PAPER_K
+from sftscope.config import PAPER_K, DiffConfig
 from sftscope.errors import SftscopeError
 from sftscope.params.ranking import Ranking
 from sftscope.params.tensors import Checkpoint, check_compatible, iter_pairs
@@ -155,7 +155,17 @@ def checked(name: str, r: torch.Tensor) -> torch.Tensor:
     return r
 
 
-def run_diff(
+def run_diff(cfg: DiffConfig) -> dict[str, Any]:
+    """The ``sftscope diff`` stage: :func:`diff_checkpoints` of ``cfg.base`` (a path, hub id or
+    ``smollm2``) and ``cfg.tuned``; the device is checked before the base is resolved."""
+    from sftscope.models.loading import resolve_device, resolve_model
+
+    resolve_device(cfg.compute_device, "--compute-device")
+    return diff_checkpoints(Path(resolve_model(cfg.base)), cfg.tuned, cfg.out, cfg.region,
+                            cfg.nonzero_base, cfg.compute_device)  # fmt: skip
+
+
+def diff_checkpoints(
     base_dir: Path,
     tuned_dir: Path,
     out: Path,
@@ -163,8 +173,8 @@ def run_diff(
     nonzero_base: bool = False,
     compute_device: str = "cpu",
 ) -> dict[str, Any]:
-    """``sftscope diff``: per-tensor TSV, per-layer / per-module JSON, concentration table;
-    ``compute_device`` (auto, cpu, cuda[:N]) is where the arithmetic runs."""
+    """Per-tensor TSV, per-layer / per-module JSON and the concentration table of two
+    checkpoint folders; ``compute_device`` (auto, cpu, cuda[:N]) is where the arithmetic runs."""
     from sftscope.io import atomic_write_json, atomic_write_text, tsv_text
     from sftscope.models.loading import resolve_device
     from sftscope.params.tensors import open_checkpoint

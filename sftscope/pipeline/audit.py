@@ -111,8 +111,9 @@ class Audit(Plan):
         limit, layout = ev.limit_per_relation, self.layout
         models = {"base": (self.base, self.base_fp), TUNED: (str(self.tuned), self.tuned_fp)}
         self.probes = {
-            name: probe_stage(f"probe/{name}", cfg, settings, model, ev.split, cfg.relations,
-                              limit, layout.probe(name), fp)
+            name: probe_stage(cfg, f"probe/{name}", settings=settings, model=model,
+                              split=ev.split, relations=cfg.relations, limit=limit,
+                              out=layout.probe(name), upstream=fp)
             for name, (model, fp) in models.items()
         }  # fmt: skip
         # templates and relations are checked here, before anything is written
@@ -123,8 +124,9 @@ class Audit(Plan):
         probe = self.probes["base"]
         prompts = {"base": "fewshot", TUNED: ev.tuned_prompt}
         self.evals = {
-            name: eval_stage(f"eval/{name}", cfg, ev, model, prompts[name], probe,
-                             layout.eval(name), fp, cfg.relations)
+            name: eval_stage(cfg, f"eval/{name}", settings=ev, model=model, prompt=prompts[name],
+                             probe=probe, out=layout.eval(name), upstream=fp,
+                             relations=cfg.relations)
             for name, (model, fp) in models.items()
         }  # fmt: skip
         self.notes: list[str] = []  # what the audit adapted to the data, for the report
@@ -132,15 +134,17 @@ class Audit(Plan):
         self.params: dict[str, Stage] = {}
         if params.diff:
             self.params["diff"] = diff_stage(
-                f"params/{TUNED}/diff", self.base, self.tuned, params.region,
-                params.compute_device, layout.params(TUNED, "diff"), self.tuned_fp, self.base_fp,
+                f"params/{TUNED}/diff", base=self.base, tuned=self.tuned, region=params.region,
+                compute_device=params.compute_device, out=layout.params(TUNED, "diff"),
+                upstream=self.tuned_fp, base_fp=self.base_fp,
             )  # fmt: skip
         reuse = {"tuned_eval": layout.eval(TUNED)}  # (the sweep uses the tuned prompt too)
         wanted = {"restore": params.restore, "blocks": bool(params.layers)}
         for part in (p for p, on in wanted.items() if on):
             self.params[part] = restore_stage(
-                f"params/{TUNED}/{part}", cfg, params, self.base, self.tuned, ev, probe,
-                layout.params(TUNED, part), self.tuned_fp, part == "blocks", cfg.relations,
+                cfg, f"params/{TUNED}/{part}", params=params, base=self.base, tuned=self.tuned,
+                ev=ev, probe=probe, out=layout.params(TUNED, part), upstream=self.tuned_fp,
+                keep_models=cfg.keep_models, blocks=part == "blocks", relations=cfg.relations,
                 inputs=reuse, prompt=ev.tuned_prompt,
             )  # fmt: skip
         self._versions = package_versions()
@@ -165,9 +169,10 @@ class Audit(Plan):
         settings = kl.model_copy(update={"tuned_prompt": prompt, "paper": paper})
         ev = cfg.eval
         return kl_stage(
-            f"kl/{TUNED}", cfg, settings, self.base, str(self.tuned), ev.split,
-            ev.limit_per_relation, self.probes["base"], cfg.probe.templates_file,
-            self.layout.kl(TUNED), self.tuned_fp, self.base_fp, cfg.relations,
+            cfg, f"kl/{TUNED}", settings=settings, base=self.base, tuned=str(self.tuned),
+            split=ev.split, limit=ev.limit_per_relation, probe=self.probes["base"],
+            templates_file=cfg.probe.templates_file, out=self.layout.kl(TUNED),
+            upstream=self.tuned_fp, base_fp=self.base_fp, relations=cfg.relations,
         )  # fmt: skip
 
     def _note(self, text: str) -> None:

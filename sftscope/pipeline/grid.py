@@ -117,12 +117,14 @@ class Grid(Plan):
         cfg = self.cfg
         key = key or f"probe/{split}"
         out = self.layout.probe_after(key.rsplit("/", 1)[1]) if model else self.layout.probe(split)
-        return probe_stage(key, cfg, cfg.probe, model or cfg.model, split, relations, limit, out,
-                           upstream or self.base_fp)  # fmt: skip
+        return probe_stage(cfg, key, settings=cfg.probe, model=model or cfg.model, split=split,
+                           relations=relations, limit=limit, out=out,
+                           upstream=upstream or self.base_fp)  # fmt: skip
 
     def _eval_stage(self, name: str, model: str, prompt: str, upstream: str) -> Stage:
-        return eval_stage(f"eval/{name}", self.cfg, self.cfg.eval, model, prompt,
-                          self.probes["eval"], self.layout.eval(name), upstream)  # fmt: skip
+        return eval_stage(self.cfg, f"eval/{name}", settings=self.cfg.eval, model=model,
+                          prompt=prompt, probe=self.probes["eval"], out=self.layout.eval(name),
+                          upstream=upstream)  # fmt: skip
 
     def _cell(self, level, size, seed) -> Cell:
         cfg, cell = self.cfg, Cell(level, size, seed)
@@ -153,22 +155,25 @@ class Grid(Plan):
             )  # fmt: skip
         if cfg.kl.enabled:
             cell.stages["kl"] = kl_stage(
-                f"kl/{name}", cfg, cfg.kl, cfg.model, str(model_dir), ev.split,
-                ev.limit_per_relation, probe, cfg.probe.templates_file, self.layout.kl(name),
-                train_fp, self.base_fp,
+                cfg, f"kl/{name}", settings=cfg.kl, base=cfg.model, tuned=str(model_dir),
+                split=ev.split, limit=ev.limit_per_relation, probe=probe,
+                templates_file=cfg.probe.templates_file, out=self.layout.kl(name),
+                upstream=train_fp, base_fp=self.base_fp,
             )  # fmt: skip
         params = cfg.params
         if name in params.cells or "all" in params.cells:
             if params.diff:
                 cell.stages["diff"] = diff_stage(
-                    f"params/{name}/diff", cfg.model, model_dir, params.region,
-                    params.compute_device, self.layout.params(name, "diff"), train_fp, self.base_fp,
+                    f"params/{name}/diff", base=cfg.model, tuned=model_dir, region=params.region,
+                    compute_device=params.compute_device, out=self.layout.params(name, "diff"),
+                    upstream=train_fp, base_fp=self.base_fp,
                 )  # fmt: skip
             wanted = {"restore": params.restore, "blocks": bool(params.layers)}
             for part in (p for p, on in wanted.items() if on):  # the k sweep, the layer blocks
                 cell.stages[part] = restore_stage(
-                    f"params/{name}/{part}", cfg, params, cfg.model, model_dir, ev, probe,
-                    self.layout.params(name, part), train_fp, part == "blocks",
+                    cfg, f"params/{name}/{part}", params=params, base=cfg.model, tuned=model_dir,
+                    ev=ev, probe=probe, out=self.layout.params(name, part), upstream=train_fp,
+                    keep_models=cfg.keep_models, blocks=part == "blocks",
                     inputs={"tuned_eval": self.layout.eval(name)},
                 )  # fmt: skip
         return cell

@@ -3,8 +3,9 @@ base/tuned pair, :mod:`.audit`): building the typed stage specs, and running a p
 them in waves with an executor (:mod:`.executors`).
 
 The builders turn settings sections (``ProbeSettings``, ``EvalSettings``, ...) into
-:class:`~sftscope.pipeline.stage.Stage` s with chained fingerprints; ``run`` is the run's config (a
-``GridConfig`` or ``AuditConfig``), which gives every stage its data, device and engine. A
+:class:`~.stage.Stage` s with chained fingerprints. Each takes the run's context first (a
+``GridConfig`` or ``AuditConfig`` is a :class:`~sftscope.config.RunContext`: the data, where
+and on what every stage runs) and its settings by keyword. A
 :class:`Plan` runs its probes first (each split into shards of chunks over the workers), then
 the stages the driver does itself (cheap: the grid's subsets), then its other jobs, rewriting
 ``manifest.json`` after each.
@@ -17,9 +18,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel
 from tqdm.auto import tqdm
 
 from sftscope.config import (
+    DataSource,
     DiffConfig,
     EvalConfig,
     EvalSettings,
@@ -30,9 +33,9 @@ from sftscope.config import (
     RestoreConfig,
     RestoreEval,
     RestoreSettings,
+    RunContext,
     result_fields,
 )
-from sftscope.config.engine import engine_sections
 from sftscope.data.schema import QAItem
 from sftscope.errors import SftscopeError
 from sftscope.layout import RunLayout
@@ -45,32 +48,26 @@ from sftscope.registry import PROBE_METHODS
 log = logging.getLogger(__name__)
 
 
-def spec(key: str, kind: str, cfg, fp: str, **kw) -> Stage:
+def spec(key: str, kind: str, cfg: BaseModel, fp: str, **kw: Any) -> Stage:
+    """The stage of ``cfg`` (a stage config, written to ``cfg.out``) with fingerprint ``fp``."""
     return Stage(key=key, kind=kind, config=cfg.model_dump(mode="json"), output=cfg.out,
                  fingerprint=fp, **kw)  # fmt: skip
 
 
-def _run_fields(run) -> dict[str, Any]:
-    """What every model stage takes from the run: the data, where and on what it runs."""
-    return {"data": run.data, "data_dir": run.data_dir, "device": run.device,
-            **engine_sections(run),
-            "trust_remote_code": run.trust_remote_code}  # fmt: skip
-
-
-def _section(settings, cls) -> dict[str, Any]:
+def _section(settings: BaseModel, cls: type[BaseModel]) -> dict[str, Any]:
     """The fields of ``cls`` in ``settings`` (an instance of a subclass with more fields)."""
     return settings.model_dump(include=set(cls.model_fields))
 
 
 def probe_stage(
-    key: str, run, settings: ProbeSettings, model: str, split: str, relations, limit, out: Path,
-    upstream: str,
+    ctx: RunContext, key: str, *, settings: ProbeSettings, model: str, split: str,
+    relations: list[str] | None, limit: int | None, out: Path, upstream: str,
 ) -> Stage:  # fmt: skip
     """A probe of ``model`` on one split; its fingerprint chains ``upstream`` (the model's)."""
     from sftscope.probe import load_thresholds
 
     pcfg = ProbeConfig(**settings.model_dump(), model=model, split=split, relations=relations,
-                       limit_per_relation=limit, out=out, **_run_fields(run))  # fmt: skip
+                       limit_per_relation=limit, out=out, **ctx.context())  # fmt: skip
     fields = result_fields(pcfg, exclude={"model"})
     if pcfg.calibration is not None:  # the thresholds in the file, not just its path
         fields["calibrated_thresholds"] = list(load_thresholds(pcfg))
@@ -78,12 +75,12 @@ def probe_stage(
 
 
 def eval_stage(
-    key: str, run, settings: EvalSettings, model: str, prompt: str, probe: Stage, out: Path,
-    upstream: str, relations=None,
+    ctx: RunContext, key: str, *, settings: EvalSettings, model: str, prompt: str,
+    probe: Stage, out: Path, upstream: str, relations: list[str] | None = None,
 ) -> Stage:  # fmt: skip
     """CBQA of ``model`` on the probed split, per mastery level of ``probe``."""
     ecfg = EvalConfig(**_section(settings, EvalSettings), model=model, relations=relations,
-                      prompt=prompt, mastery=probe.output, out=out, **_run_fields(run))  # fmt: skip
+                      prompt=prompt, mastery=probe.output, out=out, **ctx.context())  # fmt: skip
     if prompt == "sft":
         ecfg = ecfg.model_copy(update={"n_shots": 0})
     fp = fingerprint("eval", result_fields(ecfg, exclude={"model", "mastery"}), upstream,
@@ -92,28 +89,33 @@ def eval_stage(
 
 
 def kl_stage(
-    key: str, run, settings: KLSettings, base: str, tuned: str, split: str, limit, probe: Stage,
-    templates_file, out: Path, upstream: str, base_fp: str, relations=None,
+    ctx: RunContext, key: str, *, settings: KLSettings, base: str, tuned: str, split: str,
+    limit: int | None, probe: Stage, templates_file: Path | None, out: Path, upstream: str,
+    base_fp: str, relations: list[str] | None = None,
 ) -> Stage:  # fmt: skip
     """The token-level KL of ``tuned`` from ``base`` on the facts ``probe`` leveled; the
     fingerprint hashes ``settings`` as given (a section with more fields: all of them)."""
     kcfg = KLConfig(**_section(settings, KLSettings), base=base, tuned=tuned, split=split,
                     relations=relations, limit_per_relation=limit, probe=probe.output,
-                    templates_file=templates_file, out=out, **_run_fields(run))  # fmt: skip
+                    templates_file=templates_file, out=out, **ctx.context())  # fmt: skip
     fp = fingerprint("kl", result_fields(settings), upstream, probe.fingerprint, base_fp)
     return spec(key, "kl", kcfg, fp, marker_file=kcfg.out.with_suffix(".stage.json"))
 
 
-def diff_stage(key: str, base: str, tuned: Path, region: str, compute_device: str, out: Path,
-               upstream: str, base_fp: str) -> Stage:  # fmt: skip
+def diff_stage(
+    key: str, *, base: str, tuned: Path, region: str, compute_device: str, out: Path,
+    upstream: str, base_fp: str,
+) -> Stage:  # fmt: skip
+    """The relative change of ``tuned``'s weights from ``base``'s (no model runs: no context)."""
     dcfg = DiffConfig(base=base, tuned=tuned, region=region, compute_device=compute_device,
                       out=out)  # fmt: skip
     return spec(key, "diff", dcfg, fingerprint("diff", region, upstream, base_fp))
 
 
 def restore_stage(
-    key: str, run, params: RestoreSettings, base: str, tuned: Path, ev: EvalSettings,
-    probe: Stage, out: Path, upstream: str, blocks: bool = False, relations=None,
+    ctx: RunContext, key: str, *, params: RestoreSettings, base: str, tuned: Path,
+    ev: EvalSettings, probe: Stage, out: Path, upstream: str, keep_models: bool,
+    blocks: bool = False, relations: list[str] | None = None,
     inputs: dict[str, Path] | None = None, prompt: str = "sft",
 ) -> Stage:  # fmt: skip
     """The k sweep of ``params`` (or, with ``blocks``, its layer blocks restored entirely),
@@ -122,13 +124,13 @@ def restore_stage(
     ``prompt``: the one every model of the sweep is evaluated with."""
     settings = params.model_dump(include=set(RestoreSettings.model_fields) | {"compute_device"},
                                  exclude={"layers"})  # fmt: skip
-    fields = _run_fields(run)
-    data = {k: fields.pop(k) for k in ("data", "data_dir")}
+    fields = ctx.context()
+    data = {k: fields.pop(k) for k in DataSource.model_fields}
     rcfg = RestoreConfig(
         **settings, layers=params.layers if blocks else None, base=base, tuned=tuned, out=out,
         eval=RestoreEval(**_section(ev, EvalSettings), **data, relations=relations,
                          mastery=probe.output, pick_on=getattr(params, "pick_on", None),
-                         keep_models=run.keep_models, prompt=prompt),
+                         keep_models=keep_models, prompt=prompt),
         **fields,
     )  # fmt: skip
     fp = fingerprint("restore", result_fields(rcfg, exclude={"tuned", "eval"}),
@@ -242,6 +244,8 @@ class Plan:
         check_engine(self.cfg.engine)  # before anything is written
         with Claim(self.layout.lock, ex.claim_timeout_s, what="run folder (another sftscope "
                    "run drives it)"):  # fmt: skip
+            for tmp in self.root.glob(".*.tmp"):  # a killed driver's half-written manifest
+                tmp.unlink(missing_ok=True)
             self.write_inputs()
             executor = make_executor(ex, self.layout, gpus=self._gpus)
             try:

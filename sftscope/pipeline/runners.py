@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import socket
 import time
-from pathlib import Path
 from typing import Any
 
 from sftscope.config import (
@@ -114,11 +113,9 @@ def kl(cfg: KLConfig, stage: Stage) -> dict:
 
 
 def diff(cfg: DiffConfig, stage: Stage) -> dict:
-    from sftscope.models.loading import resolve_model
     from sftscope.params.diff import run_diff
 
-    s = run_diff(Path(resolve_model(cfg.base)), cfg.tuned, cfg.out, cfg.region, cfg.nonzero_base,
-                 compute_device=cfg.compute_device)  # fmt: skip
+    s = run_diff(cfg)
     return {"concentration": {f"{r['k']:g}": r["share"] for r in s["concentration"]}}
 
 
