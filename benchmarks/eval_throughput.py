@@ -51,16 +51,22 @@ def main() -> None:
         for p in prompts:
             enc = tok(p, return_tensors="pt").to(model.device)
             out = model.generate(
-                **enc, max_new_tokens=16, do_sample=False, stop_strings=list(STOP),
-                tokenizer=tok, pad_token_id=tok.pad_token_id,
-            )  # fmt: skip
+                **enc,
+                max_new_tokens=16,
+                do_sample=False,
+                stop_strings=list(STOP),
+                tokenizer=tok,
+                pad_token_id=tok.pad_token_id,
+            )
             text = tok.decode(out[0, enc["input_ids"].shape[1] :], skip_special_tokens=True)
             single.append(cut_at_stop(text, STOP))
     t_single = time.perf_counter() - t0
 
     agree = sum(a == b for a, b in zip(batched, single, strict=True))
-    print(f"model={args.model} device={args.device} questions={len(prompts)} "
-          f"batch_size={args.batch_size} threads={torch.get_num_threads()}")  # fmt: skip
+    print(
+        f"model={args.model} device={args.device} questions={len(prompts)} "
+        f"batch_size={args.batch_size} threads={torch.get_num_threads()}"
+    )
     print(f"one-at-a-time model.generate: {t_single:7.2f} s  ({len(prompts) / t_single:.2f} q/s)")
     print(f"batched HFEngine.generate:    {t_batched:7.2f} s  ({len(prompts) / t_batched:.2f} q/s)")
     print(f"speed ratio: {t_single / t_batched:.2f}x (goal >= 5x)")

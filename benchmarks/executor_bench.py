@@ -46,14 +46,25 @@ def tiny_model(out: Path, hidden: int, layers: int) -> Path:
 
 def grid(work: Path, model: str, device: str, name: str, epochs: int) -> Path:
     cfg = {
-        "model": model, "data": "entityquestions", "data_dir": str(EQ_FIXTURE),
-        "train_limit_per_relation": 40, "levels": ["mixed"], "sizes": [32], "seeds": [0, 1, 2, 3],
-        "probe": {"method": "sampling", "templates": 10, "samples": 4, "max_new_tokens": 16,
-                  "chunk_size": 8},
+        "model": model,
+        "data": "entityquestions",
+        "data_dir": str(EQ_FIXTURE),
+        "train_limit_per_relation": 40,
+        "levels": ["mixed"],
+        "sizes": [32],
+        "seeds": [0, 1, 2, 3],
+        "probe": {
+            "method": "sampling",
+            "templates": 10,
+            "samples": 4,
+            "max_new_tokens": 16,
+            "chunk_size": 8,
+        },
         "train": {"batch_size": 4, "learning_rate": 1e-3, "epochs": epochs},
         "eval": {"limit_per_relation": 20},
-        "device": device, "out": str(work / name / "run"),
-    }  # fmt: skip
+        "device": device,
+        "out": str(work / name / "run"),
+    }
     path = work / name / "grid.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(cfg))
@@ -76,8 +87,12 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--hidden", type=int, default=64)
     ap.add_argument("--layers", type=int, default=2)
-    ap.add_argument("--epochs", type=int, default=250,
-                    help="epochs over each cell's 32 facts (250: 2,000 steps, a cell ~25 s)")
+    ap.add_argument(
+        "--epochs",
+        type=int,
+        default=250,
+        help="epochs over each cell's 32 facts (250: 2,000 steps, a cell ~25 s)",
+    )
     ap.add_argument("--model", default=None, help="a model instead of the random-init one")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--executors", default="local,processes")
@@ -92,8 +107,10 @@ def main() -> None:
         print(f"{kind:>10}: {walls[kind]:7.1f} s  ({4 * 3600 / walls[kind]:.0f} cells/hour)")
     if "local" in walls and "processes" in walls:
         ratio = walls["processes"] / walls["local"]
-        print(f"processes --workers {args.workers} / local = {ratio:.2f}  ({args.epochs} epochs "
-              f"per cell; goal <= 0.65 on {os.cpu_count()} cores; runs in {work})")  # fmt: skip
+        print(
+            f"processes --workers {args.workers} / local = {ratio:.2f}  ({args.epochs} epochs "
+            f"per cell; goal <= 0.65 on {os.cpu_count()} cores; runs in {work})"
+        )
 
 
 if __name__ == "__main__":

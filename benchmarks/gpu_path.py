@@ -40,9 +40,11 @@ import torch  # noqa: E402
 
 SECTIONS = ("probe", "score", "eval", "train", "restore")
 # Workload per device: facts probed, facts scored, questions evaluated, SFT examples.
-SIZES = {"cuda": dict(probe=32, score=64, eval=256, train=256),
-         "cpu": dict(probe=2, score=4, eval=32, train=16),
-         "smoke": dict(probe=1, score=2, eval=6, train=8)}  # fmt: skip
+SIZES = {
+    "cuda": dict(probe=32, score=64, eval=256, train=256),
+    "cpu": dict(probe=2, score=4, eval=32, train=16),
+    "smoke": dict(probe=1, score=2, eval=6, train=8),
+}
 RESTORE_K = (1.0, 10.0, 40.0)
 
 
@@ -54,12 +56,18 @@ def build_llama(out: Path, tokenizer, layers: int = 22) -> Path:
     if (out / "config.json").exists():
         return out
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=2048, intermediate_size=5632,
-        num_hidden_layers=layers, num_attention_heads=32, num_key_value_heads=4,
-        max_position_embeddings=2048, tie_word_embeddings=False,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        vocab_size=len(tokenizer),
+        hidden_size=2048,
+        intermediate_size=5632,
+        num_hidden_layers=layers,
+        num_attention_heads=32,
+        num_key_value_heads=4,
+        max_position_embeddings=2048,
+        tie_word_embeddings=False,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
-    )  # fmt: skip
+    )
     torch.manual_seed(0)
     with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
         model = LlamaForCausalLM(config)
@@ -164,8 +172,9 @@ class Bench:
         from sftscope.train import run_train
 
         n = self._sizes(device)["train"]
-        rows = [{"id": it.id, "question": it.question, "answer": it.answers[0]}
-                for it in self.facts[:n]]  # fmt: skip
+        rows = [
+            {"id": it.id, "question": it.question, "answer": it.answers[0]} for it in self.facts[:n]
+        ]
         data = self.work / f"train-{n}.jsonl"
         data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
         res = self.out.setdefault(device, {})
@@ -173,9 +182,16 @@ class Bench:
         for checkpointing in variants:
             out = self.work / f"sft-{self.name}-{device}-{int(checkpointing)}"
             shutil.rmtree(out, ignore_errors=True)
-            s = run_train(TrainConfig(model=str(self.path), train_file=data, out=out,
-                                      device=device, gradient_checkpointing=checkpointing,
-                                      logging_steps=10**6))  # fmt: skip
+            s = run_train(
+                TrainConfig(
+                    model=str(self.path),
+                    train_file=data,
+                    out=out,
+                    device=device,
+                    gradient_checkpointing=checkpointing,
+                    logging_steps=10**6,
+                )
+            )
             key = "sft_steps_s_gc" if checkpointing else "sft_steps_s"
             res[key] = s["steps"] / s["wall_seconds"]
             if not self.args.keep:
@@ -197,14 +213,20 @@ class Bench:
         for device in devices:
             out = outs[device] = self.work / f"restore-{self.name}-{device}"
             shutil.rmtree(out, ignore_errors=True)
-            cfg = RestoreConfig(base=str(self.path), tuned=tuned, out=out, k=list(RESTORE_K),
-                                compute_device=device)  # fmt: skip
+            cfg = RestoreConfig(
+                base=str(self.path), tuned=tuned, out=out, k=list(RESTORE_K), compute_device=device
+            )
             took, _ = _timed(lambda cfg=cfg: run_restore(cfg))
             self.out.setdefault(device, {})["restore_s"] = took
         if len(outs) == 2:
-            same = all(torch.equal(x, y) for k in RESTORE_K for _, x, y in iter_pairs(
-                open_checkpoint(outs["cpu"] / f"global-top-{k:g}"),
-                open_checkpoint(outs["cuda"] / f"global-top-{k:g}")))  # fmt: skip
+            same = all(
+                torch.equal(x, y)
+                for k in RESTORE_K
+                for _, x, y in iter_pairs(
+                    open_checkpoint(outs["cpu"] / f"global-top-{k:g}"),
+                    open_checkpoint(outs["cuda"] / f"global-top-{k:g}"),
+                )
+            )
             self.out["cuda"]["restore_identical"] = same
         if not self.args.keep:
             for out in outs.values():
@@ -237,12 +259,14 @@ def rows_of(name: str, out: dict[str, dict[str, Any]]) -> list[tuple[str, ...]]:
     """Table rows: (model, measure, cpu, cuda, cuda/cpu)."""
     cpu, gpu = out.get("cpu", {}), out.get("cuda", {})
     rows = []
-    for key, label in (("probe_facts_s", "sampling probe, facts/s"),
-                       ("score_facts_s", "likelihood probe, facts/s"),
-                       ("eval_q_s", "eval (greedy), questions/s"),
-                       ("sft_steps_s", "SFT steps/s (batch 8)"),
-                       ("sft_steps_s_gc", "SFT steps/s, grad. checkpointing"),
-                       ("restore_s", f"restore {len(RESTORE_K)} k, seconds")):  # fmt: skip
+    for key, label in (
+        ("probe_facts_s", "sampling probe, facts/s"),
+        ("score_facts_s", "likelihood probe, facts/s"),
+        ("eval_q_s", "eval (greedy), questions/s"),
+        ("sft_steps_s", "SFT steps/s (batch 8)"),
+        ("sft_steps_s_gc", "SFT steps/s, grad. checkpointing"),
+        ("restore_s", f"restore {len(RESTORE_K)} k, seconds"),
+    ):
         a, b = cpu.get(key), gpu.get(key)
         if a is None and b is None:
             continue
@@ -251,20 +275,32 @@ def rows_of(name: str, out: dict[str, dict[str, Any]]) -> list[tuple[str, ...]]:
     preds_a, preds_b = cpu.get("eval_predictions"), gpu.get("eval_predictions")
     if preds_a and preds_b:
         same = sum(x == y for x, y in zip(preds_a, preds_b, strict=False))
-        rows.append((name, "greedy agreement, CPU fp32 vs GPU bf16", "", "",
-                     f"{same}/{len(preds_a)}"))  # fmt: skip
+        rows.append(
+            (name, "greedy agreement, CPU fp32 vs GPU bf16", "", "", f"{same}/{len(preds_a)}")
+        )
     probs_a, probs_b = cpu.get("score_probs"), gpu.get("score_probs")
     if probs_a and probs_b:
-        diffs = [abs(x - y) for pa, pb in zip(probs_a, probs_b, strict=False)
-                 for x, y in zip(pa, pb, strict=True)]  # fmt: skip
-        rows.append((name, "likelihood probe mean |dP|, CPU vs GPU", "", "",
-                     f"{sum(diffs) / len(diffs):.2e}"))  # fmt: skip
+        diffs = [
+            abs(x - y)
+            for pa, pb in zip(probs_a, probs_b, strict=False)
+            for x, y in zip(pa, pb, strict=True)
+        ]
+        rows.append(
+            (
+                name,
+                "likelihood probe mean |dP|, CPU vs GPU",
+                "",
+                "",
+                f"{sum(diffs) / len(diffs):.2e}",
+            )
+        )
     if "restore_identical" in gpu:
         rows.append((name, "restore: identical checkpoints", "", "", str(gpu["restore_identical"])))
     for key in ("probe_batch", "eval_batch"):
         if key in gpu or key in cpu:
-            rows.append((name, f"batch size auto ({key[:-6]})", _num(cpu.get(key)),
-                         _num(gpu.get(key)), ""))  # fmt: skip
+            rows.append(
+                (name, f"batch size auto ({key[:-6]})", _num(cpu.get(key)), _num(gpu.get(key)), "")
+            )
     return rows
 
 
@@ -280,8 +316,10 @@ def models_to_run(args: argparse.Namespace, work: Path) -> list[tuple[str, Path]
     from sftscope.models.loading import SMOLLM2_PACKAGE, load_tokenizer, smollm2_path
     from sftscope.models.tiny import build_tokenizer, save_tiny
 
-    texts = [f"Question: {it.question}\nAnswer: {it.answers[0]}\n"
-             for it in load_items(resolve_dataset("geo"), ["train", "test"], None, 50)]  # fmt: skip
+    texts = [
+        f"Question: {it.question}\nAnswer: {it.answers[0]}\n"
+        for it in load_items(resolve_dataset("geo"), ["train", "test"], None, 50)
+    ]
     if args.smoke:
         tiny = work / "tiny"
         if not (tiny / "config.json").exists():
@@ -302,9 +340,11 @@ def models_to_run(args: argparse.Namespace, work: Path) -> list[tuple[str, Path]
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter,
-                                 epilog="\n".join(__doc__.splitlines()[2:]))  # fmt: skip
+    ap = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="\n".join(__doc__.splitlines()[2:]),
+    )
     ap.add_argument("--models", default="smollm2,llama-1b", help="smollm2, llama-1b")
     ap.add_argument("--only", default=",".join(SECTIONS), help=f"of {', '.join(SECTIONS)}")
     ap.add_argument("--scale", type=float, default=1.0, help="multiply every workload size")
@@ -316,20 +356,25 @@ def main() -> None:
     args.models = [m for m in args.models.split(",") if m]
     args.only = [s for s in args.only.split(",") if s]
     bad = [s for s in args.only if s not in SECTIONS] + [
-        m for m in args.models if m not in ("smollm2", "llama-1b")]  # fmt: skip
+        m for m in args.models if m not in ("smollm2", "llama-1b")
+    ]
     if bad:
         ap.error(f"unknown section or model: {', '.join(bad)}")
     if not torch.cuda.is_available() and not args.smoke:
-        print("no CUDA device: nothing to compare on this machine "
-              "(--smoke runs the CPU pieces on a tiny model)")  # fmt: skip
+        print(
+            "no CUDA device: nothing to compare on this machine "
+            "(--smoke runs the CPU pieces on a tiny model)"
+        )
         return
     devices = ["cpu"] if args.smoke else ["cpu", "cuda"]
     args.work.mkdir(parents=True, exist_ok=True)
     import transformers
 
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "none"
-    print(f"torch {torch.__version__}, transformers {transformers.__version__}, GPU {gpu}, "
-          f"CPU threads {torch.get_num_threads()}")  # fmt: skip
+    print(
+        f"torch {torch.__version__}, transformers {transformers.__version__}, GPU {gpu}, "
+        f"CPU threads {torch.get_num_threads()}"
+    )
     rows, dump = [], {}
     for name, path in models_to_run(args, args.work):
         bench = Bench(args, name, path, args.work)
@@ -347,8 +392,12 @@ def main() -> None:
     header = ("model", "measure", "cpu", "cuda", "cuda vs cpu")
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     for r in [header, *rows]:
-        print("  ".join(c.ljust(w) if i < 2 else c.rjust(w)
-                        for i, (c, w) in enumerate(zip(r, widths, strict=True))))  # fmt: skip
+        print(
+            "  ".join(
+                c.ljust(w) if i < 2 else c.rjust(w)
+                for i, (c, w) in enumerate(zip(r, widths, strict=True))
+            )
+        )
     if args.json:
         args.json.write_text(json.dumps(dump, indent=1, default=str), encoding="utf-8")
 

@@ -39,14 +39,18 @@ def main() -> None:
     ap.add_argument("--calib", type=int, default=150, help="facts to calibrate on")
     ap.add_argument("--eval", type=int, default=300, help="facts to evaluate on (disjoint)")
     ap.add_argument(
-        "--no-exit-facts", type=int, default=0,
+        "--no-exit-facts",
+        type=int,
+        default=0,
         help="also time the sampling protocol without early exit on this many facts",
-    )  # fmt: skip
+    )
     ap.add_argument(
-        "--naive-facts", type=int, default=0,
+        "--naive-facts",
+        type=int,
+        default=0,
         help="also time a naive sampling probe (model.generate per prompt, "
         "num_return_sequences, no batching across prompts, no early exit) on this many facts",
-    )  # fmt: skip
+    )
     ap.add_argument("--block", type=int, default=60, help="facts per resumable probe folder")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--batch-size", type=int, default=64)
@@ -63,12 +67,21 @@ def main() -> None:
     picked = random.Random(args.seed).sample(items, n)
     model, tok = load_model(args.model, device="cpu")
     engine = HFEngine(model, tok, batch_size=args.batch_size, progress=False)
-    base = dict(model=args.model, data="geo", split="train", batch_size=args.batch_size,
-                chunk_size=8, seed=args.seed, device="cpu")  # fmt: skip
+    base = dict(
+        model=args.model,
+        data="geo",
+        split="train",
+        batch_size=args.batch_size,
+        chunk_size=8,
+        seed=args.seed,
+        device="cpu",
+    )
     samp: dict[str, dict] = {}  # keyed by position in ``picked``
     lik: dict[str, dict] = {}
-    totals = {m: {"wall_seconds": 0.0, "forward_tokens": 0, "facts": 0} for m in ("sampling",
-              "likelihood")}  # fmt: skip
+    totals = {
+        m: {"wall_seconds": 0.0, "forward_tokens": 0, "facts": 0}
+        for m in ("sampling", "likelihood")
+    }
     for b in range(n // args.block):
         block = picked[b * args.block : (b + 1) * args.block]
         root = args.out if b == 0 else args.out / f"block-{b}"
@@ -83,8 +96,10 @@ def main() -> None:
             totals[method]["facts"] += summary["n_probed"]
             for r in read_jsonl(root / method / "mastery.jsonl"):
                 store[pos[r["id"]]] = r
-    ids = {"calib": [str(i) for i in range(args.calib)],
-           "eval": [str(i) for i in range(args.calib, n)]}  # fmt: skip
+    ids = {
+        "calib": [str(i) for i in range(args.calib)],
+        "eval": [str(i) for i in range(args.calib, n)],
+    }
     # Calibrate on the calibration ids only.
     calib_dir = args.out / "calib"
     for name, rows in (("sampling", samp), ("likelihood", lik)):
@@ -104,15 +119,21 @@ def main() -> None:
     s, l_ = totals["sampling"], totals["likelihood"]
     for name, t in (("sampling protocol", s), ("likelihood       ", l_)):
         rate = t["facts"] / t["wall_seconds"]
-        print(f"{name}: {t['wall_seconds']:.0f} s for {t['facts']} facts ({rate:.3f} facts/s), "
-              f"{t['forward_tokens']} forward tokens")  # fmt: skip
+        print(
+            f"{name}: {t['wall_seconds']:.0f} s for {t['facts']} facts ({rate:.3f} facts/s), "
+            f"{t['forward_tokens']} forward tokens"
+        )
     wall = s["wall_seconds"] / l_["wall_seconds"]
     toks = s["forward_tokens"] / l_["forward_tokens"]
     print(f"compute ratio (likelihood / sampling): wall 1/{wall:.0f}, tokens 1/{toks:.0f}")
-    print(f"calibrated thresholds: {[round(t, 5) for t in cal['thresholds']]} "
-          f"(agreement on calibration set {100 * cal['agreement']:.1f}%)")  # fmt: skip
-    print(f"level agreement on evaluation set: {100 * agree:.1f}% "
-          f"(within one level {100 * within1:.1f}%)")  # fmt: skip
+    print(
+        f"calibrated thresholds: {[round(t, 5) for t in cal['thresholds']]} "
+        f"(agreement on calibration set {100 * cal['agreement']:.1f}%)"
+    )
+    print(
+        f"level agreement on evaluation set: {100 * agree:.1f}% "
+        f"(within one level {100 * within1:.1f}%)"
+    )
     print(f"Spearman rho(R-hat, R): {rho:.3f}")
     print("confusion (rows: sampling level, cols: likelihood level):")
     for k, row in enumerate(agreement_matrix(pred, ref)):
@@ -135,8 +156,12 @@ def _naive_speed(args, base: dict, view: Path, engine: HFEngine) -> None:
     from sftscope.data.matching import contains_answer
     from sftscope.data.templates import fill, load_templates
 
-    cfg = ProbeConfig(**{**base, "chunk_size": 10_000}, data_dir=view, method="sampling",
-                      out=args.out / "naive-optimised")  # fmt: skip
+    cfg = ProbeConfig(
+        **{**base, "chunk_size": 10_000},
+        data_dir=view,
+        method="sampling",
+        out=args.out / "naive-optimised",
+    )
     cfg = _first_n(cfg, args.naive_facts)
     fast = run_probe(cfg, engine=engine)
     items = load_items(resolve_dataset("geo", cfg.data_dir), ["train"])
@@ -150,10 +175,15 @@ def _naive_speed(args, base: dict, view: Path, engine: HFEngine) -> None:
             ids = tok(fill(t, it.subject or ""), return_tensors="pt")
             with torch.inference_mode():
                 out = model.generate(
-                    **ids, do_sample=True, temperature=cfg.temperature, top_k=0, top_p=1.0,
-                    max_new_tokens=cfg.max_new_tokens, num_return_sequences=cfg.samples,
+                    **ids,
+                    do_sample=True,
+                    temperature=cfg.temperature,
+                    top_k=0,
+                    top_p=1.0,
+                    max_new_tokens=cfg.max_new_tokens,
+                    num_return_sequences=cfg.samples,
                     pad_token_id=tok.pad_token_id,
-                )  # fmt: skip
+                )
             texts = tok.batch_decode(out[:, ids["input_ids"].shape[1] :], skip_special_tokens=True)
             correct += sum(contains_answer(x, it.accepted) for x in texts)
             total += len(texts)
@@ -164,27 +194,35 @@ def _naive_speed(args, base: dict, view: Path, engine: HFEngine) -> None:
     same_level = sum(
         level_of(a, cfg.thresholds) == level_of(b, cfg.thresholds)
         for a, b in zip(naive_r, fast_r, strict=True)
-    )  # fmt: skip
-    print(f"naive vs optimised sampling probe on {len(items)} facts: {t_naive:.1f} s -> "
-          f"{fast['wall_seconds']} s ({t_naive / fast['wall_seconds']:.2f}x); mean |R diff| "
-          f"{gap:.3f} (sampling noise), same level {same_level}/{len(items)}")  # fmt: skip
+    )
+    print(
+        f"naive vs optimised sampling probe on {len(items)} facts: {t_naive:.1f} s -> "
+        f"{fast['wall_seconds']} s ({t_naive / fast['wall_seconds']:.2f}x); mean |R diff| "
+        f"{gap:.3f} (sampling noise), same level {same_level}/{len(items)}"
+    )
 
 
 def _early_exit_speed(args, base: dict, view: Path, engine: HFEngine) -> None:
     """Same facts, same seed, with and without early exit: R must match, wall times differ."""
     runs = {}
     for flag in (True, False):
-        cfg = ProbeConfig(**{**base, "chunk_size": 10_000}, data_dir=view, method="sampling",
-                          early_exit=flag, out=args.out / f"exit-{flag}")  # fmt: skip
+        cfg = ProbeConfig(
+            **{**base, "chunk_size": 10_000},
+            data_dir=view,
+            method="sampling",
+            early_exit=flag,
+            out=args.out / f"exit-{flag}",
+        )
         cfg = cfg.model_copy(update={"relations": None})
         runs[flag] = run_probe(_first_n(cfg, args.no_exit_facts), engine=engine)
-    same = (
-        [r["R"] for r in read_jsonl(args.out / "exit-True" / "mastery.jsonl")]
-        == [r["R"] for r in read_jsonl(args.out / "exit-False" / "mastery.jsonl")]
-    )  # fmt: skip
+    same = [r["R"] for r in read_jsonl(args.out / "exit-True" / "mastery.jsonl")] == [
+        r["R"] for r in read_jsonl(args.out / "exit-False" / "mastery.jsonl")
+    ]
     t_on, t_off = runs[True]["wall_seconds"], runs[False]["wall_seconds"]
-    print(f"early exit on {args.no_exit_facts} facts: {t_off} s -> {t_on} s "
-          f"({t_off / t_on:.2f}x), identical R: {same}")  # fmt: skip
+    print(
+        f"early exit on {args.no_exit_facts} facts: {t_off} s -> {t_on} s "
+        f"({t_off / t_on:.2f}x), identical R: {same}"
+    )
 
 
 def _first_n(cfg: ProbeConfig, n: int) -> ProbeConfig:
@@ -214,8 +252,9 @@ def _write_view(ds, items, root: Path) -> Path:
     meta = {"name": "geo", "relations": [r.model_dump(mode="json") for r in ds.relations.values()]}
     by_rel: dict[str, list] = {r: [] for r in ds.relations}
     for it in items:
-        by_rel[it.relation].append({"question": it.question, "answers": list(it.answers),
-                                    "subject": it.subject})  # fmt: skip
+        by_rel[it.relation].append(
+            {"question": it.question, "answers": list(it.answers), "subject": it.subject}
+        )
     for rel, rows in by_rel.items():
         (root / "train" / f"{rel}.train.json").write_text(json.dumps(rows, ensure_ascii=False))
     (root / "dataset.json").write_text(json.dumps(meta))

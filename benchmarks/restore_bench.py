@@ -48,8 +48,15 @@ def _child(mode: str, base: Path, tuned: Path, out: Path, ks: list[float]) -> No
         from sftscope.restore_sweep import run_sweep
 
         ev = RestoreEval(**json.loads(os.environ["SWEEP_EVAL"]))
-        cfg = RestoreConfig(base=str(base), tuned=tuned, out=out, k=ks, eval=ev, device="cpu",
-                            save=mode == "sweep-written")  # fmt: skip
+        cfg = RestoreConfig(
+            base=str(base),
+            tuned=tuned,
+            out=out,
+            k=ks,
+            eval=ev,
+            device="cpu",
+            save=mode == "sweep-written",
+        )
         work = lambda: run_sweep(cfg)  # noqa: E731
     elif mode == "copy":
         work = lambda: shutil.copytree(tuned, out)  # noqa: E731
@@ -85,10 +92,19 @@ def _run(mode: str, base: Path, tuned: Path, out: Path, ks: list[float], env=Non
             with open(f, "rb") as fh:
                 while fh.read(1 << 26):
                     pass
-    cmd = [sys.executable, __file__, "--child", mode, str(base), str(tuned), str(out),
-           ",".join(f"{k:g}" for k in ks)]  # fmt: skip
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                            env={**os.environ, **(env or {})})  # fmt: skip
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child",
+        mode,
+        str(base),
+        str(tuned),
+        str(out),
+        ",".join(f"{k:g}" for k in ks),
+    ]
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env={**os.environ, **(env or {})}
+    )
     _, status, usage = os.wait4(proc.pid, 0)
     text = proc.stdout.read().decode() if proc.stdout else ""
     if status != 0:
@@ -122,9 +138,16 @@ def build_synthetic(root: Path, params: float, seed: int = 0) -> tuple[Path, Pat
     hidden, inter, vocab = 2048, 5632, 32000
     per_layer = 4 * hidden * hidden + 3 * hidden * inter
     layers = max(1, round((params - 2 * vocab * hidden) / per_layer))
-    cfg = LlamaConfig(hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers,
-                      num_attention_heads=16, num_key_value_heads=16, vocab_size=vocab,
-                      tie_word_embeddings=False, torch_dtype="bfloat16")  # fmt: skip
+    cfg = LlamaConfig(
+        hidden_size=hidden,
+        intermediate_size=inter,
+        num_hidden_layers=layers,
+        num_attention_heads=16,
+        num_key_value_heads=16,
+        vocab_size=vocab,
+        tie_word_embeddings=False,
+        torch_dtype="bfloat16",
+    )
     with torch.device("meta"):
         shapes = {n: tuple(p.shape) for n, p in LlamaForCausalLM(cfg).state_dict().items()}
     plan = [(n, s, "BF16") for n, s in shapes.items()]
@@ -172,11 +195,16 @@ def main() -> None:
     if args.pair:
         from sftscope.models.loading import resolve_model
 
-        pairs.append((f"pair {args.pair[1]}", Path(resolve_model(args.pair[0])),
-                      Path(args.pair[1])))  # fmt: skip
+        pairs.append(
+            (f"pair {args.pair[1]}", Path(resolve_model(args.pair[0])), Path(args.pair[1]))
+        )
     if args.synthetic:
-        pairs.append((f"synthetic {args.synthetic:g}",
-                      *build_synthetic(args.work / "synthetic", args.synthetic)))  # fmt: skip
+        pairs.append(
+            (
+                f"synthetic {args.synthetic:g}",
+                *build_synthetic(args.work / "synthetic", args.synthetic),
+            )
+        )
     if not pairs:
         ap.error("give --pair BASE TUNED and/or --synthetic N")
     for label, base, tuned in pairs:  # one run, every pair (each method alone on the machine)
@@ -191,8 +219,11 @@ def _bench(args: argparse.Namespace, ks: list[float], base: Path, tuned: Path) -
     if args.sweep and not sweep:
         print(f"(no sweep: {tuned} has no tokenizer to evaluate with)")
     if sweep:
-        ev = {"data": args.sweep_data, "data_dir": args.sweep_data_dir,
-              "limit_per_relation": args.sweep_limit}  # fmt: skip
+        ev = {
+            "data": args.sweep_data,
+            "data_dir": args.sweep_data_dir,
+            "limit_per_relation": args.sweep_limit,
+        }
         for m in ("sweep-written", "sweep-inplace"):
             res[m] = _run(m, base, tuned, args.work / m, ks, {"SWEEP_EVAL": json.dumps(ev)})
     for m, r in res.items():
@@ -203,10 +234,14 @@ def _bench(args: argparse.Namespace, ks: list[float], base: Path, tuned: Path) -
     o, cp = res["ours"], res["copy"]
     for m in refs:
         same = _identical(args.work / "ours", args.work / m, ks)
-        print(f"ours / {m}: wall {o['wall'] / res[m]['wall']:.2f}x, peak RSS "
-              f"{o['rss_gib'] / res[m]['rss_gib']:.2f}x; identical tensors: {same}")  # fmt: skip
-    print(f"ours / copy of one checkpoint: {o['wall'] / cp['wall']:.1f}x for {len(ks)} outputs "
-          f"= {o['wall'] / cp['wall'] / len(ks):.2f}x per output")  # fmt: skip
+        print(
+            f"ours / {m}: wall {o['wall'] / res[m]['wall']:.2f}x, peak RSS "
+            f"{o['rss_gib'] / res[m]['rss_gib']:.2f}x; identical tensors: {same}"
+        )
+    print(
+        f"ours / copy of one checkpoint: {o['wall'] / cp['wall']:.1f}x for {len(ks)} outputs "
+        f"= {o['wall'] / cp['wall'] / len(ks):.2f}x per output"
+    )
     if sweep:
         w, i = res["sweep-written"], res["sweep-inplace"]
         written = args.work / "sweep-written"

@@ -111,9 +111,10 @@ def level_breakdown(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, domain in (("in_domain", Domain.IN_DOMAIN), ("ood", Domain.OOD), ("overall", None)):
         rows = [
-            r for r in records
+            r
+            for r in records
             if r.get("level") is not None and (domain is None or r["domain"] == domain.value)
-        ]  # fmt: skip
+        ]
         per_level = [_acc([r for r in rows if r["level"] == k]) for k in range(N_LEVELS)]
         filled = [v for v in per_level if v["n"]]
         out[key] = {

@@ -154,8 +154,9 @@ class ProbePlan:
     sets: dict[str, list[list[QAItem]]]
 
 
-def plan_probe(cfg: ProbeConfig, dataset: Dataset | None = None,
-               items: list[QAItem] | None = None) -> ProbePlan:  # fmt: skip
+def plan_probe(
+    cfg: ProbeConfig, dataset: Dataset | None = None, items: list[QAItem] | None = None
+) -> ProbePlan:
     """Load the items (unless given: :func:`probe_pool` of ``dataset``), thresholds and
     templates or exemplar sets of a probe; bad input is an error here, before anything is
     written."""
@@ -176,8 +177,9 @@ def plan_probe(cfg: ProbeConfig, dataset: Dataset | None = None,
         table = _templates(dataset.name, cfg)
         for rel in sorted({it.relation for it in items}):
             if rel not in table:
-                raise SftscopeError(f"no mapping templates for relation {rel} of {dataset.name}"
-                                    f"{HINT}")  # fmt: skip
+                raise SftscopeError(
+                    f"no mapping templates for relation {rel} of {dataset.name}{HINT}"
+                )
             if len(table[rel].mapping) < cfg.templates:
                 raise SftscopeError(
                     f"config field 'templates': {cfg.templates} > the {len(table[rel].mapping)} "
@@ -195,14 +197,18 @@ def check_probe_folder(cfg: ProbeConfig, items: Sequence[QAItem]) -> None:
     saved = out / ITEMS_DIGEST
     if saved.exists() and saved.read_text(encoding="utf-8").strip() != items_digest(items):
         data = cfg.data_dir or cfg.data
-        raise SftscopeError(f"{out} holds a probe of other items ({data} changed since it was "
-                            "probed); use another --out")  # fmt: skip
+        raise SftscopeError(
+            f"{out} holds a probe of other items ({data} changed since it was "
+            "probed); use another --out"
+        )
 
 
 def run_probe(
-    cfg: ProbeConfig, engine: Engine | None = None, shard: tuple[int, int] | None = None,
+    cfg: ProbeConfig,
+    engine: Engine | None = None,
+    shard: tuple[int, int] | None = None,
     plan: ProbePlan | None = None,
-) -> dict[str, Any]:  # fmt: skip
+) -> dict[str, Any]:
     """The ``sftscope probe`` stage; resumable, see the module docstring. ``shard = (i, n)``
     probes only the chunks ``c % n == i`` and returns without merging: n workers probe one
     split in parallel, then one more call (no shard) merges their parts. ``plan``: what
@@ -236,8 +242,12 @@ def run_probe(
     if todo:  # what ran the chunks, for the summary (shards: the last to run one)
         atomic_write_json(parts / "engine.json", engine_info(engine))
     tokens_before = getattr(engine, "tokens_forwarded", 0)
-    bar = tqdm(total=len(probe_items), desc=f"probe ({cfg.method})", unit="fact",
-               initial=len(probe_items) - sum(len(chunks[c]) for c in todo))  # fmt: skip
+    bar = tqdm(
+        total=len(probe_items),
+        desc=f"probe ({cfg.method})",
+        unit="fact",
+        initial=len(probe_items) - sum(len(chunks[c]) for c in todo),
+    )
     for c in todo:
         chunk, seed = chunks[c], cfg.seed * 1_000_003 + c
         records, gens = method.run(engine, chunk, inputs, cfg, seed)
@@ -253,8 +263,16 @@ def run_probe(
     wall = time.perf_counter() - started
     if shard is not None:
         return {"chunks": len(todo), "facts": done_now, "seconds": round(wall, 2)}
-    return _finish(cfg, out, items, chunks, thresholds, wall, done_now,
-                   getattr(engine, "tokens_forwarded", 0) - tokens_before)  # fmt: skip
+    return _finish(
+        cfg,
+        out,
+        items,
+        chunks,
+        thresholds,
+        wall,
+        done_now,
+        getattr(engine, "tokens_forwarded", 0) - tokens_before,
+    )
 
 
 def _read_engine(parts: Path) -> dict[str, Any] | None:
@@ -263,14 +281,23 @@ def _read_engine(parts: Path) -> dict[str, Any] | None:
 
 
 def _finish(
-    cfg: ProbeConfig, out: Path, items: Sequence[QAItem], chunks: list,
-    thresholds: Sequence[float], wall: float, done_now: int, tokens: int,
-) -> dict[str, Any]:  # fmt: skip
+    cfg: ProbeConfig,
+    out: Path,
+    items: Sequence[QAItem],
+    chunks: list,
+    thresholds: Sequence[float],
+    wall: float,
+    done_now: int,
+    tokens: int,
+) -> dict[str, Any]:
     parts = out / "parts"
     records = [r for c in range(len(chunks)) for r in read_jsonl(parts / f"{c:05d}.jsonl")]
     probed = {r["id"] for r in records}
-    records += [record(it, cfg.method, None, None, n_correct=None, n_total=0)
-                for it in items if it.id not in probed]  # fmt: skip
+    records += [
+        record(it, cfg.method, None, None, n_correct=None, n_total=0)
+        for it in items
+        if it.id not in probed
+    ]
     order = {it.id: k for k, it in enumerate(items)}
     records.sort(key=lambda r: order[r["id"]])
     if PROBE_METHODS.load(cfg.method).generations:

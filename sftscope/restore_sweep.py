@@ -46,9 +46,13 @@ def _eval_dir(cfg: RestoreConfig, label: str, split: str) -> Path:
 
 
 def _evaluate(
-    cfg: RestoreConfig, label: str, model: Path, split: str, done: Path | None = None,
+    cfg: RestoreConfig,
+    label: str,
+    model: Path,
+    split: str,
+    done: Path | None = None,
     engine: Engine | None = None,
-) -> dict[str, Any]:  # fmt: skip
+) -> dict[str, Any]:
     """One model's evaluation, resumed from ``OUT/eval/<label>``; ``done`` is an evaluation of
     the same model with the same settings made elsewhere (the grid's cell eval), copied in;
     ``engine``: the model already loaded (restored in place), else it is loaded from ``model``."""
@@ -65,9 +69,15 @@ def _evaluate(
     if engine is None and not has_weights(model):
         raise SftscopeError(f"{model}: no weights to evaluate (deleted by keep_models: false?)")
     settings = ev.model_dump(exclude={"pick_on", "keep_models", "mastery", "split", "prompt"})
-    ecfg = EvalConfig(**settings, model=str(model), prompt=ev.prompt, split=split,
-                      mastery=ev.mastery if split == ev.split else None, out=out,
-                      **cfg.runtime_fields())  # fmt: skip
+    ecfg = EvalConfig(
+        **settings,
+        model=str(model),
+        prompt=ev.prompt,
+        split=split,
+        mastery=ev.mastery if split == ev.split else None,
+        out=out,
+        **cfg.runtime_fields(),
+    )
     if engine is None and one_model_per_process(cfg.engine):
         return in_fresh_process(run_eval, ecfg)
     return run_eval(ecfg, engine)
@@ -153,8 +163,7 @@ def _in_place_rows(cfg: RestoreConfig, tuned_eval: Path | None) -> list[dict[str
 def _load_engine(cfg: RestoreConfig) -> Engine:
     """The tuned model on the HF engine, whose weights the in-place sweep edits."""
     assert cfg.eval is not None
-    request = EngineRequest(str(cfg.tuned), cfg.device, cfg.eval.batch_size,
-                            cfg.trust_remote_code)  # fmt: skip
+    request = EngineRequest(str(cfg.tuned), cfg.device, cfg.eval.batch_size, cfg.trust_remote_code)
     return make_engine("hf", request)
 
 
@@ -179,11 +188,15 @@ def run_sweep(cfg: RestoreConfig, tuned_eval: Path | None = None) -> dict[str, A
     if ev.pick_on:
         scored = [r for r in rows if r["dev_in_domain"] is not None]
         best = max(scored, key=lambda r: (r["dev_in_domain"], -(r["k"] or 0))) if scored else None
-        result["pick"] = best and {"label": best["label"], "k": best["k"],
-                                   "dev_in_domain": best["dev_in_domain"],
-                                   "in_domain": best["in_domain"], "ood": best["ood"],
-                                   "gain_in_domain": _gain(best, rows[0], "in_domain"),
-                                   "gain_ood": _gain(best, rows[0], "ood")}  # fmt: skip
+        result["pick"] = best and {
+            "label": best["label"],
+            "k": best["k"],
+            "dev_in_domain": best["dev_in_domain"],
+            "in_domain": best["in_domain"],
+            "ood": best["ood"],
+            "gain_in_domain": _gain(best, rows[0], "in_domain"),
+            "gain_ood": _gain(best, rows[0], "ood"),
+        }
     atomic_write_json(Path(cfg.out) / "sweep.json", result)
     return result
 

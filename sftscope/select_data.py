@@ -71,21 +71,31 @@ Row = dict[str, Any]
 
 def annotation(record: Row) -> Row:
     """The fields ``annotated.jsonl`` adds to a row, from its probe record."""
-    return {"mastery_level": record["level"], "R": record["R"],
-            "n_correct": record["n_correct"], "n_total": record["n_total"]}  # fmt: skip
+    return {
+        "mastery_level": record["level"],
+        "R": record["R"],
+        "n_correct": record["n_correct"],
+        "n_total": record["n_total"],
+    }
 
 
 def probe_config(cfg: SelectConfig, method: str) -> ProbeConfig:
     """The probe of the whole file, in ``DIR/probe``."""
     return ProbeConfig(
-        **cfg.probe.model_dump(exclude={"method"}), method=method, split="all",
-        model=cfg.model, relations=cfg.relations, limit_per_relation=cfg.limit_per_relation,
-        out=Path(cfg.out) / "probe", **cfg.context(),
-    )  # fmt: skip
+        **cfg.probe.model_dump(exclude={"method"}),
+        method=method,
+        split="all",
+        model=cfg.model,
+        relations=cfg.relations,
+        limit_per_relation=cfg.limit_per_relation,
+        out=Path(cfg.out) / "probe",
+        **cfg.context(),
+    )
 
 
-def has_templates(dataset: Dataset, relations: Iterable[str], templates_file: Path | None,
-                  n: int = 1) -> bool:  # fmt: skip
+def has_templates(
+    dataset: Dataset, relations: Iterable[str], templates_file: Path | None, n: int = 1
+) -> bool:
     """Whether every relation has ``n`` mapping templates (the packaged ones of the dataset,
     or ``templates_file``'s)."""
     if templates_file is None and dataset.name not in packaged_datasets():
@@ -115,9 +125,14 @@ def input_rows(dataset: Dataset, items: list[QAItem]) -> list[tuple[int, Row]]:
     for k, it in enumerate(items):
         key, index = (it.relation, it.split), int(it.id.rsplit("/", 1)[1])
         if key not in cache:
-            cache[key] = originals(*key) if originals else [
-                (-1, {"relation": it.relation, "split": it.split, **raw})
-                for raw in dataset.source.rows(*key)]  # fmt: skip
+            cache[key] = (
+                originals(*key)
+                if originals
+                else [
+                    (-1, {"relation": it.relation, "split": it.split, **raw})
+                    for raw in dataset.source.rows(*key)
+                ]
+            )
         pos, row = cache[key][index]
         out.append((pos if originals else k, row))
     return out
@@ -134,26 +149,42 @@ def level_histogram(items: list[QAItem], levels: dict[str, int | None]) -> dict[
         else:
             per_relation[it.relation][level] += 1
     overall = [sum(c[k] for c in per_relation.values()) for k in range(N_LEVELS)]
-    return {"levels": list(range(N_LEVELS)), "overall": overall, "per_relation": per_relation,
-            "unprobed": unprobed, "pairs": len(items)}  # fmt: skip
+    return {
+        "levels": list(range(N_LEVELS)),
+        "overall": overall,
+        "per_relation": per_relation,
+        "unprobed": unprobed,
+        "pairs": len(items),
+    }
 
 
 def recommend(
-    items: list[QAItem], levels: dict[str, int | None], size: int, min_level: int,
-    max_level: int, seed: int,
-) -> tuple[Subset | None, dict[str, Any]]:  # fmt: skip
+    items: list[QAItem],
+    levels: dict[str, int | None],
+    size: int,
+    min_level: int,
+    max_level: int,
+    seed: int,
+) -> tuple[Subset | None, dict[str, Any]]:
     """At most ``size`` pairs of levels ``min_level``..``max_level``, balanced across relations
     and seeded (:func:`draw_subset`); each fact once. None when no pair qualifies."""
-    eligible = {i: lv for i, lv in levels.items()
-                if lv is not None and min_level <= lv <= max_level}  # fmt: skip
+    eligible = {
+        i: lv for i, lv in levels.items() if lv is not None and min_level <= lv <= max_level
+    }
     pool, seen = [], set()
     for it in items:
         if it.id in eligible and fact_key(it) not in seen:
             seen.add(fact_key(it))
             pool.append(it)
     relations = list(dict.fromkeys(it.relation for it in items))
-    info = {"size": size, "min_level": min_level, "max_level": max_level, "seed": seed,
-            "eligible": len(pool), "copies_skipped": len(eligible) - len(pool)}  # fmt: skip
+    info = {
+        "size": size,
+        "min_level": min_level,
+        "max_level": max_level,
+        "seed": seed,
+        "eligible": len(pool),
+        "copies_skipped": len(eligible) - len(pool),
+    }
     if not pool:
         empty = dict.fromkeys(relations, 0)
         return None, {**info, "n": 0, "composition": empty, "pools": empty}
@@ -197,10 +228,15 @@ def run_select(cfg: SelectConfig, engine: Engine | None = None) -> dict[str, Any
     hist = level_histogram(items, levels)
     texts["histogram.json"] = json_text(hist)
     summary = {
-        "model": cfg.model, "data": cfg.data, "data_dir": str(cfg.data_dir or dataset.root),
-        "method": pcfg.method, "thresholds": probe["thresholds"], "histogram": hist,
-        "recommended": picked, "files": sorted(texts),
-    }  # fmt: skip
+        "model": cfg.model,
+        "data": cfg.data,
+        "data_dir": str(cfg.data_dir or dataset.root),
+        "method": pcfg.method,
+        "thresholds": probe["thresholds"],
+        "histogram": hist,
+        "recommended": picked,
+        "files": sorted(texts),
+    }
     texts["select.json"] = json_text(summary)
     for name, text in texts.items():  # select.json last: its presence marks a finished run
         atomic_write_text(out / name, text)

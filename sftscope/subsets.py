@@ -176,7 +176,8 @@ def run_subset(cfg: SubsetConfig) -> dict[str, Any]:
     rows = [QAItem.model_validate(r) for r in read_jsonl(cfg.items)]
     pool = [it for it in rows if it.split == "train"]
     held_out = [it for it in rows if it.split == cfg.eval_split]
-    sub = draw_subset(pool, read_levels(cfg.mastery), cfg.level, cfg.size, cfg.seed, held_out,
-                      cfg.relations)  # fmt: skip
+    sub = draw_subset(
+        pool, read_levels(cfg.mastery), cfg.level, cfg.size, cfg.seed, held_out, cfg.relations
+    )
     atomic_write_jsonl(cfg.out, sub.rows())
     return sub.summary()

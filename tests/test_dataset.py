@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import EQ_FIXTURE, SHARED_EQ, write_dataset
 
 from sftscope.data.dataset import dataset_stats, load_items, open_dataset, recover_subject
 from sftscope.data.entityquestions import EQ_RELATIONS, IN_DOMAIN_IDS, OOD_IDS
@@ -14,12 +13,23 @@ from sftscope.data.readers import resolve_dataset
 from sftscope.data.schema import Domain
 from sftscope.errors import SftscopeError
 
+from helpers import EQ_FIXTURE, SHARED_EQ, write_dataset
+
 
 def test_paper_domain_split() -> None:
     assert len(EQ_RELATIONS) == 24
     assert set(IN_DOMAIN_IDS) == {
-        "P17", "P19", "P20", "P36", "P69", "P131", "P159", "P276", "P495", "P740",
-    }  # fmt: skip
+        "P17",
+        "P19",
+        "P20",
+        "P36",
+        "P69",
+        "P131",
+        "P159",
+        "P276",
+        "P495",
+        "P740",
+    }
     assert len(OOD_IDS) == 14 and not set(IN_DOMAIN_IDS) & set(OOD_IDS)
 
 
@@ -66,9 +76,15 @@ def test_recover_subject() -> None:
 def test_unrecoverable_subjects_are_kept_and_counted(tmp_path: Path) -> None:
     root = write_dataset(
         tmp_path / "ds",
-        {"test": {"P19": [{"question": "Where was Ada born?", "answers": ["London"]},
-                          {"question": "Birthplace of Bob?", "answers": ["Paris"]}]}},
-    )  # fmt: skip
+        {
+            "test": {
+                "P19": [
+                    {"question": "Where was Ada born?", "answers": ["London"]},
+                    {"question": "Birthplace of Bob?", "answers": ["Paris"]},
+                ]
+            }
+        },
+    )
     items = load_items(open_dataset(root), ["test"], ["P19"])
     assert [it.subject for it in items] == ["Ada", None]
     row = next(r for r in dataset_stats(open_dataset(root), ["test"]) if r.relation == "P19")
@@ -78,9 +94,15 @@ def test_unrecoverable_subjects_are_kept_and_counted(tmp_path: Path) -> None:
 def test_custom_relations_from_dataset_json(tmp_path: Path) -> None:
     meta = {
         "name": "toy",
-        "relations": [{"id": "X1", "name": "colour", "domain": "out-of-domain",
-                       "question_template": "What colour is {subject}?"}],
-    }  # fmt: skip
+        "relations": [
+            {
+                "id": "X1",
+                "name": "colour",
+                "domain": "out-of-domain",
+                "question_template": "What colour is {subject}?",
+            }
+        ],
+    }
     rows = [{"question": "What colour is grass?", "answers": ["green"], "popularity": 7}]
     root = write_dataset(tmp_path / "toy", {"dev": {"X1": rows}}, meta)
     (item,) = load_items(open_dataset(root), ["dev"])
@@ -90,14 +112,20 @@ def test_custom_relations_from_dataset_json(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("content", "message"),
     [
-        ("[{\"question\": \"Where was A born?\", \"answers\": [\"B\"]},", "malformed JSON"),
-        (json.dumps([{"question": "Where was A born?", "answers": ["B"]},
-                     {"question": "Where was C born?", "answers": []}]),
-         "item 1: item has no answers"),
+        ('[{"question": "Where was A born?", "answers": ["B"]},', "malformed JSON"),
+        (
+            json.dumps(
+                [
+                    {"question": "Where was A born?", "answers": ["B"]},
+                    {"question": "Where was C born?", "answers": []},
+                ]
+            ),
+            "item 1: item has no answers",
+        ),
         (json.dumps([{"question": "Where was A born?"}]), "item 0: 'answers' must be"),
         (json.dumps({"question": "q"}), "expected a JSON list"),
     ],
-)  # fmt: skip
+)
 def test_bad_files_name_file_and_item(tmp_path: Path, content: str, message: str) -> None:
     (tmp_path / "test").mkdir()
     path = tmp_path / "test" / "P19.test.json"
@@ -118,6 +146,7 @@ def test_missing_dir_unknown_relation_and_missing_file(tmp_path: Path) -> None:
         resolve_dataset("entityquestions", None)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not SHARED_EQ.is_dir(), reason="shared EntityQuestions copy not present")
 def test_subject_recovery_rate_over_full_dataset() -> None:
     """Every one of the 220,703 questions fits its relation's template (measured: 100%)."""

@@ -8,12 +8,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import perturbed_copy
 from safetensors.torch import load_file, save_file
 
 from sftscope.errors import SftscopeError
 from sftscope.params.diff import concentration, diff_checkpoints, in_region, module_of, region_names
 from sftscope.params.tensors import open_checkpoint
+
+from helpers import perturbed_copy
 
 
 def test_regions_and_modules() -> None:
@@ -58,7 +59,14 @@ def test_run_diff_outputs_and_nan(tiny_model_dir: Path, tmp_path: Path) -> None:
     tuned_dir = perturbed_copy(tiny_model_dir, tmp_path / "tuned")
     s = diff_checkpoints(tiny_model_dir, tuned_dir, tmp_path / "out")
     assert s["tensors"] == 2 * 7 and set(s["per_module"]) == {
-        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}  # fmt: skip
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+        "gate_proj",
+        "up_proj",
+        "down_proj",
+    }
     assert set(s["per_layer"]) == {"0", "1"}
     tsv = (tmp_path / "out" / "diff_summary.tsv").read_text().splitlines()
     assert tsv[0].startswith("tensor\tlayer\tmodule") and len(tsv) == 15
@@ -80,13 +88,25 @@ def test_diff_cli(tiny_model_dir: Path, tmp_path: Path) -> None:
     from sftscope.cli import app
 
     tuned_dir = perturbed_copy(tiny_model_dir, tmp_path / "tuned")
-    res = CliRunner().invoke(app, ["diff", "--base", str(tiny_model_dir), "--tuned",
-                                   str(tuned_dir), "--out", str(tmp_path / "d")])  # fmt: skip
+    res = CliRunner().invoke(
+        app,
+        [
+            "diff",
+            "--base",
+            str(tiny_model_dir),
+            "--tuned",
+            str(tuned_dir),
+            "--out",
+            str(tmp_path / "d"),
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert (tmp_path / "d" / "concentration.json").exists() and "top k" in res.output
     missing = str(tmp_path / "nope")
-    res = CliRunner().invoke(app, ["diff", "--base", str(tiny_model_dir), "--tuned", missing,
-                                   "--out", str(tmp_path / "e")])  # fmt: skip
+    res = CliRunner().invoke(
+        app,
+        ["diff", "--base", str(tiny_model_dir), "--tuned", missing, "--out", str(tmp_path / "e")],
+    )
     assert res.exit_code == 2 and "checkpoint folder not found" in res.output
 
 
@@ -109,8 +129,9 @@ def test_zero_base_weights_are_reported(tiny_model_dir: Path, tmp_path: Path) ->
     s = diff_checkpoints(base, tuned, tmp_path / "out")
     assert s["zero_base"]["weights"] == w[name].shape[1]
     assert s["zero_base"]["share_of_r"] > 0.9
-    res = CliRunner().invoke(app, ["diff", "--base", str(base), "--tuned", str(tuned), "--out",
-                                   str(tmp_path / "cli")])  # fmt: skip
+    res = CliRunner().invoke(
+        app, ["diff", "--base", str(base), "--tuned", str(tuned), "--out", str(tmp_path / "cli")]
+    )
     assert res.exit_code == 0 and "exactly 0 in the base model" in " ".join(res.output.split())
     # Leaving them out: the concentration over the other weights equals a flat reference.
     nz = diff_checkpoints(base, tuned, tmp_path / "nz", nonzero_base=True)
@@ -125,8 +146,9 @@ def test_zero_base_weights_are_reported(tiny_model_dir: Path, tmp_path: Path) ->
     assert nz["concentration"][0]["share"] < s["concentration"][0]["share"]
     # one diff ranks both populations in the same passes: each run holds the other's table
     both = [json.loads((tmp_path / d / "concentration.json").read_text()) for d in ("out", "nz")]
-    assert both[0]["other"]["rows"] == both[1]["rows"] and both[1]["other"]["rows"] == both[0][
-        "rows"]  # fmt: skip
+    assert (
+        both[0]["other"]["rows"] == both[1]["rows"] and both[1]["other"]["rows"] == both[0]["rows"]
+    )
     assert both[0]["zero_base"] == both[1]["zero_base"] == s["zero_base"]
 
 
@@ -145,8 +167,17 @@ def test_diff_compute_device(tiny_model_dir: Path, tmp_path: Path) -> None:
             diff_checkpoints(tiny_model_dir, tuned_dir, tmp_path / "auto", compute_device="auto")
             == cpu
         )
-        args = ["diff", "--base", str(tiny_model_dir), "--tuned", str(tuned_dir), "--out",
-                str(tmp_path / "d"), "--compute-device", "cuda"]  # fmt: skip
+        args = [
+            "diff",
+            "--base",
+            str(tiny_model_dir),
+            "--tuned",
+            str(tuned_dir),
+            "--out",
+            str(tmp_path / "d"),
+            "--compute-device",
+            "cuda",
+        ]
         res = CliRunner().invoke(app, args)
         assert res.exit_code == 2
         assert res.output == "error: --compute-device cuda: no CUDA device is available\n"

@@ -120,9 +120,11 @@ def test_prefill_cache_gives_exact_next_token_logits(tiny_engine: HFEngine) -> N
         ids, mask, cache = wide._prefill(rows, n=2)
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
         out = model(
-            input_ids=ids[:, -1:], attention_mask=mask, position_ids=pos[:, -1:],
+            input_ids=ids[:, -1:],
+            attention_mask=mask,
+            position_ids=pos[:, -1:],
             **cache_kwarg(model, cache),
-        ).logits[:, -1]  # fmt: skip
+        ).logits[:, -1]
         for j, row in enumerate(rows):
             ref = model(torch.tensor([row])).logits[0, -1]
             for k in (2 * j, 2 * j + 1):  # both copies of the n=2 expansion
@@ -157,9 +159,10 @@ def test_inverse_cdf_sampling_matches_the_softmax() -> None:
     sigma = (p * (1 - p) / rows).sqrt()
     assert ((freq - p).abs() <= 5 * sigma + 1e-12).all(), (freq, p)
     edge = sample_tokens(
-        torch.tensor([[float("-inf"), 1.0, float("-inf")]] * 2), 1.0,
+        torch.tensor([[float("-inf"), 1.0, float("-inf")]] * 2),
+        1.0,
         torch.tensor([0.0, 1 - 2**-53], dtype=torch.float64),
-    )  # fmt: skip
+    )
     assert edge.tolist() == [1, 1]
     assert sample_tokens(logits[None], 0.0, None).tolist() == [0]
 
@@ -199,8 +202,14 @@ def test_rows_ending_together_with_eos(tiny_engine: HFEngine) -> None:
     saved = config.eos_token_id
     config.eos_token_id = list(range(len(tiny_engine.tokenizer)))
     try:
-        outs = tiny_engine.generate(PROMPTS, max_new_tokens=5, temperature=1.0, n=2, stop=["\n"],
-                                    done_if=[lambda s: False] * len(PROMPTS))  # fmt: skip
+        outs = tiny_engine.generate(
+            PROMPTS,
+            max_new_tokens=5,
+            temperature=1.0,
+            n=2,
+            stop=["\n"],
+            done_if=[lambda s: False] * len(PROMPTS),
+        )
     finally:
         config.eos_token_id = saved
     assert outs == [["", ""]] * len(PROMPTS)
@@ -228,8 +237,10 @@ def test_n_samples_share_the_prompt_prefill(tiny_engine: HFEngine) -> None:
     engine = HFEngine(tiny_engine.model, tiny_engine.tokenizer, batch_size=16, progress=False)
 
     def calls(n: int) -> list[tuple[int, int, bool]]:
-        return _forward_shapes(engine.model, lambda: engine.generate(
-            SHARED_PROMPTS, max_new_tokens=4, temperature=1.0, n=n, seed=1))  # fmt: skip
+        return _forward_shapes(
+            engine.model,
+            lambda: engine.generate(SHARED_PROMPTS, max_new_tokens=4, temperature=1.0, n=n, seed=1),
+        )
 
     one, four = calls(1), calls(4)
     prefill = [c for c in one if c[2]]

@@ -7,25 +7,37 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import EQ_FIXTURE
 from typer.testing import CliRunner
 
 from sftscope.cli import app
 from sftscope.evaluate import level_breakdown, summarize
 
+from helpers import EQ_FIXTURE
+
 runner = CliRunner()
 
 
 def _eval(tiny_model_dir: Path, out: Path, *extra: str):
-    args = ["eval", "--model", str(tiny_model_dir), "--data", "entityquestions",
-            "--data-dir", str(EQ_FIXTURE), "--out", str(out), *extra]  # fmt: skip
+    args = [
+        "eval",
+        "--model",
+        str(tiny_model_dir),
+        "--data",
+        "entityquestions",
+        "--data-dir",
+        str(EQ_FIXTURE),
+        "--out",
+        str(out),
+        *extra,
+    ]
     return runner.invoke(app, args)
 
 
 def test_eval_end_to_end(tiny_model_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "e"
-    res = _eval(tiny_model_dir, out, "--relations", "P17,P26", "--limit-per-relation", "6",
-                "batch_size=4")  # fmt: skip
+    res = _eval(
+        tiny_model_dir, out, "--relations", "P17,P26", "--limit-per-relation", "6", "batch_size=4"
+    )
     assert res.exit_code == 0, res.output
     records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
     assert len(records) == 12
@@ -44,8 +56,10 @@ def test_eval_end_to_end(tiny_model_dir: Path, tmp_path: Path) -> None:
 
 def test_eval_sft_prompt_and_config_file(tiny_model_dir: Path, tmp_path: Path) -> None:
     cfg = tmp_path / "eval.yaml"
-    cfg.write_text(f"model: {tiny_model_dir}\ndata: entityquestions\ndata_dir: {EQ_FIXTURE}\n"
-                   f"relations: [P36]\nlimit_per_relation: 3\nout: {tmp_path / 'o'}\n")  # fmt: skip
+    cfg.write_text(
+        f"model: {tiny_model_dir}\ndata: entityquestions\ndata_dir: {EQ_FIXTURE}\n"
+        f"relations: [P36]\nlimit_per_relation: 3\nout: {tmp_path / 'o'}\n"
+    )
     res = runner.invoke(app, ["eval", "--config", str(cfg), "--prompt", "sft"])
     assert res.exit_code == 0, res.output
     rec = json.loads((tmp_path / "o" / "records.jsonl").read_text().splitlines()[0])
@@ -114,8 +128,16 @@ def test_eval_with_mastery_reports_levels(tiny_model_dir: Path, tmp_path: Path) 
     rows = [{"id": f"P17/test/{i}", "level": i % 5} for i in range(5)]
     (probe / "mastery.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "e"
-    res = _eval(tiny_model_dir, out, "--relations", "P17", "--limit-per-relation", "6",
-                "--mastery", str(probe))  # fmt: skip
+    res = _eval(
+        tiny_model_dir,
+        out,
+        "--relations",
+        "P17",
+        "--limit-per-relation",
+        "6",
+        "--mastery",
+        str(probe),
+    )
     assert res.exit_code == 0, res.output
     records = [json.loads(x) for x in (out / "records.jsonl").read_text().splitlines()]
     assert [r["level"] for r in records] == [0, 1, 2, 3, 4, None]
@@ -138,8 +160,18 @@ def test_device_cuda_without_a_gpu_is_a_one_line_error(
 
 
 def test_batch_size_auto_on_cpu(tiny_model_dir: Path, tmp_path: Path) -> None:
-    res = _eval(tiny_model_dir, tmp_path / "e", "--relations", "P17", "--limit-per-relation", "3",
-                "--batch-size", "auto", "--device", "cpu")  # fmt: skip
+    res = _eval(
+        tiny_model_dir,
+        tmp_path / "e",
+        "--relations",
+        "P17",
+        "--limit-per-relation",
+        "3",
+        "--batch-size",
+        "auto",
+        "--device",
+        "cpu",
+    )
     assert res.exit_code == 0, res.output
     bad = _eval(tiny_model_dir, tmp_path / "f", "--batch-size", "many")
     assert bad.exit_code == 2

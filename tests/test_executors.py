@@ -15,7 +15,6 @@ from pathlib import Path
 import psutil
 import pytest
 import torch
-from conftest import cli_run, grid_yaml
 from safetensors.torch import load_file
 
 from sftscope.config import GridConfig, load_config
@@ -23,11 +22,17 @@ from sftscope.errors import SftscopeError
 from sftscope.pipeline.claims import Claim
 from sftscope.pipeline.grid import Grid
 
+from helpers import cli_run, grid_yaml
+
 CELLS = ["1-4-0", "1-8-0", "mixed-4-0", "mixed-8-0"]
 EXECUTORS = {
     "processes": ["--executor", "processes", "--workers", "2", "--probe-shards", "4"],
-    "slurm": ["executor.kind=slurm", "executor.slurm.cluster=local", "executor.slurm.poll_s=0.2",
-              "executor.probe_shards=2"],  # fmt: skip
+    "slurm": [
+        "executor.kind=slurm",
+        "executor.slurm.cluster=local",
+        "executor.slurm.poll_s=0.2",
+        "executor.probe_shards=2",
+    ],
     "ray": ["executor.kind=ray", "executor.ray.local_cpus=2"],
 }
 
@@ -65,6 +70,7 @@ def reference(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) ->
     return path.parent / "run"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("executor", list(EXECUTORS))
 def test_every_executor_gives_the_local_results(
     executor: str, reference: Path, tiny_model_dir: Path, tmp_path: Path
@@ -94,6 +100,7 @@ def _worker(run: Path, job: str) -> int | None:
         return None
 
 
+@pytest.mark.slow
 def test_worker_killed_mid_cell_then_rerun(
     reference: Path, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
@@ -121,6 +128,7 @@ def test_worker_killed_mid_cell_then_rerun(
     _same_weights(run, reference)
 
 
+@pytest.mark.slow
 def test_a_failing_job_is_reported_with_its_log(tiny_model_dir: Path, tmp_path: Path) -> None:
     path = grid_yaml(tmp_path, tiny_model_dir, levels=[1], sizes=[4], kl={"enabled": False})
     assert _run(path, *EXECUTORS["processes"], "train.optimizer=no_such_optimizer") == 2
@@ -134,17 +142,27 @@ def test_a_failing_job_is_reported_with_its_log(tiny_model_dir: Path, tmp_path: 
 
 
 def test_runtime_settings_plan_nothing_to_redo(reference: Path) -> None:
-    runtime = ["device=auto", "eval.batch_size=3", "probe.batch_size=auto", "kl.batch_size=2",
-               "params.compute_device=auto", "keep_models=false", "train.logging_steps=5",
-               "executor.kind=processes", "executor.workers=7", f"out={reference}"]  # fmt: skip
+    runtime = [
+        "device=auto",
+        "eval.batch_size=3",
+        "probe.batch_size=auto",
+        "kl.batch_size=2",
+        "params.compute_device=auto",
+        "keep_models=false",
+        "train.logging_steps=5",
+        "executor.kind=processes",
+        "executor.workers=7",
+        f"out={reference}",
+    ]
     grid = Grid(load_config(GridConfig, reference.parent / "grid.yaml", None, runtime))
     assert {status for _, status in grid.plan()} == {"done"}
     assert not grid.probe_jobs(4) and all(j.done() for j in grid.stage_jobs())
     markers = {p: p.read_text() for p in reference.rglob("stage.json")}
     grid.run()  # moved to another device, other batch sizes and executor: nothing is redone
     assert {p: p.read_text() for p in reference.rglob("stage.json")} == markers
-    changed = Grid(load_config(GridConfig, reference.parent / "grid.yaml", None,
-                               ["eval.max_new_tokens=5"]))  # fmt: skip
+    changed = Grid(
+        load_config(GridConfig, reference.parent / "grid.yaml", None, ["eval.max_new_tokens=5"])
+    )
     assert dict(changed.plan())["eval/1-4-0"] == "redo (inputs changed)"
 
 

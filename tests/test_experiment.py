@@ -9,13 +9,14 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import cli_run, grid_yaml
 from typer.testing import CliRunner
 
 from sftscope.cli import app
 from sftscope.config import GridConfig, load_config
 from sftscope.pipeline.grid import Grid
 from sftscope.report.results import cell_table
+
+from helpers import cli_run, grid_yaml
 
 CELLS = ["1-4-0", "1-8-0", "mixed-4-0", "mixed-8-0"]
 
@@ -71,6 +72,7 @@ def test_changed_recipe_redoes_training_only(tiny_model_dir: Path, tmp_path: Pat
     assert res.exit_code == 0 and "redo" in res.output
 
 
+@pytest.mark.slow
 def test_kill_9_then_rerun_finishes_without_redoing_finished_cells(
     tiny_model_dir: Path, tmp_path: Path
 ) -> None:
@@ -124,8 +126,16 @@ def test_grid_params_hook_diff_restore_sweep_and_transitions(
     tiny_model_dir: Path, tmp_path: Path
 ) -> None:
     params = {"cells": ["1-4-0"], "k": [10, 50], "pick_on": "dev"}
-    path = grid_yaml(tmp_path, tiny_model_dir, sizes=[4], levels=[1], keep_models=False,
-                      params=params, kl={"enabled": False}, transitions=True)  # fmt: skip
+    path = grid_yaml(
+        tmp_path,
+        tiny_model_dir,
+        sizes=[4],
+        levels=[1],
+        keep_models=False,
+        params=params,
+        kl={"enabled": False},
+        transitions=True,
+    )
     res = CliRunner().invoke(app, ["run", str(path)])
     assert res.exit_code == 0, res.output
     assert "share of Σr" in res.output and "picked on dev" in res.output
@@ -138,8 +148,9 @@ def test_grid_params_hook_diff_restore_sweep_and_transitions(
     assert [r["k"] for r in conc["rows"]] == [1, 3, 5, 10, 20, 40, 60]
     sweep = json.loads((cell / "restore" / "sweep.json").read_text())
     assert [r["label"] for r in sweep["rows"]] == ["tuned", "global-top-10", "global-top-50"]
-    assert "by_level" in json.loads((cell / "restore" / "eval" / "global-top-10" /
-                                     "summary.json").read_text())  # fmt: skip
+    assert "by_level" in json.loads(
+        (cell / "restore" / "eval" / "global-top-10" / "summary.json").read_text()
+    )
     assert not list(cell.glob("restore/*/*.safetensors"))  # keep_models: false
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
     assert set(manifest["cells"]["1-4-0"]["stages"]) >= {"diff", "restore", "reprobe"}

@@ -95,6 +95,7 @@ def test_split_proportions(built: tuple[Path, dict[str, dict[str, int]]]) -> Non
         assert c["dev"] == c["test"] == total // 10
 
 
+@pytest.mark.slow
 def test_same_seed_is_byte_identical_across_processes(
     built: tuple[Path, Any], tmp_path: Path
 ) -> None:

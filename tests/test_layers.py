@@ -14,8 +14,14 @@ ROOT = Path(sftscope.__file__).parent
 FOUNDATION = {"config", "registry", "io", "layout", "errors", "paths", "stats"}
 WINGS = {"cli": 5, "pipeline": 4, "report": 3, "params": 1, "models": 1, "data": 1}
 STAGES = 2  # any other module or package at the root: a stage, its arithmetic, the testbed
-NAMES = {5: "cli", 4: "pipeline", 3: "report", 2: "stages", 1: "params/models/data",
-         0: "foundation"}  # fmt: skip
+NAMES = {
+    5: "cli",
+    4: "pipeline",
+    3: "report",
+    2: "stages",
+    1: "params/models/data",
+    0: "foundation",
+}
 
 
 def modules() -> dict[str, Path]:

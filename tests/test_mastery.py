@@ -23,9 +23,19 @@ PAPER = (0.0, 0.25, 0.5, 0.75)
 
 @pytest.mark.parametrize(
     ("r", "level"),
-    [(0.0, 0), (1e-9, 1), (0.1, 1), (0.25, 1), (0.2500001, 2), (0.5, 2), (0.51, 3),
-     (0.75, 3), (0.76, 4), (1.0, 4)],
-)  # fmt: skip
+    [
+        (0.0, 0),
+        (1e-9, 1),
+        (0.1, 1),
+        (0.25, 1),
+        (0.2500001, 2),
+        (0.5, 2),
+        (0.51, 3),
+        (0.75, 3),
+        (0.76, 4),
+        (1.0, 4),
+    ],
+)
 def test_paper_level_boundaries(r: float, level: int) -> None:
     assert level_of(r, PAPER) == level
 
@@ -61,8 +71,23 @@ def test_a_decided_prefix_stays_correct_whatever_follows() -> None:
 
     from sftscope.data.matching import contains_answer
 
-    pieces = [" B", ".", " C.", " J.", "K.", " Rowling", " India", "na", " ", "\n", ".com",
-              " a", "L", "B.com", " x.y"]
+    pieces = [
+        " B",
+        ".",
+        " C.",
+        " J.",
+        "K.",
+        " Rowling",
+        " India",
+        "na",
+        " ",
+        "\n",
+        ".com",
+        " a",
+        "L",
+        "B.com",
+        " x.y",
+    ]
     answers = [["B"], ["India"], ["J. K. Rowling"], ["K"]]
     for gold in answers:
         for n in range(1, 5):

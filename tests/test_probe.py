@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import EQ_FIXTURE
 from typer.testing import CliRunner
 
 from sftscope.cli import app
@@ -22,13 +21,25 @@ from sftscope.probe import run_probe
 from sftscope.probe_methods import sampling
 from sftscope.probe_methods.likelihood import likelihood_scores
 
+from helpers import EQ_FIXTURE
+
 
 def _cfg(tmp_path: Path, name: str, model: Path, **kw) -> ProbeConfig:
     base = dict(
-        model=str(model), data="entityquestions", data_dir=EQ_FIXTURE, split="train",
-        relations=["P17", "P36"], limit_per_relation=4, templates=3, samples=2,
-        max_new_tokens=6, chunk_size=3, batch_size=8, out=tmp_path / name, device="cpu",
-    )  # fmt: skip
+        model=str(model),
+        data="entityquestions",
+        data_dir=EQ_FIXTURE,
+        split="train",
+        relations=["P17", "P36"],
+        limit_per_relation=4,
+        templates=3,
+        samples=2,
+        max_new_tokens=6,
+        chunk_size=3,
+        batch_size=8,
+        out=tmp_path / name,
+        device="cpu",
+    )
     return ProbeConfig(**{**base, **kw})
 
 
@@ -129,8 +140,9 @@ def test_likelihood_and_slick_run(tiny_model_dir: Path, tmp_path: Path) -> None:
     assert lik["n_probed"] == 8 and lik["forward_tokens"] > 0
     rows = _lines(tmp_path / "lik" / "mastery.jsonl")
     assert all(0.0 <= r["R"] <= 1.0 and r["n_total"] == 3 for r in rows)
-    slick = run_probe(_cfg(tmp_path, "slick", tiny_model_dir, method="slick", slick_sets=2,
-                           slick_samples=2))  # fmt: skip
+    slick = run_probe(
+        _cfg(tmp_path, "slick", tiny_model_dir, method="slick", slick_sets=2, slick_samples=2)
+    )
     rows = _lines(tmp_path / "slick" / "mastery.jsonl")
     assert sum(slick["histogram"]["total"]) == 8
     assert all(r["n_total"] == 2 * 3 and r["category"] for r in rows)
@@ -164,9 +176,23 @@ def test_probe_cli_prints_histogram_and_rejects_bad_input(
     tiny_model_dir: Path, tmp_path: Path
 ) -> None:
     runner = CliRunner()
-    args = ["probe", "--model", str(tiny_model_dir), "--data", "entityquestions",
-            "--data-dir", str(EQ_FIXTURE), "--relations", "P36", "--limit-per-relation", "3",
-            "--method", "likelihood", "--templates", "2"]  # fmt: skip
+    args = [
+        "probe",
+        "--model",
+        str(tiny_model_dir),
+        "--data",
+        "entityquestions",
+        "--data-dir",
+        str(EQ_FIXTURE),
+        "--relations",
+        "P36",
+        "--limit-per-relation",
+        "3",
+        "--method",
+        "likelihood",
+        "--templates",
+        "2",
+    ]
     res = runner.invoke(app, [*args, "--out", str(tmp_path / "cli")])
     assert res.exit_code == 0, res.output
     assert "level 4" in res.output and "P36" in res.output
@@ -183,8 +209,14 @@ def test_calibrate_then_relevel_without_the_model(tiny_model_dir: Path, tmp_path
     run_probe(_cfg(tmp_path, "l", tiny_model_dir, method="likelihood"))
     cal = calibrate(tmp_path / "s", tmp_path / "l", tmp_path / "cal.json")
     assert cal["n"] == 8 and 0 <= cal["agreement"] <= 1
-    args = ["relevel", str(tmp_path / "l"), "--calibration", str(tmp_path / "cal.json"),
-            "--out", str(tmp_path / "r")]  # fmt: skip
+    args = [
+        "relevel",
+        str(tmp_path / "l"),
+        "--calibration",
+        str(tmp_path / "cal.json"),
+        "--out",
+        str(tmp_path / "r"),
+    ]
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
     rows = _lines(tmp_path / "r" / "mastery.jsonl")

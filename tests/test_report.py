@@ -7,25 +7,37 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import EQ_FIXTURE, grid_yaml
 from typer.testing import CliRunner
 
 from sftscope.cli import app
 from sftscope.report.collect import spread
 
+from helpers import EQ_FIXTURE, grid_yaml
+
 
 def test_spread_over_seeds() -> None:
-    assert spread([0.2, 0.4, None]) == {"mean": 0.30000000000000004, "sd": 0.1414213562373095,
-                                        "n": 2}  # fmt: skip
+    assert spread([0.2, 0.4, None]) == {
+        "mean": 0.30000000000000004,
+        "sd": 0.1414213562373095,
+        "n": 2,
+    }
     assert spread([0.5]) == {"mean": 0.5, "sd": None, "n": 1}
     assert spread([None]) == {"mean": None, "sd": None, "n": 0}
 
 
 def test_report_of_a_grid_run(tiny_model_dir: Path, tmp_path: Path) -> None:
     params = {"cells": ["1-4-0"], "k": [10, 50], "layers": ["0-0", "1-1"], "compute_device": "auto"}
-    path = grid_yaml(tmp_path, tiny_model_dir, sizes=[4, 8], levels=[1], seeds=[0, 1],
-                      keep_models=False, params=params, transitions=True,
-                      note="a tiny model learns fast")  # fmt: skip
+    path = grid_yaml(
+        tmp_path,
+        tiny_model_dir,
+        sizes=[4, 8],
+        levels=[1],
+        seeds=[0, 1],
+        keep_models=False,
+        params=params,
+        transitions=True,
+        note="a tiny model learns fast",
+    )
     res = CliRunner().invoke(app, ["run", str(path)])
     assert res.exit_code == 0, res.output
     run = tmp_path / "run"
@@ -44,22 +56,28 @@ def test_report_of_a_grid_run(tiny_model_dir: Path, tmp_path: Path) -> None:
     ):
         assert f"<h2>{section}" in page and f"## {section}" in md
     images = re.findall(r'<img src="([^"]+)"', page)
-    assert {Path(i).name for i in images} >= {"accuracy_vs_size.png", "restore_1-4-0.png",
-                                              "layers_1-4-0.png"}  # fmt: skip
+    assert {Path(i).name for i in images} >= {
+        "accuracy_vs_size.png",
+        "restore_1-4-0.png",
+        "layers_1-4-0.png",
+    }
     for head in (">module</th>", ">layer</th>", ">top 10 %</th>", ">Δ ID</th>"):
         assert head in page  # Tables 9-10 (where the top-k % sit) and Table 11 (layer blocks)
     assert "| layers-0-0 |" in md and "| down_proj |" in md
     # the header names the recipe, each departure from the paper's, and the run's note
-    assert ("SFT: full fine-tuning, learning rate 0.001, batch 4, 1 epoch, adamw_torch, cosine "
-            "schedule. Departs from the paper's recipe (PAPER.md §3.2): learning rate 0.001 "
-            "(paper 1e-05); batch size 4 (paper 8).") in md  # fmt: skip
+    assert (
+        "SFT: full fine-tuning, learning rate 0.001, batch 4, 1 epoch, adamw_torch, cosine "
+        "schedule. Departs from the paper's recipe (PAPER.md §3.2): learning rate 0.001 "
+        "(paper 1e-05); batch size 4 (paper 8)."
+    ) in md
     assert "Note: a tiny model learns fast" in md and "Note: a tiny model learns fast" in page
     assert "Dotted: the base model." in md  # the base model's level on the accuracy figures
     # the unrestored model's score is the cell's own evaluation, copied, not re-run
     cell_eval = (run / "eval" / "1-4-0" / "records.jsonl").read_text()
     for folder in ("restore", "blocks"):
-        assert (run / "params" / "1-4-0" / folder / "eval" / "tuned" / "records.jsonl"
-                ).read_text() == cell_eval  # fmt: skip
+        assert (
+            run / "params" / "1-4-0" / folder / "eval" / "tuned" / "records.jsonl"
+        ).read_text() == cell_eval
     for img in images:
         f = run / "report" / img
         assert f.exists() and f.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -85,8 +103,11 @@ def test_findings_verdicts_follow_the_intervals() -> None:
     )
 
     # peak at 240, clearly above 1920 (diff 0.10; Welch df 4: 2.776*sqrt(2*0.01^2/3) = 0.023)
-    peak = [_g("2", "60", 0.50, 0.01, 3), _g("2", "240", 0.60, 0.01, 3),
-            _g("2", "1920", 0.50, 0.01, 3)]  # fmt: skip
+    peak = [
+        _g("2", "60", 0.50, 0.01, 3),
+        _g("2", "240", 0.60, 0.01, 3),
+        _g("2", "1920", 0.50, 0.01, 3),
+    ]
     assert peak_at_small_size(peak)["verdict"] == "reproduced"
     rising = [_g("2", "60", 0.40, 0.01, 3), _g("2", "240", 0.60, 0.01, 3)]
     assert peak_at_small_size(rising)["verdict"] == "not reproduced"
@@ -113,9 +134,13 @@ def test_findings_verdicts_follow_the_intervals() -> None:
     }
     assert top1_holds_most(params)["verdict"] == "reproduced"
     # exact zeros in the base hold most of Σr: the non-zero-base ranking decides
-    zeros = {"c": {"concentration": [{"k": 1, "share": 0.999}],
-                   "concentration_nonzero": [{"k": 1, "share": 0.40}],
-                   "zero_base": {"weights": 3, "share_of_r": 0.99}}}  # fmt: skip
+    zeros = {
+        "c": {
+            "concentration": [{"k": 1, "share": 0.999}],
+            "concentration_nonzero": [{"k": 1, "share": 0.40}],
+            "zero_base": {"weights": 3, "share_of_r": 0.99},
+        }
+    }
     f = top1_holds_most(zeros)
     assert f["verdict"] == "not reproduced" and "non-zero base value" in f["evidence"][0]
     assert restoration_helps(params)["verdict"] == "reproduced"
@@ -123,9 +148,11 @@ def test_findings_verdicts_follow_the_intervals() -> None:
     params["c"]["sweep"]["rows"][1]["in_domain"] = 0.49
     assert restoration_helps(params)["verdict"] == "not reproduced"
     assert lowest_layers_critical(params)["verdict"] == "inconclusive"  # no layer blocks
-    blocks = [{"label": "tuned", "k": 0, "in_domain": 0.50},
-              {"label": "layers-0-3", "k": None, "in_domain": 0.10},
-              {"label": "layers-4-7", "k": None, "in_domain": 0.49}]  # fmt: skip
+    blocks = [
+        {"label": "tuned", "k": 0, "in_domain": 0.50},
+        {"label": "layers-0-3", "k": None, "in_domain": 0.10},
+        {"label": "layers-4-7", "k": None, "in_domain": 0.49},
+    ]
     params["c"]["blocks"] = {"rows": blocks}
     f = lowest_layers_critical(params)
     assert f["verdict"] == "reproduced" and "layers 0-3 -40.0 points" in f["evidence"][0]
@@ -139,8 +166,11 @@ def test_each_verdict_says_what_it_rests_on() -> None:
     """Seeds, items and the smallest detectable difference beside each finding (issue 20)."""
     from sftscope.report.findings import basis_text, binomial_mde, findings
 
-    groups = [_g("2", "60", 0.50, 0.02, 3), _g("2", "240", 0.60, 0.01, 3),
-              _g("4", "60", 0.55, None, 1)]  # fmt: skip
+    groups = [
+        _g("2", "60", 0.50, 0.02, 3),
+        _g("2", "240", 0.60, 0.01, 3),
+        _g("4", "60", 0.55, None, 1),
+    ]
     params = {
         "c": {
             "concentration": [{"k": 1, "share": 0.7}],
@@ -190,10 +220,18 @@ def test_study_preset_plans_the_size_axis(tiny_model_dir: Path, tmp_path: Path) 
     res = CliRunner(env={"COLUMNS": "200"}).invoke(app, args)
     assert res.exit_code == 0, res.output
     cells = set(re.findall(r"models/(\d-\d+-\d)", res.output))
-    assert cells == {f"{lv}-{n}-{s}" for lv in (0, 1) for n in (60, 120, 240, 480, 960)
-                     for s in (0, 1, 2)}  # fmt: skip
-    for stage in ("probe/train", "probe/test", "eval/base", "kl/0-60-0", "params/0-960-0/diff",
-                  "params/1-960-0/restore", "params/1-960-0/blocks"):  # fmt: skip
+    assert cells == {
+        f"{lv}-{n}-{s}" for lv in (0, 1) for n in (60, 120, 240, 480, 960) for s in (0, 1, 2)
+    }
+    for stage in (
+        "probe/train",
+        "probe/test",
+        "eval/base",
+        "kl/0-60-0",
+        "params/0-960-0/diff",
+        "params/1-960-0/restore",
+        "params/1-960-0/blocks",
+    ):
         assert stage in res.output
     assert "params/0-480-0" not in res.output and "params/1-960-1" not in res.output
     assert not run.exists()
@@ -207,12 +245,26 @@ def test_paper_preset_plans_the_full_grid(tiny_model_dir: Path, tmp_path: Path) 
     """`sftscope demo --preset paper`: 5 levels + Mixed x 5 sizes x 3 seeds, the k sweep and
     layer blocks on the 240 / 1920 cells; planned (not run) on the EntityQuestions fixture."""
     run = tmp_path / "paper"
-    args = ["demo", "--preset", "paper", "--dry-run", "--out", str(run),
-            f"model={tiny_model_dir}", f"data_dir={EQ_FIXTURE}"]  # fmt: skip
+    args = [
+        "demo",
+        "--preset",
+        "paper",
+        "--dry-run",
+        "--out",
+        str(run),
+        f"model={tiny_model_dir}",
+        f"data_dir={EQ_FIXTURE}",
+    ]
     res = CliRunner(env={"COLUMNS": "200"}).invoke(app, args)
     assert res.exit_code == 0, res.output
-    for stage in ("probe/train", "models/mixed-all-2", "kl/0-60-0", "params/4-1920-0/restore",
-                  "params/0-240-0/blocks", "params/0-240-0/diff"):  # fmt: skip
+    for stage in (
+        "probe/train",
+        "models/mixed-all-2",
+        "kl/0-60-0",
+        "params/4-1920-0/restore",
+        "params/0-240-0/blocks",
+        "params/0-240-0/diff",
+    ):
         assert stage in res.output
     assert "params/0-60-0" not in res.output and not run.exists()  # planned, nothing written
     res = CliRunner().invoke(app, ["demo", "--preset", "paper", "--out", str(run)])

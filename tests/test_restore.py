@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import EQ_FIXTURE, perturbed_copy
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM
 from typer.testing import CliRunner
@@ -20,6 +19,8 @@ from sftscope.errors import SftscopeError
 from sftscope.models.tiny import save_tiny
 from sftscope.params.reference import load_all, reference_restore
 from sftscope.params.restore import run_restore
+
+from helpers import EQ_FIXTURE, perturbed_copy
 
 KS = (1, 3, 50, 60, 99.5)
 runner = CliRunner()
@@ -67,20 +68,23 @@ def test_streamed_restore_equals_the_reference(pair, tmp_path: Path, scope, stra
     _assert_equal_to_reference(base, tuned, tmp_path / "r", KS, scope=scope, strategy=strategy)
 
 
-@pytest.mark.parametrize(("scope", "strategy", "region"),
-                         [("global", "top", "paper"), ("tensor", "bottom", "all"),
-                          ("layer", "random", "all")])  # fmt: skip
+@pytest.mark.parametrize(
+    ("scope", "strategy", "region"),
+    [("global", "top", "paper"), ("tensor", "bottom", "all"), ("layer", "random", "all")],
+)
 def test_bf16_ties_and_other_regions(bf16_pair, tmp_path: Path, scope, strategy, region) -> None:
     base, tuned = bf16_pair
-    _assert_equal_to_reference(base, tuned, tmp_path / "r", KS, scope=scope, strategy=strategy,
-                               region=region)  # fmt: skip
+    _assert_equal_to_reference(
+        base, tuned, tmp_path / "r", KS, scope=scope, strategy=strategy, region=region
+    )
 
 
 def test_k_in_any_order_and_many_ties(bf16_pair, tmp_path: Path) -> None:
     """Outputs are built in ascending k whatever the config's order; bf16 has many ties."""
     base, tuned = bf16_pair
-    _assert_equal_to_reference(base, tuned, tmp_path / "r", (60, 1, 99.5, 3, 50),
-                               scope="layer", strategy="bottom")  # fmt: skip
+    _assert_equal_to_reference(
+        base, tuned, tmp_path / "r", (60, 1, 99.5, 3, 50), scope="layer", strategy="bottom"
+    )
 
 
 def test_sharding_changes_nothing(pair, tmp_path: Path) -> None:
@@ -90,8 +94,7 @@ def test_sharding_changes_nothing(pair, tmp_path: Path) -> None:
     sharded = tmp_path / "sharded"
     AutoModelForCausalLM.from_pretrained(base).save_pretrained(sharded, max_shard_size="40KB")
     a = _restore(base, tuned, tmp_path / "a", k=[50], strategy="random")
-    b = _restore(sharded, tuned, tmp_path / "b", k=[50], strategy="random",
-                 max_shard_bytes=30_000)  # fmt: skip
+    b = _restore(sharded, tuned, tmp_path / "b", k=[50], strategy="random", max_shard_bytes=30_000)
     label = a["outputs"][0]["label"]
     assert (tmp_path / "b" / label / "model.safetensors.index.json").exists()
     assert a["outputs"][0]["cuts"] == b["outputs"][0]["cuts"]
@@ -104,8 +107,10 @@ def test_sharding_changes_nothing(pair, tmp_path: Path) -> None:
 
 def test_random_is_seeded(pair, tmp_path: Path) -> None:
     base, tuned = pair
-    runs = [_restore(base, tuned, tmp_path / f"s{i}", k=[10], strategy="random", seed=seed)
-            for i, seed in enumerate((3, 3, 4))]  # fmt: skip
+    runs = [
+        _restore(base, tuned, tmp_path / f"s{i}", k=[10], strategy="random", seed=seed)
+        for i, seed in enumerate((3, 3, 4))
+    ]
     label = runs[0]["outputs"][0]["label"]
     w = [load_all(tmp_path / f"s{i}" / label) for i in range(3)]
     assert all(torch.equal(w[0][n], w[1][n]) for n in w[0])
@@ -148,8 +153,7 @@ def test_bad_input_is_an_error_and_writes_nothing(pair, tmp_path: Path) -> None:
     base, tuned = pair
     for bad in ("0", "100", "-1", "150"):
         with pytest.raises(SftscopeError, match="config field 'k'.*strictly between 0 and 100"):
-            load_config(RestoreConfig, None, dict(base=str(base), tuned=tuned, out=tmp_path,
-                                                  k=bad))  # fmt: skip
+            load_config(RestoreConfig, None, dict(base=str(base), tuned=tuned, out=tmp_path, k=bad))
     other = save_tiny(["a b c"], tmp_path / "other", num_layers=3)
     with pytest.raises(SftscopeError, match="tensor .* is missing|shape"):
         _restore(base, other, tmp_path / "out")
@@ -169,9 +173,26 @@ def test_bad_input_is_an_error_and_writes_nothing(pair, tmp_path: Path) -> None:
 def test_restore_cli_sweep_with_dev_pick(pair, tmp_path: Path) -> None:
     base, tuned = pair
     out = tmp_path / "sweep"
-    args = ["restore", "--base", str(base), "--tuned", str(tuned), "--k", "1,50", "--out",
-            str(out), "--eval", "--data", "entityquestions", "--data-dir", str(EQ_FIXTURE),
-            "--limit-per-relation", "2", "--pick-on", "dev"]  # fmt: skip
+    args = [
+        "restore",
+        "--base",
+        str(base),
+        "--tuned",
+        str(tuned),
+        "--k",
+        "1,50",
+        "--out",
+        str(out),
+        "--eval",
+        "--data",
+        "entityquestions",
+        "--data-dir",
+        str(EQ_FIXTURE),
+        "--limit-per-relation",
+        "2",
+        "--pick-on",
+        "dev",
+    ]
     res = runner.invoke(app, args)
     assert res.exit_code == 0, res.output
     assert "picked on dev" in res.output
@@ -189,14 +210,16 @@ def test_restore_cli_sweep_with_dev_pick(pair, tmp_path: Path) -> None:
 def test_restore_cli_without_eval_and_yaml_config(pair, tmp_path: Path) -> None:
     base, tuned = pair
     cfg = tmp_path / "restore.yaml"
-    cfg.write_text(f"base: {base}\ntuned: {tuned}\nscope: tensor\nstrategy: bottom\n"
-                   f"out: {tmp_path / 'r'}\n")  # fmt: skip
+    cfg.write_text(
+        f"base: {base}\ntuned: {tuned}\nscope: tensor\nstrategy: bottom\nout: {tmp_path / 'r'}\n"
+    )
     res = runner.invoke(app, ["restore", "--config", str(cfg), "--k", "20", "seed=3"])
     assert res.exit_code == 0, res.output
     assert (tmp_path / "r" / "tensor-bottom-20" / "model.safetensors").exists()
     assert "tensor-bottom-20" in res.output and "restore_stats.tsv" in res.output
-    res = runner.invoke(app, ["restore", "--config", str(cfg), "--layers", "0-1",
-                              f"out={tmp_path / 'b'}"])  # fmt: skip
+    res = runner.invoke(
+        app, ["restore", "--config", str(cfg), "--layers", "0-1", f"out={tmp_path / 'b'}"]
+    )
     assert res.exit_code == 0 and (tmp_path / "b" / "layers-0-1" / "config.json").exists()
 
 
@@ -212,17 +235,31 @@ def test_compute_device_cpu_is_the_default_and_stays_out_of_compared_settings(
         assert all(torch.equal(x[n], y[n]) for n in x)
     assert "compute_device" not in yaml.safe_load((tmp_path / "b" / "restore.yaml").read_text())
     # the outputs do not depend on it, so a rerun on another device reuses the folder
-    again = _restore(base, tuned, tmp_path / "b", k=[3, 50], strategy="random",
-                     compute_device="auto")  # fmt: skip
+    again = _restore(
+        base, tuned, tmp_path / "b", k=[3, 50], strategy="random", compute_device="auto"
+    )
     assert again == b
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error without a GPU")
 def test_compute_device_cuda_without_a_gpu_is_a_one_line_error(pair, tmp_path: Path) -> None:
     base, tuned = pair
-    res = runner.invoke(app, ["restore", "--base", str(base), "--tuned", str(tuned), "--k", "5",
-                              "--compute-device", "cuda", "--out",
-                              str(tmp_path / "out")])  # fmt: skip
+    res = runner.invoke(
+        app,
+        [
+            "restore",
+            "--base",
+            str(base),
+            "--tuned",
+            str(tuned),
+            "--k",
+            "5",
+            "--compute-device",
+            "cuda",
+            "--out",
+            str(tmp_path / "out"),
+        ],
+    )
     assert res.exit_code == 2
     assert res.output == "error: --compute-device cuda: no CUDA device is available\n"
     assert _nothing_written(tmp_path)
@@ -246,10 +283,17 @@ def _sweep(base: Path, tuned: Path, out: Path, save: bool, prompt: str = "sft", 
     from sftscope.config import RestoreEval
     from sftscope.restore_sweep import run_sweep
 
-    ev = RestoreEval(data="entityquestions", data_dir=EQ_FIXTURE, limit_per_relation=2,
-                     pick_on="dev", batch_size=4, prompt=prompt)  # fmt: skip
-    cfg = RestoreConfig(base=str(base), tuned=tuned, out=out, save=save, eval=ev, device="cpu",
-                        **kw)  # fmt: skip
+    ev = RestoreEval(
+        data="entityquestions",
+        data_dir=EQ_FIXTURE,
+        limit_per_relation=2,
+        pick_on="dev",
+        batch_size=4,
+        prompt=prompt,
+    )
+    cfg = RestoreConfig(
+        base=str(base), tuned=tuned, out=out, save=save, eval=ev, device="cpu", **kw
+    )
     return run_sweep(cfg)
 
 
@@ -260,7 +304,7 @@ def _sweep(base: Path, tuned: Path, out: Path, save: bool, prompt: str = "sft", 
         {"k": [3, 50]},
         {"k": [10, 60], "scope": "tensor", "strategy": "random"},
         {"layers": ["0-0", "1-1"]},
-    ],  # fmt: skip
+    ],
 )
 def test_in_place_sweep_scores_equal_the_written_sweep(
     which: str, kw: dict, request: pytest.FixtureRequest, tmp_path: Path
@@ -276,9 +320,13 @@ def test_in_place_sweep_scores_equal_the_written_sweep(
         assert (a / "eval" / name / "records.jsonl").read_text() == (
             b / "eval" / name / "records.jsonl"
         ).read_text(), name
-    predictions = {name: [json.loads(x)["prediction"] for x in
-                          (b / "eval" / name / "records.jsonl").read_text().splitlines()]
-                   for name in evals}  # fmt: skip
+    predictions = {
+        name: [
+            json.loads(x)["prediction"]
+            for x in (b / "eval" / name / "records.jsonl").read_text().splitlines()
+        ]
+        for name in evals
+    }
     assert len({tuple(p) for p in predictions.values()}) > 2  # the restorations change outputs
     assert (a / "restore_stats.tsv").read_text() == (b / "restore_stats.tsv").read_text()
     sel_a, sel_b = (json.loads((f / "selection.json").read_text()) for f in (a, b))
@@ -304,9 +352,17 @@ def test_sweep_evaluates_with_the_prompt_asked_for(pair, tmp_path: Path) -> None
 
     base, tuned = pair
     _sweep(base, tuned, tmp_path / "s", save=False, prompt="fewshot", k=[50])
-    direct = run_eval(EvalConfig(model=str(tuned), data="entityquestions", data_dir=EQ_FIXTURE,
-                                 limit_per_relation=2, batch_size=4, device="cpu",
-                                 out=tmp_path / "e"))  # fmt: skip
+    direct = run_eval(
+        EvalConfig(
+            model=str(tuned),
+            data="entityquestions",
+            data_dir=EQ_FIXTURE,
+            limit_per_relation=2,
+            batch_size=4,
+            device="cpu",
+            out=tmp_path / "e",
+        )
+    )
     assert direct["in_domain"]["n"] > 0
     got = (tmp_path / "s" / "eval" / "tuned" / "records.jsonl").read_text()
     assert got == (tmp_path / "e" / "records.jsonl").read_text()
@@ -323,7 +379,20 @@ def test_in_place_folder_gets_checkpoints_when_saved_later(pair, tmp_path: Path)
 
 def test_no_save_without_eval_is_a_one_line_error(pair, tmp_path: Path) -> None:
     base, tuned = pair
-    res = runner.invoke(app, ["restore", "--base", str(base), "--tuned", str(tuned), "--k", "5",
-                              "--no-save", "--out", str(tmp_path / "x")])  # fmt: skip
+    res = runner.invoke(
+        app,
+        [
+            "restore",
+            "--base",
+            str(base),
+            "--tuned",
+            str(tuned),
+            "--k",
+            "5",
+            "--no-save",
+            "--out",
+            str(tmp_path / "x"),
+        ],
+    )
     assert res.exit_code == 2 and res.output.startswith("error: --no-save needs --eval")
     assert not (tmp_path / "x").exists()

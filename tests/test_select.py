@@ -10,8 +10,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import EQ_FIXTURE
-from test_tables import CITIES, COUNTRIES, popqa_rows, write_jsonl, write_tsv
 from typer.testing import CliRunner
 
 import sftscope.probe as probe_mod
@@ -19,11 +17,31 @@ from sftscope.cli import app
 from sftscope.data.schema import Domain, QAItem
 from sftscope.select_data import recommend
 
+from helpers import CITIES, COUNTRIES, EQ_FIXTURE, popqa_rows, write_jsonl, write_tsv
+
 runner = CliRunner()
-FAST = ["--templates", "2", "--samples", "2", "--slick-shots", "2", "--max-new-tokens", "3",
-        "--batch-size", "16", "--device", "cpu"]  # fmt: skip
-OUTPUTS = ["annotated.jsonl", "histogram.json", "recommended.jsonl", "recommended.train.jsonl",
-           "select.json", *(f"level-{k}.jsonl" for k in range(5))]  # fmt: skip
+FAST = [
+    "--templates",
+    "2",
+    "--samples",
+    "2",
+    "--slick-shots",
+    "2",
+    "--max-new-tokens",
+    "3",
+    "--batch-size",
+    "16",
+    "--device",
+    "cpu",
+]
+OUTPUTS = [
+    "annotated.jsonl",
+    "histogram.json",
+    "recommended.jsonl",
+    "recommended.train.jsonl",
+    "select.json",
+    *(f"level-{k}.jsonl" for k in range(5)),
+]
 
 
 def sft_rows() -> list[dict]:
@@ -31,19 +49,42 @@ def sft_rows() -> list[dict]:
     columns to keep, a split column on some rows only, and one pair written twice."""
     rows = []
     for i in range(6):
-        rows.append({"question": f"Which country is {CITIES[i]} in?", "answers": [COUNTRIES[i]],
-                     "relation": "where", "source": f"crawl-{i}",
-                     "split": "test" if i else None})  # fmt: skip
+        rows.append(
+            {
+                "question": f"Which country is {CITIES[i]} in?",
+                "answers": [COUNTRIES[i]],
+                "relation": "where",
+                "source": f"crawl-{i}",
+                "split": "test" if i else None,
+            }
+        )
     for i in range(4):
-        rows.append({"question": f"What is the capital of {COUNTRIES[i]}?",
-                     "answers": [CITIES[i]], "weight": i})  # fmt: skip
+        rows.append(
+            {
+                "question": f"What is the capital of {COUNTRIES[i]}?",
+                "answers": [CITIES[i]],
+                "weight": i,
+            }
+        )
     rows.append(dict(rows[1]))  # the same pair again
     return rows
 
 
 def select(tmp_path: Path, data: Path, out: str, *extra: str):
-    return runner.invoke(app, ["select", "--model", str(tmp_path / "model"), "--data-dir",
-                               str(data), "--out", str(tmp_path / out), *FAST, *extra])  # fmt: skip
+    return runner.invoke(
+        app,
+        [
+            "select",
+            "--model",
+            str(tmp_path / "model"),
+            "--data-dir",
+            str(data),
+            "--out",
+            str(tmp_path / out),
+            *FAST,
+            *extra,
+        ],
+    )
 
 
 @pytest.fixture
@@ -88,10 +129,15 @@ def test_select_end_to_end_deterministic_and_resumable(
     assert "mastery levels of the SFT pairs" in res.output and "recommended" in res.output
 
     # the same settings from a YAML file, into another folder: the same files, byte for byte
-    cfg = {"model": str(model_link), "data_dir": str(data), "out": str(tmp_path / "b"),
-           "min_level": 0, "size": 5, "device": "cpu",
-           "probe": {"templates": 2, "samples": 2, "slick_shots": 2,
-                     "max_new_tokens": 3}}  # fmt: skip
+    cfg = {
+        "model": str(model_link),
+        "data_dir": str(data),
+        "out": str(tmp_path / "b"),
+        "min_level": 0,
+        "size": 5,
+        "device": "cpu",
+        "probe": {"templates": 2, "samples": 2, "slick_shots": 2, "max_new_tokens": 3},
+    }
     (tmp_path / "select.yaml").write_text(yaml.safe_dump(cfg))
     res = runner.invoke(app, ["select", "--config", str(tmp_path / "select.yaml")])
     assert res.exit_code == 0, res.output
@@ -123,8 +169,10 @@ def test_select_end_to_end_deterministic_and_resumable(
 def test_no_pair_is_its_own_exemplar(model_link: Path, tmp_path: Path) -> None:
     """Every row is probed and every row is a candidate exemplar: a fact (and a copy of it)
     never stands among its own shots, and each prompt still gets its full shot count."""
-    rows = [{"question": f"Which country is {c} in?", "answers": [k], "relation": "where"}
-            for c, k in zip(CITIES[:4], COUNTRIES[:4], strict=True)]  # fmt: skip
+    rows = [
+        {"question": f"Which country is {c} in?", "answers": [k], "relation": "where"}
+        for c, k in zip(CITIES[:4], COUNTRIES[:4], strict=True)
+    ]
     rows.append(dict(rows[0]))  # a copy: not an exemplar for its twin either
     data = write_jsonl(tmp_path / "sft.jsonl", rows)
     res = select(tmp_path, data, "o", "--templates", "6")
@@ -146,8 +194,9 @@ def test_no_pair_is_its_own_exemplar(model_link: Path, tmp_path: Path) -> None:
     assert len(seen_as_exemplar) == 4  # each distinct fact served as someone's exemplar
 
 
-def test_popqa_through_the_registry_with_the_paper_protocol(model_link: Path, tmp_path: Path
-                                                            ) -> None:  # fmt: skip
+def test_popqa_through_the_registry_with_the_paper_protocol(
+    model_link: Path, tmp_path: Path
+) -> None:
     """PopQA has mapping templates and subjects: auto picks the sampling protocol; the rows
     keep PopQA's columns."""
     data = write_tsv(tmp_path / "popqa.tsv", popqa_rows(8))
@@ -163,8 +212,19 @@ def test_popqa_through_the_registry_with_the_paper_protocol(model_link: Path, tm
 
 def test_a_layout_folder_is_one_pool_too(model_link: Path, tmp_path: Path) -> None:
     """The EntityQuestions layout: every split's items, rows named by relation and split."""
-    res = select(tmp_path, EQ_FIXTURE, "eq", "--data", "entityquestions", "--relations",
-                 "P17,P36", "--limit-per-relation", "3", "--samples", "1")  # fmt: skip
+    res = select(
+        tmp_path,
+        EQ_FIXTURE,
+        "eq",
+        "--data",
+        "entityquestions",
+        "--relations",
+        "P17,P36",
+        "--limit-per-relation",
+        "3",
+        "--samples",
+        "1",
+    )
     assert res.exit_code == 0, res.output
     s = json.loads((tmp_path / "eq" / "select.json").read_text())
     assert s["method"] == "sampling" and s["histogram"]["pairs"] == 6
@@ -180,19 +240,35 @@ def test_select_is_a_registered_stage(model_link: Path, tmp_path: Path) -> None:
     from sftscope.pipeline.stage import Stage
 
     data = write_jsonl(tmp_path / "sft.jsonl", sft_rows()[:4])
-    cfg = SelectConfig(model=str(model_link), data_dir=data, out=tmp_path / "st", device="cpu",
-                       probe={"templates": 1, "samples": 1, "max_new_tokens": 2})  # fmt: skip
-    stage = Stage(key="select", kind="select", config=cfg.model_dump(mode="json"),
-                  output=tmp_path / "st", fingerprint="f")  # fmt: skip
+    cfg = SelectConfig(
+        model=str(model_link),
+        data_dir=data,
+        out=tmp_path / "st",
+        device="cpu",
+        probe={"templates": 1, "samples": 1, "max_new_tokens": 2},
+    )
+    stage = Stage(
+        key="select",
+        kind="select",
+        config=cfg.model_dump(mode="json"),
+        output=tmp_path / "st",
+        fingerprint="f",
+    )
     brief = run_stage(stage)
     assert sum(brief["histogram"]) == 4 and brief["recommended"] >= 0
     assert (tmp_path / "st" / "select.json").exists()
 
 
 def _item(rel: str, i: int, question: str | None = None) -> QAItem:
-    return QAItem(id=f"{rel}/train/{i}", relation=rel, subject=None, answers=("x",),
-                  question=question or f"{rel} question {i}?", split="train",
-                  domain=Domain.IN_DOMAIN)  # fmt: skip
+    return QAItem(
+        id=f"{rel}/train/{i}",
+        relation=rel,
+        subject=None,
+        answers=("x",),
+        question=question or f"{rel} question {i}?",
+        split="train",
+        domain=Domain.IN_DOMAIN,
+    )
 
 
 def test_recommend_filters_levels_balances_relations_and_nests() -> None:
@@ -219,22 +295,42 @@ def test_recommend_filters_levels_balances_relations_and_nests() -> None:
     ("rows", "extra", "message"),
     [
         ([{"question": "Q?"}], [], r"row 1: no 'answers'"),
-        ([{"question": "Q?", "answers": "Paris"}], [], r"row 1: 'answers' is not a list or a "
-         "JSON list"),
-        ([{"question": "Q?", "answers": ["a"]}], ["--relations", "P17"],
-         r"unknown relation 'P17' in generic \(known: qa\)"),
+        (
+            [{"question": "Q?", "answers": "Paris"}],
+            [],
+            r"row 1: 'answers' is not a list or a "
+            "JSON list",
+        ),
+        (
+            [{"question": "Q?", "answers": ["a"]}],
+            ["--relations", "P17"],
+            r"unknown relation 'P17' in generic \(known: qa\)",
+        ),
         ([], [], r"no rows"),
         ([{"question": "Q?", "answers": ["a"]}], ["--size", "0"], r"config field 'size'"),
-        ([{"question": "Q?", "answers": ["a"]}], ["--min-level", "5"],
-         r"config field 'min_level'"),
-        ([{"question": "Q?", "answers": ["a"]}], ["--min-level", "3", "--max-level", "2"],
-         r"config field 'max_level': .*below min_level 3"),
-        ([{"question": "Q?", "answers": ["a"]}], ["--method", "sampling"],
-         r"no mapping templates for dataset generic"),
+        ([{"question": "Q?", "answers": ["a"]}], ["--min-level", "5"], r"config field 'min_level'"),
+        (
+            [{"question": "Q?", "answers": ["a"]}],
+            ["--min-level", "3", "--max-level", "2"],
+            r"config field 'max_level': .*below min_level 3",
+        ),
+        (
+            [{"question": "Q?", "answers": ["a"]}],
+            ["--method", "sampling"],
+            r"no mapping templates for dataset generic",
+        ),
     ],
-    ids=["missing-column", "answers-not-a-list", "unknown-relation", "empty-file", "size-0",
-         "min-level-5", "max-below-min", "no-templates"],
-)  # fmt: skip
+    ids=[
+        "missing-column",
+        "answers-not-a-list",
+        "unknown-relation",
+        "empty-file",
+        "size-0",
+        "min-level-5",
+        "max-below-min",
+        "no-templates",
+    ],
+)
 def test_bad_input_is_one_line_exit_2_nothing_written(
     tmp_path: Path, rows: list, extra: list[str], message: str
 ) -> None:
@@ -259,6 +355,13 @@ def test_missing_model_writes_nothing(tmp_path: Path) -> None:
 def test_help_lists_the_selection_options() -> None:
     res = runner.invoke(app, ["select", "--help"])
     assert res.exit_code == 0
-    for flag in ("--size", "--min-level", "--max-level", "--seed", "--probe-seed", "--method",
-                 "--config"):  # fmt: skip
+    for flag in (
+        "--size",
+        "--min-level",
+        "--max-level",
+        "--seed",
+        "--probe-seed",
+        "--method",
+        "--config",
+    ):
         assert flag in res.output

@@ -5,19 +5,30 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import write_dataset
 
 from sftscope.config import EvalConfig
 from sftscope.evaluate import run_eval
 from sftscope.models.engines import HFEngine
 from sftscope.models.loading import load_model, smollm2_path
 
+from helpers import write_dataset
+
 pytestmark = pytest.mark.slow
 
-CAPITALS = [("France", "Paris"), ("Japan", "Tokyo"), ("Italy", "Rome"), ("Germany", "Berlin"),
-            ("Spain", "Madrid"), ("Russia", "Moscow"), ("Egypt", "Cairo"), ("England", "London"),
-            ("China", "Beijing"), ("Greece", "Athens"), ("Portugal", "Lisbon"),
-            ("Austria", "Vienna")]  # fmt: skip
+CAPITALS = [
+    ("France", "Paris"),
+    ("Japan", "Tokyo"),
+    ("Italy", "Rome"),
+    ("Germany", "Berlin"),
+    ("Spain", "Madrid"),
+    ("Russia", "Moscow"),
+    ("Egypt", "Cairo"),
+    ("England", "London"),
+    ("China", "Beijing"),
+    ("Greece", "Athens"),
+    ("Portugal", "Lisbon"),
+    ("Austria", "Vienna"),
+]
 
 
 @pytest.fixture(scope="module")
@@ -34,9 +45,10 @@ def test_cache_is_safetensors() -> None:
 
 def test_smollm2_knows_easy_capitals(smol: HFEngine, tmp_path: Path) -> None:
     rows = [{"question": f"What is the capital of {c}?", "answers": [a]} for c, a in CAPITALS]
-    train = [{"question": f"What is the capital of {c}?", "answers": [a]}
-             for c, a in [("Peru", "Lima"), ("Kenya", "Nairobi"), ("Norway", "Oslo"),
-                          ("Cuba", "Havana")]]  # fmt: skip
+    train = [
+        {"question": f"What is the capital of {c}?", "answers": [a]}
+        for c, a in [("Peru", "Lima"), ("Kenya", "Nairobi"), ("Norway", "Oslo"), ("Cuba", "Havana")]
+    ]
     root = write_dataset(tmp_path / "caps", {"test": {"P36": rows}, "train": {"P36": train}})
     cfg = EvalConfig(model="smollm2", data="entityquestions", data_dir=root, out=tmp_path / "out")
     summary = run_eval(cfg, engine=smol)

@@ -19,7 +19,7 @@ def _items(rel: str, n: int, split: str = "train") -> list[QAItem]:
             answers=(f"a{i}",),
             split=split,
             domain=Domain.IN_DOMAIN,
-        )  # fmt: skip
+        )
         for i in range(n)
     ]
 
@@ -74,7 +74,7 @@ def test_no_overlap_with_eval_items() -> None:
     test = [
         it.model_copy(update={"id": f"P1/test/{k}", "split": "test"})
         for k, it in enumerate(pool[:3])
-    ]  # fmt: skip  (same questions under test ids)
+    ]  # the same questions under test ids
     levels = dict.fromkeys((it.id for it in pool), 0)
     sub = draw_subset(pool, levels, 0, "all", seed=0, eval_items=test)
     assert len(sub.items) == 7 and sub.excluded_overlap == 3

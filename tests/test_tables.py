@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import grid_yaml
 from typer.testing import CliRunner
 
 from sftscope.cli import app
@@ -23,52 +22,7 @@ from sftscope.pipeline.grid import Grid
 from sftscope.probe import run_probe
 from sftscope.registry import READERS
 
-CITIES = ["Paris", "Rome", "Madrid", "Berlin", "Vienna", "Lisbon", "Athens", "Dublin"]
-COUNTRIES = ["France", "Italy", "Spain", "Germany", "Austria", "Portugal", "Greece", "Ireland"]
-COLUMNS = ["id", "subj", "prop", "obj", "question", "possible_answers", "s_pop"]
-
-
-def popqa_rows(n: int = 48) -> list[dict]:
-    """PopQA's columns: ``possible_answers`` a JSON string, ``s_pop`` the popularity."""
-    rows = []
-    for i in range(n):
-        city, country = CITIES[i % 8], COUNTRIES[i % 8]
-        if i % 2:
-            rows.append({"id": i, "subj": f"{city} {i}", "prop": "capital of", "obj": country,
-                         "question": f"What is {city} {i} the capital of?",
-                         "possible_answers": json.dumps([country, country.upper()]),
-                         "s_pop": 100 + i})  # fmt: skip
-        else:
-            rows.append({"id": i, "subj": f"Person {i}", "prop": "place of birth", "obj": city,
-                         "question": f"In what city was Person {i} born?",
-                         "possible_answers": json.dumps([city]), "s_pop": i})  # fmt: skip
-    return rows
-
-
-def write_tsv(path: Path, rows: list[dict], columns: list[str] = COLUMNS) -> Path:
-    with path.open("w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=columns, delimiter="\t", extrasaction="ignore")
-        w.writeheader()
-        w.writerows(rows)
-    return path
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    return path
-
-
-def generic_rows() -> list[dict]:
-    rows = []
-    for i in range(40):
-        city, country = CITIES[i % 8], COUNTRIES[i % 8]
-        split = "test" if i % 5 == 0 else "dev" if i % 5 == 1 else "train"
-        rows.append({"question": f"Which country is {city} {i} in?", "answers": [country],
-                     "relation": "where", "subject": f"{city} {i}", "split": split})  # fmt: skip
-    rows += [{"question": f"What is the capital of {c}?", "answers": [city], "relation": "cap",
-              "subject": c, "split": "test", "domain": "out-of-domain"}
-             for c, city in zip(COUNTRIES, CITIES, strict=True)]  # fmt: skip
-    return rows
+from helpers import CITIES, COUNTRIES, generic_rows, grid_yaml, popqa_rows, write_jsonl, write_tsv
 
 
 def test_readers_are_registered() -> None:
@@ -88,8 +42,10 @@ def test_popqa_in_every_format_gives_the_same_items(tmp_path: Path) -> None:
     jsonl = write_jsonl(tmp_path / "popqa.jsonl", rows)
     parquet = tmp_path / "popqa.parquet"
     pq.write_table(pa.Table.from_pylist(rows), parquet)
-    loaded = [load_items(resolve_dataset("popqa", p), ["train", "dev", "test"])
-              for p in (tsv, jsonl, parquet)]  # fmt: skip
+    loaded = [
+        load_items(resolve_dataset("popqa", p), ["train", "dev", "test"])
+        for p in (tsv, jsonl, parquet)
+    ]
     assert loaded[0] == loaded[1] == loaded[2] and len(loaded[0]) == 48
     first = next(it for it in loaded[0] if it.relation == "capital_of")
     assert first.subject.startswith(first.question.split(" the capital")[0][8:])
@@ -106,8 +62,10 @@ def test_generic_jsonl_csv_folder_and_saved_by_datasets(tmp_path: Path) -> None:
     from datasets import DatasetDict
 
     rows = generic_rows()
-    base = load_items(resolve_dataset("generic", write_jsonl(tmp_path / "qa.jsonl", rows)),
-                      ["train", "dev", "test"])  # fmt: skip
+    base = load_items(
+        resolve_dataset("generic", write_jsonl(tmp_path / "qa.jsonl", rows)),
+        ["train", "dev", "test"],
+    )
     assert len(base) == 48
     cap = next(it for it in base if it.relation == "cap")
     assert cap.domain is Domain.OOD and cap.subject == "France" and cap.id == "cap/test/0"
@@ -116,54 +74,100 @@ def test_generic_jsonl_csv_folder_and_saved_by_datasets(tmp_path: Path) -> None:
         w = csv.DictWriter(f, fieldnames=list(rows[0]) + ["domain"])
         w.writeheader()
         w.writerows({**r, "answers": json.dumps(r["answers"])} for r in rows)
-    assert load_items(resolve_dataset("generic", tmp_path / "qa.csv"),
-                      ["train", "dev", "test"]) == base  # fmt: skip
+    assert (
+        load_items(resolve_dataset("generic", tmp_path / "qa.csv"), ["train", "dev", "test"])
+        == base
+    )
     # a folder of split-named files; a datasets save_to_disk folder (validation = dev)
     folder = tmp_path / "split"
     folder.mkdir()
     for split in ("train", "dev", "test"):
-        write_jsonl(folder / f"{split}.jsonl",
-                    [{k: v for k, v in r.items() if k != "split"} for r in rows
-                     if r["split"] == split])  # fmt: skip
+        write_jsonl(
+            folder / f"{split}.jsonl",
+            [{k: v for k, v in r.items() if k != "split"} for r in rows if r["split"] == split],
+        )
     assert load_items(resolve_dataset("generic", folder), ["train", "dev", "test"]) == base
     by_split = {s: [r for r in rows if r["split"] == s] for s in ("train", "dev", "test")}
-    saved = DatasetDict({("validation" if s == "dev" else s): HFDataset.from_list(
-        [{**r, "domain": r.get("domain", "in-domain")} for r in part])
-        for s, part in by_split.items()})  # fmt: skip
+    saved = DatasetDict(
+        {
+            ("validation" if s == "dev" else s): HFDataset.from_list(
+                [{**r, "domain": r.get("domain", "in-domain")} for r in part]
+            )
+            for s, part in by_split.items()
+        }
+    )
     saved.save_to_disk(str(tmp_path / "saved"))
     from_hf = load_items(resolve_dataset("generic", tmp_path / "saved"), ["train", "dev", "test"])
     assert [(it.id, it.answers, it.subject) for it in from_hf] == [
-        (it.id, it.answers, it.subject) for it in base]  # fmt: skip
+        (it.id, it.answers, it.subject) for it in base
+    ]
 
 
 @pytest.mark.parametrize(
     ("reader", "rows", "message"),
     [
-        ("popqa", [{"subj": "A", "prop": "capital of", "obj": "B", "question": "Q?"}],
-         r"row 1: no 'possible_answers' \(PopQA needs subj, prop, obj, question, "
-         r"possible_answers\)"),
-        ("popqa", [{"subj": "A", "prop": "capital of", "obj": "B", "question": "Q?",
-                    "possible_answers": "B, C"}], r"row 1: 'possible_answers' is not a list or a "
-         "JSON list"),
-        ("popqa", [{"subj": "A", "prop": "height", "obj": "B", "question": "Q?",
-                    "possible_answers": "[]"}], r"row 1: 'prop' 'height' is not one of PopQA's"),
-        ("generic", [{"question": "Q?", "answers": "[1, 2]"}], r"row 1: 'answers' is not a list "
-         "or a JSON list of strings"),
+        (
+            "popqa",
+            [{"subj": "A", "prop": "capital of", "obj": "B", "question": "Q?"}],
+            r"row 1: no 'possible_answers' \(PopQA needs subj, prop, obj, question, "
+            r"possible_answers\)",
+        ),
+        (
+            "popqa",
+            [
+                {
+                    "subj": "A",
+                    "prop": "capital of",
+                    "obj": "B",
+                    "question": "Q?",
+                    "possible_answers": "B, C",
+                }
+            ],
+            r"row 1: 'possible_answers' is not a list or a "
+            "JSON list",
+        ),
+        (
+            "popqa",
+            [
+                {
+                    "subj": "A",
+                    "prop": "height",
+                    "obj": "B",
+                    "question": "Q?",
+                    "possible_answers": "[]",
+                }
+            ],
+            r"row 1: 'prop' 'height' is not one of PopQA's",
+        ),
+        (
+            "generic",
+            [{"question": "Q?", "answers": "[1, 2]"}],
+            r"row 1: 'answers' is not a list "
+            "or a JSON list of strings",
+        ),
         ("generic", [{"question": "Q?"}], r"row 1: no 'answers'"),
         ("generic", [{"question": "Q?", "answers": ["a"], "split": "val2"}], r"'split' 'val2'"),
     ],
-    ids=["missing-column", "answers-not-json", "unknown-prop", "answers-not-strings",
-         "no-answers", "bad-split"],
-)  # fmt: skip
-def test_bad_tables_are_one_line_errors(tmp_path: Path, reader: str, rows: list, message: str
-                                        ) -> None:  # fmt: skip
+    ids=[
+        "missing-column",
+        "answers-not-json",
+        "unknown-prop",
+        "answers-not-strings",
+        "no-answers",
+        "bad-split",
+    ],
+)
+def test_bad_tables_are_one_line_errors(
+    tmp_path: Path, reader: str, rows: list, message: str
+) -> None:
     path = write_jsonl(tmp_path / "bad.jsonl", rows)
     with pytest.raises(SftscopeError, match=message) as exc:
         resolve_dataset(reader, path)
     assert str(exc.value).startswith(f"{path}: ") and "\n" not in str(exc.value)
     out = tmp_path / "out"
-    res = CliRunner().invoke(app, ["eval", "--model", "m", "--data", reader, "--data-dir",
-                                   str(path), "--out", str(out)])  # fmt: skip
+    res = CliRunner().invoke(
+        app, ["eval", "--model", "m", "--data", reader, "--data-dir", str(path), "--out", str(out)]
+    )
     assert res.exit_code == 2 and res.output.strip().splitlines()[-1].startswith("error: ")
     assert not out.exists()
 
@@ -171,43 +175,88 @@ def test_bad_tables_are_one_line_errors(tmp_path: Path, reader: str, rows: list,
 def user_templates(tmp_path: Path) -> Path:
     """Three mapping templates per relation: fewer than the paper's 21 is fine when asked for."""
     path = tmp_path / "templates.yaml"
-    path.write_text(yaml.safe_dump({"generic": {
-        "where": {"question": "Which country is {subject} in?",
-                  "mapping": ["{subject} is in", "{subject} lies in the country of",
-                              "The country of {subject} is"]},
-        "cap": {"question": "What is the capital of {subject}?",
-                "mapping": ["The capital of {subject} is", "{subject}'s capital is",
-                            "{subject} is governed from"]},
-    }}))  # fmt: skip
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "generic": {
+                    "where": {
+                        "question": "Which country is {subject} in?",
+                        "mapping": [
+                            "{subject} is in",
+                            "{subject} lies in the country of",
+                            "The country of {subject} is",
+                        ],
+                    },
+                    "cap": {
+                        "question": "What is the capital of {subject}?",
+                        "mapping": [
+                            "The capital of {subject} is",
+                            "{subject}'s capital is",
+                            "{subject} is governed from",
+                        ],
+                    },
+                }
+            }
+        )
+    )
     return path
 
 
-def test_probe_eval_and_grid_on_popqa_and_generic_tables(tiny_model_dir: Path, tmp_path: Path
-                                                        ) -> None:  # fmt: skip
+def test_probe_eval_and_grid_on_popqa_and_generic_tables(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
     generic = write_jsonl(tmp_path / "qa.jsonl", generic_rows())
     templates = user_templates(tmp_path)
-    probe = run_probe(ProbeConfig(model=str(tiny_model_dir), data="generic", data_dir=generic,
-                                  method="likelihood", templates=3, templates_file=templates,
-                                  device="cpu", out=tmp_path / "probe"))  # fmt: skip
+    probe = run_probe(
+        ProbeConfig(
+            model=str(tiny_model_dir),
+            data="generic",
+            data_dir=generic,
+            method="likelihood",
+            templates=3,
+            templates_file=templates,
+            device="cpu",
+            out=tmp_path / "probe",
+        )
+    )
     assert probe["n_probed"] == 24
-    too_many = ProbeConfig(model=str(tiny_model_dir), data="generic", data_dir=generic,
-                           templates=4, templates_file=templates, out=tmp_path / "p4")  # fmt: skip
+    too_many = ProbeConfig(
+        model=str(tiny_model_dir),
+        data="generic",
+        data_dir=generic,
+        templates=4,
+        templates_file=templates,
+        out=tmp_path / "p4",
+    )
     with pytest.raises(SftscopeError, match="'templates': 4 > the 3 mapping templates"):
         run_probe(too_many)
-    ecfg = EvalConfig(model=str(tiny_model_dir), data="generic", data_dir=generic,
-                      max_new_tokens=4, device="cpu", out=tmp_path / "eval")  # fmt: skip
+    ecfg = EvalConfig(
+        model=str(tiny_model_dir),
+        data="generic",
+        data_dir=generic,
+        max_new_tokens=4,
+        device="cpu",
+        out=tmp_path / "eval",
+    )
     summary = run_eval(ecfg)
     assert summary["ood"]["n"] == 8 and summary["in_domain"]["n"] == 8
 
     popqa = write_tsv(tmp_path / "popqa.tsv", popqa_rows())
-    for data, path, extra in (("popqa", popqa, {}),
-                              ("generic", generic, {"templates_file": str(templates)})):
+    for data, path, extra in (
+        ("popqa", popqa, {}),
+        ("generic", generic, {"templates_file": str(templates)}),
+    ):
         (tmp_path / data).mkdir()
-        cfg_path = grid_yaml(tmp_path / data, tiny_model_dir, data=data, data_dir=str(path),
-                             levels=["mixed"], sizes=[4],
-                             probe={"method": "likelihood", "templates": 3, "chunk_size": 8,
-                                    **extra},
-                             kl={"enabled": False})  # fmt: skip
+        cfg_path = grid_yaml(
+            tmp_path / data,
+            tiny_model_dir,
+            data=data,
+            data_dir=str(path),
+            levels=["mixed"],
+            sizes=[4],
+            probe={"method": "likelihood", "templates": 3, "chunk_size": 8, **extra},
+            kl={"enabled": False},
+        )
         cfg = load_config(GridConfig, cfg_path)
         Grid(cfg).run()
         assert (Path(cfg.out) / "eval" / "mixed-4-0" / "summary.json").exists()
@@ -223,16 +272,32 @@ def test_popqa_templates_cover_its_relations() -> None:
         assert len(table[rel.id].mapping) >= MIN_TEMPLATES
 
 
-def test_the_question_probe_needs_no_templates_nor_subjects(tiny_model_dir: Path, tmp_path: Path
-                                                            ) -> None:  # fmt: skip
+def test_the_question_probe_needs_no_templates_nor_subjects(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
     """Relation-less QA (no subject, no templates): few-shot question prompts, same levels."""
-    rows = [{"question": f"Which country is {c} {i} in?", "answers": [k],
-             "split": "train" if i % 4 else "test"}
-            for i, (c, k) in enumerate(zip(CITIES * 3, COUNTRIES * 3, strict=True))]  # fmt: skip
+    rows = [
+        {
+            "question": f"Which country is {c} {i} in?",
+            "answers": [k],
+            "split": "train" if i % 4 else "test",
+        }
+        for i, (c, k) in enumerate(zip(CITIES * 3, COUNTRIES * 3, strict=True))
+    ]
     path = write_jsonl(tmp_path / "plain.jsonl", rows)
-    cfg = ProbeConfig(model=str(tiny_model_dir), data="generic", data_dir=path, split="test",
-                      method="question", templates=3, samples=2, slick_shots=2,
-                      max_new_tokens=4, device="cpu", out=tmp_path / "q")  # fmt: skip
+    cfg = ProbeConfig(
+        model=str(tiny_model_dir),
+        data="generic",
+        data_dir=path,
+        split="test",
+        method="question",
+        templates=3,
+        samples=2,
+        slick_shots=2,
+        max_new_tokens=4,
+        device="cpu",
+        out=tmp_path / "q",
+    )
     summary = run_probe(cfg)
     assert summary["n_probed"] == 6 and sum(summary["histogram"]["total"]) == 6
     records = [json.loads(line) for line in (tmp_path / "q" / "mastery.jsonl").open()]

@@ -41,8 +41,9 @@ def test_single_and_sharded_checkpoints_read_the_same(tiny_model_dir: Path, shar
         assert torch.equal(x, y)
         n += 1
     assert n == len(a.names)
-    assert sum(a.numel(k) for k in a.names) == sum(x.numel() for x in load_file(
-        tiny_model_dir / "model.safetensors").values())  # fmt: skip
+    assert sum(a.numel(k) for k in a.names) == sum(
+        x.numel() for x in load_file(tiny_model_dir / "model.safetensors").values()
+    )
 
 
 def test_mismatches_name_the_first_difference(tiny_model_dir: Path, tmp_path: Path) -> None:

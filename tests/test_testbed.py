@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
+import pytest
+
 from sftscope.config import ProbeConfig
 from sftscope.data.dataset import load_items, open_dataset
 from sftscope.data.templates import load_templates
@@ -44,12 +46,20 @@ def test_dataset_reads_like_any_other_and_probes(tmp_path: Path, tiny_engine) ->
     assert len(items) == len(RELATIONS) * 200
     assert all(it.subject and it.popularity is not None for it in items)
     assert set(load_templates(ds.name)) == {r.id for r in RELATIONS}
-    cfg = ProbeConfig(model="tiny", data_dir=root, split="train", method="likelihood",
-                      templates=3, limit_per_relation=2, out=tmp_path / "probe")  # fmt: skip
+    cfg = ProbeConfig(
+        model="tiny",
+        data_dir=root,
+        split="train",
+        method="likelihood",
+        templates=3,
+        limit_per_relation=2,
+        out=tmp_path / "probe",
+    )
     summary = run_probe(cfg, engine=tiny_engine)
     assert summary["n_probed"] == 2 * len(RELATIONS)
 
 
+@pytest.mark.slow
 def test_testbed_build_cli_learns_graded_knowledge(tmp_path: Path) -> None:
     """The tiny preset end to end (~30 s): a loadable model whose greedy recall of a fact
     rises with the fact's exposure in the corpus (ground truth by construction)."""
@@ -60,8 +70,9 @@ def test_testbed_build_cli_learns_graded_knowledge(tmp_path: Path) -> None:
     from sftscope.cli import app
     from sftscope.models.loading import load_model
 
-    res = CliRunner().invoke(app, ["testbed", "build", "--preset", "tiny", "--out",
-                                   str(tmp_path / "tb")])  # fmt: skip
+    res = CliRunner().invoke(
+        app, ["testbed", "build", "--preset", "tiny", "--out", str(tmp_path / "tb")]
+    )
     assert res.exit_code == 0, res.output
     s = json.loads((tmp_path / "tb" / "testbed.json").read_text())
     recall = s["recall_by_exposure"]
@@ -73,10 +84,26 @@ def test_testbed_build_cli_learns_graded_knowledge(tmp_path: Path) -> None:
     assert res.exit_code == 2 and "--preset 'huge'" in res.output
     # The probe against the ground truth: R rises with exposure.
     tb = tmp_path / "tb"
-    res = CliRunner().invoke(app, ["probe", "--model", str(tb / "model"), "--data", "testbed",
-                                   "--data-dir", str(tb / "data"), "--split", "train",
-                                   "--method", "likelihood", "--templates", "4",
-                                   "--out", str(tmp_path / "probe")])  # fmt: skip
+    res = CliRunner().invoke(
+        app,
+        [
+            "probe",
+            "--model",
+            str(tb / "model"),
+            "--data",
+            "testbed",
+            "--data-dir",
+            str(tb / "data"),
+            "--split",
+            "train",
+            "--method",
+            "likelihood",
+            "--templates",
+            "4",
+            "--out",
+            str(tmp_path / "probe"),
+        ],
+    )
     assert res.exit_code == 0, res.output
     from sftscope.testbed.truth import probe_vs_exposure
 
@@ -89,6 +116,7 @@ def test_testbed_build_cli_learns_graded_knowledge(tmp_path: Path) -> None:
     )
     assert res.exit_code == 0, res.output
     assert "Spearman ρ(R, exposure)" in res.output and "100.0% stay known" in res.output
-    res = CliRunner().invoke(app, ["testbed", "check", "--data", str(tmp_path), "--probe",
-                                   str(tmp_path / "probe")])  # fmt: skip
+    res = CliRunner().invoke(
+        app, ["testbed", "check", "--data", str(tmp_path), "--probe", str(tmp_path / "probe")]
+    )
     assert res.exit_code == 2 and str(tmp_path) in res.output

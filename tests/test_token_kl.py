@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import EQ_FIXTURE
 from typer.testing import CliRunner
 
 from sftscope.cli import app
@@ -23,6 +22,8 @@ from sftscope.token_kl import (
     run_kl,
     topk_kl,
 )
+
+from helpers import EQ_FIXTURE
 
 
 def test_topk_kl_by_hand() -> None:
@@ -99,18 +100,26 @@ class _Tok:
 
 @pytest.mark.parametrize(
     ("completion", "within", "kept"),
-    [(" France.", 2, True), (" the France", 2, True), (" in the France", 2, False),
-     (" in the France", 3, True), (" Spain, not France", 2, False), (" french", 2, False),
-     (" FRANCE!", 1, True)],
-)  # fmt: skip
+    [
+        (" France.", 2, True),
+        (" the France", 2, True),
+        (" in the France", 2, False),
+        (" in the France", 3, True),
+        (" Spain, not France", 2, False),
+        (" french", 2, False),
+        (" FRANCE!", 1, True),
+    ],
+)
 def test_answer_first_rule(completion: str, within: int, kept: bool) -> None:
     assert answer_first(completion, ["France"], _Tok(), within) is kept
 
 
 def test_best_template_from_probe_records() -> None:
-    rows = [{"relation": "P17", "per_template": [0.1, 0.5, 0.5]},
-            {"relation": "P17", "per_template": [0.3, 0.4, 0.2]},
-            {"relation": "P36", "per_template": None}]  # fmt: skip
+    rows = [
+        {"relation": "P17", "per_template": [0.1, 0.5, 0.5]},
+        {"relation": "P17", "per_template": [0.3, 0.4, 0.2]},
+        {"relation": "P36", "per_template": None},
+    ]
     assert best_templates(rows, ["P17", "P36"]) == {"P17": 1, "P36": None}
 
 
@@ -138,13 +147,23 @@ def test_run_kl_filters_level_and_answer_first(tiny_model_dir: Path, tmp_path: P
     ]
     (probe / "mastery.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     # Items 0 and 3 would pass the filter; 3 is level 1. Item 1 answers late, item 2 wrongly.
-    completions = {items[0].subject: f" {items[0].target}.",
-                   items[1].subject: f" a place in the middle of {items[1].target}",
-                   items[3].subject: f" {items[3].target}"}  # fmt: skip
-    cfg = KLConfig(base=str(tiny_model_dir), tuned=str(tiny_model_dir), data="entityquestions",
-                   data_dir=EQ_FIXTURE, relations=["P17"], limit_per_relation=4, probe=probe,
-                   tuned_prompt="template", device="cpu",
-                   out=tmp_path / "kl" / "cell.json")  # fmt: skip
+    completions = {
+        items[0].subject: f" {items[0].target}.",
+        items[1].subject: f" a place in the middle of {items[1].target}",
+        items[3].subject: f" {items[3].target}",
+    }
+    cfg = KLConfig(
+        base=str(tiny_model_dir),
+        tuned=str(tiny_model_dir),
+        data="entityquestions",
+        data_dir=EQ_FIXTURE,
+        relations=["P17"],
+        limit_per_relation=4,
+        probe=probe,
+        tuned_prompt="template",
+        device="cpu",
+        out=tmp_path / "kl" / "cell.json",
+    )
     s = run_kl(cfg, base_engine=_FakeEngine(completions))
     assert s["paper"]["candidates"] == 3 and s["paper"]["answer_first"] == 1
     assert s["paper"]["n"] == 1 and s["paper"]["mean"] == 0.0  # tuned == base, same prompt
@@ -156,9 +175,21 @@ def test_run_kl_filters_level_and_answer_first(tiny_model_dir: Path, tmp_path: P
 
 
 def test_kl_cli_bad_probe_is_one_line(tiny_model_dir: Path, tmp_path: Path) -> None:
-    args = ["kl", "--base", str(tiny_model_dir), "--tuned", str(tiny_model_dir), "--data",
-            "entityquestions", "--data-dir", str(EQ_FIXTURE), "--probe", str(tmp_path / "nope"),
-            "--out", str(tmp_path / "k.json")]  # fmt: skip
+    args = [
+        "kl",
+        "--base",
+        str(tiny_model_dir),
+        "--tuned",
+        str(tiny_model_dir),
+        "--data",
+        "entityquestions",
+        "--data-dir",
+        str(EQ_FIXTURE),
+        "--probe",
+        str(tmp_path / "nope"),
+        "--out",
+        str(tmp_path / "k.json"),
+    ]
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 2 and "probe not found" in res.output
     assert not (tmp_path / "k.json").exists()

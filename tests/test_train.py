@@ -36,8 +36,14 @@ def train_file(tmp_path: Path) -> Path:
 
 
 def _cfg(model: Path, train_file: Path, out: Path, **kw) -> TrainConfig:
-    base = dict(model=str(model), train_file=train_file, out=out, device="cpu",
-                learning_rate=1e-3, batch_size=4)  # fmt: skip
+    base = dict(
+        model=str(model),
+        train_file=train_file,
+        out=out,
+        device="cpu",
+        learning_rate=1e-3,
+        batch_size=4,
+    )
     return TrainConfig(**{**base, **kw})
 
 
@@ -61,8 +67,10 @@ def test_truncated_answer_fails_loudly_naming_the_example(
     tiny_model_dir: Path, tmp_path: Path
 ) -> None:
     long_q = "What country is " + "very " * 40 + "far away Lyon in?"
-    rows = [{"id": "ok", "question": "Lyon?", "answer": "France"},
-            {"id": "long", "question": long_q, "answer": "France"}]  # fmt: skip
+    rows = [
+        {"id": "ok", "question": "Lyon?", "answer": "France"},
+        {"id": "long", "question": long_q, "answer": "France"},
+    ]
     path = _write(tmp_path / "t.jsonl", rows)
     with pytest.raises(SftscopeError, match=r"t.jsonl: example long \(#2\): no answer token"):
         run_train(_cfg(tiny_model_dir, path, tmp_path / "o", max_length=24))
@@ -71,9 +79,12 @@ def test_truncated_answer_fails_loudly_naming_the_example(
 
 @pytest.mark.parametrize(
     ("text", "match"),
-    [("{\"question\": \"q\"}\n", "row 1: expected fields"), ("", "no training examples"),
-     ("not json\n", "malformed JSON")],
-)  # fmt: skip
+    [
+        ('{"question": "q"}\n', "row 1: expected fields"),
+        ("", "no training examples"),
+        ("not json\n", "malformed JSON"),
+    ],
+)
 def test_bad_train_files(tmp_path: Path, text: str, match: str) -> None:
     path = tmp_path / "bad.jsonl"
     path.write_text(text)
@@ -115,13 +126,38 @@ def test_lora_saves_adapter_and_merged_model(
 
 def test_train_cli_end_to_end(tiny_model_dir: Path, train_file: Path, tmp_path: Path) -> None:
     out = tmp_path / "cli"
-    res = CliRunner().invoke(app, ["train", "--model", str(tiny_model_dir), "--train-file",
-                                   str(train_file), "--out", str(out), "--device", "cpu",
-                                   "--batch-size", "4", "epochs=2"])  # fmt: skip
+    res = CliRunner().invoke(
+        app,
+        [
+            "train",
+            "--model",
+            str(tiny_model_dir),
+            "--train-file",
+            str(train_file),
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+            "--batch-size",
+            "4",
+            "epochs=2",
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert "4 steps" in res.output and (out / "model.safetensors").exists()
-    bad = CliRunner().invoke(app, ["train", "--model", str(tiny_model_dir), "--train-file",
-                                   str(train_file), "--out", str(out), "lr=1"])  # fmt: skip
+    bad = CliRunner().invoke(
+        app,
+        [
+            "train",
+            "--model",
+            str(tiny_model_dir),
+            "--train-file",
+            str(train_file),
+            "--out",
+            str(out),
+            "lr=1",
+        ],
+    )
     assert bad.exit_code == 2 and "config field 'lr'" in bad.output
 
 
@@ -133,8 +169,18 @@ def test_model_without_tokenizer_is_a_one_line_error(
     for name in ("config.json", "model.safetensors", "generation_config.json"):
         if (tiny_model_dir / name).exists():
             shutil.copy(tiny_model_dir / name, bare / name)
-    res = CliRunner().invoke(app, ["train", "--model", str(bare), "--train-file",
-                                   str(train_file), "--out", str(tmp_path / "o")])  # fmt: skip
+    res = CliRunner().invoke(
+        app,
+        [
+            "train",
+            "--model",
+            str(bare),
+            "--train-file",
+            str(train_file),
+            "--out",
+            str(tmp_path / "o"),
+        ],
+    )
     assert res.exit_code == 2 and res.output.startswith("error:") and "bare" in res.output
 
 
@@ -186,8 +232,10 @@ def test_bf16_base_trained_in_fp32_is_stored_in_bf16(
     s = run_train(_cfg(tmp_path / "base", train_file, tmp_path / "ft"))
     assert (s["dtype"], s["trained_dtype"], s["autocast"]) == ("bfloat16", "float32", None)
     check_compatible(open_checkpoint(tmp_path / "base"), open_checkpoint(tmp_path / "ft"))
-    tuned, base = load_file(tmp_path / "ft" / "model.safetensors"), load_file(
-        tmp_path / "base" / "model.safetensors")  # fmt: skip
+    tuned, base = (
+        load_file(tmp_path / "ft" / "model.safetensors"),
+        load_file(tmp_path / "base" / "model.safetensors"),
+    )
     assert all(t.dtype == torch.bfloat16 for t in tuned.values())
     assert any(not torch.equal(tuned[k], base[k]) for k in base)
 
@@ -197,8 +245,15 @@ def test_bf16_base_trained_in_fp32_is_stored_in_bf16(
 def test_cuda_training_is_bf16_mixed_precision(
     tiny_model_dir: Path, train_file: Path, tmp_path: Path, checkpointing: bool
 ) -> None:
-    s = run_train(_cfg(tiny_model_dir, train_file, tmp_path / "g", device="cuda",
-                       gradient_checkpointing=checkpointing))  # fmt: skip
+    s = run_train(
+        _cfg(
+            tiny_model_dir,
+            train_file,
+            tmp_path / "g",
+            device="cuda",
+            gradient_checkpointing=checkpointing,
+        )
+    )
     assert (s["trained_dtype"], s["autocast"], s["dtype"]) == ("float32", "bfloat16", "float32")
     tuned = load_file(tmp_path / "g" / "model.safetensors")
     base = load_file(tiny_model_dir / "model.safetensors")
@@ -211,26 +266,62 @@ def test_cuda_training_is_bf16_mixed_precision(
 def test_train_on_cuda_without_a_gpu_is_a_one_line_error(
     tiny_model_dir: Path, train_file: Path, tmp_path: Path
 ) -> None:
-    res = CliRunner().invoke(app, ["train", "--model", str(tiny_model_dir), "--train-file",
-                                   str(train_file), "--out", str(tmp_path / "o"), "--device",
-                                   "cuda"])  # fmt: skip
+    res = CliRunner().invoke(
+        app,
+        [
+            "train",
+            "--model",
+            str(tiny_model_dir),
+            "--train-file",
+            str(train_file),
+            "--out",
+            str(tmp_path / "o"),
+            "--device",
+            "cuda",
+        ],
+    )
     assert res.exit_code == 2
     assert res.output == "error: --device cuda: no CUDA device is available\n"
     assert not (tmp_path / "o").exists()
 
 
-@pytest.mark.skipif(shutil.which("accelerate") is None and not
-                    (Path(sys.executable).parent / "accelerate").exists(),
-                    reason="accelerate launcher not installed")  # fmt: skip
+@pytest.mark.slow
+@pytest.mark.skipif(
+    shutil.which("accelerate") is None
+    and not (Path(sys.executable).parent / "accelerate").exists(),
+    reason="accelerate launcher not installed",
+)
 def test_two_process_accelerate_run(tiny_model_dir: Path, train_file: Path, tmp_path: Path) -> None:
     out = tmp_path / "ddp"
     launcher = Path(sys.executable).parent / "accelerate"
     # accelerate's --cpu flag always uses its single-process launcher (several CPU processes need
     # an MPI hostfile); --multi_gpu is its torchrun launcher, which runs gloo DDP without a GPU.
-    cmd = [str(launcher), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "sftscope.cli", "train",
-           "--model", str(tiny_model_dir), "--train-file", str(train_file), "--out", str(out),
-           "--device", "cpu", "--batch-size", "4"]  # fmt: skip
+    cmd = [
+        str(launcher),
+        "launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "-m",
+        "sftscope.cli",
+        "train",
+        "--model",
+        str(tiny_model_dir),
+        "--train-file",
+        str(train_file),
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+        "--batch-size",
+        "4",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]

@@ -59,14 +59,33 @@ def test_answer_transitions_from_two_evals(tmp_path: Path) -> None:
     def rec(i: int, right: bool, level: int, domain: str = "in-domain") -> dict:
         return {"id": f"P17/test/{i}", "domain": domain, "containment": right, "level": level}
 
-    before = [rec(0, True, 4), rec(1, True, 4), rec(2, False, 0), rec(3, False, 0),
-              rec(4, True, 2), rec(5, True, 3, "out-of-domain"), rec(6, True, 4)]  # fmt: skip
-    after = [rec(0, True, 4), rec(1, False, 4), rec(2, True, 0), rec(3, False, 0),
-             rec(4, True, 2), rec(5, False, 3, "out-of-domain")]  # fmt: skip
+    before = [
+        rec(0, True, 4),
+        rec(1, True, 4),
+        rec(2, False, 0),
+        rec(3, False, 0),
+        rec(4, True, 2),
+        rec(5, True, 3, "out-of-domain"),
+        rec(6, True, 4),
+    ]
+    after = [
+        rec(0, True, 4),
+        rec(1, False, 4),
+        rec(2, True, 0),
+        rec(3, False, 0),
+        rec(4, True, 2),
+        rec(5, False, 3, "out-of-domain"),
+    ]
     atomic_write_jsonl(tmp_path / "b" / "records.jsonl", before)
     atomic_write_jsonl(tmp_path / "a" / "records.jsonl", after)
     t = answer_transitions(read_answers(tmp_path / "b"), read_answers(tmp_path / "a"))
-    assert t["all"] == {"items": 5, "right_before": 3, "wrong_before": 2, "kept": 2 / 3,
-                        "lost": 1 / 3, "gained": 0.5}  # fmt: skip
+    assert t["all"] == {
+        "items": 5,
+        "right_before": 3,
+        "wrong_before": 2,
+        "kept": 2 / 3,
+        "lost": 1 / 3,
+        "gained": 0.5,
+    }
     assert t["per_level"][4]["kept"] == 0.5 and t["per_level"][0]["gained"] == 0.5
     assert t["per_level"][1]["items"] == 0 and t["per_level"][1]["kept"] is None

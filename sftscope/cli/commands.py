@@ -94,8 +94,12 @@ def probe_cmd(options: Options, overrides: Overrides = None, config: ConfigOpt =
 
 @app.command("select")
 @_one_line_errors
-@with_config_options(SelectConfig, exclude=["probe.thresholds"], flatten=["probe"],
-                     names={"probe.seed": "probe-seed"})  # fmt: skip
+@with_config_options(
+    SelectConfig,
+    exclude=["probe.thresholds"],
+    flatten=["probe"],
+    names={"probe.seed": "probe-seed"},
+)
 def select_cmd(options: Options, overrides: Overrides = None, config: ConfigOpt = None) -> None:
     """Annotate an SFT file (any QA table) with the base model's mastery level of each pair and
     write the subsets the paper recommends: DIR/annotated.jsonl, histogram.json,
@@ -108,15 +112,21 @@ def select_cmd(options: Options, overrides: Overrides = None, config: ConfigOpt 
     rec, out = s["recommended"], cfg.out
     levels = f"levels {rec['min_level']}-{rec['max_level']}"
     if rec["n"] == 0:
-        console.print(f"no pair is at {levels}: {out}/recommended.jsonl is empty (see "
-                      "level-<L>.jsonl, or lower --min-level)")  # fmt: skip
+        console.print(
+            f"no pair is at {levels}: {out}/recommended.jsonl is empty (see "
+            "level-<L>.jsonl, or lower --min-level)"
+        )
     else:
         short = f" (only {rec['eligible']} qualify)" if rec["eligible"] < rec["size"] else ""
-        console.print(f"{rec['n']} pairs of {levels}{short} in {out}/recommended.jsonl "
-                      "(recommended.train.jsonl: for sftscope train)")  # fmt: skip
+        console.print(
+            f"{rec['n']} pairs of {levels}{short} in {out}/recommended.jsonl "
+            "(recommended.train.jsonl: for sftscope train)"
+        )
     if s["histogram"]["unprobed"]:
-        console.print(f"{s['histogram']['unprobed']} pairs without a subject were not probed "
-                      f"({s['method']} needs one): mastery_level null")  # fmt: skip
+        console.print(
+            f"{s['histogram']['unprobed']} pairs without a subject were not probed "
+            f"({s['method']} needs one): mastery_level null"
+        )
     console.print(f"annotated.jsonl, histogram.json, level-0..4.jsonl, select.json in {out}")
 
 
@@ -186,8 +196,14 @@ def kl_cmd(options: Options, overrides: Overrides = None, config: ConfigOpt = No
         for col in ("level", "facts", "KL mean", "KL std", "Δ log p(gold)", "gained %"):
             table.add_column(col, justify="right")
         for k, b in enumerate(s["full"]["per_level"]):
-            table.add_row(str(k), str(b["n"]), num(b["kl_mean"]), num(b["kl_std"]),
-                          num(b["dlogp_mean"]), pct(b["gained"]))  # fmt: skip
+            table.add_row(
+                str(k),
+                str(b["n"]),
+                num(b["kl_mean"]),
+                num(b["kl_std"]),
+                num(b["dlogp_mean"]),
+                pct(b["gained"]),
+            )
         console.print(table)
     console.print(f"summary in {cfg.out}")
 
@@ -287,9 +303,11 @@ def stats_cmd(
     totals = {"train": 0, "dev": 0, "test": 0, "no subject": 0}
     for r in rows:
         table.add_row(
-            r.relation, r.domain, *(str(r.counts[s]) for s in ("train", "dev", "test")),
+            r.relation,
+            r.domain,
+            *(str(r.counts[s]) for s in ("train", "dev", "test")),
             str(r.no_subject),
-        )  # fmt: skip
+        )
         for s in ("train", "dev", "test"):
             totals[s] += r.counts[s]
         totals["no subject"] += r.no_subject

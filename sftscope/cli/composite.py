@@ -26,8 +26,9 @@ def plan_table(grid) -> Table:
         table.add_column(col)
     last_wave = last_job = None
     for wave, job, key, status in grid.plan_jobs():
-        table.add_row("" if wave == last_wave else wave, "" if job == last_job else job, key,
-                      status)  # fmt: skip
+        table.add_row(
+            "" if wave == last_wave else wave, "" if job == last_job else job, key, status
+        )
         last_wave, last_job = wave, job
     jobs = [j for j in grid.stage_jobs() if not j.done()]
     wave = grid.WAVES[2].split(" ", 1)[0]
@@ -49,8 +50,11 @@ def run_and_show(plan, dry_run: bool) -> bool:
 
 
 # How the grid's jobs run: --executor (executor.kind), --workers, --slurm-partition, ...
-EXECUTOR = {"exclude": ["executor.slurm.additional"], "flatten": ["executor"],
-            "names": {"executor.kind": "executor"}}  # fmt: skip
+EXECUTOR = {
+    "exclude": ["executor.slurm.additional"],
+    "flatten": ["executor"],
+    "names": {"executor.kind": "executor"},
+}
 
 
 @_one_line_errors
@@ -69,20 +73,31 @@ def run_cmd(
         console.print(f"manifest, subsets, models and evals in {cfg.out}")
 
 
-AUDIT_NAMES = {"probe.seed": "probe-seed", "probe.batch_size": "probe-batch-size",
-               "probe.max_new_tokens": "probe-max-new-tokens", "eval.seed": "eval-seed",
-               "eval.batch_size": "eval-batch-size", "eval.max_new_tokens": "eval-max-new-tokens",
-               "params.seed": "restore-seed", **EXECUTOR["names"]}  # fmt: skip
-AUDIT_HELP = {"eval.split": "split audited: its facts are probed with both models and evaluated "
-                            "(train | dev | test; default: test)",
-              "kl.enabled": "the token-level KL of the tuned model from the base (default: "
-                            "--kl-enabled)"}  # fmt: skip
+AUDIT_NAMES = {
+    "probe.seed": "probe-seed",
+    "probe.batch_size": "probe-batch-size",
+    "probe.max_new_tokens": "probe-max-new-tokens",
+    "eval.seed": "eval-seed",
+    "eval.batch_size": "eval-batch-size",
+    "eval.max_new_tokens": "eval-max-new-tokens",
+    "params.seed": "restore-seed",
+    **EXECUTOR["names"],
+}
+AUDIT_HELP = {
+    "eval.split": "split audited: its facts are probed with both models and evaluated "
+    "(train | dev | test; default: test)",
+    "kl.enabled": "the token-level KL of the tuned model from the base (default: --kl-enabled)",
+}
 
 
 @_one_line_errors
-@with_config_options(AuditConfig, exclude=["probe.thresholds", *EXECUTOR["exclude"]],
-                     flatten=["probe", "eval", "params", "executor"],
-                     names=AUDIT_NAMES, help=AUDIT_HELP)  # fmt: skip
+@with_config_options(
+    AuditConfig,
+    exclude=["probe.thresholds", *EXECUTOR["exclude"]],
+    flatten=["probe", "eval", "params", "executor"],
+    names=AUDIT_NAMES,
+    help=AUDIT_HELP,
+)
 def audit_cmd(
     options: Options,
     overrides: Overrides = None,
@@ -104,8 +119,10 @@ def audit_cmd(
     t = summary["transitions"]
     title = f"knowledge transitions of the {cfg.eval.split} facts (same probe, base → tuned)"
     console.print(transition_table(t, title))
-    console.print(transition_line("tuned", t) + f" ({t['n_lost']} lost, {t['n_gained']} gained "
-                  "in transitions.jsonl)")  # fmt: skip
+    console.print(
+        transition_line("tuned", t) + f" ({t['n_lost']} lost, {t['n_gained']} gained "
+        "in transitions.jsonl)"
+    )
     console.print(f"audit.json, transitions.jsonl and report/index.html in {audit.root}")
 
 
@@ -134,8 +151,10 @@ def testbed_build_cmd(
     for bucket, v in s["recall_by_exposure"].items():
         table.add_row(bucket, str(v["facts"]), pct(v["recall"]))
     console.print(table)
-    console.print(f"dataset in {out / 'data'}, model in {out / 'model'}, summary testbed.json "
-                  f"({s['seconds']} s, train loss {s['train_loss']:.3f})")  # fmt: skip
+    console.print(
+        f"dataset in {out / 'data'}, model in {out / 'model'}, summary testbed.json "
+        f"({s['seconds']} s, train loss {s['train_loss']:.3f})"
+    )
 
 
 @testbed_app.command("check")
@@ -181,8 +200,12 @@ DEMO_PRESETS = ("demo", "study", "paper")
 
 
 @_one_line_errors
-@with_config_options(GridConfig, ["out", "executor", "engine", "vllm"], **EXECUTOR,
-                     help={"out": "run folder (default runs/<preset>)"})  # fmt: skip
+@with_config_options(
+    GridConfig,
+    ["out", "executor", "engine", "vllm"],
+    **EXECUTOR,
+    help={"out": "run folder (default runs/<preset>)"},
+)
 def demo_cmd(
     options: Options,
     overrides: Overrides = None,

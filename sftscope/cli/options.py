@@ -59,8 +59,13 @@ class ConfigOption:
     def annotation(self) -> Any:
         decls = f"{self.flag}/--no-{self.name}" if self.kind is bool else self.flag
         metavar = f"[{'|'.join(self.choices)}]" if self.choices else None
-        option = typer.Option(decls, help=escape(self.help), metavar=metavar,
-                              rich_help_panel=self.panel, show_default=False)  # fmt: skip
+        option = typer.Option(
+            decls,
+            help=escape(self.help),
+            metavar=metavar,
+            rich_help_panel=self.panel,
+            show_default=False,
+        )
         return Annotated[self.kind | None, option]
 
 
@@ -143,8 +148,10 @@ def config_options(
             return
         parsed = _cli_type(field.annotation)
         if parsed is None:
-            raise ValueError(f"config field {key!r} ({field.annotation}) has no option type: "
-                             "exclude it (key=value still sets it)")  # fmt: skip
+            raise ValueError(
+                f"config field {key!r} ({field.annotation}) has no option type: "
+                "exclude it (key=value still sets it)"
+            )
         short = next((key[len(p) :] for p in prefixes if key.startswith(p)), key)
         name = names.get(key) or short.replace(".", "-").replace("_", "-")
         kind, choices = parsed
@@ -181,8 +188,11 @@ def with_config_options(cls: type[BaseModel], fields: Iterable[str] | None = Non
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
         sig = inspect.signature(fn)
         hints = typing.get_type_hints(fn, include_extras=True)
-        own = [p.replace(annotation=hints.get(p.name, p.annotation))
-               for p in sig.parameters.values() if p.name != "options"]  # fmt: skip
+        own = [
+            p.replace(annotation=hints.get(p.name, p.annotation))
+            for p in sig.parameters.values()
+            if p.name != "options"
+        ]
         clash = {p.name for p in own} & {o.param for o in opts}
         if clash:
             raise ValueError(f"{fn.__name__}: parameter {sorted(clash)[0]!r} is also an option")
@@ -192,8 +202,12 @@ def with_config_options(cls: type[BaseModel], fields: Iterable[str] | None = Non
             options = {o.key: kwargs.pop(o.param, None) for o in opts}
             return fn(*args, options=options, **kwargs)
 
-        generated = [inspect.Parameter(o.param, inspect.Parameter.KEYWORD_ONLY, default=None,
-                                       annotation=o.annotation) for o in opts]  # fmt: skip
+        generated = [
+            inspect.Parameter(
+                o.param, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=o.annotation
+            )
+            for o in opts
+        ]
         params = own + generated
         command.__signature__ = sig.replace(parameters=params, return_annotation=None)
         command.__annotations__ = {p.name: p.annotation for p in params}

@@ -52,8 +52,12 @@ def histogram_table(summary: dict[str, Any]) -> Table:
     return _levels_table(title, summary["histogram"], "facts")
 
 
-def _levels_table(title: str, hist: dict[str, list[int]], unit: str,
-                  extra: dict[str, dict[str, int]] | None = None) -> Table:  # fmt: skip
+def _levels_table(
+    title: str,
+    hist: dict[str, list[int]],
+    unit: str,
+    extra: dict[str, dict[str, int]] | None = None,
+) -> Table:
     """Rows of counts per level (the ``total`` row after a rule), then ``extra`` columns."""
     table = Table(title=title)
     table.add_column("relation")
@@ -98,8 +102,9 @@ def selection_table(s: dict[str, Any], title: str) -> Table:
     for col in ("output", "weights", "% of region", "share of Σr %"):
         table.add_column(col, justify="left" if col == "output" else "right")
     for o in s["outputs"]:
-        table.add_row(o["label"], str(o["count"]), pct(o["count"] / s["weights"]),
-                      pct(o["share_of_r"]))  # fmt: skip
+        table.add_row(
+            o["label"], str(o["count"]), pct(o["count"] / s["weights"]), pct(o["share_of_r"])
+        )
     return table
 
 
@@ -134,23 +139,33 @@ def transition_table(t: dict[str, Any], title: str, group: str = "level before")
     for col in (group, *(f"→ L{k}" for k in range(5)), "facts", "mean R before → after"):
         table.add_column(col, justify="left" if col == group else "right")
     for key, g in t["groups"].items():
-        table.add_row(key, *map(str, g["after"]), str(g["facts"]),
-                      f"{g['r_before']:.2f} → {g['r_after']:.2f}")  # fmt: skip
+        table.add_row(
+            key, *map(str, g["after"]), str(g["facts"]), f"{g['r_before']:.2f} → {g['r_after']:.2f}"
+        )
     return table
 
 
 def transition_summary(ts: dict[str, dict[str, Any]], split: str) -> Table:
     """One row per re-probed cell: what became of the facts known (level 3-4) before SFT."""
-    table = Table(title=f"knowledge transitions of the {split} facts, same probe before and after "
-                        "SFT: known = level 3-4 (kept: still 3-4, lost: now 0-1), unknown = 0-1 "
-                        "(gained: now 3-4); mean R of level-4 facts before → after")  # fmt: skip
+    table = Table(
+        title=f"knowledge transitions of the {split} facts, same probe before and after "
+        "SFT: known = level 3-4 (kept: still 3-4, lost: now 0-1), unknown = 0-1 "
+        "(gained: now 3-4); mean R of level-4 facts before → after"
+    )
     for col in ("cell", "known", "kept %", "lost %", "unknown", "gained %", "L4 mean R"):
         table.add_column(col, justify="left" if col == "cell" else "right")
     for cell, t in ts.items():
         g4 = t["groups"].get("4")
         r4 = f"{g4['r_before']:.2f} → {g4['r_after']:.2f}" if g4 else "-"
-        table.add_row(cell, str(t["known_before"]), pct(t["kept"]), pct(t["lost"]),
-                      str(t["unknown_before"]), pct(t["gained"]), r4)  # fmt: skip
+        table.add_row(
+            cell,
+            str(t["known_before"]),
+            pct(t["kept"]),
+            pct(t["lost"]),
+            str(t["unknown_before"]),
+            pct(t["gained"]),
+            r4,
+        )
     return table
 
 
@@ -177,30 +192,45 @@ def grid_tables(root: Path, scope: str, strategy: str, split: str) -> list[Table
         table.add_column(col, justify="left" if col == "cell" else "right")
     for r in rows:
         table.add_row(
-            r["cell"], *(pct(v) for v in r["in_domain_per_level"]), pct(r["in_domain_mean"]),
-            pct(r["ood_mean"]), pct(r["in_domain"]), pct(r["ood"]),
-        )  # fmt: skip
+            r["cell"],
+            *(pct(v) for v in r["in_domain_per_level"]),
+            pct(r["in_domain_mean"]),
+            pct(r["ood_mean"]),
+            pct(r["in_domain"]),
+            pct(r["ood"]),
+        )
     out.append(table)
     if any(r["kl_paper_n"] or r["kl_full"] is not None for r in rows):
-        table = Table(title="KL(fine-tuned || base): paper top-10 at the first token; full "
-                      "vocabulary per answer token by test level")  # fmt: skip
+        table = Table(
+            title="KL(fine-tuned || base): paper top-10 at the first token; full "
+            "vocabulary per answer token by test level"
+        )
         for col in ("cell", "paper mean ± std (n)", *(f"L{k}" for k in range(5)), "all"):
             table.add_column(col, justify="left" if col == "cell" else "right")
         for r in rows:
             if r["cell"] == "base":
                 continue
-            paper = "-" if r["kl_paper"] is None else (
-                f"{r['kl_paper']:.3f} ± {r['kl_paper_std']:.3f} ({r['kl_paper_n']})")  # fmt: skip
-            table.add_row(r["cell"], paper, *(num(v, 2) for v in r["kl_full_per_level"]),
-                          num(r["kl_full"], 2))  # fmt: skip
+            paper = (
+                "-"
+                if r["kl_paper"] is None
+                else (f"{r['kl_paper']:.3f} ± {r['kl_paper_std']:.3f} ({r['kl_paper_n']})")
+            )
+            table.add_row(
+                r["cell"], paper, *(num(v, 2) for v in r["kl_full_per_level"]), num(r["kl_full"], 2)
+            )
         out.append(table)
     transitions = transition_tables(root, split)
     if transitions:
         out.append(transition_summary(transitions, split))
     if len(transitions) <= 4:  # whole matrices only where they stay readable
         for cell, t in transitions.items():
-            out.append(transition_table(t, f"{cell}: knowledge transitions of the {split} facts "
-                                           "(same probe before and after SFT)"))  # fmt: skip
+            out.append(
+                transition_table(
+                    t,
+                    f"{cell}: knowledge transitions of the {split} facts "
+                    "(same probe before and after SFT)",
+                )
+            )
     for cell, entry in restore_tables(root).items():
         if "concentration" in entry:
             shares = ", ".join(f"{r['k']:g}%: {pct(r['share'])}" for r in entry["concentration"])

@@ -45,8 +45,9 @@ def runtime(default: Any = ..., description: str | None = None, **kw: Any) -> An
 def added(default: Any, description: str, **kw: Any) -> Any:
     """A field that changes results, added after runs were made with what is now its default:
     it counts in fingerprints only when set to something else, so those runs stay done."""
-    return Field(default, description=description,
-                 json_schema_extra={"fingerprint": "unless-default"}, **kw)  # fmt: skip
+    return Field(
+        default, description=description, json_schema_extra={"fingerprint": "unless-default"}, **kw
+    )
 
 
 def _marker(field: Any) -> Any:

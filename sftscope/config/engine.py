@@ -28,16 +28,19 @@ class VLLMSettings(StageConfig):
         0.85, gt=0, le=1, description="share of the GPU's memory vLLM takes (weights + KV cache)"
     )
     kv_cache_gib: float | None = Field(
-        None, gt=0, description="KV cache size, GiB (default: from gpu_memory_utilization on a "
+        None,
+        gt=0,
+        description="KV cache size, GiB (default: from gpu_memory_utilization on a "
         "GPU, 2 on a CPU, where the other default would reserve most of the machine's memory)",
-    )  # fmt: skip
+    )
     max_model_len: int | None = Field(
         None, ge=16, description="longest sequence (default: the model's context length)"
     )
     enforce_eager: bool | None = Field(
-        None, description="skip CUDA graphs and torch.compile (default: on CPU only, where "
+        None,
+        description="skip CUDA graphs and torch.compile (default: on CPU only, where "
         "compiling SmolLM2 on a CPU took minutes)",
-    )  # fmt: skip
+    )
     tensor_parallel_size: int = Field(1, ge=1, description="GPUs one model is split over")
 
 
@@ -52,8 +55,9 @@ def _engine_fields() -> type[StageConfig]:
             cls = load_target(entry.settings)
             fields[name] = (cls, runtime(cls(), f"engine: {name} settings"))
     doc = "The engine of a stage that loads a model for generation or scoring."
-    return create_model("EngineFields", __base__=StageConfig, __doc__=doc, __module__=__name__,
-                        **fields)  # fmt: skip
+    return create_model(
+        "EngineFields", __base__=StageConfig, __doc__=doc, __module__=__name__, **fields
+    )
 
 
 EngineFields = _engine_fields()

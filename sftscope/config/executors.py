@@ -30,8 +30,9 @@ class SlurmSettings(StageConfig):
         {}, description="more sbatch parameters, e.g. {'exclude': 'node7'}"
     )
     cluster: Literal["slurm", "local", "debug"] | None = Field(
-        None, description="submitit cluster; None: slurm (sbatch must be on PATH); local: "
-        "submitit's local executor, every job of an array at once on this machine"
+        None,
+        description="submitit cluster; None: slurm (sbatch must be on PATH); local: "
+        "submitit's local executor, every job of an array at once on this machine",
     )
     poll_s: float = Field(10.0, gt=0, description="seconds between job state checks")
 
@@ -44,8 +45,10 @@ class RaySettings(StageConfig):
     )
     num_cpus: float = Field(1.0, gt=0, description="CPUs of one task")
     num_gpus: float | None = Field(
-        None, ge=0, description="GPUs of one task; None: 1 when the cluster has GPUs and the run's "
-        "device is not cpu, else 0"
+        None,
+        ge=0,
+        description="GPUs of one task; None: 1 when the cluster has GPUs and the run's "
+        "device is not cpu, else 0",
     )
     local_cpus: int | None = Field(None, ge=1, description="CPUs of a local cluster")
 
@@ -53,15 +56,17 @@ class RaySettings(StageConfig):
 class ExecutorConfig(StageConfig):
     """How the planned jobs run; never changes results (so no field is fingerprinted)."""
 
-    kind: ExecutorKind = Field(
-        "local", description=f"who runs the jobs: {EXECUTORS.help()}"
-    )
+    kind: ExecutorKind = Field("local", description=f"who runs the jobs: {EXECUTORS.help()}")
     workers: int | None = Field(
-        None, ge=1, description="processes: jobs at once (default: one per visible GPU, else 1 "
+        None,
+        ge=1,
+        description="processes: jobs at once (default: one per visible GPU, else 1 "
         "per 2 CPU cores); slurm, ray: the probe shards' default",
-    )  # fmt: skip
+    )
     probe_shards: int | None = Field(
-        None, ge=1, description="probe jobs in all, shared by the train and eval probes by size "
+        None,
+        ge=1,
+        description="probe jobs in all, shared by the train and eval probes by size "
         "(default: workers; slurm 8; ray 4)",
     )
     claim_timeout_s: float = Field(

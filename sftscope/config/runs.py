@@ -140,19 +140,21 @@ class AuditEval(EvalSettings):
     facts')."""
 
     tuned_prompt: PromptStyle = Field(
-        "fewshot", description="the tuned model's prompt: fewshot, the base model's own "
+        "fewshot",
+        description="the tuned model's prompt: fewshot, the base model's own "
         "few-shot Question/Answer prompt (n_shots exemplars; fair to any SFT format), or sft, the "
         "paper's <|question|> ... <|answer|> (for models trained by sftscope train)",
-    )  # fmt: skip
+    )
 
 
 class AuditKL(GridKL):
     """The token-level KL in ``sftscope audit``, on the probed facts."""
 
     tuned_prompt: Literal["auto", "sft", "template"] = Field(  # type: ignore[assignment]
-        "auto", description="paper KL: the tuned model's prompt; auto: sft when tuned_prompt is "
+        "auto",
+        description="paper KL: the tuned model's prompt; auto: sft when tuned_prompt is "
         "sft, else template (the base model's best mapping template)",
-    )  # fmt: skip
+    )
 
 
 class AuditParams(ParamsSettings):
@@ -160,9 +162,10 @@ class AuditParams(ParamsSettings):
     sweep with k picked on dev."""
 
     pick_on: Literal["dev"] | None = Field(  # type: ignore[assignment]
-        "dev", description="choose k by dev in-domain accuracy and report the test score at "
+        "dev",
+        description="choose k by dev in-domain accuracy and report the test score at "
         "that k (null: the sweep only, no dev split needed)",
-    )  # fmt: skip
+    )
 
 
 class AuditConfig(RunContext):

@@ -19,9 +19,10 @@ class DataSource(StageConfig):
 
     data: str = Field("geo", description=f"dataset reader: {READERS.help()}")
     data_dir: Path | None = Field(
-        None, description="dataset folder ({split}/{rel}.{split}.json) or table file (popqa, "
+        None,
+        description="dataset folder ({split}/{rel}.{split}.json) or table file (popqa, "
         "generic: JSONL, JSON, CSV, TSV, Parquet, or a datasets save_to_disk folder)",
-    )  # fmt: skip
+    )
 
 
 class ModelRuntime(EngineFields):
@@ -92,7 +93,8 @@ class ProbeSettings(StageConfig):
     ``sftscope probe`` and the grid."""
 
     method: ProbeMethod = Field(
-        "sampling", description="sampling (paper), likelihood (scored; calibrate it), slick "
+        "sampling",
+        description="sampling (paper), likelihood (scored; calibrate it), slick "
         "(SliCK), question (sampling with few-shot question prompts: any QA data)",
     )
     templates: int = Field(
@@ -131,9 +133,10 @@ class ProbeConfig(RunContext, DataConfig, ProbeSettings):
 
     model: str = Field(description="local path, hub id, or 'smollm2' (the bundled model)")
     split: ProbeSplit = Field(
-        "train", description="split probed; all: every item of every split as one pool (few-shot "
+        "train",
+        description="split probed; all: every item of every split as one pool (few-shot "
         "exemplars then come from the other items, never from the fact itself)",
-    )  # fmt: skip
+    )
     out: Path = runtime(description="output folder")
 
 
@@ -144,9 +147,10 @@ class SelectProbe(ProbeSettings):
     """The probe inside ``sftscope select``: the paper's settings; the method from the data."""
 
     method: SelectMethod = Field(  # type: ignore[assignment]
-        "auto", description="auto: sampling when the data has mapping templates (a packaged "
+        "auto",
+        description="auto: sampling when the data has mapping templates (a packaged "
         "dataset's, or templates_file), else question (any QA file); or a probe method",
-    )  # fmt: skip
+    )
 
 
 class SelectConfig(RunContext, DataConfig):
@@ -155,9 +159,10 @@ class SelectConfig(RunContext, DataConfig):
 
     model: str = Field(description="the base model: local path, hub id, or 'smollm2'")
     data: str = Field(
-        "generic", description="dataset reader of the SFT file: generic (any QA table), popqa, "
+        "generic",
+        description="dataset reader of the SFT file: generic (any QA table), popqa, "
         "entityquestions, testbed, geo",
-    )  # fmt: skip
+    )
     probe: SelectProbe = Field(SelectProbe(), description="how mastery is measured")
     size: int = Field(
         240, ge=1, description="pairs in recommended.jsonl (PAPER.md §5.1: ~240 is best)"
@@ -301,9 +306,10 @@ class RestoreSettings(StageConfig):
     seed: int = Field(0, description="seed of the random strategy")
     max_shard_bytes: int = runtime(2 * 2**30, "output shard size", ge=1)
     save: bool = runtime(
-        True, "write a checkpoint per output; false (with eval): restore each in the loaded "
+        True,
+        "write a checkpoint per output; false (with eval): restore each in the loaded "
         "model, evaluate it, put the tuned weights back; same scores, no checkpoints",
-    )  # fmt: skip
+    )
 
     @field_validator("k", "layers", mode="before")
     @classmethod
@@ -334,8 +340,9 @@ class RestoreEval(DataConfig, EvalSettings):
     )
     keep_models: bool = runtime(True, "false: delete restored weights once evaluated")
     prompt: PromptStyle = added(
-        "sft", "prompt of every evaluated model: sft (the paper's format), or fewshot (the "
-        "base model's few-shot prompt, for a fine-tune in another format)"
+        "sft",
+        "prompt of every evaluated model: sft (the paper's format), or fewshot (the "
+        "base model's few-shot prompt, for a fine-tune in another format)",
     )
 
 

@@ -94,8 +94,9 @@ class Dataset:
         unknown = [r for r in relations if r not in self.relations]
         if unknown:
             known = ",".join(self.relations)
-            raise SftscopeError(f"{self.root}: unknown relation {unknown[0]!r} in {self.name} "
-                                f"(known: {known})")  # fmt: skip
+            raise SftscopeError(
+                f"{self.root}: unknown relation {unknown[0]!r} in {self.name} (known: {known})"
+            )
         return [self.relations[r] for r in relations]
 
 
@@ -113,8 +114,9 @@ def open_dataset(root: str | Path) -> Dataset:
     except (json.JSONDecodeError, KeyError, TypeError, ValidationError) as e:
         first = str(e).splitlines()[0]
         raise SftscopeError(f"{meta_path}: invalid dataset metadata ({first})") from None
-    return Dataset(str(meta.get("name", root.name)), root, {r.id: r for r in relations},
-                   LayoutSource(root))
+    return Dataset(
+        str(meta.get("name", root.name)), root, {r.id: r for r in relations}, LayoutSource(root)
+    )
 
 
 @lru_cache(maxsize=256)

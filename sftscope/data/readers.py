@@ -19,8 +19,9 @@ def resolve_dataset(data: str, data_dir: str | Path | None = None) -> Dataset:
     """The reader ``data`` names over ``data_dir``; a one-line error for an unknown reader, or
     for a missing folder where the reader needs one."""
     if data not in READERS:
-        raise SftscopeError(f"--data {data!r}: no such dataset reader (known: "
-                            f"{', '.join(READERS.names)})")  # fmt: skip
+        raise SftscopeError(
+            f"--data {data!r}: no such dataset reader (known: {', '.join(READERS.names)})"
+        )
     entry = READERS[data]
     if data_dir is None and entry.needs_dir:
         raise SftscopeError(f"--data {data} needs --data-dir (the dataset folder or file)")

@@ -95,11 +95,13 @@ def read_table(path: Path) -> list[tuple[str, Row]]:
     if path.is_dir():
         if (path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists():
             return _saved_by_datasets(path)
-        files = sorted(p for p in path.iterdir()
-                       if p.suffix in SUFFIXES and p.stem.lower() in SPLIT_NAMES)  # fmt: skip
+        files = sorted(
+            p for p in path.iterdir() if p.suffix in SUFFIXES and p.stem.lower() in SPLIT_NAMES
+        )
         if not files:
-            raise SftscopeError(f"{path}: no table files named train, dev or test "
-                                f"({', '.join(SUFFIXES)})")  # fmt: skip
+            raise SftscopeError(
+                f"{path}: no table files named train, dev or test ({', '.join(SUFFIXES)})"
+            )
         out = []
         for f in files:
             split = SPLIT_NAMES[f.stem.lower()]
@@ -176,8 +178,9 @@ def answer_list(value: Any, where: str, column: str) -> list[str]:
 def _need(row: Row, where: str, columns: tuple[str, ...], reader_name: str) -> None:
     missing = [c for c in columns if row.get(c) in (None, "")]
     if missing:
-        raise SftscopeError(f"{where}: no '{missing[0]}' ({reader_name} needs "
-                            f"{', '.join(columns)})")  # fmt: skip
+        raise SftscopeError(
+            f"{where}: no '{missing[0]}' ({reader_name} needs {', '.join(columns)})"
+        )
 
 
 def _split_of(row: Row, where: str, key: str) -> str:
@@ -201,8 +204,9 @@ def _popularity(row: Row, where: str, column: str) -> float | None:
         raise SftscopeError(f"{where}: '{column}' {value!r} is not a number") from None
 
 
-def _dataset(name: str, path: Path, relations: list[Relation],
-             rows: list[tuple[str, str, Row, Row]]) -> Dataset:  # fmt: skip
+def _dataset(
+    name: str, path: Path, relations: list[Relation], rows: list[tuple[str, str, Row, Row]]
+) -> Dataset:
     """``rows``: (relation, split, item, the table's row) in table order."""
     groups: dict[tuple[str, str], list[Row]] = {}
     originals: dict[tuple[str, str], list[tuple[int, Row]]] = {}
@@ -220,13 +224,19 @@ def read_popqa(path: Path) -> Dataset:
         _need(row, where, ("subj", "prop", "obj", "question", "possible_answers"), "PopQA")
         rel = by_prop.get(str(row["prop"]))
         if rel is None:
-            raise SftscopeError(f"{where}: 'prop' {row['prop']!r} is not one of PopQA's 16 "
-                                "relations")  # fmt: skip
-        answers = [str(row["obj"]), *answer_list(row["possible_answers"], where,
-                                                 "possible_answers")]  # fmt: skip
-        item = {"question": row["question"], "answers": list(dict.fromkeys(answers)),
-                "subject": str(row["subj"]),
-                "popularity": _popularity(row, where, "s_pop")}  # fmt: skip
+            raise SftscopeError(
+                f"{where}: 'prop' {row['prop']!r} is not one of PopQA's 16 relations"
+            )
+        answers = [
+            str(row["obj"]),
+            *answer_list(row["possible_answers"], where, "possible_answers"),
+        ]
+        item = {
+            "question": row["question"],
+            "answers": list(dict.fromkeys(answers)),
+            "subject": str(row["subj"]),
+            "popularity": _popularity(row, where, "s_pop"),
+        }
         rows.append((rel.id, _split_of(row, where, f"{rel.id}\n{row['question']}"), item, row))
     return _dataset("popqa", path, list(POPQA_RELATIONS), rows)
 
@@ -238,14 +248,17 @@ def read_generic(path: Path) -> Dataset:
         _need(row, where, ("question", "answers"), "a generic QA table")
         rid = str(row.get("relation") or "qa")
         domain = _domain(row, where)
-        rel = relations.setdefault(rid, Relation(id=rid, name=rid, question_template=None,
-                                                 domain=domain))  # fmt: skip
+        rel = relations.setdefault(
+            rid, Relation(id=rid, name=rid, question_template=None, domain=domain)
+        )
         if rel.domain != domain:
             raise SftscopeError(f"{where}: relation {rid!r} is both in-domain and out-of-domain")
-        item = {"question": row["question"], "answers": answer_list(row["answers"], where,
-                                                                    "answers"),
-                "subject": row.get("subject") or None,
-                "popularity": _popularity(row, where, "popularity")}  # fmt: skip
+        item = {
+            "question": row["question"],
+            "answers": answer_list(row["answers"], where, "answers"),
+            "subject": row.get("subject") or None,
+            "popularity": _popularity(row, where, "popularity"),
+        }
         rows.append((rid, _split_of(row, where, f"{rid}\n{row['question']}"), item, row))
     if not rows:
         raise SftscopeError(f"{path}: no rows")
@@ -260,4 +273,3 @@ def _domain(row: Row, where: str) -> Domain:
     if value not in DOMAINS:
         raise SftscopeError(f"{where}: 'domain' {value!r} is not in-domain or out-of-domain")
     return DOMAINS[value]
-

@@ -19,8 +19,14 @@ from typing import Any
 from sftscope.errors import SftscopeError
 from sftscope.io import read_yaml
 
-__all__ = ["MIN_TEMPLATES", "PLACEHOLDER", "RelationTemplates", "fill", "load_templates",
-           "packaged_datasets"]
+__all__ = [
+    "MIN_TEMPLATES",
+    "PLACEHOLDER",
+    "RelationTemplates",
+    "fill",
+    "load_templates",
+    "packaged_datasets",
+]
 
 PLACEHOLDER = "{subject}"
 MIN_TEMPLATES = 21  # the paper's N_map
@@ -73,8 +79,9 @@ def _packaged_data() -> Any:
     return read_yaml(DEFAULT_PATH, "template file")
 
 
-def _parse_dataset(data: Any, dataset: str, source: str, minimum: int
-                   ) -> dict[str, RelationTemplates]:  # fmt: skip
+def _parse_dataset(
+    data: Any, dataset: str, source: str, minimum: int
+) -> dict[str, RelationTemplates]:
     if not isinstance(data, dict):
         raise SftscopeError(f"{source}: expected a mapping of dataset names at top level")
     if dataset not in data:

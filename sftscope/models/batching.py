@@ -93,6 +93,12 @@ def auto_batch_size(
         free_bytes = free_cuda_bytes(model.device)
     need = prompt_bytes(ModelShape.of(model), tokens, rows, logit_positions)
     size = max(1, min(MAX_BATCH_SIZE, int(free_bytes * FREE_SHARE) // need))
-    log.info("batch_size auto: %d prompts (%d tokens x %d rows, %.1f MiB each, %.1f GiB free)",
-             size, tokens, rows, need / 2**20, free_bytes / 2**30)  # fmt: skip
+    log.info(
+        "batch_size auto: %d prompts (%d tokens x %d rows, %.1f MiB each, %.1f GiB free)",
+        size,
+        tokens,
+        rows,
+        need / 2**20,
+        free_bytes / 2**30,
+    )
     return size

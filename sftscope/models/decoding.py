@@ -112,9 +112,12 @@ def decode(
     forwarded = 0
     for step in range(max_new_tokens):
         logits = model(
-            input_ids=cur, attention_mask=mask, position_ids=pos, use_cache=True,
+            input_ids=cur,
+            attention_mask=mask,
+            position_ids=pos,
+            use_cache=True,
             **cache_kwarg(model, cache),
-        ).logits[:, -1]  # fmt: skip
+        ).logits[:, -1]
         forwarded += len(alive)
         u = uniforms[alive, step].to(device) if temperature > 0 else None
         nxt = sample_tokens(logits, temperature, u)
@@ -127,8 +130,9 @@ def decode(
         todo = [b for b in range(len(alive)) if b not in done]
         if finish.reads_text and todo:  # (batch_decode([]) returns [""] in transformers 5)
             texts = tokenizer.batch_decode([out[alive[b]] for b in todo], skip_special_tokens=True)
-            done.update(b for b, text in zip(todo, texts, strict=True)
-                        if finish.by_text(alive[b], text))  # fmt: skip
+            done.update(
+                b for b, text in zip(todo, texts, strict=True) if finish.by_text(alive[b], text)
+            )
         if step == max_new_tokens - 1 or len(done) == len(alive):
             break
         if done:

@@ -138,8 +138,9 @@ def cut_at_stop(text: str, stop: Sequence[str]) -> str:
     return text[:cut]
 
 
-def encode_prompts(tokenizer, prompts: Sequence[str], temperature: float, n: int
-                   ) -> list[list[int]]:  # fmt: skip
+def encode_prompts(
+    tokenizer, prompts: Sequence[str], temperature: float, n: int
+) -> list[list[int]]:
     """The prompts' token ids (with the tokenizer's special tokens), after the checks every
     engine's ``generate`` makes."""
     if temperature <= 0 and n > 1:
@@ -283,12 +284,20 @@ class HFEngine:
             uniforms = None
             if temperature > 0:  # one stream per prompt: see sftscope.models.decoding
                 uniforms = row_uniforms([seed * 1_000_003 + i for i in idx], n, max_new_tokens)
-            finish = Finish(ends, tuple(stop),
-                            None if done_if is None else [done_if[i] for i in rows])  # fmt: skip
+            finish = Finish(
+                ends, tuple(stop), None if done_if is None else [done_if[i] for i in rows]
+            )
             tokens, forwarded = decode(
-                self.model, self.tokenizer, ids[:, -1], mask, cache, max_new_tokens,
-                temperature, uniforms, finish,
-            )  # fmt: skip
+                self.model,
+                self.tokenizer,
+                ids[:, -1],
+                mask,
+                cache,
+                max_new_tokens,
+                temperature,
+                uniforms,
+                finish,
+            )
             self.tokens_forwarded += forwarded
             texts = self.tokenizer.batch_decode(tokens, skip_special_tokens=True)
             for i, text in zip(rows, texts, strict=True):

@@ -18,8 +18,15 @@ from sftscope.registry import ENGINES
 if TYPE_CHECKING:
     from sftscope.models.engines import Engine
 
-__all__ = ["EngineRequest", "check_engine", "engine_for", "engine_info", "hf_engine",
-           "make_engine", "one_model_per_process"]  # fmt: skip
+__all__ = [
+    "EngineRequest",
+    "check_engine",
+    "engine_for",
+    "engine_info",
+    "hf_engine",
+    "make_engine",
+    "one_model_per_process",
+]
 
 
 def check_engine(name: str) -> None:
@@ -36,13 +43,15 @@ def make_engine(name: str, request: EngineRequest) -> Engine:
 def engine_for(cfg: Any, progress: bool = True) -> Engine:
     """The engine a stage config asks for (``engine``, ``model``, ``device``, ``batch_size``,
     ``trust_remote_code`` and the engine's settings section)."""
-    request = EngineRequest(cfg.model, cfg.device, cfg.batch_size, cfg.trust_remote_code,
-                            progress, engine_settings(cfg))  # fmt: skip
+    request = EngineRequest(
+        cfg.model, cfg.device, cfg.batch_size, cfg.trust_remote_code, progress, engine_settings(cfg)
+    )
     return make_engine(cfg.engine, request)
 
 
-def hf_engine(model: Any, tokenizer: Any, batch_size: int | str = 32, progress: bool = True
-              ) -> Engine:  # fmt: skip
+def hf_engine(
+    model: Any, tokenizer: Any, batch_size: int | str = 32, progress: bool = True
+) -> Engine:
     """The HF engine over a model already loaded: the token-level KL holds both models'
     distributions, and an in-place restore sweep edits the loaded weights."""
     from sftscope.models.engines import HFEngine
@@ -55,8 +64,9 @@ def build_hf(req: EngineRequest) -> Engine:
     load_model`)."""
     from sftscope.models.loading import load_model
 
-    model, tokenizer = load_model(req.model, device=req.device,
-                                  trust_remote_code=req.trust_remote_code)  # fmt: skip
+    model, tokenizer = load_model(
+        req.model, device=req.device, trust_remote_code=req.trust_remote_code
+    )
     return hf_engine(model, tokenizer, req.batch_size, req.progress)
 
 

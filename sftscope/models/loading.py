@@ -167,8 +167,11 @@ def load_model(
     dev = resolve_device(device)
     location = resolve_model(name)
     tokenizer = load_tokenizer(name, trust_remote_code=trust_remote_code)
-    kwargs = dict(dtype=dtype or default_dtype(dev), trust_remote_code=trust_remote_code,
-                  local_files_only=_offline())  # fmt: skip
+    kwargs = dict(
+        dtype=dtype or default_dtype(dev),
+        trust_remote_code=trust_remote_code,
+        local_files_only=_offline(),
+    )
     try:
         try:
             model = AutoModelForCausalLM.from_pretrained(
@@ -180,8 +183,11 @@ def load_model(
             # transformers' own choice: SDPA where it can dispatch, else eager (an unrelated
             # error is raised again by this second call)
             model = AutoModelForCausalLM.from_pretrained(location, **kwargs)
-            log.warning("model %s: SDPA attention refused; using %s", name,
-                        model.config._attn_implementation)  # fmt: skip
+            log.warning(
+                "model %s: SDPA attention refused; using %s",
+                name,
+                model.config._attn_implementation,
+            )
     except OSError as e:
         raise SftscopeError(_offline_message(name, e)) from None
     model.to(dev).eval()

@@ -51,8 +51,9 @@ def in_fresh_process(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     except EOFError:  # nothing came back: the child died
         child.join()
         name = getattr(fn, "__qualname__", repr(fn))
-        raise SftscopeError(f"{name}: its process died (exit code {child.exitcode}; killed, or "
-                            "out of memory?)") from None  # fmt: skip
+        raise SftscopeError(
+            f"{name}: its process died (exit code {child.exitcode}; killed, or out of memory?)"
+        ) from None
     except BaseException:  # interrupted: the child's work is not wanted any more
         child.kill()
         raise

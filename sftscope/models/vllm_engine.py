@@ -65,8 +65,10 @@ class VLLMEngine:
         self.device_type = str(current_platform.device_type)
         wanted = request.device.split(":")[0]
         if wanted not in ("auto", self.device_type):
-            raise SftscopeError(f"--device {request.device}: this vLLM build runs on "
-                                f"{self.device_type} (vllm {vllm_version()})")  # fmt: skip
+            raise SftscopeError(
+                f"--device {request.device}: this vLLM build runs on "
+                f"{self.device_type} (vllm {vllm_version()})"
+            )
         self.location = resolve_model(request.model)
         self.tokenizer = load_tokenizer(request.model, request.trust_remote_code)
         self.stop_ids = self._stop_ids()
@@ -86,14 +88,17 @@ class VLLMEngine:
 
         s, cpu = self.request.settings or VLLMSettings(), self.device_type == "cpu"
         args: dict[str, Any] = dict(
-            model=self.location, tokenizer=self.location, seed=0,
+            model=self.location,
+            tokenizer=self.location,
+            seed=0,
             dtype=str(default_dtype(torch.device(self.device_type))).removeprefix("torch."),
-            enable_prefix_caching=True, generation_config="vllm",
+            enable_prefix_caching=True,
+            generation_config="vllm",
             trust_remote_code=self.request.trust_remote_code,
             enforce_eager=cpu if s.enforce_eager is None else s.enforce_eager,
             tensor_parallel_size=s.tensor_parallel_size,
             gpu_memory_utilization=s.gpu_memory_utilization,
-        )  # fmt: skip
+        )
         gib = s.kv_cache_gib or (CPU_KV_CACHE_GIB if cpu else None)
         if gib is not None:
             args["kv_cache_memory_bytes"] = int(gib * 2**30)
@@ -160,12 +165,24 @@ class VLLMEngine:
         if not prompts:
             return []
         encoded = encode_prompts(self.tokenizer, prompts, temperature, n)
-        common = dict(max_tokens=max_new_tokens, stop=list(stop) or None,
-                      stop_token_ids=self.stop_ids, skip_special_tokens=True)  # fmt: skip
+        common = dict(
+            max_tokens=max_new_tokens,
+            stop=list(stop) or None,
+            stop_token_ids=self.stop_ids,
+            skip_special_tokens=True,
+        )
         if temperature > 0:
-            params = [SamplingParams(n=n, temperature=temperature, top_p=1.0, top_k=0,
-                                     seed=seed * 1_000_003 + i, **common)
-                      for i in range(len(prompts))]  # fmt: skip
+            params = [
+                SamplingParams(
+                    n=n,
+                    temperature=temperature,
+                    top_p=1.0,
+                    top_k=0,
+                    seed=seed * 1_000_003 + i,
+                    **common,
+                )
+                for i in range(len(prompts))
+            ]
         else:
             params = SamplingParams(n=1, temperature=0.0, **common)
         outs = self._run(encoded, params)

@@ -60,8 +60,9 @@ def in_region(name: str, region: str) -> bool:
 def natural_key(name: str) -> list:
     """Sort key putting ``layers.2`` before ``layers.10``: the canonical tensor order of a
     ranking's positions, independent of how a checkpoint is sharded."""
-    return [(0, int(part), "") if part.isdigit() else (1, 0, part)
-            for part in re.split(r"(\d+)", name)]  # fmt: skip
+    return [
+        (0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", name)
+    ]
 
 
 def relative_change(base: torch.Tensor, tuned: torch.Tensor) -> torch.Tensor:
@@ -140,8 +141,14 @@ def concentration(
                 rows.append({"k": k, "count": 0, "share": 0.0, "threshold": None})
                 continue
             cut = cuts[(g, nk)]
-            rows.append({"k": k, "count": nk, "share": cut.total / total if total else 0.0,
-                         "threshold": cut.value})  # fmt: skip
+            rows.append(
+                {
+                    "k": k,
+                    "count": nk,
+                    "share": cut.total / total if total else 0.0,
+                    "threshold": cut.value,
+                }
+            )
         return {"n": n, "total": total, "rows": rows}
 
     main, other = ("nonzero", "all") if nonzero_base else ("all", "nonzero")
@@ -161,8 +168,14 @@ def run_diff(cfg: DiffConfig) -> dict[str, Any]:
     from sftscope.models.loading import resolve_device, resolve_model
 
     resolve_device(cfg.compute_device, "--compute-device")
-    return diff_checkpoints(Path(resolve_model(cfg.base)), cfg.tuned, cfg.out, cfg.region,
-                            cfg.nonzero_base, cfg.compute_device)  # fmt: skip
+    return diff_checkpoints(
+        Path(resolve_model(cfg.base)),
+        cfg.tuned,
+        cfg.out,
+        cfg.region,
+        cfg.nonzero_base,
+        cfg.compute_device,
+    )
 
 
 def diff_checkpoints(
@@ -188,8 +201,7 @@ def diff_checkpoints(
     def collect(name: str, p: torch.Tensor, s: torch.Tensor, r: torch.Tensor) -> None:
         stats.append(tensor_stats(name, p, s, checked(name, r)))
 
-    conc = concentration(base, tuned, names, each=collect, nonzero_base=nonzero_base,
-                         device=device)  # fmt: skip
+    conc = concentration(base, tuned, names, each=collect, nonzero_base=nonzero_base, device=device)
 
     def group(key: str) -> dict[str, Any]:
         out: dict[str, dict[str, float]] = {}
@@ -202,19 +214,38 @@ def diff_checkpoints(
             g["mean"] = g["sum"] / g["numel"]
         return out
 
-    cols = ("tensor", "layer", "module", "numel", "mean", "max", "sum", "delta_l2", "changed",
-            "zero_base", "zero_base_sum")  # fmt: skip
+    cols = (
+        "tensor",
+        "layer",
+        "module",
+        "numel",
+        "mean",
+        "max",
+        "sum",
+        "delta_l2",
+        "changed",
+        "zero_base",
+        "zero_base_sum",
+    )
     atomic_write_text(Path(out) / "diff_summary.tsv", tsv_text(cols, stats))
     total = conc["other"]["total"] if nonzero_base else conc["total"]  # over every weight
     zero = {
         "weights": sum(row["zero_base"] for row in stats),
         "share_of_r": sum(row["zero_base_sum"] for row in stats) / total if total else 0.0,
     }
-    atomic_write_json(Path(out) / "concentration.json",
-                      {"region": region, "nonzero_base": nonzero_base, "zero_base": zero,
-                       **conc})  # fmt: skip
-    summary = {"region": region, "tensors": len(stats), "weights": conc["n"], "zero_base": zero,
-               "per_layer": group("layer"), "per_module": group("module"),
-               "nonzero_base": nonzero_base, "concentration": conc["rows"]}  # fmt: skip
+    atomic_write_json(
+        Path(out) / "concentration.json",
+        {"region": region, "nonzero_base": nonzero_base, "zero_base": zero, **conc},
+    )
+    summary = {
+        "region": region,
+        "tensors": len(stats),
+        "weights": conc["n"],
+        "zero_base": zero,
+        "per_layer": group("layer"),
+        "per_module": group("module"),
+        "nonzero_base": nonzero_base,
+        "concentration": conc["rows"],
+    }
     atomic_write_json(Path(out) / "diff.json", summary)
     return summary

@@ -51,15 +51,19 @@ class InPlace:
         state = model.state_dict(keep_vars=True)
         missing = [n for n in r.names if n not in state]
         if missing:
-            raise SftscopeError(f"{r.tuned.root}: tensor {missing[0]} of the region is not a "
-                                "weight of the loaded model; restore with save: true")  # fmt: skip
+            raise SftscopeError(
+                f"{r.tuned.root}: tensor {missing[0]} of the region is not a "
+                "weight of the loaded model; restore with save: true"
+            )
         owners: dict[int, str] = {}
         region = set(r.names)
         for name, t in state.items():  # a tied region weight would change its twin as well
             other = owners.setdefault(t.data_ptr(), name)
             if other != name and (name in region or other in region):
-                raise SftscopeError(f"{r.tuned.root}: {name} and {other} share one weight in the "
-                                    "loaded model; restore with save: true")  # fmt: skip
+                raise SftscopeError(
+                    f"{r.tuned.root}: {name} and {other} share one weight in the "
+                    "loaded model; restore with save: true"
+                )
         self.weights = {n: state[n] for n in r.names}
 
     def apply(self, out: Output) -> None:
@@ -89,8 +93,9 @@ class InPlace:
         self.current = j
 
     def _each(self, label: str):
-        return tqdm(self.restorer.names, desc=f"restore in place: {label}", unit="tensor",
-                    leave=False)  # fmt: skip
+        return tqdm(
+            self.restorer.names, desc=f"restore in place: {label}", unit="tensor", leave=False
+        )
 
     def _copy(self, name: str, values: torch.Tensor) -> None:
         assert self.weights is not None

@@ -120,8 +120,9 @@ class Ranking:
             if tensor is not None and bool(counts.any()):
                 self._present[(tensor, b)] = np.packbits(counts.numpy() > 0)
             if values is not None:
-                self._sub_sums[(group, b)] += torch.bincount(lo_in[at], weights=values[at],
-                                                             minlength=NSUB).cpu()  # fmt: skip
+                self._sub_sums[(group, b)] += torch.bincount(
+                    lo_in[at], weights=values[at], minlength=NSUB
+                ).cpu()
 
     def holds(self, tensor: Hashable, value: float) -> bool:
         """Whether ``tensor`` (refined under that name) holds an entry equal to ``value``, the
@@ -147,8 +148,11 @@ class Ranking:
             total = None
             if self.keep_sums:
                 sums = self._best_first(self._sub_sums[(group, b)])
-                total = (float(self._best_first(self.sums[group])[:j].sum())
-                         + float(sums[:i].sum()) + float(value) * ties)  # fmt: skip
+                total = (
+                    float(self._best_first(self.sums[group])[:j].sum())
+                    + float(sums[:i].sum())
+                    + float(value) * ties
+                )
             out[(group, n)] = Cut(n, float(value), ties, total)
         return out
 
@@ -161,8 +165,12 @@ class Selector:
         self.descending = descending
         self.ties_left: dict[Hashable, int] = {}
 
-    def codes(self, cuts: Sequence[tuple[Hashable, Cut]], scores: torch.Tensor,
-              holds: Callable[[float], bool] | None = None) -> torch.Tensor:  # fmt: skip
+    def codes(
+        self,
+        cuts: Sequence[tuple[Hashable, Cut]],
+        scores: torch.Tensor,
+        holds: Callable[[float], bool] | None = None,
+    ) -> torch.Tensor:
         """Per entry of ``scores``, the index in ``cuts`` of the first cut selecting it, as
         uint8 (``len(cuts)``: none). ``cuts`` are ``(key, cut)`` of one group in ascending
         ``n``: each selection is the first ``n`` of one order (score, then position), so each

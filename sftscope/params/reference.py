@@ -45,9 +45,15 @@ def _select(flat: torch.Tensor, n: int, descending: bool, method: str) -> torch.
 
 
 def reference_restore(
-    base_dir: Path, tuned_dir: Path, ks: Iterable[float], scope: str = "global",
-    strategy: str = "top", region: str = "paper", seed: int = 0, method: str = "sort",
-) -> Iterator[tuple[float, dict[str, torch.Tensor]]]:  # fmt: skip
+    base_dir: Path,
+    tuned_dir: Path,
+    ks: Iterable[float],
+    scope: str = "global",
+    strategy: str = "top",
+    region: str = "paper",
+    seed: int = 0,
+    method: str = "sort",
+) -> Iterator[tuple[float, dict[str, torch.Tensor]]]:
     """(k, restored state dict) for each k in turn; ``method`` "sort" or "kth" (same result)."""
     base, tuned = load_all(base_dir), load_all(tuned_dir)
     names = sorted((n for n in base if in_region(n, region)), key=natural_key)

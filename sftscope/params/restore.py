@@ -103,8 +103,13 @@ class Output:
 class Restorer:
     """The three passes of one ``sftscope restore`` (see the module docstring)."""
 
-    def __init__(self, cfg: RestoreConfig, base: Checkpoint, tuned: Checkpoint,
-                 device: torch.device | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        cfg: RestoreConfig,
+        base: Checkpoint,
+        tuned: Checkpoint,
+        device: torch.device | None = None,
+    ) -> None:
         self.cfg, self.base, self.tuned = cfg, base, tuned
         self.device = device or torch.device("cpu")
         self.names = sorted(region_names(base, cfg.region), key=natural_key)
@@ -116,12 +121,15 @@ class Restorer:
         self.ranking = Ranking(descending=descending)
         self.selector = Selector(descending=descending)
         if cfg.layers:
-            self.outputs = [Output(f"layers-{a}-{b}", block=(a, b))
-                            for a, b in map(parse_block, cfg.layers)]  # fmt: skip
+            self.outputs = [
+                Output(f"layers-{a}-{b}", block=(a, b)) for a, b in map(parse_block, cfg.layers)
+            ]
             for out in self.outputs:
                 if not any(self.in_block(n, out.block) for n in self.names):
-                    raise SftscopeError(f"layer block {out.label[7:]} holds no tensor of region "
-                                        f"{cfg.region!r} in {base.root}")  # fmt: skip
+                    raise SftscopeError(
+                        f"layer block {out.label[7:]} holds no tensor of region "
+                        f"{cfg.region!r} in {base.root}"
+                    )
             self.order = list(self.outputs)
         else:
             self.outputs = [Output(f"{cfg.scope}-{cfg.strategy}-{k:g}", k=k) for k in cfg.k]
@@ -147,8 +155,13 @@ class Restorer:
         """(name, base, tuned) of ``names`` (default: the region, in natural order), with a
         progress bar."""
         names = names or self.names
-        return tqdm(iter_pairs(self.base, self.tuned, names, device), total=len(names),
-                    desc=desc, unit="tensor", leave=False)  # fmt: skip
+        return tqdm(
+            iter_pairs(self.base, self.tuned, names, device),
+            total=len(names),
+            desc=desc,
+            unit="tensor",
+            leave=False,
+        )
 
     def select(self) -> None:
         """Passes 1 and 2: the exact cut of every (group, k)."""
@@ -157,8 +170,9 @@ class Restorer:
         for name, p, s in self.pairs("restore: rank", device=self.device):
             r = checked(name, relative_change(p, s))
             self.ranking.count(self.groups[name], self._scores(name, r))
-        wanted = {g: {math.floor(size * k / 100) for k in self.cfg.k}
-                  for g, size in self.sizes.items()}  # fmt: skip
+        wanted = {
+            g: {math.floor(size * k / 100) for k in self.cfg.k} for g, size in self.sizes.items()
+        }
         self.ranking.plan(wanted)
         for name, p, s in self.pairs("restore: cut", device=self.device):
             scores = self._scores(name, relative_change(p, s))
@@ -184,13 +198,15 @@ class Restorer:
         if self.cfg.layers:
             for out in self.outputs:
                 inside = self.in_block(name, out.block)
-                self._account(out, name, numel, numel if inside else 0,
-                              tensor_r if inside else 0.0, tensor_r)  # fmt: skip
+                self._account(
+                    out, name, numel, numel if inside else 0, tensor_r if inside else 0.0, tensor_r
+                )
             return None
         group = self.groups[name]
         cuts = [((o.label, group), o.cuts[group]) for o in self.order]
-        code = self.selector.codes(cuts, self._scores(name, r),
-                                   lambda value: self.ranking.holds(name, value))  # fmt: skip
+        code = self.selector.codes(
+            cuts, self._scores(name, r), lambda value: self.ranking.holds(name, value)
+        )
         flat, m = code.flatten(), len(self.order)
         counts = torch.bincount(flat, minlength=m + 1).cpu()
         sums = torch.bincount(flat, weights=r.flatten().double(), minlength=m + 1).cpu()
@@ -203,15 +219,18 @@ class Restorer:
         """Every output restored exactly the weights its cuts select (an internal check)."""
         for out in self.outputs:
             if out.k is not None and out.count != sum(c.n for c in out.cuts.values()):
-                raise AssertionError(f"{out.label}: {out.count} weights restored, the cuts "
-                                     f"select {sum(c.n for c in out.cuts.values())}")  # fmt: skip
+                raise AssertionError(
+                    f"{out.label}: {out.count} weights restored, the cuts "
+                    f"select {sum(c.n for c in out.cuts.values())}"
+                )
 
     def write(self, staging: Path) -> None:
         """Pass 3: every output checkpoint, tensor by tensor, in natural name order. A k sweep
         writes its outputs in ascending k, each one the previous with its own weights added."""
         plan = sorted(plan_of(self.base), key=lambda e: natural_key(e[0]))
-        writers = [ShardWriter(staging / o.label, plan, self.cfg.max_shard_bytes)
-                   for o in self.order]  # fmt: skip
+        writers = [
+            ShardWriter(staging / o.label, plan, self.cfg.max_shard_bytes) for o in self.order
+        ]
         region = set(self.names)
         try:
             with WriteQueue() as queue:
@@ -242,13 +261,23 @@ class Restorer:
             restored = torch.where(code == j, p, restored)
             yield restored
 
-    def _account(self, out: Output, name: str, numel: int, n: int, restored_r: float,
-                 tensor_r: float) -> None:  # fmt: skip
+    def _account(
+        self, out: Output, name: str, numel: int, n: int, restored_r: float, tensor_r: float
+    ) -> None:
         out.count += n
         out.sum_r += restored_r
-        self.rows.append({"output": out.label, "tensor": name, "layer": layer_of(name),
-                          "numel": numel, "restored": n, "restored_pct": 100 * n / numel,
-                          "sum_r": tensor_r, "restored_sum_r": restored_r})  # fmt: skip
+        self.rows.append(
+            {
+                "output": out.label,
+                "tensor": name,
+                "layer": layer_of(name),
+                "numel": numel,
+                "restored": n,
+                "restored_pct": 100 * n / numel,
+                "sum_r": tensor_r,
+                "restored_sum_r": restored_r,
+            }
+        )
 
     def stats_rows(self) -> list[dict[str, Any]]:
         """``restore_stats.tsv``'s rows: tensor-major, outputs in the config's order."""
@@ -258,23 +287,43 @@ class Restorer:
     def selection(self) -> dict[str, Any]:
         outputs = []
         for o in self.outputs:
-            entry: dict[str, Any] = {"label": o.label, "k": o.k, "block": o.block,
-                                     "count": o.count, "sum_r": o.sum_r,
-                                     # (fp64 sums per tensor: clamp any rounding above 1)
-                                     "share_of_r": min(1.0, o.sum_r / self.total_r)
-                                     if self.total_r else 0.0,
-                                     "mean_r": o.sum_r / o.count if o.count else None}  # fmt: skip
+            entry: dict[str, Any] = {
+                "label": o.label,
+                "k": o.k,
+                "block": o.block,
+                "count": o.count,
+                "sum_r": o.sum_r,
+                # (fp64 sums per tensor: clamp any rounding above 1)
+                "share_of_r": min(1.0, o.sum_r / self.total_r) if self.total_r else 0.0,
+                "mean_r": o.sum_r / o.count if o.count else None,
+            }
             if o.k is not None:  # the score of the last entry taken, and how many equal to it
-                entry["cuts"] = {str(g): {"n": c.n, "threshold": c.value, "ties": c.ties}
-                                 for g, c in o.cuts.items()}  # fmt: skip
+                entry["cuts"] = {
+                    str(g): {"n": c.n, "threshold": c.value, "ties": c.ties}
+                    for g, c in o.cuts.items()
+                }
             outputs.append(entry)
-        return {"region": self.cfg.region, "scope": self.cfg.scope, "strategy": self.cfg.strategy,
-                "seed": self.cfg.seed, "weights": sum(self.sizes.values()),
-                "total_r": self.total_r, "outputs": outputs}  # fmt: skip
+        return {
+            "region": self.cfg.region,
+            "scope": self.cfg.scope,
+            "strategy": self.cfg.strategy,
+            "seed": self.cfg.seed,
+            "weights": sum(self.sizes.values()),
+            "total_r": self.total_r,
+            "outputs": outputs,
+        }
 
 
-STATS_COLUMNS = ("output", "tensor", "layer", "numel", "restored", "restored_pct", "sum_r",
-                 "restored_sum_r")  # fmt: skip
+STATS_COLUMNS = (
+    "output",
+    "tensor",
+    "layer",
+    "numel",
+    "restored",
+    "restored_pct",
+    "sum_r",
+    "restored_sum_r",
+)
 
 
 def restore_settings(cfg: RestoreConfig) -> dict[str, Any]:
@@ -310,8 +359,9 @@ def write_selection(
     folder = Path(folder or cfg.out)
     selection = {**restorer.selection(), "in_place": in_place}
     atomic_write_text(folder / "restore_stats.tsv", tsv_text(STATS_COLUMNS, restorer.stats_rows()))
-    atomic_write_text(folder / "restore.yaml",
-                      yaml.safe_dump(restore_settings(cfg), sort_keys=False))  # fmt: skip
+    atomic_write_text(
+        folder / "restore.yaml", yaml.safe_dump(restore_settings(cfg), sort_keys=False)
+    )
     atomic_write_json(folder / "selection.json", selection)
     atomic_write_text(folder / "config.yaml", dump_config(cfg))
     return selection

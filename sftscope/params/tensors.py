@@ -28,9 +28,17 @@ from sftscope.io import atomic_write_json, replace_dir
 SINGLE = "model.safetensors"
 INDEX = "model.safetensors.index.json"
 # Files copied beside restored weights so the output loads with from_pretrained.
-SIDE_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
-              "special_tokens_map.json", "chat_template.jinja", "tokenizer.model", "vocab.json",
-              "merges.txt")  # fmt: skip
+SIDE_FILES = (
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+    "tokenizer.model",
+    "vocab.json",
+    "merges.txt",
+)
 
 
 @dataclass
@@ -104,8 +112,10 @@ def check_compatible(base: Checkpoint, tuned: Checkpoint) -> None:
     for name, a in base.tensors.items():
         b = tuned.tensors[name]
         if a.shape != b.shape:
-            raise SftscopeError(f"tensor {name}: shape {list(a.shape)} in {base.root} but "
-                                f"{list(b.shape)} in {tuned.root}")  # fmt: skip
+            raise SftscopeError(
+                f"tensor {name}: shape {list(a.shape)} in {base.root} but "
+                f"{list(b.shape)} in {tuned.root}"
+            )
         if a.dtype != b.dtype:
             raise SftscopeError(
                 f"tensor {name}: dtype {a.dtype} in {base.root} but {b.dtype} in {tuned.root}"
@@ -136,12 +146,34 @@ def iter_pairs(
 
 
 # safetensors dtype names (https://github.com/huggingface/safetensors, format spec).
-_DTYPES = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16",
-           torch.bfloat16: "BF16", torch.int64: "I64", torch.int32: "I32", torch.int16: "I16",
-           torch.int8: "I8", torch.uint8: "U8", torch.bool: "BOOL",
-           torch.float8_e4m3fn: "F8_E4M3", torch.float8_e5m2: "F8_E5M2"}  # fmt: skip
-_SIZES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1,
-          "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}  # fmt: skip
+_DTYPES = {
+    torch.float64: "F64",
+    torch.float32: "F32",
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+    torch.int64: "I64",
+    torch.int32: "I32",
+    torch.int16: "I16",
+    torch.int8: "I8",
+    torch.uint8: "U8",
+    torch.bool: "BOOL",
+    torch.float8_e4m3fn: "F8_E4M3",
+    torch.float8_e5m2: "F8_E5M2",
+}
+_SIZES = {
+    "F64": 8,
+    "F32": 4,
+    "F16": 2,
+    "BF16": 2,
+    "I64": 8,
+    "I32": 4,
+    "I16": 2,
+    "I8": 1,
+    "U8": 1,
+    "BOOL": 1,
+    "F8_E4M3": 1,
+    "F8_E5M2": 1,
+}
 
 _FLOATS = {"F64", "F32", "F16", "BF16"}
 
@@ -210,8 +242,10 @@ class ShardWriter:
         k, (want, shape, dtype) = next(self._todo, (None, (None, None, None)))
         got = _DTYPES.get(tensor.dtype)
         if name != want or tuple(tensor.shape) != shape or got != dtype:
-            raise SftscopeError(f"writing {name} {list(tensor.shape)} {got}: the plan expects "
-                                f"{want} {list(shape or [])} {dtype}")  # fmt: skip
+            raise SftscopeError(
+                f"writing {name} {list(tensor.shape)} {got}: the plan expects "
+                f"{want} {list(shape or [])} {dtype}"
+            )
         if k != self._shard:
             if self._file is not None:
                 self._file.close()
@@ -303,8 +337,10 @@ def cast_checkpoint(
     root = Path(folder)
     ckpt = open_checkpoint(root)
     target = _DTYPES[dtype]
-    plan = [(name, info.shape, target if info.dtype in _FLOATS else info.dtype)
-            for name, info in ckpt.tensors.items()]  # fmt: skip
+    plan = [
+        (name, info.shape, target if info.dtype in _FLOATS else info.dtype)
+        for name, info in ckpt.tensors.items()
+    ]
     if all(d == ckpt.tensors[name].dtype for name, _, d in plan):
         return False
     staged = root.parent / f".{root.name}.cast"

@@ -31,10 +31,17 @@ def _shares(
         chosen[(row["output"], group)] += int(row["restored"])
     total = sum(weights.values())
     picked = {label: sum(v for (lab, _), v in chosen.items() if lab == label) for label in ks}
-    return [{"group": g, "weights": weights[g] / total,
-             "selected": {ks[lab]: chosen[(lab, g)] / picked[lab] if picked[lab] else 0.0
-                          for lab in ks}}
-            for g in order if g in weights]  # fmt: skip
+    return [
+        {
+            "group": g,
+            "weights": weights[g] / total,
+            "selected": {
+                ks[lab]: chosen[(lab, g)] / picked[lab] if picked[lab] else 0.0 for lab in ks
+            },
+        }
+        for g in order
+        if g in weights
+    ]
 
 
 def update_shares(restore_dir: Path) -> dict[str, Any] | None:

@@ -77,8 +77,10 @@ def check_pair(base: str, tuned: Path) -> tuple[str, Path]:
         raise SftscopeError(f"--tuned {tuned}: no such model folder")
     location = resolve_model(base)
     if not Path(location).is_dir():
-        raise SftscopeError(f"--base {base}: the audit compares weights, so it needs a local "
-                            "save_pretrained folder (or smollm2)")  # fmt: skip
+        raise SftscopeError(
+            f"--base {base}: the audit compares weights, so it needs a local "
+            "save_pretrained folder (or smollm2)"
+        )
     base_dir, tuned_dir = Path(location).resolve(), Path(tuned).resolve()
     check_compatible(open_checkpoint(base_dir), open_checkpoint(tuned_dir))
     return (base if base == SMOLLM2 else str(base_dir)), tuned_dir
@@ -102,8 +104,10 @@ class Audit(Plan):
         relations = sorted({it.relation for it in self.items})
         dev = any(self.dataset.has(r, "dev") for r in relations)
         if params.restore and params.pick_on and not dev:
-            raise SftscopeError(f"{self.dataset.root}: no dev items to pick k on (give a dev "
-                                "split, or params.pick_on=null)")  # fmt: skip
+            raise SftscopeError(
+                f"{self.dataset.root}: no dev items to pick k on (give a dev "
+                "split, or params.pick_on=null)"
+            )
         method = pick_method(cfg.probe, self.dataset, self.items)
         settings = ProbeSettings(**cfg.probe.model_dump(exclude={"method"}), method=method)
         self.base_fp = fingerprint(model_identity(self.base))
@@ -111,42 +115,72 @@ class Audit(Plan):
         limit, layout = ev.limit_per_relation, self.layout
         models = {"base": (self.base, self.base_fp), TUNED: (str(self.tuned), self.tuned_fp)}
         self.probes = {
-            name: probe_stage(cfg, f"probe/{name}", settings=settings, model=model,
-                              split=ev.split, relations=cfg.relations, limit=limit,
-                              out=layout.probe(name), upstream=fp)
+            name: probe_stage(
+                cfg,
+                f"probe/{name}",
+                settings=settings,
+                model=model,
+                split=ev.split,
+                relations=cfg.relations,
+                limit=limit,
+                out=layout.probe(name),
+                upstream=fp,
+            )
             for name, (model, fp) in models.items()
-        }  # fmt: skip
+        }
         # templates and relations are checked here, before anything is written
-        plan_probe(ProbeConfig.model_validate(self.probes["base"].config), self.dataset,
-                   self.items)  # fmt: skip
+        plan_probe(ProbeConfig.model_validate(self.probes["base"].config), self.dataset, self.items)
         n = probe_chunks(self.items, settings)
         self.probe_chunks = {s.key: n for s in self.probes.values()}
         probe = self.probes["base"]
         prompts = {"base": "fewshot", TUNED: ev.tuned_prompt}
         self.evals = {
-            name: eval_stage(cfg, f"eval/{name}", settings=ev, model=model, prompt=prompts[name],
-                             probe=probe, out=layout.eval(name), upstream=fp,
-                             relations=cfg.relations)
+            name: eval_stage(
+                cfg,
+                f"eval/{name}",
+                settings=ev,
+                model=model,
+                prompt=prompts[name],
+                probe=probe,
+                out=layout.eval(name),
+                upstream=fp,
+                relations=cfg.relations,
+            )
             for name, (model, fp) in models.items()
-        }  # fmt: skip
+        }
         self.notes: list[str] = []  # what the audit adapted to the data, for the report
         self.kl = self._kl_stage(relations)
         self.params: dict[str, Stage] = {}
         if params.diff:
             self.params["diff"] = diff_stage(
-                f"params/{TUNED}/diff", base=self.base, tuned=self.tuned, region=params.region,
-                compute_device=params.compute_device, out=layout.params(TUNED, "diff"),
-                upstream=self.tuned_fp, base_fp=self.base_fp,
-            )  # fmt: skip
+                f"params/{TUNED}/diff",
+                base=self.base,
+                tuned=self.tuned,
+                region=params.region,
+                compute_device=params.compute_device,
+                out=layout.params(TUNED, "diff"),
+                upstream=self.tuned_fp,
+                base_fp=self.base_fp,
+            )
         reuse = {"tuned_eval": layout.eval(TUNED)}  # (the sweep uses the tuned prompt too)
         wanted = {"restore": params.restore, "blocks": bool(params.layers)}
         for part in (p for p, on in wanted.items() if on):
             self.params[part] = restore_stage(
-                cfg, f"params/{TUNED}/{part}", params=params, base=self.base, tuned=self.tuned,
-                ev=ev, probe=probe, out=layout.params(TUNED, part), upstream=self.tuned_fp,
-                keep_models=cfg.keep_models, blocks=part == "blocks", relations=cfg.relations,
-                inputs=reuse, prompt=ev.tuned_prompt,
-            )  # fmt: skip
+                cfg,
+                f"params/{TUNED}/{part}",
+                params=params,
+                base=self.base,
+                tuned=self.tuned,
+                ev=ev,
+                probe=probe,
+                out=layout.params(TUNED, part),
+                upstream=self.tuned_fp,
+                keep_models=cfg.keep_models,
+                blocks=part == "blocks",
+                relations=cfg.relations,
+                inputs=reuse,
+                prompt=ev.tuned_prompt,
+            )
         self._versions = package_versions()
 
     def _kl_stage(self, relations: list[str]) -> Stage | None:
@@ -161,19 +195,32 @@ class Audit(Plan):
         paper = kl.paper and has_templates(self.dataset, relations, cfg.probe.templates_file)
         if kl.paper and not paper:
             if not kl.full:
-                self._note(f"kl: off (no mapping templates for {self.dataset.name}, which the "
-                           "paper KL needs, and kl.full is false)")  # fmt: skip
+                self._note(
+                    f"kl: off (no mapping templates for {self.dataset.name}, which the "
+                    "paper KL needs, and kl.full is false)"
+                )
                 return None
-            self._note(f"kl: the paper KL needs mapping templates, which {self.dataset.name} "
-                       "lacks; only the full-vocabulary KL runs")  # fmt: skip
+            self._note(
+                f"kl: the paper KL needs mapping templates, which {self.dataset.name} "
+                "lacks; only the full-vocabulary KL runs"
+            )
         settings = kl.model_copy(update={"tuned_prompt": prompt, "paper": paper})
         ev = cfg.eval
         return kl_stage(
-            cfg, f"kl/{TUNED}", settings=settings, base=self.base, tuned=str(self.tuned),
-            split=ev.split, limit=ev.limit_per_relation, probe=self.probes["base"],
-            templates_file=cfg.probe.templates_file, out=self.layout.kl(TUNED),
-            upstream=self.tuned_fp, base_fp=self.base_fp, relations=cfg.relations,
-        )  # fmt: skip
+            cfg,
+            f"kl/{TUNED}",
+            settings=settings,
+            base=self.base,
+            tuned=str(self.tuned),
+            split=ev.split,
+            limit=ev.limit_per_relation,
+            probe=self.probes["base"],
+            templates_file=cfg.probe.templates_file,
+            out=self.layout.kl(TUNED),
+            upstream=self.tuned_fp,
+            base_fp=self.base_fp,
+            relations=cfg.relations,
+        )
 
     def _note(self, text: str) -> None:
         log.info("audit: %s", text)
@@ -202,10 +249,15 @@ class Audit(Plan):
         atomic_write_jsonl(self.layout.items, [it.model_dump(mode="json") for it in self.items])
 
     def write_manifest(self) -> dict[str, Any]:
-        manifest = {"name": self.root.name, "updated": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                    "versions": self._versions, "executor": self.cfg.executor.kind,
-                    "base": self.base, "tuned": str(self.tuned),
-                    "stages": {s.key: stage_entry(s) for s in self.stages}}  # fmt: skip
+        manifest = {
+            "name": self.root.name,
+            "updated": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "versions": self._versions,
+            "executor": self.cfg.executor.kind,
+            "base": self.base,
+            "tuned": str(self.tuned),
+            "stages": {s.key: stage_entry(s) for s in self.stages},
+        }
         atomic_write_json(self.layout.manifest, manifest)
         return manifest
 
@@ -227,18 +279,28 @@ class Audit(Plan):
         rows = fact_changes(self.items, before, after, correct)
         ev = self.cfg.eval
         summary: dict[str, Any] = {
-            "base": self.base, "tuned": str(self.tuned), "data": self.cfg.data,
-            "data_dir": str(self.cfg.data_dir or self.dataset.root), "split": ev.split,
-            "facts": len(self.items), "notes": self.notes,
-            "probe": {k: self.probes["base"].config[k]
-                      for k in ("method", "templates", "samples", "temperature", "thresholds")},
-            "prompts": {"base": "fewshot", TUNED: ev.tuned_prompt,
-                        "restore sweep": ev.tuned_prompt if "restore" in self.params else None},
+            "base": self.base,
+            "tuned": str(self.tuned),
+            "data": self.cfg.data,
+            "data_dir": str(self.cfg.data_dir or self.dataset.root),
+            "split": ev.split,
+            "facts": len(self.items),
+            "notes": self.notes,
+            "probe": {
+                k: self.probes["base"].config[k]
+                for k in ("method", "templates", "samples", "temperature", "thresholds")
+            },
+            "prompts": {
+                "base": "fewshot",
+                TUNED: ev.tuned_prompt,
+                "restore sweep": ev.tuned_prompt if "restore" in self.params else None,
+            },
             "transitions": {**transitions(before, after), **change_counts(rows, before, after)},
             "accuracy": {name: accuracy(s.output) for name, s in self.evals.items()},
-            "answers": answer_transitions(read_answers(self.evals["base"].output),
-                                          read_answers(self.evals[TUNED].output)),
+            "answers": answer_transitions(
+                read_answers(self.evals["base"].output), read_answers(self.evals[TUNED].output)
+            ),
             "kl": kl_summary(self.kl.output) if self.kl else None,
             "params": params_summary({k: s.output for k, s in self.params.items()}),
-        }  # fmt: skip
+        }
         return rows, summary

@@ -33,9 +33,14 @@ class Claim:
         self._thread: threading.Thread | None = None
 
     def _record(self) -> dict[str, Any]:
-        return {"host": socket.gethostname(), "pid": os.getpid(), "token": self.token,
-                "scheduler_job": scheduler_job(), "heartbeat": time.time(),
-                "timeout_s": self.timeout_s}  # fmt: skip
+        return {
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "token": self.token,
+            "scheduler_job": scheduler_job(),
+            "heartbeat": time.time(),
+            "timeout_s": self.timeout_s,
+        }
 
     def holder(self) -> dict[str, Any] | None:
         try:

@@ -80,8 +80,10 @@ class Grid(Plan):
             raise SftscopeError(f"{self.dataset.root}: no train or {cfg.eval.split} items")
         # Serialised once: the fingerprint and the data/items.jsonl snapshot use the same rows.
         self._item_rows = [it.model_dump(mode="json") for it in (*train_items, *eval_items)]
-        chunks = {"train": probe_chunks(train_items, cfg.probe),
-                  "eval": probe_chunks(eval_items, cfg.probe)}  # fmt: skip
+        chunks = {
+            "train": probe_chunks(train_items, cfg.probe),
+            "eval": probe_chunks(eval_items, cfg.probe),
+        }
         self.data_fp = fingerprint(self._item_rows)
         self._versions = package_versions()
         self.base_fp = fingerprint(model_identity(cfg.model))
@@ -100,8 +102,10 @@ class Grid(Plan):
         names = {c.name for c in self.cells} | {"all"}
         unknown = [c for c in cfg.params.cells if c not in names]
         if unknown:
-            raise SftscopeError(f"config field 'params.cells': {unknown[0]} is not a cell of this "
-                                f"grid ({', '.join(sorted(names - {'all'}))})")  # fmt: skip
+            raise SftscopeError(
+                f"config field 'params.cells': {unknown[0]} is not a cell of this "
+                f"grid ({', '.join(sorted(names - {'all'}))})"
+            )
 
     # -- stage construction -------------------------------------------------------------
     def _probe_stage(
@@ -117,65 +121,124 @@ class Grid(Plan):
         cfg = self.cfg
         key = key or f"probe/{split}"
         out = self.layout.probe_after(key.rsplit("/", 1)[1]) if model else self.layout.probe(split)
-        return probe_stage(cfg, key, settings=cfg.probe, model=model or cfg.model, split=split,
-                           relations=relations, limit=limit, out=out,
-                           upstream=upstream or self.base_fp)  # fmt: skip
+        return probe_stage(
+            cfg,
+            key,
+            settings=cfg.probe,
+            model=model or cfg.model,
+            split=split,
+            relations=relations,
+            limit=limit,
+            out=out,
+            upstream=upstream or self.base_fp,
+        )
 
     def _eval_stage(self, name: str, model: str, prompt: str, upstream: str) -> Stage:
-        return eval_stage(self.cfg, f"eval/{name}", settings=self.cfg.eval, model=model,
-                          prompt=prompt, probe=self.probes["eval"], out=self.layout.eval(name),
-                          upstream=upstream)  # fmt: skip
+        return eval_stage(
+            self.cfg,
+            f"eval/{name}",
+            settings=self.cfg.eval,
+            model=model,
+            prompt=prompt,
+            probe=self.probes["eval"],
+            out=self.layout.eval(name),
+            upstream=upstream,
+        )
 
     def _cell(self, level, size, seed) -> Cell:
         cfg, cell = self.cfg, Cell(level, size, seed)
         name = cell.name
-        sub_fp = fingerprint("subset", SUBSETS_VERSION, level, size, seed, self.relations,
-                             self.data_fp, self.probes["train"].fingerprint)  # fmt: skip
+        sub_fp = fingerprint(
+            "subset",
+            SUBSETS_VERSION,
+            level,
+            size,
+            seed,
+            self.relations,
+            self.data_fp,
+            self.probes["train"].fingerprint,
+        )
         scfg = SubsetConfig(
-            items=self.layout.items, mastery=self.probes["train"].output,
-            relations=self.relations, eval_split=cfg.eval.split, level=level, size=size,
-            seed=seed, out=self.layout.subset(name),
-        )  # fmt: skip
-        cell.stages["subset"] = spec(f"subsets/{name}", "subset", scfg, sub_fp,
-                                     marker_file=scfg.out.with_suffix(".json"))  # fmt: skip
+            items=self.layout.items,
+            mastery=self.probes["train"].output,
+            relations=self.relations,
+            eval_split=cfg.eval.split,
+            level=level,
+            size=size,
+            seed=seed,
+            out=self.layout.subset(name),
+        )
+        cell.stages["subset"] = spec(
+            f"subsets/{name}", "subset", scfg, sub_fp, marker_file=scfg.out.with_suffix(".json")
+        )
         model_dir = self.layout.model(name)
         recipe = cfg.train
         if recipe.device == "auto":  # the grid's device, unless the recipe names one
             recipe = recipe.model_copy(update={"device": cfg.device})
-        tcfg = TrainConfig(**recipe.model_dump(), model=cfg.model, train_file=scfg.out,
-                           trust_remote_code=cfg.trust_remote_code, out=model_dir)  # fmt: skip
+        tcfg = TrainConfig(
+            **recipe.model_dump(),
+            model=cfg.model,
+            train_file=scfg.out,
+            trust_remote_code=cfg.trust_remote_code,
+            out=model_dir,
+        )
         train_fp = fingerprint("train", result_fields(cfg.train), self.base_fp, sub_fp)
         cell.stages["train"] = spec(f"models/{name}", "train", tcfg, train_fp)
         cell.stages["eval"] = self._eval_stage(name, str(model_dir), "sft", train_fp)
         ev, probe = cfg.eval, self.probes["eval"]
         if cfg.transitions:  # the eval facts re-probed with the tuned model
             cell.stages["reprobe"] = self._probe_stage(
-                ev.split, None, ev.limit_per_relation, str(model_dir), train_fp,
+                ev.split,
+                None,
+                ev.limit_per_relation,
+                str(model_dir),
+                train_fp,
                 f"probe/after/{name}",
-            )  # fmt: skip
+            )
         if cfg.kl.enabled:
             cell.stages["kl"] = kl_stage(
-                cfg, f"kl/{name}", settings=cfg.kl, base=cfg.model, tuned=str(model_dir),
-                split=ev.split, limit=ev.limit_per_relation, probe=probe,
-                templates_file=cfg.probe.templates_file, out=self.layout.kl(name),
-                upstream=train_fp, base_fp=self.base_fp,
-            )  # fmt: skip
+                cfg,
+                f"kl/{name}",
+                settings=cfg.kl,
+                base=cfg.model,
+                tuned=str(model_dir),
+                split=ev.split,
+                limit=ev.limit_per_relation,
+                probe=probe,
+                templates_file=cfg.probe.templates_file,
+                out=self.layout.kl(name),
+                upstream=train_fp,
+                base_fp=self.base_fp,
+            )
         params = cfg.params
         if name in params.cells or "all" in params.cells:
             if params.diff:
                 cell.stages["diff"] = diff_stage(
-                    f"params/{name}/diff", base=cfg.model, tuned=model_dir, region=params.region,
-                    compute_device=params.compute_device, out=self.layout.params(name, "diff"),
-                    upstream=train_fp, base_fp=self.base_fp,
-                )  # fmt: skip
+                    f"params/{name}/diff",
+                    base=cfg.model,
+                    tuned=model_dir,
+                    region=params.region,
+                    compute_device=params.compute_device,
+                    out=self.layout.params(name, "diff"),
+                    upstream=train_fp,
+                    base_fp=self.base_fp,
+                )
             wanted = {"restore": params.restore, "blocks": bool(params.layers)}
             for part in (p for p, on in wanted.items() if on):  # the k sweep, the layer blocks
                 cell.stages[part] = restore_stage(
-                    cfg, f"params/{name}/{part}", params=params, base=cfg.model, tuned=model_dir,
-                    ev=ev, probe=probe, out=self.layout.params(name, part), upstream=train_fp,
-                    keep_models=cfg.keep_models, blocks=part == "blocks",
+                    cfg,
+                    f"params/{name}/{part}",
+                    params=params,
+                    base=cfg.model,
+                    tuned=model_dir,
+                    ev=ev,
+                    probe=probe,
+                    out=self.layout.params(name, part),
+                    upstream=train_fp,
+                    keep_models=cfg.keep_models,
+                    blocks=part == "blocks",
                     inputs={"tuned_eval": self.layout.eval(name)},
-                )  # fmt: skip
+                )
         return cell
 
     # -- the plan -------------------------------------------------------------------------
@@ -186,8 +249,14 @@ class Grid(Plan):
             jobs.append(Job(name=self.base_eval.key, stages=[self.base_eval]))
         for cell in self.cells:
             stages = [s for k, s in cell.stages.items() if k != "subset"]
-            jobs.append(Job(name=f"cell/{cell.name}", stages=stages, cell=True,
-                            keep_models=self.cfg.keep_models))  # fmt: skip
+            jobs.append(
+                Job(
+                    name=f"cell/{cell.name}",
+                    stages=stages,
+                    cell=True,
+                    keep_models=self.cfg.keep_models,
+                )
+            )
         return jobs
 
     def driver_stages(self) -> list[Stage]:

@@ -50,8 +50,9 @@ log = logging.getLogger(__name__)
 
 def spec(key: str, kind: str, cfg: BaseModel, fp: str, **kw: Any) -> Stage:
     """The stage of ``cfg`` (a stage config, written to ``cfg.out``) with fingerprint ``fp``."""
-    return Stage(key=key, kind=kind, config=cfg.model_dump(mode="json"), output=cfg.out,
-                 fingerprint=fp, **kw)  # fmt: skip
+    return Stage(
+        key=key, kind=kind, config=cfg.model_dump(mode="json"), output=cfg.out, fingerprint=fp, **kw
+    )
 
 
 def _section(settings: BaseModel, cls: type[BaseModel]) -> dict[str, Any]:
@@ -60,14 +61,29 @@ def _section(settings: BaseModel, cls: type[BaseModel]) -> dict[str, Any]:
 
 
 def probe_stage(
-    ctx: RunContext, key: str, *, settings: ProbeSettings, model: str, split: str,
-    relations: list[str] | None, limit: int | None, out: Path, upstream: str,
-) -> Stage:  # fmt: skip
+    ctx: RunContext,
+    key: str,
+    *,
+    settings: ProbeSettings,
+    model: str,
+    split: str,
+    relations: list[str] | None,
+    limit: int | None,
+    out: Path,
+    upstream: str,
+) -> Stage:
     """A probe of ``model`` on one split; its fingerprint chains ``upstream`` (the model's)."""
     from sftscope.probe import load_thresholds
 
-    pcfg = ProbeConfig(**settings.model_dump(), model=model, split=split, relations=relations,
-                       limit_per_relation=limit, out=out, **ctx.context())  # fmt: skip
+    pcfg = ProbeConfig(
+        **settings.model_dump(),
+        model=model,
+        split=split,
+        relations=relations,
+        limit_per_relation=limit,
+        out=out,
+        **ctx.context(),
+    )
     fields = result_fields(pcfg, exclude={"model"})
     if pcfg.calibration is not None:  # the thresholds in the file, not just its path
         fields["calibrated_thresholds"] = list(load_thresholds(pcfg))
@@ -75,67 +91,135 @@ def probe_stage(
 
 
 def eval_stage(
-    ctx: RunContext, key: str, *, settings: EvalSettings, model: str, prompt: str,
-    probe: Stage, out: Path, upstream: str, relations: list[str] | None = None,
-) -> Stage:  # fmt: skip
+    ctx: RunContext,
+    key: str,
+    *,
+    settings: EvalSettings,
+    model: str,
+    prompt: str,
+    probe: Stage,
+    out: Path,
+    upstream: str,
+    relations: list[str] | None = None,
+) -> Stage:
     """CBQA of ``model`` on the probed split, per mastery level of ``probe``."""
-    ecfg = EvalConfig(**_section(settings, EvalSettings), model=model, relations=relations,
-                      prompt=prompt, mastery=probe.output, out=out, **ctx.context())  # fmt: skip
+    ecfg = EvalConfig(
+        **_section(settings, EvalSettings),
+        model=model,
+        relations=relations,
+        prompt=prompt,
+        mastery=probe.output,
+        out=out,
+        **ctx.context(),
+    )
     if prompt == "sft":
         ecfg = ecfg.model_copy(update={"n_shots": 0})
-    fp = fingerprint("eval", result_fields(ecfg, exclude={"model", "mastery"}), upstream,
-                     probe.fingerprint)  # fmt: skip
+    fp = fingerprint(
+        "eval", result_fields(ecfg, exclude={"model", "mastery"}), upstream, probe.fingerprint
+    )
     return spec(key, "eval", ecfg, fp)
 
 
 def kl_stage(
-    ctx: RunContext, key: str, *, settings: KLSettings, base: str, tuned: str, split: str,
-    limit: int | None, probe: Stage, templates_file: Path | None, out: Path, upstream: str,
-    base_fp: str, relations: list[str] | None = None,
-) -> Stage:  # fmt: skip
+    ctx: RunContext,
+    key: str,
+    *,
+    settings: KLSettings,
+    base: str,
+    tuned: str,
+    split: str,
+    limit: int | None,
+    probe: Stage,
+    templates_file: Path | None,
+    out: Path,
+    upstream: str,
+    base_fp: str,
+    relations: list[str] | None = None,
+) -> Stage:
     """The token-level KL of ``tuned`` from ``base`` on the facts ``probe`` leveled; the
     fingerprint hashes ``settings`` as given (a section with more fields: all of them)."""
-    kcfg = KLConfig(**_section(settings, KLSettings), base=base, tuned=tuned, split=split,
-                    relations=relations, limit_per_relation=limit, probe=probe.output,
-                    templates_file=templates_file, out=out, **ctx.context())  # fmt: skip
+    kcfg = KLConfig(
+        **_section(settings, KLSettings),
+        base=base,
+        tuned=tuned,
+        split=split,
+        relations=relations,
+        limit_per_relation=limit,
+        probe=probe.output,
+        templates_file=templates_file,
+        out=out,
+        **ctx.context(),
+    )
     fp = fingerprint("kl", result_fields(settings), upstream, probe.fingerprint, base_fp)
     return spec(key, "kl", kcfg, fp, marker_file=kcfg.out.with_suffix(".stage.json"))
 
 
 def diff_stage(
-    key: str, *, base: str, tuned: Path, region: str, compute_device: str, out: Path,
-    upstream: str, base_fp: str,
-) -> Stage:  # fmt: skip
+    key: str,
+    *,
+    base: str,
+    tuned: Path,
+    region: str,
+    compute_device: str,
+    out: Path,
+    upstream: str,
+    base_fp: str,
+) -> Stage:
     """The relative change of ``tuned``'s weights from ``base``'s (no model runs: no context)."""
-    dcfg = DiffConfig(base=base, tuned=tuned, region=region, compute_device=compute_device,
-                      out=out)  # fmt: skip
+    dcfg = DiffConfig(base=base, tuned=tuned, region=region, compute_device=compute_device, out=out)
     return spec(key, "diff", dcfg, fingerprint("diff", region, upstream, base_fp))
 
 
 def restore_stage(
-    ctx: RunContext, key: str, *, params: RestoreSettings, base: str, tuned: Path,
-    ev: EvalSettings, probe: Stage, out: Path, upstream: str, keep_models: bool,
-    blocks: bool = False, relations: list[str] | None = None,
-    inputs: dict[str, Path] | None = None, prompt: str = "sft",
-) -> Stage:  # fmt: skip
+    ctx: RunContext,
+    key: str,
+    *,
+    params: RestoreSettings,
+    base: str,
+    tuned: Path,
+    ev: EvalSettings,
+    probe: Stage,
+    out: Path,
+    upstream: str,
+    keep_models: bool,
+    blocks: bool = False,
+    relations: list[str] | None = None,
+    inputs: dict[str, Path] | None = None,
+    prompt: str = "sft",
+) -> Stage:
     """The k sweep of ``params`` (or, with ``blocks``, its layer blocks restored entirely),
     every restored model evaluated like ``ev`` says (and picked on dev with ``params.pick_on``);
     ``inputs["tuned_eval"]``: the unrestored model's evaluation with those settings, reused;
     ``prompt``: the one every model of the sweep is evaluated with."""
-    settings = params.model_dump(include=set(RestoreSettings.model_fields) | {"compute_device"},
-                                 exclude={"layers"})  # fmt: skip
+    settings = params.model_dump(
+        include=set(RestoreSettings.model_fields) | {"compute_device"}, exclude={"layers"}
+    )
     fields = ctx.context()
     data = {k: fields.pop(k) for k in DataSource.model_fields}
     rcfg = RestoreConfig(
-        **settings, layers=params.layers if blocks else None, base=base, tuned=tuned, out=out,
-        eval=RestoreEval(**_section(ev, EvalSettings), **data, relations=relations,
-                         mastery=probe.output, pick_on=getattr(params, "pick_on", None),
-                         keep_models=keep_models, prompt=prompt),
+        **settings,
+        layers=params.layers if blocks else None,
+        base=base,
+        tuned=tuned,
+        out=out,
+        eval=RestoreEval(
+            **_section(ev, EvalSettings),
+            **data,
+            relations=relations,
+            mastery=probe.output,
+            pick_on=getattr(params, "pick_on", None),
+            keep_models=keep_models,
+            prompt=prompt,
+        ),
         **fields,
-    )  # fmt: skip
-    fp = fingerprint("restore", result_fields(rcfg, exclude={"tuned", "eval"}),
-                     result_fields(rcfg.eval, exclude={"mastery"}), upstream,
-                     probe.fingerprint)  # fmt: skip
+    )
+    fp = fingerprint(
+        "restore",
+        result_fields(rcfg, exclude={"tuned", "eval"}),
+        result_fields(rcfg.eval, exclude={"mastery"}),
+        upstream,
+        probe.fingerprint,
+    )
     return spec(key, "restore", rcfg, fp, inputs=inputs or {})
 
 
@@ -196,8 +280,9 @@ class Plan:
         """Jobs per probe: the ``workers`` shared by the probes in proportion to their chunks
         (at least one each, at most one per chunk)."""
         total = sum(self.probe_chunks.values()) or 1
-        return {key: max(1, min(n, round(workers * n / total)))
-                for key, n in self.probe_chunks.items()}  # fmt: skip
+        return {
+            key: max(1, min(n, round(workers * n / total))) for key, n in self.probe_chunks.items()
+        }
 
     def probe_jobs(self, workers: int) -> list[Job]:
         """The probes not yet done, each split into shards over its chunks (see above)."""
@@ -212,8 +297,11 @@ class Plan:
                 from sftscope.probe import finished_chunks
 
                 left = set(range(self.probe_chunks[stage.key])) - finished_chunks(stage.output)
-                jobs += [Job(name=f"{stage.key}#{i}of{n}", stages=[stage], shard=(i, n))
-                         for i in range(n) if any(c % n == i for c in left)]  # fmt: skip
+                jobs += [
+                    Job(name=f"{stage.key}#{i}of{n}", stages=[stage], shard=(i, n))
+                    for i in range(n)
+                    if any(c % n == i for c in left)
+                ]
         return jobs
 
     @property
@@ -242,8 +330,9 @@ class Plan:
 
         ex = self.cfg.executor
         check_engine(self.cfg.engine)  # before anything is written
-        with Claim(self.layout.lock, ex.claim_timeout_s, what="run folder (another sftscope "
-                   "run drives it)"):  # fmt: skip
+        with Claim(
+            self.layout.lock, ex.claim_timeout_s, what="run folder (another sftscope run drives it)"
+        ):
             for tmp in self.root.glob(".*.tmp"):  # a killed driver's half-written manifest
                 tmp.unlink(missing_ok=True)
             self.write_inputs()

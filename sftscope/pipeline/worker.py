@@ -28,9 +28,11 @@ DEFAULT_CLAIM_TIMEOUT_S = 600.0
 
 
 def run_job(
-    job: Job, root: Path, claim_timeout_s: float = DEFAULT_CLAIM_TIMEOUT_S,
+    job: Job,
+    root: Path,
+    claim_timeout_s: float = DEFAULT_CLAIM_TIMEOUT_S,
     on_stage: Callable[[Stage], None] | None = None,
-) -> None:  # fmt: skip
+) -> None:
     """Run ``job`` of the run folder ``root`` in this process."""
     with Claim(RunLayout(root).claim(job.name), claim_timeout_s):
         if job.shard is not None:
@@ -111,8 +113,9 @@ def run_job_file(path: str | Path, log: bool = False, claim_timeout_s: float | N
         os.environ.get("SFTSCOPE_CLAIM_TIMEOUT_S", DEFAULT_CLAIM_TIMEOUT_S)
     )
     with logged(RunLayout(root).log(job.name)) if log else contextlib.nullcontext():
-        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s",
-                            force=True)  # fmt: skip
+        logging.basicConfig(
+            level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", force=True
+        )
         try:
             run_job(job, root, timeout)
         except SftscopeError as e:

@@ -42,7 +42,11 @@ class ProbeMethod(Protocol):
     sets_field: str
 
     def run(
-        self, engine: Engine, items: Sequence[QAItem], inputs: ProbeInputs, cfg: ProbeConfig,
+        self,
+        engine: Engine,
+        items: Sequence[QAItem],
+        inputs: ProbeInputs,
+        cfg: ProbeConfig,
         seed: int,
     ) -> tuple[list[Record], list[Record]]:
         """(mastery records, generation records) of one chunk of facts."""
@@ -50,14 +54,26 @@ class ProbeMethod(Protocol):
 
 
 def record(item: QAItem, method: str, r: float | None, level: int | None, **extra: Any) -> Record:
-    return {"id": item.id, "relation": item.relation, "split": item.split, "R": r,
-            "level": level, "method": method, **extra}  # fmt: skip
+    return {
+        "id": item.id,
+        "relation": item.relation,
+        "split": item.split,
+        "R": r,
+        "level": level,
+        "method": method,
+        **extra,
+    }
 
 
 def sample(
-    engine: Engine, items: Sequence[QAItem], prompts_of: Sequence[Sequence[str]],
-    cfg: ProbeConfig, seed: int, stop: Sequence[str] = (), per: str = "per_template",
-) -> tuple[list[Record], list[Record]]:  # fmt: skip
+    engine: Engine,
+    items: Sequence[QAItem],
+    prompts_of: Sequence[Sequence[str]],
+    cfg: ProbeConfig,
+    seed: int,
+    stop: Sequence[str] = (),
+    per: str = "per_template",
+) -> tuple[list[Record], list[Record]]:
     """``samples`` samples of every prompt of every item; an item's R is its share of samples
     that contain a gold answer, and ``per`` (``per_template``, ``per_set``) its share per
     prompt (the token-level KL picks each relation's best mapping template from it)."""
@@ -65,10 +81,15 @@ def sample(
     owner = [i for i, ps in enumerate(prompts_of) for _ in ps]
     done_if = [partial(decided, answers=items[i].accepted) for i in owner]
     outs = engine.generate(
-        prompts, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-        n=cfg.samples, seed=seed, stop=stop, done_if=done_if if cfg.early_exit else None,
+        prompts,
+        max_new_tokens=cfg.max_new_tokens,
+        temperature=cfg.temperature,
+        n=cfg.samples,
+        seed=seed,
+        stop=stop,
+        done_if=done_if if cfg.early_exit else None,
         desc="probe",
-    )  # fmt: skip
+    )
     per_item: list[list[tuple[str, list[str]]]] = [[] for _ in items]
     for i, prompt, samples in zip(owner, prompts, outs, strict=True):
         per_item[i].append((prompt, samples))
@@ -79,14 +100,24 @@ def sample(
         correct = sum(hits)
         r = correct / total
         shares = [h / len(s) for h, (_, s) in zip(hits, rows, strict=True)]
-        records.append(record(it, cfg.method, r, level_of(r, cfg.thresholds),
-                              n_correct=correct, n_total=total, **{per: shares}))  # fmt: skip
+        records.append(
+            record(
+                it,
+                cfg.method,
+                r,
+                level_of(r, cfg.thresholds),
+                n_correct=correct,
+                n_total=total,
+                **{per: shares},
+            )
+        )
         gens.append({"id": it.id, "prompts": [p for p, _ in rows], "samples": [s for _, s in rows]})
     return records, gens
 
 
-def exemplar_sets(pool: Sequence[QAItem], n_sets: int, shots: int, seed: int, spare: int = 0
-                  ) -> dict[str, list[list[QAItem]]]:  # fmt: skip
+def exemplar_sets(
+    pool: Sequence[QAItem], n_sets: int, shots: int, seed: int, spare: int = 0
+) -> dict[str, list[list[QAItem]]]:
     """``n_sets`` seeded draws of ``shots + spare`` candidate exemplars per relation (SliCK,
     the question probe); a fact takes the first ``shots`` that are not itself."""
     sets: dict[str, list[list[QAItem]]] = {}

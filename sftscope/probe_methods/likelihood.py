@@ -18,9 +18,11 @@ if TYPE_CHECKING:
 
 
 def likelihood_scores(
-    engine: Engine, items: Sequence[QAItem], templates: dict[str, Sequence[str]],
+    engine: Engine,
+    items: Sequence[QAItem],
+    templates: dict[str, Sequence[str]],
     temperature: float,
-) -> list[list[float]]:  # fmt: skip
+) -> list[list[float]]:
     """Per fact, per template: P_T(the continuation is a gold alias), one scoring pass."""
     prompts, conts, owner = [], [], []
     for i, it in enumerate(items):
@@ -45,16 +47,28 @@ class Likelihood:
     sets_field = ""
 
     def run(
-        self, engine: Engine, items: Sequence[QAItem], inputs: ProbeInputs, cfg: ProbeConfig,
+        self,
+        engine: Engine,
+        items: Sequence[QAItem],
+        inputs: ProbeInputs,
+        cfg: ProbeConfig,
         seed: int,
-    ) -> tuple[list[Record], list[Record]]:  # fmt: skip
+    ) -> tuple[list[Record], list[Record]]:
         records = []
         scores = likelihood_scores(engine, items, inputs.templates, cfg.temperature)
         for it, probs in zip(items, scores, strict=True):
             r = sum(probs) / len(probs)
-            records.append(record(it, "likelihood", r, level_of(r, inputs.thresholds),
-                                  n_correct=None, n_total=len(probs),
-                                  per_template=probs))  # fmt: skip
+            records.append(
+                record(
+                    it,
+                    "likelihood",
+                    r,
+                    level_of(r, inputs.thresholds),
+                    n_correct=None,
+                    n_total=len(probs),
+                    per_template=probs,
+                )
+            )
         return records, []
 
 

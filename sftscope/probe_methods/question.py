@@ -23,12 +23,21 @@ class Question:
     sets_field = "templates"
 
     def run(
-        self, engine: Engine, items: Sequence[QAItem], inputs: ProbeInputs, cfg: ProbeConfig,
+        self,
+        engine: Engine,
+        items: Sequence[QAItem],
+        inputs: ProbeInputs,
+        cfg: ProbeConfig,
         seed: int,
-    ) -> tuple[list[Record], list[Record]]:  # fmt: skip
+    ) -> tuple[list[Record], list[Record]]:
         k = cfg.slick_shots
-        prompts = [[fewshot_prompt(it.question, shots_for(it, shots, k))
-                    for shots in inputs.sets.get(it.relation) or [[]]] for it in items]  # fmt: skip
+        prompts = [
+            [
+                fewshot_prompt(it.question, shots_for(it, shots, k))
+                for shots in inputs.sets.get(it.relation) or [[]]
+            ]
+            for it in items
+        ]
         return sample(engine, items, prompts, cfg, seed, STOP, per="per_set")
 
 

@@ -22,9 +22,13 @@ class Sampling:
     sets_field = ""
 
     def run(
-        self, engine: Engine, items: Sequence[QAItem], inputs: ProbeInputs, cfg: ProbeConfig,
+        self,
+        engine: Engine,
+        items: Sequence[QAItem],
+        inputs: ProbeInputs,
+        cfg: ProbeConfig,
         seed: int,
-    ) -> tuple[list[Record], list[Record]]:  # fmt: skip
+    ) -> tuple[list[Record], list[Record]]:
         templates = inputs.templates
         prompts = [[fill(t, it.subject or "") for t in templates[it.relation]] for it in items]
         return sample(engine, items, prompts, cfg, seed)

@@ -24,9 +24,13 @@ class Slick:
     sets_field = "slick_sets"
 
     def run(
-        self, engine: Engine, items: Sequence[QAItem], inputs: ProbeInputs, cfg: ProbeConfig,
+        self,
+        engine: Engine,
+        items: Sequence[QAItem],
+        inputs: ProbeInputs,
+        cfg: ProbeConfig,
         seed: int,
-    ) -> tuple[list[Record], list[Record]]:  # fmt: skip
+    ) -> tuple[list[Record], list[Record]]:
         """Greedy and T=0.5 answers under each few-shot exemplar set."""
         prompts, owner = [], []
         for i, it in enumerate(items):
@@ -35,9 +39,14 @@ class Slick:
                 owner.append(i)
         greedy = engine.generate(prompts, max_new_tokens=16, stop=STOP, desc="slick greedy")
         sampled = engine.generate(
-            prompts, max_new_tokens=16, temperature=cfg.slick_temperature, n=cfg.slick_samples,
-            seed=seed, stop=STOP, desc="slick sampled",
-        )  # fmt: skip
+            prompts,
+            max_new_tokens=16,
+            temperature=cfg.slick_temperature,
+            n=cfg.slick_samples,
+            seed=seed,
+            stop=STOP,
+            desc="slick sampled",
+        )
         g_ok = [0] * len(items)
         s_ok = [0] * len(items)
         g_n = [0] * len(items)
@@ -49,11 +58,19 @@ class Slick:
         for i, it in enumerate(items):
             p_g = g_ok[i] / g_n[i]
             p_s = s_ok[i] / (g_n[i] * cfg.slick_samples)
-            records.append(record(
-                it, "slick", p_g, slick_level(p_g, p_s), n_correct=g_ok[i] + s_ok[i],
-                n_total=g_n[i] * (1 + cfg.slick_samples), p_greedy=p_g, p_sampled=p_s,
-                category=slick_category(p_g, p_s),
-            ))  # fmt: skip
+            records.append(
+                record(
+                    it,
+                    "slick",
+                    p_g,
+                    slick_level(p_g, p_s),
+                    n_correct=g_ok[i] + s_ok[i],
+                    n_total=g_n[i] * (1 + cfg.slick_samples),
+                    p_greedy=p_g,
+                    p_sampled=p_s,
+                    category=slick_category(p_g, p_s),
+                )
+            )
         return records, []
 
 

@@ -24,8 +24,9 @@ def transition_heatmap(matrix: list[list[int]], figdir: Path) -> list[tuple[str,
     top = max(max(row) for row in matrix) or 1
     for b, row in enumerate(matrix):
         for a, n in enumerate(row):
-            ax.text(a, b, str(n), ha="center", va="center",
-                    color="white" if n > top / 2 else "black")  # fmt: skip
+            ax.text(
+                a, b, str(n), ha="center", va="center", color="white" if n > top / 2 else "black"
+            )
     ax.set_xticks(range(N_LEVELS), LEVELS)
     ax.set_yticks(range(N_LEVELS), LEVELS)
     fig.colorbar(image, ax=ax, label="facts")
@@ -35,9 +36,14 @@ def transition_heatmap(matrix: list[list[int]], figdir: Path) -> list[tuple[str,
     fig.tight_layout()
     fig.savefig(figdir / "transitions.png")
     plt.close(fig)
-    return [("transitions.png", "Knowledge transitions: facts by mastery level before (rows) and "
-             "after SFT (columns), the same probe of both models. Above the diagonal: gained "
-             "mastery; below: lost.")]  # fmt: skip
+    return [
+        (
+            "transitions.png",
+            "Knowledge transitions: facts by mastery level before (rows) and "
+            "after SFT (columns), the same probe of both models. Above the diagonal: gained "
+            "mastery; below: lost.",
+        )
+    ]
 
 
 def accuracy_by_level(acc: dict[str, dict[str, Any]], figdir: Path) -> list[tuple[str, str]]:
@@ -52,11 +58,20 @@ def accuracy_by_level(acc: dict[str, dict[str, Any]], figdir: Path) -> list[tupl
         xs = [k + (i - (len(acc) - 1) / 2) * width for k in range(N_LEVELS)]
         ax.bar(xs, values, width, label=f"{name} ({a['prompt']} prompt)")
     ax.set_xticks(range(N_LEVELS), LEVELS)
-    name = _finish(fig, ax, "mastery level of the test facts (base model's probe)",
-                   "in-domain containment accuracy (%)",
-                   figdir / "accuracy_by_level.png")  # fmt: skip
-    return [(name, "CBQA accuracy of both models per base mastery level (in-domain; a level "
-             "without facts shows 0).")]  # fmt: skip
+    name = _finish(
+        fig,
+        ax,
+        "mastery level of the test facts (base model's probe)",
+        "in-domain containment accuracy (%)",
+        figdir / "accuracy_by_level.png",
+    )
+    return [
+        (
+            name,
+            "CBQA accuracy of both models per base mastery level (in-domain; a level "
+            "without facts shows 0).",
+        )
+    ]
 
 
 def change_by_layer_module(diff: dict[str, Any], figdir: Path) -> list[tuple[str, str]]:
@@ -73,10 +88,13 @@ def change_by_layer_module(diff: dict[str, Any], figdir: Path) -> list[tuple[str
         fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=110)
         ax.bar(list(groups), list(groups.values()))
         ax.tick_params(axis="x", labelrotation=45 if key.endswith("module") else 0)
-        out.append((_finish(fig, ax, label, "mean relative change r",
-                            figdir / file),
-                    f"Where the weights changed: mean relative change per {label} "
-                    f"(region {diff['region']}; PAPER.md §7.1)."))  # fmt: skip
+        out.append(
+            (
+                _finish(fig, ax, label, "mean relative change r", figdir / file),
+                f"Where the weights changed: mean relative change per {label} "
+                f"(region {diff['region']}; PAPER.md §7.1).",
+            )
+        )
     return out
 
 
@@ -106,18 +124,51 @@ def blocks(s: dict[str, Any], root: Path, figdir: Path) -> list[Block]:
         )
     )
     groups = t["groups"]
-    out.append(("table", ["level before", *(f"→ {x}" for x in LEVELS), "facts", "lost", "gained",
-                          "mean R before → after"],
-                [[f"L{b}", *map(str, t["matrix"][b]), str(c["facts"]), str(c["lost"]),
-                  str(c["gained"]), f"{groups[str(b)]['r_before']:.2f} → "
-                  f"{groups[str(b)]['r_after']:.2f}" if str(b) in groups else "-"]
-                 for b, c in enumerate(t["by_level"])]))  # fmt: skip
+    out.append(
+        (
+            "table",
+            [
+                "level before",
+                *(f"→ {x}" for x in LEVELS),
+                "facts",
+                "lost",
+                "gained",
+                "mean R before → after",
+            ],
+            [
+                [
+                    f"L{b}",
+                    *map(str, t["matrix"][b]),
+                    str(c["facts"]),
+                    str(c["lost"]),
+                    str(c["gained"]),
+                    f"{groups[str(b)]['r_before']:.2f} → {groups[str(b)]['r_after']:.2f}"
+                    if str(b) in groups
+                    else "-",
+                ]
+                for b, c in enumerate(t["by_level"])
+            ],
+        )
+    )
     out += [("img", name, cap) for name, cap in transition_heatmap(t["matrix"], figdir)]
-    out.append(("table", ["relation", "known", "lost", "lost %", "unknown", "gained", "gained %"],
-                [[rel, str(c["known"]), str(c["lost"]),
-                  fmt(c["lost"] / c["known"] if c["known"] else None), str(c["unknown"]),
-                  str(c["gained"]), fmt(c["gained"] / c["unknown"] if c["unknown"] else None)]
-                 for rel, c in t["by_relation"].items()]))  # fmt: skip
+    out.append(
+        (
+            "table",
+            ["relation", "known", "lost", "lost %", "unknown", "gained", "gained %"],
+            [
+                [
+                    rel,
+                    str(c["known"]),
+                    str(c["lost"]),
+                    fmt(c["lost"] / c["known"] if c["known"] else None),
+                    str(c["unknown"]),
+                    str(c["gained"]),
+                    fmt(c["gained"] / c["unknown"] if c["unknown"] else None),
+                ]
+                for rel, c in t["by_relation"].items()
+            ],
+        )
+    )
     out += accuracy_blocks(s, figdir)
     if s["kl"]:
         out += kl_blocks(s["kl"])
@@ -128,12 +179,17 @@ def blocks(s: dict[str, Any], root: Path, figdir: Path) -> list[Block]:
         out += [("img", n, c) for n, c in change_by_layer_module(s["params"]["diff"], figdir)]
     pick = s["params"].get("restore", {}).get("pick")
     if pick:
-        out.append(("p", f"Picked on dev: k = {pick['k']:g} % ({pick['label']}), dev in-domain "
-                         f"{fmt(pick['dev_in_domain'])} %; on {s['split']}: in-domain "
-                         f"{fmt(pick['in_domain'])} % ({_points(pick['gain_in_domain'])} vs the "
-                         f"unrestored model), out-of-domain {fmt(pick['ood'])} % "
-                         f"({_points(pick['gain_ood'])}). The sweep's models are evaluated with "
-                         f"the tuned model's prompt, {s['prompts']['restore sweep']}."))
+        out.append(
+            (
+                "p",
+                f"Picked on dev: k = {pick['k']:g} % ({pick['label']}), dev in-domain "
+                f"{fmt(pick['dev_in_domain'])} %; on {s['split']}: in-domain "
+                f"{fmt(pick['in_domain'])} % ({_points(pick['gain_in_domain'])} vs the "
+                f"unrestored model), out-of-domain {fmt(pick['ood'])} % "
+                f"({_points(pick['gain_ood'])}). The sweep's models are evaluated with "
+                f"the tuned model's prompt, {s['prompts']['restore sweep']}.",
+            )
+        )
     return out
 
 
@@ -147,20 +203,52 @@ def accuracy_blocks(s: dict[str, Any], figdir: Path) -> list[Block]:
     rows = []
     for name, a in s["accuracy"].items():
         ind, ood = a["in_domain"], a["ood"]
-        rows.append([name, a["prompt"], *(fmt(v) for v in ind.get("per_level", [None] * 5)),
-                     fmt(ind.get("mean_of_levels")), fmt(ood.get("mean_of_levels")),
-                     fmt(ind["accuracy"]), fmt(ood["accuracy"]),
-                     fmt(a["overall"]["accuracy"])])  # fmt: skip
-    out.append(("p", "Accuracy %; L0–L4: in-domain test facts by their base mastery level; "
-                     "'mean of levels' is the paper's headline (PAPER.md §4)."))  # fmt: skip
-    out.append(("table", ["model", "prompt", *LEVELS, "ID mean of levels", "OOD mean of levels",
-                          "ID", "OOD", "all"], rows))  # fmt: skip
+        rows.append(
+            [
+                name,
+                a["prompt"],
+                *(fmt(v) for v in ind.get("per_level", [None] * 5)),
+                fmt(ind.get("mean_of_levels")),
+                fmt(ood.get("mean_of_levels")),
+                fmt(ind["accuracy"]),
+                fmt(ood["accuracy"]),
+                fmt(a["overall"]["accuracy"]),
+            ]
+        )
+    out.append(
+        (
+            "p",
+            "Accuracy %; L0–L4: in-domain test facts by their base mastery level; "
+            "'mean of levels' is the paper's headline (PAPER.md §4).",
+        )
+    )
+    out.append(
+        (
+            "table",
+            [
+                "model",
+                "prompt",
+                *LEVELS,
+                "ID mean of levels",
+                "OOD mean of levels",
+                "ID",
+                "OOD",
+                "all",
+            ],
+            rows,
+        )
+    )
     out += [("img", name, cap) for name, cap in accuracy_by_level(s["accuracy"], figdir)]
     a = s["answers"]["all"]
-    out.append(("p", f"Answers (in-domain): of {a['right_before']} the base model answered "
-                     f"right, the tuned model keeps {fmt(a['kept'])} % and loses "
-                     f"{fmt(a['lost'])} %; of {a['wrong_before']} answered wrong, it gains "
-                     f"{fmt(a['gained'])} %."))  # fmt: skip
+    out.append(
+        (
+            "p",
+            f"Answers (in-domain): of {a['right_before']} the base model answered "
+            f"right, the tuned model keeps {fmt(a['kept'])} % and loses "
+            f"{fmt(a['lost'])} %; of {a['wrong_before']} answered wrong, it gains "
+            f"{fmt(a['gained'])} %.",
+        )
+    )
     return out
 
 
@@ -168,21 +256,50 @@ def kl_blocks(kl: dict[str, Any]) -> list[Block]:
     out: list[Block] = [("h2", "Token level: KL(tuned ‖ base)")]
     if "paper" in kl:
         p = kl["paper"]
-        out.append(("p", f"Paper KL (top-10 at the first answer token, level-{p['level']} facts "
-                         f"that the base answers first; tuned prompt {p['prompts']['tuned']}, "
-                         f"base {p['prompts']['base']}): {fmt(p['mean'], 1, 3)} ± "
-                         f"{fmt(p['std'], 1, 3)} nats over {p['n']} facts."))  # fmt: skip
+        out.append(
+            (
+                "p",
+                f"Paper KL (top-10 at the first answer token, level-{p['level']} facts "
+                f"that the base answers first; tuned prompt {p['prompts']['tuned']}, "
+                f"base {p['prompts']['base']}): {fmt(p['mean'], 1, 3)} ± "
+                f"{fmt(p['std'], 1, 3)} nats over {p['n']} facts.",
+            )
+        )
     if "full" in kl:
         full = kl["full"]
-        out.append(("p", f"Full-vocabulary KL per answer token (gold answer teacher-forced, "
-                         f"{full['prompt']}) and the change of the gold answer's log-likelihood, "
-                         "per base mastery level."))  # fmt: skip
-        out.append(("table", ["level", "facts", "KL mean", "Δ log p(gold)", "gained %"],
-                    [[f"L{k}", str(b["n"]), fmt(b["kl_mean"], 1, 3), fmt(b["dlogp_mean"], 1, 3),
-                      fmt(b["gained"])] for k, b in enumerate(full["per_level"])]
-                    + [["all", str(full["overall"]["n"]), fmt(full["overall"]["kl_mean"], 1, 3),
+        out.append(
+            (
+                "p",
+                f"Full-vocabulary KL per answer token (gold answer teacher-forced, "
+                f"{full['prompt']}) and the change of the gold answer's log-likelihood, "
+                "per base mastery level.",
+            )
+        )
+        out.append(
+            (
+                "table",
+                ["level", "facts", "KL mean", "Δ log p(gold)", "gained %"],
+                [
+                    [
+                        f"L{k}",
+                        str(b["n"]),
+                        fmt(b["kl_mean"], 1, 3),
+                        fmt(b["dlogp_mean"], 1, 3),
+                        fmt(b["gained"]),
+                    ]
+                    for k, b in enumerate(full["per_level"])
+                ]
+                + [
+                    [
+                        "all",
+                        str(full["overall"]["n"]),
+                        fmt(full["overall"]["kl_mean"], 1, 3),
                         fmt(full["overall"]["dlogp_mean"], 1, 3),
-                        fmt(full["overall"]["gained"])]]))  # fmt: skip
+                        fmt(full["overall"]["gained"]),
+                    ]
+                ],
+            )
+        )
     return out
 
 

@@ -74,28 +74,41 @@ def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             spread([m["kl_full_per_level"][k] for m in members]) for k in range(5)
         ]
         out.append(row)
-    return out  # fmt: skip
+    return out
 
 
 def aggregate_transitions(ts: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     """Kept / lost / gained per (training level, size), spread over seeds."""
-    return [{"level": lv, "size": sz, "known": members[0]["known_before"],
-             "unknown": members[0]["unknown_before"],
-             **{k: spread([m[k] for m in members]) for k in ("kept", "lost", "gained")}}
-            for (lv, sz), members in by_group(ts.items()).items()]  # fmt: skip
+    return [
+        {
+            "level": lv,
+            "size": sz,
+            "known": members[0]["known_before"],
+            "unknown": members[0]["unknown_before"],
+            **{k: spread([m[k] for m in members]) for k in ("kept", "lost", "gained")},
+        }
+        for (lv, sz), members in by_group(ts.items()).items()
+    ]
 
 
 def aggregate_answers(ts: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     """Answer transitions per (training level, size): kept / lost / gained overall and kept
     per base mastery level, spread over seeds."""
-    return [{"level": lv, "size": sz, "seeds": len(members),
-             "right": members[0]["all"]["right_before"],
-             "wrong": members[0]["all"]["wrong_before"],
-             **{k: spread([m["all"][k] for m in members]) for k in ("kept", "lost", "gained")},
-             "kept_per_level": [spread([m["per_level"][k]["kept"] for m in members])
-                                for k in range(5)],
-             "right_per_level": [members[0]["per_level"][k]["right_before"] for k in range(5)]}
-            for (lv, sz), members in by_group(ts.items()).items()]  # fmt: skip
+    return [
+        {
+            "level": lv,
+            "size": sz,
+            "seeds": len(members),
+            "right": members[0]["all"]["right_before"],
+            "wrong": members[0]["all"]["wrong_before"],
+            **{k: spread([m["all"][k] for m in members]) for k in ("kept", "lost", "gained")},
+            "kept_per_level": [
+                spread([m["per_level"][k]["kept"] for m in members]) for k in range(5)
+            ],
+            "right_per_level": [members[0]["per_level"][k]["right_before"] for k in range(5)],
+        }
+        for (lv, sz), members in by_group(ts.items()).items()
+    ]
 
 
 def _summary(path: Path) -> dict[str, Any] | None:
@@ -119,11 +132,14 @@ def collect(root: Path) -> dict[str, Any]:
         "config": config,
         "versions": manifest.get("versions", {}),
         "split": split,
-        "probes": {name: s for name in ("train", split)
-                   if (s := _summary(layout.probe(name) / "summary.json"))},
+        "probes": {
+            name: s
+            for name in ("train", split)
+            if (s := _summary(layout.probe(name) / "summary.json"))
+        },
         "base": next((r for r in rows if r["cell"] == "base"), None),
         "groups": aggregate(rows),
         "transitions": aggregate_transitions(transition_tables(root, split)),
         "answers": aggregate_answers(answer_transition_tables(root)),
         "params": restore_tables(root),
-    }  # fmt: skip
+    }

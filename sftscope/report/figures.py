@@ -48,10 +48,16 @@ def _lines(ax, groups: list[dict[str, Any]], metric, scale: float = 100) -> bool
         pts = [(x, s) for x, s in pts if x is not None and s["mean"] is not None]
         if not pts:
             continue
-        ax.errorbar([x * dodge for x, _ in pts], [scale * s["mean"] for _, s in pts],
-                    yerr=[scale * (s["sd"] or 0) for _, s in pts], marker=marker, linestyle=dash,
-                    capsize=3, markerfacecolor="none" if i % 2 else None,
-                    label=f"train level {level}")  # fmt: skip
+        ax.errorbar(
+            [x * dodge for x, _ in pts],
+            [scale * s["mean"] for _, s in pts],
+            yerr=[scale * (s["sd"] or 0) for _, s in pts],
+            marker=marker,
+            linestyle=dash,
+            capsize=3,
+            markerfacecolor="none" if i % 2 else None,
+            label=f"train level {level}",
+        )
         drawn = True
     return drawn
 
@@ -65,30 +71,54 @@ def accuracy_vs_size(
     plt = _plt()
     level4 = base["in_domain_per_level"][4] if base and base["in_domain_per_level"] else None
     specs = [
-        ("accuracy_vs_size.png", "in-domain accuracy, mean of test levels (%)",
-         lambda g: g["in_domain_mean"], 100, base and base["in_domain_mean"],
-         "In-domain accuracy (mean over test levels) vs training-set size (PAPER.md Fig. 2)."),
-        ("level4_vs_size.png", "accuracy on level-4 test items (%)", lambda g: g["per_level"][4],
-         100, level4,
-         "Accuracy on the test facts the base model knew best vs size (PAPER.md Fig. 4)."),
-        ("kl_vs_size.png", "paper KL, top-10 first token (nats)", lambda g: g["kl_paper"], 1,
-         None, "KL(fine-tuned ‖ base) on level-4 facts vs size (PAPER.md Fig. 5)."),
-    ]  # fmt: skip
+        (
+            "accuracy_vs_size.png",
+            "in-domain accuracy, mean of test levels (%)",
+            lambda g: g["in_domain_mean"],
+            100,
+            base and base["in_domain_mean"],
+            "In-domain accuracy (mean over test levels) vs training-set size (PAPER.md Fig. 2).",
+        ),
+        (
+            "level4_vs_size.png",
+            "accuracy on level-4 test items (%)",
+            lambda g: g["per_level"][4],
+            100,
+            level4,
+            "Accuracy on the test facts the base model knew best vs size (PAPER.md Fig. 4).",
+        ),
+        (
+            "kl_vs_size.png",
+            "paper KL, top-10 first token (nats)",
+            lambda g: g["kl_paper"],
+            1,
+            None,
+            "KL(fine-tuned ‖ base) on level-4 facts vs size (PAPER.md Fig. 5).",
+        ),
+    ]
     out = []
     for name, ylabel, metric, scale, reference, caption in specs:
         fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=110)
         if _lines(ax, groups, metric, scale):
             if reference is not None:
-                ax.axhline(scale * reference, color="0.45", linestyle=(0, (1, 2)),
-                           label="base model (few-shot)")  # fmt: skip
+                ax.axhline(
+                    scale * reference,
+                    color="0.45",
+                    linestyle=(0, (1, 2)),
+                    label="base model (few-shot)",
+                )
                 caption += " Dotted: the base model."
             ax.set_xscale("log")
             xs = sorted({x for g in groups if (x := _size(g["size"])) is not None})
             ax.set_xticks(xs, [f"{x:g}" for x in xs])
             ax.minorticks_off()
             note = " Error bars: sd over seeds; levels nudged sideways so none hides another."
-            out.append((_finish(fig, ax, "training facts (log scale)", ylabel, figdir / name),
-                        caption + note))  # fmt: skip
+            out.append(
+                (
+                    _finish(fig, ax, "training facts (log scale)", ylabel, figdir / name),
+                    caption + note,
+                )
+            )
         else:
             plt.close(fig)
     return out
@@ -106,11 +136,23 @@ def sweep_curves(cell: str, sweep: dict[str, Any], figdir: Path) -> list[tuple[s
     caption = f"{cell}: accuracy vs share of most-changed weights restored (Table 4)."
     pick = sweep.get("pick")
     if pick and pick["in_domain"] is not None:  # the k chosen on dev, at its test score
-        ax.plot([pick["k"]], [100 * pick["in_domain"]], marker="*", markersize=16, color="red",
-                linestyle="none", label=f"picked on dev: k = {pick['k']:g} %")  # fmt: skip
+        ax.plot(
+            [pick["k"]],
+            [100 * pick["in_domain"]],
+            marker="*",
+            markersize=16,
+            color="red",
+            linestyle="none",
+            label=f"picked on dev: k = {pick['k']:g} %",
+        )
         caption += " The star marks the k chosen on dev, at its test in-domain accuracy."
-    name = _finish(fig, ax, "weights restored to their pre-SFT values (top k %)",
-                   "containment accuracy (%)", figdir / f"restore_{cell}.png")  # fmt: skip
+    name = _finish(
+        fig,
+        ax,
+        "weights restored to their pre-SFT values (top k %)",
+        "containment accuracy (%)",
+        figdir / f"restore_{cell}.png",
+    )
     return [(name, caption)]
 
 
@@ -127,6 +169,7 @@ def layer_shares(cell: str, where: dict[str, Any], figdir: Path) -> list[tuple[s
     for k in ks:
         ax.plot(xs, [100 * g["selected"][k] for g in layers], marker=".", label=f"top {k:g} %")
     ax.plot(xs, [100 * g["weights"] for g in layers], "k--", label="share of weights")
-    name = _finish(fig, ax, "decoder layer", "share of the selected weights (%)",
-                   figdir / f"layers_{cell}.png")  # fmt: skip
+    name = _finish(
+        fig, ax, "decoder layer", "share of the selected weights (%)", figdir / f"layers_{cell}.png"
+    )
     return [(name, f"{cell}: where the most-changed weights sit, per layer (Table 9).")]

@@ -24,8 +24,22 @@ TOP1_SHARE = 0.5  # "most of the change" = at least half of the total relative c
 
 
 # Student's t, 97.5 % quantile, by degrees of freedom (beyond 30: the normal 1.96).
-_T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306,
-         9: 2.262, 10: 2.228, 12: 2.179, 15: 2.131, 20: 2.086, 30: 2.042}  # fmt: skip
+_T975 = {
+    1: 12.706,
+    2: 4.303,
+    3: 3.182,
+    4: 2.776,
+    5: 2.571,
+    6: 2.447,
+    7: 2.365,
+    8: 2.306,
+    9: 2.262,
+    10: 2.228,
+    12: 2.179,
+    15: 2.131,
+    20: 2.086,
+    30: 2.042,
+}
 
 
 def t975(df: float) -> float:
@@ -74,12 +88,16 @@ def _sizes(groups: list[dict[str, Any]]) -> list[str]:
     return list(dict.fromkeys(g["size"] for g in groups))
 
 
-def _group_basis(compared: list[tuple[dict, dict]], half: list[float | None],
-                 items: int | None) -> dict[str, Any]:  # fmt: skip
+def _group_basis(
+    compared: list[tuple[dict, dict]], half: list[float | None], items: int | None
+) -> dict[str, Any]:
     seeds = min((min(a["n"], b["n"]) for a, b in compared), default=None)
     widths = [h for h in half if h is not None]
-    how = ("the narrowest 95 % interval half-width among the comparisons" if widths
-           else "no interval: a side has fewer than two seeds")  # fmt: skip
+    how = (
+        "the narrowest 95 % interval half-width among the comparisons"
+        if widths
+        else "no interval: a side has fewer than two seeds"
+    )
     return _basis(seeds, items, min(widths) if widths else None, how)
 
 
@@ -98,14 +116,18 @@ def peak_at_small_size(groups: list[dict[str, Any]], items: int | None = None) -
             pair = (last["in_domain_mean"], own[0]["in_domain_mean"])
             d, half = diff_ci(*pair)
             signs.append(-_sign(d, half))
-            lines.append(f"level {level}: largest size {last['size']} is best, "
-                         f"{_pts(d, half)} over size {own[0]['size']}")  # fmt: skip
+            lines.append(
+                f"level {level}: largest size {last['size']} is best, "
+                f"{_pts(d, half)} over size {own[0]['size']}"
+            )
         else:
             pair = (best["in_domain_mean"], last["in_domain_mean"])
             d, half = diff_ci(*pair)
             signs.append(_sign(d, half))
-            lines.append(f"level {level}: peak at size {best['size']}, {_pts(d, half)} over "
-                         f"size {last['size']}")  # fmt: skip
+            lines.append(
+                f"level {level}: peak at size {best['size']}, {_pts(d, half)} over "
+                f"size {last['size']}"
+            )
         compared.append(pair)
         halves.append(half)
     return _verdict(claim, test, lines, signs, basis=_group_basis(compared, halves, items))
@@ -127,8 +149,14 @@ def level_moves_accuracy(groups: list[dict[str, Any]], items: int | None = None)
         lines.append(f"size {size}: level {hi['level']} vs level {lo['level']} {_pts(d, half)}")
         compared.append((hi["in_domain_mean"], lo["in_domain_mean"]))
         halves.append(half)
-    return _verdict(claim, test, lines, [s if s > 0 else 0 for s in signs], any_positive=True,
-                    basis=_group_basis(compared, halves, items))  # fmt: skip
+    return _verdict(
+        claim,
+        test,
+        lines,
+        [s if s > 0 else 0 for s in signs],
+        any_positive=True,
+        basis=_group_basis(compared, halves, items),
+    )
 
 
 def top1_holds_most(params: dict[str, Any]) -> dict[str, Any]:
@@ -162,19 +190,30 @@ def top1_holds_most(params: dict[str, Any]) -> dict[str, Any]:
 
 def _sweep_rows(params: dict[str, Any]):
     for cell, entry in params.items():
-        rows = [r for r in entry.get("sweep", {}).get("rows", [])
-                if not r["label"].startswith("layers-")]  # fmt: skip
+        rows = [
+            r
+            for r in entry.get("sweep", {}).get("rows", [])
+            if not r["label"].startswith("layers-")
+        ]
         base = next((r for r in rows if r["k"] == 0), None)
         if base and len(rows) > 1:
             yield cell, base, [r for r in rows if r["k"] > 0]
 
 
 def _sweep_basis(params: dict[str, Any], items: int | None, key: str = "sweep") -> dict[str, Any]:
-    tuned = [r["in_domain"] for entry in params.values()
-             for r in entry.get(key, {}).get("rows", []) if r["k"] == 0]  # fmt: skip
+    tuned = [
+        r["in_domain"]
+        for entry in params.values()
+        for r in entry.get(key, {}).get("rows", [])
+        if r["k"] == 0
+    ]
     mde = binomial_mde(tuned[0], items) if tuned and items else None
-    return _basis(1, items, mde, "one model per k: 95 % binomial bound on a difference of "
-                                 "two accuracies over these items")  # fmt: skip
+    return _basis(
+        1,
+        items,
+        mde,
+        "one model per k: 95 % binomial bound on a difference of two accuracies over these items",
+    )
 
 
 def restoration_helps(params: dict[str, Any], items: int | None = None) -> dict[str, Any]:
@@ -193,8 +232,7 @@ def restoration_helps(params: dict[str, Any], items: int | None = None) -> dict[
     return _verdict(claim, test, lines, signs, basis=_sweep_basis(params, items))
 
 
-def heavy_restoration_collapses(params: dict[str, Any], items: int | None = None
-                                ) -> dict[str, Any]:  # fmt: skip
+def heavy_restoration_collapses(params: dict[str, Any], items: int | None = None) -> dict[str, Any]:
     """PAPER.md §7.3: restoring a large share of weights undoes the fine-tuning."""
     claim = "restoring a large share (k ≥ 40 %) of weights collapses accuracy"
     test = f"largest k ≥ 40 % vs unrestored (test ID accuracy): ≤ −{100 * COLLAPSE_DROP:.0f} points"
@@ -213,15 +251,20 @@ def heavy_restoration_collapses(params: dict[str, Any], items: int | None = None
 def lowest_layers_critical(params: dict[str, Any], items: int | None = None) -> dict[str, Any]:
     """PAPER.md §7.5 (Table 11): restoring the lowest layers is the most harmful."""
     claim = "restoring the lowest layer block hurts most (lower layers are the most critical)"
-    test = (f"the block holding layer 0 loses the most test ID accuracy, ≥ "
-            f"{100 * COLLAPSE_DROP:.0f} points (another block losing ≥ "
-            f"{100 * RESTORE_GAIN:.0f} point more: not reproduced)")  # fmt: skip
+    test = (
+        f"the block holding layer 0 loses the most test ID accuracy, ≥ "
+        f"{100 * COLLAPSE_DROP:.0f} points (another block losing ≥ "
+        f"{100 * RESTORE_GAIN:.0f} point more: not reproduced)"
+    )
     lines, signs = [], []
     for cell, entry in params.items():
         rows = entry.get("blocks", {}).get("rows", [])
         tuned = next((r for r in rows if r["k"] == 0), None)
-        drops = {r["label"][len("layers-"):]: tuned["in_domain"] - r["in_domain"]
-                 for r in rows if tuned and r["label"].startswith("layers-")}  # fmt: skip
+        drops = {
+            r["label"][len("layers-") :]: tuned["in_domain"] - r["in_domain"]
+            for r in rows
+            if tuned and r["label"].startswith("layers-")
+        }
         low = next((b for b in drops if b.split("-")[0] == "0"), None)
         if low is None:
             continue
@@ -238,9 +281,14 @@ def lowest_layers_critical(params: dict[str, Any], items: int | None = None) -> 
     return _verdict(claim, test, lines, signs, basis=_sweep_basis(params, items, "blocks"))
 
 
-def _verdict(claim: str, test: str, lines: list[str], signs: list[int],
-             any_positive: bool = False, basis: dict[str, Any] | None = None
-             ) -> dict[str, Any]:  # fmt: skip
+def _verdict(
+    claim: str,
+    test: str,
+    lines: list[str],
+    signs: list[int],
+    any_positive: bool = False,
+    basis: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """All evidence for (or any, with any_positive) → reproduced; all against → not; else
     inconclusive (also when the run has nothing to test it with)."""
     if not signs:
@@ -251,8 +299,13 @@ def _verdict(claim: str, test: str, lines: list[str], signs: list[int],
         verdict = NOT
     else:
         verdict = INCONCLUSIVE
-    return {"claim": claim, "verdict": verdict, "test": test, "evidence": lines,
-            "basis": basis or _basis(None, None, None, "")}  # fmt: skip
+    return {
+        "claim": claim,
+        "verdict": verdict,
+        "test": test,
+        "evidence": lines,
+        "basis": basis or _basis(None, None, None, ""),
+    }
 
 
 def basis_text(basis: dict[str, Any]) -> str:
@@ -271,8 +324,14 @@ def basis_text(basis: dict[str, Any]) -> str:
 def findings(data: dict[str, Any]) -> list[dict[str, Any]]:
     g, p = data["groups"], data["params"]
     base = data.get("base") or {}
-    items = base.get("in_domain_n") or next((c.get("in_domain_n") for c in data.get("cells", [])
-                                             if c.get("in_domain_n")), None)  # fmt: skip
-    return [peak_at_small_size(g, items), level_moves_accuracy(g, items), top1_holds_most(p),
-            restoration_helps(p, items), heavy_restoration_collapses(p, items),
-            lowest_layers_critical(p, items)]  # fmt: skip
+    items = base.get("in_domain_n") or next(
+        (c.get("in_domain_n") for c in data.get("cells", []) if c.get("in_domain_n")), None
+    )
+    return [
+        peak_at_small_size(g, items),
+        level_moves_accuracy(g, items),
+        top1_holds_most(p),
+        restoration_helps(p, items),
+        heavy_restoration_collapses(p, items),
+        lowest_layers_critical(p, items),
+    ]

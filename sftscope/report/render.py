@@ -45,13 +45,18 @@ def recipe_text(train: dict[str, Any]) -> str:
     paper = TrainRecipe()
     run = TrainRecipe(**train)
     kind = f"LoRA r = {run.lora_r}" if run.lora else "full fine-tuning"
-    text = (f"SFT: {kind}, learning rate {run.learning_rate:g}, batch {run.batch_size}, "
-            f"{run.epochs:g} epoch{'s' if run.epochs != 1 else ''}, {run.optimizer}, "
-            f"{run.lr_scheduler} schedule.")  # fmt: skip
+    text = (
+        f"SFT: {kind}, learning rate {run.learning_rate:g}, batch {run.batch_size}, "
+        f"{run.epochs:g} epoch{'s' if run.epochs != 1 else ''}, {run.optimizer}, "
+        f"{run.lr_scheduler} schedule."
+    )
 
     def show(v: Any) -> str:
-        return f"{v:g}" if isinstance(v, float) else ("on" if v is True else "off" if v is False
-                                                      else str(v))  # fmt: skip
+        return (
+            f"{v:g}"
+            if isinstance(v, float)
+            else ("on" if v is True else "off" if v is False else str(v))
+        )
 
     changed = [
         f"{name.replace('_', ' ')} {show(getattr(run, name))} (paper {show(getattr(paper, name))})"
@@ -67,15 +72,22 @@ def blocks(data: dict[str, Any], figdir: Path) -> list[Block]:
     cfg, split = data["config"], data["split"]
     probe = cfg.get("probe") or {}
     out: list[Block] = [("h1", f"sftscope report: {Path(data['root']).name}")]
-    out.append(("p", f"Base model `{cfg.get('model')}`, data `{cfg.get('data')}`, evaluation on "
-                     f"the {split} split; levels {cfg.get('levels')}, sizes {cfg.get('sizes')}, "
-                     f"seeds {cfg.get('seeds')}. Probe: {probe.get('method', 'sampling')} "
-                     f"({probe.get('templates', 21)} templates"
-                     + (f" × {probe.get('samples', 10)} samples at T = "
-                        f"{probe.get('temperature', 0.7)}" if probe.get("method", "sampling")
-                        == "sampling" else "")
-                     + (f", calibration `{probe['calibration']}`" if probe.get("calibration")
-                        else "") + ")."))  # fmt: skip
+    out.append(
+        (
+            "p",
+            f"Base model `{cfg.get('model')}`, data `{cfg.get('data')}`, evaluation on "
+            f"the {split} split; levels {cfg.get('levels')}, sizes {cfg.get('sizes')}, "
+            f"seeds {cfg.get('seeds')}. Probe: {probe.get('method', 'sampling')} "
+            f"({probe.get('templates', 21)} templates"
+            + (
+                f" × {probe.get('samples', 10)} samples at T = {probe.get('temperature', 0.7)}"
+                if probe.get("method", "sampling") == "sampling"
+                else ""
+            )
+            + (f", calibration `{probe['calibration']}`" if probe.get("calibration") else "")
+            + ").",
+        )
+    )
     out.append(("p", recipe_text(cfg.get("train") or {})))
     if cfg.get("note"):
         out.append(("p", f"Note: {cfg['note']}"))
@@ -88,26 +100,62 @@ def blocks(data: dict[str, Any], figdir: Path) -> list[Block]:
             "interval over seeds, and one seed gives no interval (inconclusive).",
         )
     )
-    out.append(("table", ["finding", "verdict", "evidence", "test", "rests on"],
-                [[f["claim"], f["verdict"], "; ".join(f["evidence"]), f["test"],
-                  basis_text(f["basis"])] for f in findings(data)]))  # fmt: skip
+    out.append(
+        (
+            "table",
+            ["finding", "verdict", "evidence", "test", "rests on"],
+            [
+                [
+                    f["claim"],
+                    f["verdict"],
+                    "; ".join(f["evidence"]),
+                    f["test"],
+                    basis_text(f["basis"]),
+                ]
+                for f in findings(data)
+            ],
+        )
+    )
     out.append(("h2", "Data and mastery levels"))
     for name, s in data["probes"].items():
         rows = [[rel, *map(str, c), str(sum(c))] for rel, c in s["histogram"].items()]
-        out.append(("table", [f"{name} facts: relation", *(f"L{k}" for k in range(5)), "facts"],
-                    rows))  # fmt: skip
+        out.append(
+            ("table", [f"{name} facts: relation", *(f"L{k}" for k in range(5)), "facts"], rows)
+        )
     out.append(("h2", "Accuracy by training level and test level"))
-    out.append(("p", "Containment accuracy %, mean ± sd over seeds; columns "
-                     "L0–L4 are in-domain test items by their base mastery level, 'mean of "
-                     "levels' is the paper's headline (PAPER.md §4)."))  # fmt: skip
-    header = ["train level", "size", "seeds", *(f"L{k}" for k in range(5)), "ID mean of levels",
-              "OOD mean of levels", "ID", "OOD"]  # fmt: skip
+    out.append(
+        (
+            "p",
+            "Containment accuracy %, mean ± sd over seeds; columns "
+            "L0–L4 are in-domain test items by their base mastery level, 'mean of "
+            "levels' is the paper's headline (PAPER.md §4).",
+        )
+    )
+    header = [
+        "train level",
+        "size",
+        "seeds",
+        *(f"L{k}" for k in range(5)),
+        "ID mean of levels",
+        "OOD mean of levels",
+        "ID",
+        "OOD",
+    ]
     rows = []
     if data["base"]:
         b = data["base"]
-        rows.append(["base (few-shot)", "-", "-", *(fmt(v) for v in b["in_domain_per_level"]),
-                     fmt(b["in_domain_mean"]), fmt(b["ood_mean"]), fmt(b["in_domain"]),
-                     fmt(b["ood"])])  # fmt: skip
+        rows.append(
+            [
+                "base (few-shot)",
+                "-",
+                "-",
+                *(fmt(v) for v in b["in_domain_per_level"]),
+                fmt(b["in_domain_mean"]),
+                fmt(b["ood_mean"]),
+                fmt(b["in_domain"]),
+                fmt(b["ood"]),
+            ]
+        )
     for g in data["groups"]:
         rows.append(
             [
@@ -123,17 +171,39 @@ def blocks(data: dict[str, Any], figdir: Path) -> list[Block]:
         out.append(("img", name, caption))
     if any(g["kl_full"]["n"] for g in data["groups"]):
         out.append(("h2", "Token level: KL(fine-tuned ‖ base)"))
-        out.append(("table", ["train level", "size", "paper KL (top-10, first token)",
-                              *(f"full KL L{k}" for k in range(5)), "full KL all"],
-                    [[g["level"], g["size"], fmt(g["kl_paper"], 1, 3),
-                      *(fmt(v, 1, 2) for v in g["kl_full_per_level"]), fmt(g["kl_full"], 1, 2)]
-                     for g in data["groups"]]))  # fmt: skip
+        out.append(
+            (
+                "table",
+                [
+                    "train level",
+                    "size",
+                    "paper KL (top-10, first token)",
+                    *(f"full KL L{k}" for k in range(5)),
+                    "full KL all",
+                ],
+                [
+                    [
+                        g["level"],
+                        g["size"],
+                        fmt(g["kl_paper"], 1, 3),
+                        *(fmt(v, 1, 2) for v in g["kl_full_per_level"]),
+                        fmt(g["kl_full"], 1, 2),
+                    ]
+                    for g in data["groups"]
+                ],
+            )
+        )
     if data["answers"]:
         out += answer_blocks(data["answers"])
     if data["transitions"]:
         out.append(("h2", "Knowledge transitions (same probe before and after SFT)"))
-        out.append(("p", "Known = level 3–4 before SFT; kept = still 3–4 after, lost = now 0–1; "
-                         "unknown = level 0–1 before, gained = now 3–4."))  # fmt: skip
+        out.append(
+            (
+                "p",
+                "Known = level 3–4 before SFT; kept = still 3–4 after, lost = now 0–1; "
+                "unknown = level 0–1 before, gained = now 3–4.",
+            )
+        )
         out.append(
             (
                 "table",
@@ -152,7 +222,7 @@ def blocks(data: dict[str, Any], figdir: Path) -> list[Block]:
                 ],
             )
         )
-        # fmt: skip
+
     for cell, entry in data["params"].items():
         out += param_blocks(cell, entry, figdir)
     v = data["versions"]
@@ -163,19 +233,52 @@ def blocks(data: dict[str, Any], figdir: Path) -> list[Block]:
 def answer_blocks(groups: list[dict[str, Any]]) -> list[Block]:
     """Kept / lost / gained answers: base model (few-shot) before, each cell after SFT."""
     out: list[Block] = [("h2", "Answer transitions (the same test questions before and after SFT)")]
-    out.append(("p", "In-domain test items the base model answered right (4-shot prompt): "
-                     "kept = the fine-tuned model (SFT prompt) still answers right, lost = now "
-                     "wrong; of those the base model answered wrong, gained = now right. Mean ± "
-                     "sd over seeds; the second table splits kept by the items' base mastery "
-                     "level (items answered right before, per level, in the header)."))  # fmt: skip
-    out.append(("table", ["train level", "size", "seeds", "right before", "kept %", "lost %",
-                          "wrong before", "gained %"],
-                [[g["level"], g["size"], str(g["seeds"]), str(g["right"]), fmt(g["kept"]),
-                  fmt(g["lost"]), str(g["wrong"]), fmt(g["gained"])] for g in groups]))  # fmt: skip
+    out.append(
+        (
+            "p",
+            "In-domain test items the base model answered right (4-shot prompt): "
+            "kept = the fine-tuned model (SFT prompt) still answers right, lost = now "
+            "wrong; of those the base model answered wrong, gained = now right. Mean ± "
+            "sd over seeds; the second table splits kept by the items' base mastery "
+            "level (items answered right before, per level, in the header).",
+        )
+    )
+    out.append(
+        (
+            "table",
+            [
+                "train level",
+                "size",
+                "seeds",
+                "right before",
+                "kept %",
+                "lost %",
+                "wrong before",
+                "gained %",
+            ],
+            [
+                [
+                    g["level"],
+                    g["size"],
+                    str(g["seeds"]),
+                    str(g["right"]),
+                    fmt(g["kept"]),
+                    fmt(g["lost"]),
+                    str(g["wrong"]),
+                    fmt(g["gained"]),
+                ]
+                for g in groups
+            ],
+        )
+    )
     right = groups[0]["right_per_level"]
-    out.append(("table", ["train level", "size", *(f"kept % L{k} ({right[k]})" for k in range(5))],
-                [[g["level"], g["size"], *(fmt(v) for v in g["kept_per_level"])]
-                 for g in groups]))  # fmt: skip
+    out.append(
+        (
+            "table",
+            ["train level", "size", *(f"kept % L{k} ({right[k]})" for k in range(5))],
+            [[g["level"], g["size"], *(fmt(v) for v in g["kept_per_level"])] for g in groups],
+        )
+    )
     return out
 
 
@@ -188,33 +291,66 @@ def param_blocks(cell: str, entry: dict[str, Any], figdir: Path) -> list[Block]:
         head = ["top k % of weights", "weights", "share of Σr %"]
         if nonzero and entry["zero_base"]["weights"]:
             zero = entry["zero_base"]
-            out.append(("p", f"{zero['weights']:,} weights are exactly 0 in the base model; "
-                             f"their r = |Δ|/1e-8 makes {fmt(zero['share_of_r'])} % of Σr, so "
-                             "the last column ranks the weights with a non-zero base value "
-                             "(PAPER.md Table 3 analogue)."))  # fmt: skip
-            out.append(("table", [*head, "share of Σr, non-zero base %"],
-                        [[f"{r['k']:g}", str(r["count"]), fmt(r["share"]), fmt(z["share"])]
-                         for r, z in zip(conc, nonzero, strict=True)]))  # fmt: skip
+            out.append(
+                (
+                    "p",
+                    f"{zero['weights']:,} weights are exactly 0 in the base model; "
+                    f"their r = |Δ|/1e-8 makes {fmt(zero['share_of_r'])} % of Σr, so "
+                    "the last column ranks the weights with a non-zero base value "
+                    "(PAPER.md Table 3 analogue).",
+                )
+            )
+            out.append(
+                (
+                    "table",
+                    [*head, "share of Σr, non-zero base %"],
+                    [
+                        [f"{r['k']:g}", str(r["count"]), fmt(r["share"]), fmt(z["share"])]
+                        for r, z in zip(conc, nonzero, strict=True)
+                    ],
+                )
+            )
         else:
-            out.append(("table", head, [[f"{r['k']:g}", str(r["count"]), fmt(r["share"])]
-                                        for r in conc]))  # fmt: skip
+            out.append(
+                ("table", head, [[f"{r['k']:g}", str(r["count"]), fmt(r["share"])] for r in conc])
+            )
     if "sweep" in entry:
-        out.append(("table", ["model", "k %", "ID", "OOD"],
-                    [[r["label"], f"{r['k']:g}", fmt(r["in_domain"]), fmt(r["ood"])]
-                     for r in entry["sweep"]["rows"]]))  # fmt: skip
-        out += [("img", name, caption) for name, caption in sweep_curves(cell, entry["sweep"],
-                                                                          figdir)]  # fmt: skip
+        out.append(
+            (
+                "table",
+                ["model", "k %", "ID", "OOD"],
+                [
+                    [r["label"], f"{r['k']:g}", fmt(r["in_domain"]), fmt(r["ood"])]
+                    for r in entry["sweep"]["rows"]
+                ],
+            )
+        )
+        out += [
+            ("img", name, caption) for name, caption in sweep_curves(cell, entry["sweep"], figdir)
+        ]
     if "where" in entry:
         w = entry["where"]
-        out.append(("p", f"Where the top-k % weights ({w['scope']} ranking, {w['strategy']}) "
-                         "sit: each group's share of the selected weights, beside its share of "
-                         "the region's weights (PAPER.md Tables 9–10; over-represented groups "
-                         "hold more large updates than their size)."))  # fmt: skip
+        out.append(
+            (
+                "p",
+                f"Where the top-k % weights ({w['scope']} ranking, {w['strategy']}) "
+                "sit: each group's share of the selected weights, beside its share of "
+                "the region's weights (PAPER.md Tables 9–10; over-represented groups "
+                "hold more large updates than their size).",
+            )
+        )
         head = ["weights %", *(f"top {k:g} %" for k in w["ks"])]
         for key, label in (("per_module", "module"), ("per_layer", "layer")):
-            out.append(("table", [label, *head],
-                        [[g["group"], fmt(g["weights"]),
-                          *(fmt(g["selected"][k]) for k in w["ks"])] for g in w[key]]))  # fmt: skip
+            out.append(
+                (
+                    "table",
+                    [label, *head],
+                    [
+                        [g["group"], fmt(g["weights"]), *(fmt(g["selected"][k]) for k in w["ks"])]
+                        for g in w[key]
+                    ],
+                )
+            )
         out += [("img", name, caption) for name, caption in layer_shares(cell, w, figdir)]
     if "blocks" in entry:
         rows = entry["blocks"]["rows"]
@@ -225,11 +361,29 @@ def param_blocks(cell: str, entry: dict[str, Any], figdir: Path) -> list[Block]:
                 return "-"
             return f"{100 * (r[key] - tuned[key]):+.1f}"
 
-        out.append(("p", "Layer blocks restored entirely to their pre-SFT values (PAPER.md "
-                         "Table 11); Δ against the unrestored model, in points."))  # fmt: skip
-        out.append(("table", ["restored", "ID", "OOD", "Δ ID", "Δ OOD"],
-                    [[r["label"], fmt(r["in_domain"]), fmt(r["ood"]), delta(r, "in_domain"),
-                      delta(r, "ood")] for r in rows]))  # fmt: skip
+        out.append(
+            (
+                "p",
+                "Layer blocks restored entirely to their pre-SFT values (PAPER.md "
+                "Table 11); Δ against the unrestored model, in points.",
+            )
+        )
+        out.append(
+            (
+                "table",
+                ["restored", "ID", "OOD", "Δ ID", "Δ OOD"],
+                [
+                    [
+                        r["label"],
+                        fmt(r["in_domain"]),
+                        fmt(r["ood"]),
+                        delta(r, "in_domain"),
+                        delta(r, "ood"),
+                    ]
+                    for r in rows
+                ],
+            )
+        )
     return out
 
 
@@ -276,13 +430,17 @@ def to_html(page: list[Block], title: str) -> str:
             body.append(f"<p>{inline(b[1])}</p>")
         elif b[0] == "table":
             left = [any(prose(r[j]) for r in b[2]) for j in range(len(b[1]))]  # column heads
-            head = "".join(f'<th class="w">{inline(c)}</th>' if w else f"<th>{inline(c)}</th>"
-                           for c, w in zip(b[1], left, strict=True))  # fmt: skip
+            head = "".join(
+                f'<th class="w">{inline(c)}</th>' if w else f"<th>{inline(c)}</th>"
+                for c, w in zip(b[1], left, strict=True)
+            )
             rows = "".join("<tr>" + "".join(_td(c) for c in r) + "</tr>" for r in b[2])
             body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
         elif b[0] == "img":
-            body.append(f'<figure><img src="figures/{html.escape(b[1])}" alt="{inline(b[2])}">'
-                        f"<figcaption>{inline(b[2])}</figcaption></figure>")  # fmt: skip
+            body.append(
+                f'<figure><img src="figures/{html.escape(b[1])}" alt="{inline(b[2])}">'
+                f"<figcaption>{inline(b[2])}</figcaption></figure>"
+            )
     return (
         f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}"
         f"</title><style>{CSS}</style></head><body>{''.join(body)}</body></html>\n"
@@ -305,5 +463,6 @@ def write_report(root: Path, out: Path | None = None) -> Path:
     """Write ``OUT`` (default ``RUN/report``): report.md, index.html, figures/*.png."""
     root = Path(root)
     data = collect(root)
-    return write_page(Path(out) if out else RunLayout(root).report(),
-                      lambda figdir: blocks(data, figdir))  # fmt: skip
+    return write_page(
+        Path(out) if out else RunLayout(root).report(), lambda figdir: blocks(data, figdir)
+    )

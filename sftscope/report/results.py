@@ -58,8 +58,13 @@ def cell_table(root: Path) -> list[dict[str, Any]]:
 
 def _kl_columns(path: Path) -> dict[str, Any]:
     if not path.exists():
-        return {"kl_paper": None, "kl_paper_std": None, "kl_paper_n": 0, "kl_full": None,
-                "kl_full_per_level": [None] * 5}  # fmt: skip
+        return {
+            "kl_paper": None,
+            "kl_paper_std": None,
+            "kl_paper_n": 0,
+            "kl_full": None,
+            "kl_full_per_level": [None] * 5,
+        }
     k = json.loads(path.read_text(encoding="utf-8"))
     full, paper = k.get("full", {}), k.get("paper", {"mean": None, "std": None, "n": 0})
     return {
@@ -120,9 +125,11 @@ def answer_transition_tables(root: Path) -> dict[str, dict[str, Any]]:
         return {}
     before = read_answers(base)  # once, for every cell
     cells = [c for c in layout.names("eval") if c != "base"]
-    return {c: answer_transitions(before, read_answers(layout.eval(c)))
-            for c in sorted(cells, key=cell_order)
-            if (layout.eval(c) / "records.jsonl").exists()}  # fmt: skip
+    return {
+        c: answer_transitions(before, read_answers(layout.eval(c)))
+        for c in sorted(cells, key=cell_order)
+        if (layout.eval(c) / "records.jsonl").exists()
+    }
 
 
 def correct_by_id(folder: Path) -> dict[str, bool]:
@@ -149,8 +156,11 @@ def kl_summary(path: Path) -> dict[str, Any]:
         out["paper"] = {key: k["paper"][key] for key in ("mean", "std", "n", "level", "prompts")}
     if "full" in k:
         full = k["full"]
-        out["full"] = {"overall": full["overall"], "per_level": full["per_level"],
-                       "prompt": full["prompt"]}  # fmt: skip
+        out["full"] = {
+            "overall": full["overall"],
+            "per_level": full["per_level"],
+            "prompt": full["prompt"],
+        }
     return out
 
 
@@ -163,13 +173,16 @@ def params_summary(outputs: dict[str, Path]) -> dict[str, Any]:
         d = json.loads((folder / "diff.json").read_text(encoding="utf-8"))
         c = json.loads((folder / "concentration.json").read_text(encoding="utf-8"))
         out["diff"] = {
-            "region": d["region"], "weights": d["weights"], "zero_base": d["zero_base"],
+            "region": d["region"],
+            "weights": d["weights"],
+            "zero_base": d["zero_base"],
             "concentration": [{"k": r["k"], "share": r["share"]} for r in c["rows"]],
-            "concentration_nonzero_base": [{"k": r["k"], "share": r["share"]}
-                                           for r in c.get("other", {}).get("rows", [])],
+            "concentration_nonzero_base": [
+                {"k": r["k"], "share": r["share"]} for r in c.get("other", {}).get("rows", [])
+            ],
             "mean_change_per_layer": {k: g["mean"] for k, g in d["per_layer"].items()},
             "mean_change_per_module": {k: g["mean"] for k, g in d["per_module"].items()},
-        }  # fmt: skip
+        }
     for part in ("restore", "blocks"):
         if part in outputs:
             out[part] = json.loads((outputs[part] / "sweep.json").read_text(encoding="utf-8"))

@@ -63,14 +63,23 @@ class TestbedConfig(BaseModel):
 
 PRESETS: dict[str, TestbedConfig] = {
     # ~40 s on one CPU thread; greedy recall rises with exposure (0.06 at 0 → 1.0 at 16+)
-    "tiny": TestbedConfig(world=WorldConfig(entities=60, objects=8, max_exposure=16),
-                          vocab_size=400, hidden_size=64, num_layers=2, epochs=60,
-                          learning_rate=3e-3),
+    "tiny": TestbedConfig(
+        world=WorldConfig(entities=60, objects=8, max_exposure=16),
+        vocab_size=400,
+        hidden_size=64,
+        num_layers=2,
+        epochs=60,
+        learning_rate=3e-3,
+    ),
     # ~6.5 CPU-minutes on one thread (10 min beside two other jobs on 2 cores); recall 0.02 at
     # exposure 0 -> 0.41 (1) -> 0.72 (2-3) -> 0.89 (4-7) -> 0.95 (8-15) -> 0.98+ (16+)
-    "standard": TestbedConfig(world=WorldConfig(entities=500, objects=40, max_exposure=64),
-                              train_templates=16, epochs=12, learning_rate=3e-3),
-}  # fmt: skip
+    "standard": TestbedConfig(
+        world=WorldConfig(entities=500, objects=40, max_exposure=64),
+        train_templates=16,
+        epochs=12,
+        learning_rate=3e-3,
+    ),
+}
 
 
 def sentences(facts: list[Fact], n_templates: int, seed: int) -> list[str]:
@@ -106,8 +115,9 @@ def recall_by_exposure(model, tokenizer, facts: list[Fact]) -> dict[str, dict[st
     for f, (text,) in zip(facts, outs, strict=True):
         hits[bucket_of(f.exposure)].append(contains_answer(text, (f.object,)))
     order = [bucket_of(lo) for lo, _ in BUCKETS]
-    return {b: {"facts": len(hits[b]), "recall": sum(hits[b]) / len(hits[b])}
-            for b in order if hits[b]}  # fmt: skip
+    return {
+        b: {"facts": len(hits[b]), "recall": sum(hits[b]) / len(hits[b])} for b in order if hits[b]
+    }
 
 
 def build(cfg: TestbedConfig, out: Path) -> dict[str, Any]:
@@ -126,18 +136,31 @@ def build(cfg: TestbedConfig, out: Path) -> dict[str, Any]:
     held_out = [t for rel in RELATIONS for t in table[rel.id].mapping]
     questions = [r.question_template for r in RELATIONS] + ["<|question|> <|answer|>"]
     tokenizer = build_tokenizer(corpus + held_out + questions, vocab_size=cfg.vocab_size)
-    model = build_tiny_model(tokenizer, hidden_size=cfg.hidden_size, num_layers=cfg.num_layers,
-                             num_heads=cfg.num_heads, seed=cfg.seed)  # fmt: skip
+    model = build_tiny_model(
+        tokenizer,
+        hidden_size=cfg.hidden_size,
+        num_layers=cfg.num_layers,
+        num_heads=cfg.num_heads,
+        seed=cfg.seed,
+    )
     blocks = pack(tokenizer, corpus, cfg.block_size)
     data = Dataset.from_dict({"input_ids": blocks})
     with tempfile.TemporaryDirectory() as scratch:
         args = TrainingArguments(
-            output_dir=scratch, num_train_epochs=cfg.epochs, learning_rate=cfg.learning_rate,
-            per_device_train_batch_size=cfg.batch_size, lr_scheduler_type="cosine",
-            warmup_steps=0.05, weight_decay=0.0, seed=cfg.seed, save_strategy="no",
-            report_to=[], logging_steps=10, use_cpu=not torch.cuda.is_available(),
+            output_dir=scratch,
+            num_train_epochs=cfg.epochs,
+            learning_rate=cfg.learning_rate,
+            per_device_train_batch_size=cfg.batch_size,
+            lr_scheduler_type="cosine",
+            warmup_steps=0.05,
+            weight_decay=0.0,
+            seed=cfg.seed,
+            save_strategy="no",
+            report_to=[],
+            logging_steps=10,
+            use_cpu=not torch.cuda.is_available(),
             disable_tqdm=False,
-        )  # fmt: skip
+        )
         model.train()
         trainer = Trainer(
             model=model,

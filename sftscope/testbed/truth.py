@@ -21,8 +21,11 @@ from sftscope.transitions import read_mastery, transitions
 def exposures(data_dir: Path) -> dict[str, int]:
     """Fact id -> exposure (the item's ``popularity``) over every split of a testbed dataset."""
     ds = open_dataset(data_dir)
-    out = {it.id: int(it.popularity) for it in load_items(ds, ["train", "dev", "test"])
-           if it.popularity is not None}  # fmt: skip
+    out = {
+        it.id: int(it.popularity)
+        for it in load_items(ds, ["train", "dev", "test"])
+        if it.popularity is not None
+    }
     if not out:
         raise SftscopeError(f"{data_dir}: no exposure counts (not a testbed dataset?)")
     return out
@@ -36,16 +39,21 @@ def probe_vs_exposure(probe_dir: Path, data_dir: Path) -> dict[str, Any]:
         raise SftscopeError(f"{probe_dir}: no probed fact is in {data_dir}")
     buckets: dict[str, dict[str, Any]] = {}
     for r in sorted(rows, key=lambda r: exp[r["id"]]):
-        b = buckets.setdefault(bucket_of(exp[r["id"]]), {"facts": 0, "mean_R": 0.0,
-                                                         "levels": [0] * N_LEVELS})  # fmt: skip
+        b = buckets.setdefault(
+            bucket_of(exp[r["id"]]), {"facts": 0, "mean_R": 0.0, "levels": [0] * N_LEVELS}
+        )
         b["facts"] += 1
         b["mean_R"] += r["R"]
         b["levels"][r["level"]] += 1
     for b in buckets.values():
         b["mean_R"] /= b["facts"]
     rho = spearman([r["R"] for r in rows], [exp[r["id"]] for r in rows])
-    return {"facts": len(rows), "method": rows[0].get("method"), "spearman": rho,
-            "buckets": buckets}  # fmt: skip
+    return {
+        "facts": len(rows),
+        "method": rows[0].get("method"),
+        "spearman": rho,
+        "buckets": buckets,
+    }
 
 
 def transitions_by_exposure(before: Path, after: Path, data_dir: Path) -> dict[str, Any]:

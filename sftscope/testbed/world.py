@@ -29,29 +29,112 @@ from sftscope.io import atomic_write_json
 TESTBED = "testbed"  # the dataset name (and its section of templates.yaml)
 
 RELATIONS: tuple[Relation, ...] = (
-    Relation(id="birthplace", name="place of birth", domain=Domain.IN_DOMAIN,
-             question_template="Where was {subject} born?"),
-    Relation(id="employer", name="employer", domain=Domain.IN_DOMAIN,
-             question_template="Which company does {subject} work for?"),
-    Relation(id="citizenship", name="country of citizenship", domain=Domain.IN_DOMAIN,
-             question_template="Which country is {subject} a citizen of?"),
-    Relation(id="profession", name="profession", domain=Domain.OOD,
-             question_template="What is the profession of {subject}?"),
-)  # fmt: skip
-KIND = {"birthplace": "city", "employer": "company", "citizenship": "country",
-        "profession": "profession"}  # fmt: skip
-PROFESSIONS = ("baker", "carpenter", "chemist", "dentist", "economist", "engineer", "farmer",
-               "geologist", "historian", "journalist", "lawyer", "librarian", "mechanic",
-               "musician", "nurse", "painter", "pharmacist", "photographer", "physicist",
-               "pilot", "plumber", "poet", "sculptor", "surgeon", "tailor", "teacher",
-               "translator", "veterinarian", "weaver", "architect")  # fmt: skip
-_SYLLABLES = ("ba", "ce", "di", "fo", "gu", "ha", "ke", "li", "mo", "nu", "pa", "qui", "ro",
-              "sa", "te", "vo", "wi", "xa", "ye", "zu", "bran", "dor", "fel", "gar", "hol",
-              "kin", "lor", "mar", "nel", "pol", "ral", "sen", "tor", "val", "wen",
-              "zor")  # fmt: skip
-_SUFFIX = {"city": ("", "ton", "burg", "ville", "mouth"), "company": (" Corp", " Labs",
-           " Works", " Systems", " Group"),
-           "country": ("ia", "land", "stan", "ora", "esh")}  # fmt: skip
+    Relation(
+        id="birthplace",
+        name="place of birth",
+        domain=Domain.IN_DOMAIN,
+        question_template="Where was {subject} born?",
+    ),
+    Relation(
+        id="employer",
+        name="employer",
+        domain=Domain.IN_DOMAIN,
+        question_template="Which company does {subject} work for?",
+    ),
+    Relation(
+        id="citizenship",
+        name="country of citizenship",
+        domain=Domain.IN_DOMAIN,
+        question_template="Which country is {subject} a citizen of?",
+    ),
+    Relation(
+        id="profession",
+        name="profession",
+        domain=Domain.OOD,
+        question_template="What is the profession of {subject}?",
+    ),
+)
+KIND = {
+    "birthplace": "city",
+    "employer": "company",
+    "citizenship": "country",
+    "profession": "profession",
+}
+PROFESSIONS = (
+    "baker",
+    "carpenter",
+    "chemist",
+    "dentist",
+    "economist",
+    "engineer",
+    "farmer",
+    "geologist",
+    "historian",
+    "journalist",
+    "lawyer",
+    "librarian",
+    "mechanic",
+    "musician",
+    "nurse",
+    "painter",
+    "pharmacist",
+    "photographer",
+    "physicist",
+    "pilot",
+    "plumber",
+    "poet",
+    "sculptor",
+    "surgeon",
+    "tailor",
+    "teacher",
+    "translator",
+    "veterinarian",
+    "weaver",
+    "architect",
+)
+_SYLLABLES = (
+    "ba",
+    "ce",
+    "di",
+    "fo",
+    "gu",
+    "ha",
+    "ke",
+    "li",
+    "mo",
+    "nu",
+    "pa",
+    "qui",
+    "ro",
+    "sa",
+    "te",
+    "vo",
+    "wi",
+    "xa",
+    "ye",
+    "zu",
+    "bran",
+    "dor",
+    "fel",
+    "gar",
+    "hol",
+    "kin",
+    "lor",
+    "mar",
+    "nel",
+    "pol",
+    "ral",
+    "sen",
+    "tor",
+    "val",
+    "wen",
+    "zor",
+)
+_SUFFIX = {
+    "city": ("", "ton", "burg", "ville", "mouth"),
+    "company": (" Corp", " Labs", " Works", " Systems", " Group"),
+    "country": ("ia", "land", "stan", "ora", "esh"),
+}
 
 
 BUCKETS = ((0, 0), (1, 1), (2, 3), (4, 7), (8, 15), (16, 31), (32, 10**9))  # exposure tables
@@ -119,8 +202,10 @@ def generate(cfg: WorldConfig) -> list[Fact]:
     world."""
     rng = random.Random(cfg.seed)
     names = _Names(rng)
-    pools = {kind: [names.thing(kind) for _ in range(cfg.objects)]
-             for kind in ("city", "company", "country")}  # fmt: skip
+    pools = {
+        kind: [names.thing(kind) for _ in range(cfg.objects)]
+        for kind in ("city", "company", "country")
+    }
     pools["profession"] = list(PROFESSIONS)
     people = [names.person() for _ in range(cfg.entities)]
     weights = exposure_weights(cfg)
@@ -130,8 +215,10 @@ def generate(cfg: WorldConfig) -> list[Fact]:
         rng.shuffle(order)
         n_test = max(1, round(cfg.test_fraction * len(people)))
         n_dev = round(cfg.dev_fraction * len(people))
-        split_of = {i: "test" if k < n_test else "dev" if k < n_test + n_dev else "train"
-                    for k, i in enumerate(order)}  # fmt: skip
+        split_of = {
+            i: "test" if k < n_test else "dev" if k < n_test + n_dev else "train"
+            for k, i in enumerate(order)
+        }
         for i, person in enumerate(people):
             obj = rng.choice(pools[KIND[rel.id]])
             exposure = rng.choices(range(cfg.max_exposure + 1), weights)[0]
@@ -143,16 +230,28 @@ def write_dataset(facts: list[Fact], cfg: WorldConfig, out: Path) -> Path:
     """The facts as a dataset folder every stage reads (and ``world.json`` with the config and
     every fact, for the corpus builder)."""
     out = Path(out)
-    meta = {"name": TESTBED, "relations": [r.model_dump(mode="json") for r in RELATIONS],
-            "source": "sftscope synthetic testbed", "config": cfg.model_dump()}  # fmt: skip
+    meta = {
+        "name": TESTBED,
+        "relations": [r.model_dump(mode="json") for r in RELATIONS],
+        "source": "sftscope synthetic testbed",
+        "config": cfg.model_dump(),
+    }
     for split in SPLITS:
         for rel in RELATIONS:
-            rows = [{"question": rel.question_template.replace("{subject}", f.subject),
-                     "answers": [f.object], "subject": f.subject, "popularity": f.exposure}
-                    for f in facts if f.relation == rel.id and f.split == split]  # fmt: skip
+            rows = [
+                {
+                    "question": rel.question_template.replace("{subject}", f.subject),
+                    "answers": [f.object],
+                    "subject": f.subject,
+                    "popularity": f.exposure,
+                }
+                for f in facts
+                if f.relation == rel.id and f.split == split
+            ]
             atomic_write_json(out / split / f"{rel.id}.{split}.json", rows)
-    atomic_write_json(out / "world.json", {"config": cfg.model_dump(),
-                                           "facts": [asdict(f) for f in facts]})  # fmt: skip
+    atomic_write_json(
+        out / "world.json", {"config": cfg.model_dump(), "facts": [asdict(f) for f in facts]}
+    )
     atomic_write_json(out / "dataset.json", meta)  # last: marks a complete dataset
     return out
 

@@ -37,8 +37,14 @@ def test_greedy_eval_predictions_match_the_hf_engine(engines, tmp_path: Path) ->
     records = {}
     for engine in (hf, vllm):
         name = engine.info["engine"]
-        cfg = EvalConfig(model="smollm2", data="geo", split="test", limit_per_relation=15,
-                         engine=name, out=tmp_path / name)  # fmt: skip
+        cfg = EvalConfig(
+            model="smollm2",
+            data="geo",
+            split="test",
+            limit_per_relation=15,
+            engine=name,
+            out=tmp_path / name,
+        )
         summary = run_eval(cfg, engine)
         assert summary["engine"]["engine"] == name and summary["engine"]["version"]
         records[name] = read_jsonl(tmp_path / name / "records.jsonl")
@@ -54,9 +60,17 @@ def test_sampling_probe_levels_agree_with_the_hf_engine(engines, tmp_path: Path)
     rows = {}
     for engine in (hf, vllm):
         name = engine.info["engine"]
-        cfg = ProbeConfig(model="smollm2", data="geo", split="train", limit_per_relation=4,
-                          templates=21, samples=10, max_new_tokens=8, engine=name,
-                          out=tmp_path / name)  # fmt: skip
+        cfg = ProbeConfig(
+            model="smollm2",
+            data="geo",
+            split="train",
+            limit_per_relation=4,
+            templates=21,
+            samples=10,
+            max_new_tokens=8,
+            engine=name,
+            out=tmp_path / name,
+        )
         summary = run_probe(cfg, engine)
         assert summary["engine"]["engine"] == name
         rows[name] = {r["id"]: r for r in read_jsonl(tmp_path / name / "mastery.jsonl")}
@@ -94,9 +108,9 @@ def test_a_second_vllm_model_in_one_process_is_refused(engines, tiny_model_dir: 
 def test_a_grid_runs_end_to_end_on_vllm(tmp_path: Path) -> None:
     """Probes, evaluations and the restore sweep on vLLM, each stage in its own process; the
     KL on the HF engine. A rerun has nothing left to do."""
-    from conftest import fixture_questions, grid_yaml
-
     from sftscope.models.tiny import save_tiny
+
+    from helpers import fixture_questions, grid_yaml
 
     # one head of 64: vLLM's CPU attention has no kernel for the usual tiny model's 16
     model = save_tiny(fixture_questions(), tmp_path / "model", num_heads=1)
@@ -105,11 +119,20 @@ def test_a_grid_runs_end_to_end_on_vllm(tmp_path: Path) -> None:
     from sftscope.pipeline.grid import Grid
 
     path = grid_yaml(
-        tmp_path, model, engine="vllm", levels=[0], sizes=[4],
-        probe={"method": "sampling", "templates": 2, "samples": 2, "max_new_tokens": 4,
-               "chunk_size": 8},
+        tmp_path,
+        model,
+        engine="vllm",
+        levels=[0],
+        sizes=[4],
+        probe={
+            "method": "sampling",
+            "templates": 2,
+            "samples": 2,
+            "max_new_tokens": 4,
+            "chunk_size": 8,
+        },
         params={"cells": "all", "k": [50], "diff": False},
-    )  # fmt: skip
+    )
     cfg = load_config(GridConfig, path)
     Grid(cfg).run()
     run = Path(cfg.out)

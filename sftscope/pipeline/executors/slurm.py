@@ -57,12 +57,17 @@ class SlurmExecutor:
             slurm_max_num_timeout=s.max_requeues,
         )
         params: dict[str, Any] = {
-            "name": f"sftscope-{layout.root.name}", "timeout_min": s.timeout_min,
-            "cpus_per_task": s.cpus_per_job, "mem_gb": s.mem_gb,
+            "name": f"sftscope-{layout.root.name}",
+            "timeout_min": s.timeout_min,
+            "cpus_per_task": s.cpus_per_job,
+            "mem_gb": s.mem_gb,
             "gpus_per_node": s.gpus_per_job if gpus else 0,
-            "slurm_array_parallelism": s.array_parallelism, "slurm_partition": s.partition,
-            "slurm_account": s.account, "slurm_qos": s.qos, "slurm_constraint": s.constraint,
-        }  # fmt: skip
+            "slurm_array_parallelism": s.array_parallelism,
+            "slurm_partition": s.partition,
+            "slurm_account": s.account,
+            "slurm_qos": s.qos,
+            "slurm_constraint": s.constraint,
+        }
         if s.additional:
             params["slurm_additional_parameters"] = dict(s.additional)
         self.executor.update_parameters(**{k: v for k, v in params.items() if v is not None})
