@@ -1,4 +1,4 @@
-"""Closed-book QA evaluation (PAPER.md §4): per-item records and accuracy summaries.
+"""Closed-book QA evaluation (docs/method.md §4): per-item records and accuracy summaries.
 
 Greedy decoding, 16 new tokens, stop at the first newline; an answer is correct under
 *containment* (the paper: a gold alias appears in the output on word boundaries) and under
@@ -106,7 +106,7 @@ def summarize(records: Iterable[dict[str, Any]]) -> dict[str, Any]:
 
 def level_breakdown(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Accuracy per mastery level of the test items, and the paper's headline: the unweighted
-    mean over levels (PAPER.md §4), in-domain, out-of-domain and overall. Levels without items
+    mean over levels (docs/method.md §4), in-domain, out-of-domain and overall. Levels without items
     are listed in ``missing_levels`` and left out of the mean."""
     out: dict[str, Any] = {}
     for key, domain in (("in_domain", Domain.IN_DOMAIN), ("ood", Domain.OOD), ("overall", None)):

@@ -1,6 +1,6 @@
-"""The run folder's layout (DESIGN.md, "Run directory"): the one place that knows where each
-stage of a run writes. The grid plans into it, the executors' jobs and logs live in it, and the
-run's readers (tables, report) read from it."""
+"""The run folder's layout (docs/architecture.md, "The run directory contract"): the one place
+that knows where each stage of a run writes. The grid plans into it, the executors' jobs and
+logs live in it, and the run's readers (tables, report) read from it."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Prompt formats shared by evaluation, training and the later analyses.
 
-* ``sft``: the paper's format (PAPER.md §3.3), ``<|question|> {q} <|answer|>`` with the answer
+* ``sft``: the paper's format (docs/method.md §3.3), ``<|question|> {q} <|answer|>`` with the answer
   following after a space; used for fine-tuned models, and as the SFT training format.
 * ``fewshot``: plain ``Question: …\\nAnswer: …`` with exemplars from the same relation's train
   split; used for base / instruct models that have never seen the SFT format.

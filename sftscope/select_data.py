@@ -15,13 +15,13 @@ has mapping templates and every row a subject, else ``question`` (any QA file). 
 * ``histogram.json``: pairs per level (a list indexed by level), overall and per relation;
 * ``level-<L>.jsonl`` (L = 0..4): the input rows of each level, as they were;
 * ``recommended.jsonl``: at most ``size`` input rows of levels ``min_level``..``max_level``, a
-  seeded sample balanced across relations (the paper's balanced draw, PAPER.md §1.4, with
+  seeded sample balanced across relations (the paper's balanced draw, docs/method.md §1.4, with
   :func:`sftscope.subsets.draw_subset`: small relations taken whole, the rest shared);
   a pair the file repeats counts once. ``recommended.train.jsonl``: the same pairs as
   ``sftscope train --train-file`` reads them (question, answer = the first gold answer);
 * ``select.json``: settings, histogram and the sample's composition; written last.
 
-Why these defaults (PAPER.md):
+Why these defaults (docs/method.md):
 
 * **Few samples** (``size`` 240): for every mastery level, accuracy peaks at ~240 training
   samples and falls with more; training on a whole level is nearly the worst (§5.1,

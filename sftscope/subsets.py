@@ -1,4 +1,4 @@
-"""Training sets by size x mastery level x seed, balanced across relations (PAPER.md §1.4).
+"""Training sets by size x mastery level x seed, balanced across relations (docs/method.md §1.4).
 
 The paper draws N facts of one mastery level "keeping a balanced distribution across the
 topics". Where a relation's pool of that level is smaller than its share, all of it is taken

@@ -1,4 +1,4 @@
-"""Token level (PAPER.md §6): how far fine-tuning moves the output distribution.
+"""Token level (docs/method.md §6): how far fine-tuning moves the output distribution.
 
 *Paper KL.* Test facts the base model masters (level 4) and, per relation, the one mapping
 template with the highest success rate in the probe; only facts whose base completion under that

@@ -1,4 +1,4 @@
-"""Supervised fine-tuning (PAPER.md §3): a thin layer over TRL's ``SFTTrainer``.
+"""Supervised fine-tuning (docs/method.md §3): a thin layer over TRL's ``SFTTrainer``.
 
 Examples are prompt/completion pairs in the paper's format (``<|question|> q <|answer|>`` then
 `` answer <eos>``), so TRL puts the loss on the completion tokens only. TRL silently drops an

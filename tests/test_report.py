@@ -67,7 +67,7 @@ def test_report_of_a_grid_run(tiny_model_dir: Path, tmp_path: Path) -> None:
     # the header names the recipe, each departure from the paper's, and the run's note
     assert (
         "SFT: full fine-tuning, learning rate 0.001, batch 4, 1 epoch, adamw_torch, cosine "
-        "schedule. Departs from the paper's recipe (PAPER.md §3.2): learning rate 0.001 "
+        "schedule. Departs from the paper's recipe (docs/method.md §3.2): learning rate 0.001 "
         "(paper 1e-05); batch size 4 (paper 8)."
     ) in md
     assert "Note: a tiny model learns fast" in md and "Note: a tiny model learns fast" in page

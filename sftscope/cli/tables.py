@@ -35,7 +35,7 @@ def summary_table(summary: dict[str, Any], title: str) -> Table:
 
 
 def level_table(by_level: dict[str, Any]) -> Table:
-    """Accuracy per mastery level of the test items and the mean over levels (PAPER.md §4)."""
+    """Accuracy per mastery level of the test items and the mean over levels (docs/method.md §4)."""
     table = Table(title="containment accuracy % per mastery level of the test items")
     for col in ("items", *(f"level {k}" for k in range(5)), "mean of levels"):
         table.add_column(col, justify="left" if col == "items" else "right")
@@ -47,7 +47,7 @@ def level_table(by_level: dict[str, Any]) -> Table:
 
 
 def histogram_table(summary: dict[str, Any]) -> Table:
-    """Facts per mastery level and relation (PAPER.md §1.3 style)."""
+    """Facts per mastery level and relation (docs/method.md §1.3 style)."""
     title = f"mastery levels: {summary['method']} probe, {summary['data']}/{summary['split']}"
     return _levels_table(title, summary["histogram"], "facts")
 
@@ -86,7 +86,7 @@ def select_table(summary: dict[str, Any]) -> Table:
 
 
 def concentration_table(rows: list[dict[str, Any]], region: str) -> Table:
-    """Share of Σr held by the top k% of weights (PAPER.md Table 3)."""
+    """Share of Σr held by the top k% of weights (the paper's Table 3)."""
     table = Table(title=f"share of the total relative change held by the top k% ({region})")
     table.add_column("top k %", justify="right")
     table.add_column("weights", justify="right")

@@ -36,9 +36,9 @@ class GridEval(EvalSettings):
 
 
 class ParamsSettings(RestoreSettings):
-    """The parameter level of a composite run (PAPER.md §7), as the grid and the audit plan it:
-    the diff (``params/<cell>/diff/``) and the restore sweep, each restored model evaluated like
-    the tuned one (``params/<cell>/restore/``), and optionally layer blocks."""
+    """The parameter level of a composite run (docs/method.md §7), as the grid and the audit
+    plan it: the diff (``params/<cell>/diff/``) and the restore sweep, each restored model
+    evaluated like the tuned one (``params/<cell>/restore/``), and optionally layer blocks."""
 
     layers: list[str] | None = Field(
         None, description="also restore these layer blocks A-B entirely (params/<cell>/blocks)"
@@ -74,7 +74,7 @@ def _executor_config(v: Any) -> Any:
 
 
 class GridConfig(RunContext):
-    """``sftscope run``: the experiment grid; cells = level x size x seed (PAPER.md §1.4)."""
+    """``sftscope run``: the experiment grid; cells = level x size x seed (docs/method.md §1.4)."""
 
     model: str = Field(description="base model: local path, hub id, or 'smollm2'")
     relations: list[str] | None = Field(None, description="in-domain relations to train on")

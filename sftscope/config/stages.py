@@ -76,7 +76,7 @@ class EvalSettings(StageConfig):
 
 
 class EvalConfig(RunContext, DataConfig, EvalSettings):
-    """Closed-book QA evaluation (PAPER.md §4): greedy, 16 new tokens, stop at newline."""
+    """Closed-book QA evaluation (docs/method.md §4): greedy, 16 new tokens, stop at newline."""
 
     model: str = Field(description="local path, hub id, or 'smollm2' (the bundled model)")
     prompt: PromptStyle = Field("fewshot", description="'sft' for fine-tuned models")
@@ -89,7 +89,7 @@ PAPER_THRESHOLDS = (0.0, 0.25, 0.5, 0.75)
 
 
 class ProbeSettings(StageConfig):
-    """How mastery is measured (PAPER.md §2); defaults are the paper's. Shared by
+    """How mastery is measured (docs/method.md §2); defaults are the paper's. Shared by
     ``sftscope probe`` and the grid."""
 
     method: ProbeMethod = Field(
@@ -165,10 +165,13 @@ class SelectConfig(RunContext, DataConfig):
     )
     probe: SelectProbe = Field(SelectProbe(), description="how mastery is measured")
     size: int = Field(
-        240, ge=1, description="pairs in recommended.jsonl (PAPER.md §5.1: ~240 is best)"
+        240, ge=1, description="pairs in recommended.jsonl (docs/method.md §5.1: ~240 is best)"
     )
     min_level: int = Field(
-        2, ge=0, le=4, description="lowest mastery level recommended (level 0 hurts: PAPER.md §5.1)"
+        2,
+        ge=0,
+        le=4,
+        description="lowest mastery level recommended (level 0 hurts: docs/method.md §5.1)",
     )
     max_level: int = Field(4, ge=0, le=4, description="highest mastery level recommended")
     seed: int = Field(0, description="seed of the recommended sample")
@@ -184,7 +187,7 @@ class SelectConfig(RunContext, DataConfig):
 
 
 class TrainRecipe(StageConfig):
-    """The SFT recipe (PAPER.md §3.2); defaults are the paper's. Shared by ``sftscope train``
+    """The SFT recipe (docs/method.md §3.2); defaults are the paper's. Shared by ``sftscope train``
     and the grid, so a cell's recipe and a single run's are the same object."""
 
     learning_rate: float = Field(1e-5, gt=0, description="peak learning rate")
@@ -225,7 +228,7 @@ class TrainConfig(TrainRecipe):
 
 
 class KLSettings(StageConfig):
-    """How the token-level distance is measured (PAPER.md §6); shared by ``sftscope kl`` and
+    """How the token-level distance is measured (docs/method.md §6); shared by ``sftscope kl`` and
     the grid."""
 
     level: int = Field(4, ge=0, le=4, description="paper KL: mastery level of the facts")
@@ -246,7 +249,7 @@ class KLSettings(StageConfig):
 
 
 class KLConfig(RunContext, DataConfig, KLSettings):
-    """``sftscope kl``: how far a fine-tuned model moved from its base (PAPER.md §6)."""
+    """``sftscope kl``: how far a fine-tuned model moved from its base (docs/method.md §6)."""
 
     base: str = Field(description="the base model (path, hub id or 'smollm2')")
     tuned: str = Field(description="the fine-tuned model folder")
@@ -267,7 +270,8 @@ def compute_device_field() -> Any:
 
 
 class DiffConfig(StageConfig):
-    """``sftscope diff``: relative change of every weight and its concentration (PAPER.md §7)."""
+    """``sftscope diff``: relative change of every weight and its concentration
+    (docs/method.md §7)."""
 
     base: str = Field(description="the base model (path, hub id or 'smollm2')")
     tuned: Path = Field(description="the fine-tuned model folder")
@@ -284,8 +288,8 @@ class DiffConfig(StageConfig):
 
 
 class RestoreSettings(StageConfig):
-    """Which fine-tuned weights go back to their pre-SFT values (PAPER.md §7); defaults are the
-    paper's. Shared by ``sftscope restore`` and the grid."""
+    """Which fine-tuned weights go back to their pre-SFT values (docs/method.md §7); defaults
+    are the paper's. Shared by ``sftscope restore`` and the grid."""
 
     k: list[float] = Field(list(PAPER_K), min_length=1, description="% of region weights, 0<k<100")
     scope: Literal["global", "layer", "tensor"] = Field(

@@ -2,7 +2,7 @@
 
 The official layout is ``{split}/{relation}.{split}.json``, each a JSON list of
 ``{"question", "answers"}``; :mod:`sftscope.data.dataset` reads it. This module only knows the
-relations: their Wikidata ids, question templates (PAPER.md §1.2) and which 10 are in-domain.
+relations: their Wikidata ids, question templates (docs/method.md §1.2) and which 10 are in-domain.
 """
 
 from __future__ import annotations

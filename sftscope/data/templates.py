@@ -1,6 +1,6 @@
 """Mapping templates for the knowledge-mastery probe, loaded from ``templates.yaml``.
 
-The probe (PAPER.md §2) asks the base model to complete declarative sentence prefixes such as
+The probe (docs/method.md §2) asks the base model to complete declarative sentence prefixes such as
 "{subject} was born in" -- 21 of them per relation in the paper -- and scores a fact by how
 often a gold answer follows. The templates are data, not code: they are kept in a packaged
 YAML file so they can be reviewed, extended or replaced (``templates_file`` in the probe

@@ -1,4 +1,4 @@
-"""Relative change of every weight (PAPER.md §7.1) and how concentrated it is (§7.2).
+"""Relative change of every weight (docs/method.md §7.1) and how concentrated it is (§7.2).
 
 r_i = |s_i - p_i| / (|p_i| + 1e-8) in fp32, for the tensors of a region (the paper's: decoder
 layer weights, norms excluded). Streamed tensor by tensor; the concentration table (share of the

@@ -1,4 +1,4 @@
-"""Exact top-n / bottom-n selection over scores streamed tensor by tensor (PAPER.md §7).
+"""Exact top-n / bottom-n selection over scores streamed tensor by tensor (docs/method.md §7).
 
 Weights are ranked inside a *group* (the whole region, one layer, or one tensor) by a score (the
 relative change, or a seeded random number), ties broken by position — lower first, positions

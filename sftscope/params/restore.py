@@ -1,4 +1,4 @@
-"""Restore selected fine-tuned weights to their pre-SFT values (PAPER.md §7.3, §7.5).
+"""Restore selected fine-tuned weights to their pre-SFT values (docs/method.md §7.3, §7.5).
 
 The paper ranks every weight of the region by its relative change r (one global ranking,
 ``torch.topk`` over a flat vector of the whole model) and sets the top k% back to the base
@@ -15,7 +15,7 @@ checkpoint per k written tensor by tensor, so memory holds a tensor pair, not a 
   natural name order (``layers.2`` before ``layers.10``, whatever the sharding) — so the
   selection equals the first n of a stable sort; n = floor(N * k / 100) per group.
 * layer blocks: ``layers: [0-3, 4-7]`` restores every region tensor of those layers entirely,
-  one output per block (PAPER.md Table 11), instead of the k sweep.
+  one output per block (the paper's Table 11), instead of the k sweep.
 
 With ``compute_device: cuda`` each region tensor pair is moved to the GPU for the arithmetic
 (r, scores, histograms, masks, the restored tensor) and comes back to the CPU for writing; the

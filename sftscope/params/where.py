@@ -1,4 +1,4 @@
-"""Where the large updates are (PAPER.md §7.5, Tables 9–10): of the weights a top-k% restore
+"""Where the large updates are (docs/method.md §7.5, Tables 9–10): of the weights a top-k% restore
 selected, the share in each decoder layer and in each module type, beside that layer's or
 module's share of the region's weights. The second column is what makes the first readable:
 a module holding 27 % of the weights and 27 % of the selected ones is not special.

@@ -92,7 +92,7 @@ def change_by_layer_module(diff: dict[str, Any], figdir: Path) -> list[tuple[str
             (
                 _finish(fig, ax, label, "mean relative change r", figdir / file),
                 f"Where the weights changed: mean relative change per {label} "
-                f"(region {diff['region']}; PAPER.md §7.1).",
+                f"(region {diff['region']}; docs/method.md §7.1).",
             )
         )
     return out
@@ -219,7 +219,7 @@ def accuracy_blocks(s: dict[str, Any], figdir: Path) -> list[Block]:
         (
             "p",
             "Accuracy %; L0–L4: in-domain test facts by their base mastery level; "
-            "'mean of levels' is the paper's headline (PAPER.md §4).",
+            "'mean of levels' is the paper's headline (docs/method.md §4).",
         )
     )
     out.append(

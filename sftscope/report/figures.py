@@ -77,7 +77,7 @@ def accuracy_vs_size(
             lambda g: g["in_domain_mean"],
             100,
             base and base["in_domain_mean"],
-            "In-domain accuracy (mean over test levels) vs training-set size (PAPER.md Fig. 2).",
+            "In-domain accuracy (mean over test levels) vs training-set size (the paper's Fig. 2).",
         ),
         (
             "level4_vs_size.png",
@@ -85,7 +85,7 @@ def accuracy_vs_size(
             lambda g: g["per_level"][4],
             100,
             level4,
-            "Accuracy on the test facts the base model knew best vs size (PAPER.md Fig. 4).",
+            "Accuracy on the test facts the base model knew best vs size (the paper's Fig. 4).",
         ),
         (
             "kl_vs_size.png",
@@ -93,7 +93,7 @@ def accuracy_vs_size(
             lambda g: g["kl_paper"],
             1,
             None,
-            "KL(fine-tuned ‖ base) on level-4 facts vs size (PAPER.md Fig. 5).",
+            "KL(fine-tuned ‖ base) on level-4 facts vs size (the paper's Fig. 5).",
         ),
     ]
     out = []

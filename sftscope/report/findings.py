@@ -102,7 +102,7 @@ def _group_basis(
 
 
 def peak_at_small_size(groups: list[dict[str, Any]], items: int | None = None) -> dict[str, Any]:
-    """PAPER.md §5.1: accuracy peaks at a small training size and falls with more data."""
+    """docs/method.md §5.1: accuracy peaks at a small training size and falls with more data."""
     claim = "accuracy peaks at a small training-set size and falls with more data"
     test = "per training level: best size vs the largest size (ID mean of levels), 95 % interval"
     lines, signs, compared, halves = [], [], [], []
@@ -134,7 +134,7 @@ def peak_at_small_size(groups: list[dict[str, Any]], items: int | None = None) -
 
 
 def level_moves_accuracy(groups: list[dict[str, Any]], items: int | None = None) -> dict[str, Any]:
-    """PAPER.md §5.1: at a fixed size, which mastery level is trained on changes accuracy."""
+    """docs/method.md §5.1: at a fixed size, which mastery level is trained on changes accuracy."""
     claim = "the training data's mastery level changes accuracy at a fixed size"
     test = "per size: best vs worst training level (ID mean of levels), 95 % interval"
     lines, signs, compared, halves = [], [], [], []
@@ -160,7 +160,7 @@ def level_moves_accuracy(groups: list[dict[str, Any]], items: int | None = None)
 
 
 def top1_holds_most(params: dict[str, Any]) -> dict[str, Any]:
-    """PAPER.md §7.2: the top 1 % of weights by relative change hold most of the change.
+    """docs/method.md §7.2: the top 1 % of weights by relative change hold most of the change.
 
     Weights whose base value is exactly 0 (a dequantised GGUF has some) get r = |Δ|/1e-8; when
     they hold most of Σr the all-weights share says nothing, so the weights with a non-zero
@@ -217,7 +217,7 @@ def _sweep_basis(params: dict[str, Any], items: int | None, key: str = "sweep") 
 
 
 def restoration_helps(params: dict[str, Any], items: int | None = None) -> dict[str, Any]:
-    """PAPER.md §7.3: restoring a few most-changed weights improves the fine-tuned model."""
+    """docs/method.md §7.3: restoring a few most-changed weights improves the fine-tuned model."""
     claim = "restoring the most-changed weights (k ≤ 20 %) improves accuracy"
     test = f"best k ≤ 20 % vs unrestored (test ID accuracy): ≥ +{100 * RESTORE_GAIN:.0f} point"
     lines, signs = [], []
@@ -233,7 +233,7 @@ def restoration_helps(params: dict[str, Any], items: int | None = None) -> dict[
 
 
 def heavy_restoration_collapses(params: dict[str, Any], items: int | None = None) -> dict[str, Any]:
-    """PAPER.md §7.3: restoring a large share of weights undoes the fine-tuning."""
+    """docs/method.md §7.3: restoring a large share of weights undoes the fine-tuning."""
     claim = "restoring a large share (k ≥ 40 %) of weights collapses accuracy"
     test = f"largest k ≥ 40 % vs unrestored (test ID accuracy): ≤ −{100 * COLLAPSE_DROP:.0f} points"
     lines, signs = [], []
@@ -249,7 +249,7 @@ def heavy_restoration_collapses(params: dict[str, Any], items: int | None = None
 
 
 def lowest_layers_critical(params: dict[str, Any], items: int | None = None) -> dict[str, Any]:
-    """PAPER.md §7.5 (Table 11): restoring the lowest layers is the most harmful."""
+    """docs/method.md §7.5 (Table 11): restoring the lowest layers is the most harmful."""
     claim = "restoring the lowest layer block hurts most (lower layers are the most critical)"
     test = (
         f"the block holding layer 0 loses the most test ID accuracy, ≥ "

@@ -40,7 +40,7 @@ def fmt(s: dict[str, Any] | float | None, scale: float = 100, digits: int = 1) -
 
 def recipe_text(train: dict[str, Any]) -> str:
     """The run's SFT recipe, and every setting that departs from the paper's (the defaults of
-    :class:`TrainRecipe` are the paper's, PAPER.md §3.2), so a reader never mistakes a
+    :class:`TrainRecipe` are the paper's, docs/method.md §3.2), so a reader never mistakes a
     small-model recipe for the paper's."""
     paper = TrainRecipe()
     run = TrainRecipe(**train)
@@ -64,8 +64,10 @@ def recipe_text(train: dict[str, Any]) -> str:
         if counts(field) and name != "seed" and getattr(run, name) != getattr(paper, name)
     ]
     if changed:
-        return f"{text} Departs from the paper's recipe (PAPER.md §3.2): {'; '.join(changed)}."
-    return f"{text} The paper's recipe (PAPER.md §3.2)."
+        return (
+            f"{text} Departs from the paper's recipe (docs/method.md §3.2): {'; '.join(changed)}."
+        )
+    return f"{text} The paper's recipe (docs/method.md §3.2)."
 
 
 def blocks(data: dict[str, Any], figdir: Path) -> list[Block]:
@@ -128,7 +130,7 @@ def blocks(data: dict[str, Any], figdir: Path) -> list[Block]:
             "p",
             "Containment accuracy %, mean ± sd over seeds; columns "
             "L0–L4 are in-domain test items by their base mastery level, 'mean of "
-            "levels' is the paper's headline (PAPER.md §4).",
+            "levels' is the paper's headline (docs/method.md §4).",
         )
     )
     header = [
@@ -297,7 +299,7 @@ def param_blocks(cell: str, entry: dict[str, Any], figdir: Path) -> list[Block]:
                     f"{zero['weights']:,} weights are exactly 0 in the base model; "
                     f"their r = |Δ|/1e-8 makes {fmt(zero['share_of_r'])} % of Σr, so "
                     "the last column ranks the weights with a non-zero base value "
-                    "(PAPER.md Table 3 analogue).",
+                    "(the paper's Table 3 analogue).",
                 )
             )
             out.append(
@@ -335,7 +337,7 @@ def param_blocks(cell: str, entry: dict[str, Any], figdir: Path) -> list[Block]:
                 "p",
                 f"Where the top-k % weights ({w['scope']} ranking, {w['strategy']}) "
                 "sit: each group's share of the selected weights, beside its share of "
-                "the region's weights (PAPER.md Tables 9–10; over-represented groups "
+                "the region's weights (the paper's Tables 9–10; over-represented groups "
                 "hold more large updates than their size).",
             )
         )
@@ -364,7 +366,7 @@ def param_blocks(cell: str, entry: dict[str, Any], figdir: Path) -> list[Block]:
         out.append(
             (
                 "p",
-                "Layer blocks restored entirely to their pre-SFT values (PAPER.md "
+                "Layer blocks restored entirely to their pre-SFT values (the paper's "
                 "Table 11); Δ against the unrestored model, in points.",
             )
         )
