@@ -92,8 +92,8 @@ def main() -> None:
             cfg = ProbeConfig(**base, data_dir=view, method=method, out=root / method)
             summary = run_probe(cfg, engine=engine)
             for key in ("wall_seconds", "forward_tokens"):
-                totals[method][key] += summary[key] or 0
-            totals[method]["facts"] += summary["n_probed"]
+                totals[method][key] += getattr(summary, key) or 0
+            totals[method]["facts"] += summary.n_probed
             for r in read_jsonl(root / method / "mastery.jsonl"):
                 store[pos[r["id"]]] = r
     ids = {
@@ -197,7 +197,7 @@ def _naive_speed(args, base: dict, view: Path, engine: HFEngine) -> None:
     )
     print(
         f"naive vs optimised sampling probe on {len(items)} facts: {t_naive:.1f} s -> "
-        f"{fast['wall_seconds']} s ({t_naive / fast['wall_seconds']:.2f}x); mean |R diff| "
+        f"{fast.wall_seconds} s ({t_naive / fast.wall_seconds:.2f}x); mean |R diff| "
         f"{gap:.3f} (sampling noise), same level {same_level}/{len(items)}"
     )
 
@@ -218,7 +218,7 @@ def _early_exit_speed(args, base: dict, view: Path, engine: HFEngine) -> None:
     same = [r["R"] for r in read_jsonl(args.out / "exit-True" / "mastery.jsonl")] == [
         r["R"] for r in read_jsonl(args.out / "exit-False" / "mastery.jsonl")
     ]
-    t_on, t_off = runs[True]["wall_seconds"], runs[False]["wall_seconds"]
+    t_on, t_off = runs[True].wall_seconds, runs[False].wall_seconds
     print(
         f"early exit on {args.no_exit_facts} facts: {t_off} s -> {t_on} s "
         f"({t_off / t_on:.2f}x), identical R: {same}"

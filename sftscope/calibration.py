@@ -8,17 +8,18 @@ probes with ``calibration=FILE``.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from sftscope.errors import SftscopeError
 from sftscope.io import atomic_write_json, atomic_write_jsonl, read_jsonl
+from sftscope.layout import MASTERY, SUMMARY
 from sftscope.mastery import N_LEVELS, fit_thresholds, histogram, level_of, read_calibration
+from sftscope.outputs import ProbeSummary
 
 
 def _mastery(folder: Path, method: str) -> dict[str, dict[str, Any]]:
-    path = Path(folder) / "mastery.jsonl"
+    path = Path(folder) / MASTERY
     if not path.exists():
         raise SftscopeError(f"{path}: not found (run sftscope probe first)")
     rows = {r["id"]: r for r in read_jsonl(path) if r.get("level") is not None}
@@ -59,18 +60,23 @@ def calibrate(labels: Path, scores: Path, out: Path) -> dict[str, Any]:
     return result
 
 
-def relevel(probe_dir: Path, calibration: Path, out: Path) -> dict[str, Any]:
+def relevel(probe_dir: Path, calibration: Path, out: Path) -> ProbeSummary:
     """Relabel a finished likelihood probe with calibrated thresholds, without the model:
     writes ``out/mastery.jsonl`` and ``out/summary.json`` (R-hat unchanged, levels refitted)."""
     _mastery(probe_dir, "likelihood")  # validates the folder and the method
-    rows = read_jsonl(Path(probe_dir) / "mastery.jsonl")  # all rows, unprobed ones included
+    rows = read_jsonl(Path(probe_dir) / MASTERY)  # all rows, unprobed ones included
     cal = read_calibration(calibration)
     for r in rows:
         if r["R"] is not None:
             r["level"] = level_of(r["R"], cal)
-    summary_path = Path(probe_dir) / "summary.json"
-    summary = json.loads(summary_path.read_text(encoding="utf-8")) if summary_path.exists() else {}
-    summary.update(thresholds=list(cal), calibration=str(calibration), histogram=histogram(rows))
-    atomic_write_jsonl(Path(out) / "mastery.jsonl", rows)
-    atomic_write_json(Path(out) / "summary.json", summary)
+    relabelled = {"thresholds": list(cal), "calibration": str(calibration),
+                  "histogram": histogram(rows)}  # fmt: skip
+    before = ProbeSummary.read_if(Path(probe_dir) / SUMMARY)
+    if before is not None:
+        summary = before.model_copy(update=relabelled)
+    else:  # (a probe folder without its summary: what the records say)
+        probed = sum(r["R"] is not None for r in rows)
+        summary = ProbeSummary(method="likelihood", n_probed=probed, **relabelled)
+    atomic_write_jsonl(Path(out) / MASTERY, rows)
+    summary.write(Path(out) / SUMMARY)
     return summary

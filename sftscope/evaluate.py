@@ -19,9 +19,11 @@ from sftscope.data.matching import match
 from sftscope.data.readers import resolve_dataset
 from sftscope.data.schema import Domain, QAItem
 from sftscope.errors import SftscopeError
-from sftscope.io import atomic_write_json, atomic_write_jsonl, atomic_write_text
+from sftscope.io import atomic_write_jsonl, atomic_write_text
+from sftscope.layout import RECORDS, SUMMARY
 from sftscope.mastery import N_LEVELS, read_levels
 from sftscope.models.factory import engine_info
+from sftscope.outputs import EvalSummary
 from sftscope.prompts import PromptStyle, build_prompt, pick_exemplars
 
 if TYPE_CHECKING:  # the engine (torch, transformers) loads only when a model runs
@@ -142,7 +144,7 @@ def prepare_eval(cfg: EvalConfig) -> tuple[list[QAItem], dict[str, list[QAItem]]
     return items, exemplars
 
 
-def run_eval(cfg: EvalConfig, engine: Engine | None = None) -> dict[str, Any]:
+def run_eval(cfg: EvalConfig, engine: Engine | None = None) -> EvalSummary:
     """The ``sftscope eval`` stage: writes records.jsonl, summary.json and config.yaml; with
     ``mastery`` set, records carry each item's level and the summary a per-level breakdown."""
     items, exemplars = prepare_eval(cfg)
@@ -154,21 +156,16 @@ def run_eval(cfg: EvalConfig, engine: Engine | None = None) -> dict[str, Any]:
     records = evaluate_items(
         engine, items, cfg.prompt, exemplars, cfg.max_new_tokens, cfg.fold_accents
     )
-    summary = {
-        "model": cfg.model,
-        "data": cfg.data,
-        "split": cfg.split,
-        "prompt": cfg.prompt,
-        "engine": engine_info(engine),
-        **summarize(records),
-    }
+    fields: dict[str, Any] = {}
     if levels is not None:
         for r in records:
             r["level"] = levels.get(r["id"])
-        summary["by_level"] = level_breakdown(records)
-        summary["unprobed"] = sum(r["level"] is None for r in records)
+        fields = {"by_level": level_breakdown(records),
+                  "unprobed": sum(r["level"] is None for r in records)}  # fmt: skip
+    summary = EvalSummary(model=cfg.model, data=cfg.data, split=cfg.split, prompt=cfg.prompt,
+                          engine=engine_info(engine), **summarize(records), **fields)  # fmt: skip
     out = Path(cfg.out)
-    atomic_write_jsonl(out / "records.jsonl", records)
+    atomic_write_jsonl(out / RECORDS, records)
     atomic_write_text(out / "config.yaml", dump_config(cfg))
-    atomic_write_json(out / "summary.json", summary)  # last: its presence marks completion
+    summary.write(out / SUMMARY)  # last: its presence marks completion
     return summary

@@ -7,6 +7,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+# What a stage writes in its output folder: the contract its readers (the report, the audit,
+# the restore sweep) read; the summaries' shapes are in sftscope.outputs.
+SUMMARY = "summary.json"  # eval, probe: the stage's summary, written last (it marks completion)
+RECORDS = "records.jsonl"  # eval: one record per item (prediction, correct, level, domain)
+MASTERY = "mastery.jsonl"  # probe: one record per fact (R, level)
+GENERATIONS = "generations.jsonl.gz"  # probe (sampling methods): every sample
+SWEEP = "sweep.json"  # restore sweep: every restored model's scores
+DIFF = "diff.json"  # diff: change per layer and module, and the concentration
+CONCENTRATION = "concentration.json"  # diff: share of the change in the top k %
+DIFF_TSV = "diff_summary.tsv"  # diff: one row per tensor
+AUDIT = "audit.json"  # audit: the summary numbers
+TRANSITIONS = "transitions.jsonl"  # audit: every fact lost or gained
+
 
 @dataclass(frozen=True)
 class RunLayout:

@@ -17,6 +17,7 @@ from typing import Any
 
 from sftscope.data.matching import contains_answer, normalize, settled
 from sftscope.errors import SftscopeError
+from sftscope.layout import MASTERY
 
 N_LEVELS = 5
 
@@ -132,7 +133,7 @@ def read_levels(path: str | Path) -> dict[str, int | None]:
 
     path = Path(path)
     if path.is_dir():
-        path = path / "mastery.jsonl"
+        path = path / MASTERY
     if not path.is_file():
         raise SftscopeError(f"{path}: mastery file not found (run sftscope probe first)")
     out: dict[str, int | None] = {}

@@ -50,11 +50,13 @@ from sftscope.io import (
     read_jsonl,
     read_yaml,
 )
+from sftscope.layout import GENERATIONS, MASTERY, SUMMARY
 from sftscope.mastery import (
     histogram,
     read_calibration,
 )
 from sftscope.models.factory import check_engine, engine_for, engine_info
+from sftscope.outputs import ProbeShard, ProbeSummary
 from sftscope.probe_methods.base import (
     ProbeInputs,
     ProbeMethod,
@@ -204,15 +206,31 @@ def check_probe_folder(cfg: ProbeConfig, items: Sequence[QAItem]) -> None:
 
 
 def run_probe(
-    cfg: ProbeConfig,
-    engine: Engine | None = None,
-    shard: tuple[int, int] | None = None,
-    plan: ProbePlan | None = None,
-) -> dict[str, Any]:
-    """The ``sftscope probe`` stage; resumable, see the module docstring. ``shard = (i, n)``
-    probes only the chunks ``c % n == i`` and returns without merging: n workers probe one
-    split in parallel, then one more call (no shard) merges their parts. ``plan``: what
+    cfg: ProbeConfig, engine: Engine | None = None, plan: ProbePlan | None = None
+) -> ProbeSummary:
+    """The ``sftscope probe`` stage; resumable, see the module docstring. ``plan``: what
     :func:`plan_probe` made of ``cfg`` already."""
+    summary = _probe(cfg, engine, None, plan)
+    assert isinstance(summary, ProbeSummary)
+    return summary
+
+
+def run_probe_shard(
+    cfg: ProbeConfig, shard: tuple[int, int], engine: Engine | None = None
+) -> ProbeShard:
+    """One shard ``(i, n)`` of a probe: only the chunks ``c % n == i``, left unmerged; n workers
+    probe one split in parallel, then :func:`run_probe` merges their parts."""
+    part = _probe(cfg, engine, shard, None)
+    assert isinstance(part, ProbeShard)
+    return part
+
+
+def _probe(
+    cfg: ProbeConfig,
+    engine: Engine | None,
+    shard: tuple[int, int] | None,
+    plan: ProbePlan | None,
+) -> ProbeSummary | ProbeShard:
     out = Path(cfg.out)
     if engine is None:
         check_engine(cfg.engine)
@@ -220,8 +238,8 @@ def run_probe(
     items, thresholds = plan.items, plan.thresholds
     inputs = ProbeInputs(thresholds, plan.templates, plan.sets)
     check_probe_folder(cfg, items)
-    if (out / "summary.json").exists():
-        return json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    if (out / SUMMARY).exists():
+        return ProbeSummary.read(out / SUMMARY)
 
     method: ProbeMethod = PROBE_METHODS.load(cfg.method)
     question = PROBE_METHODS[cfg.method].question
@@ -262,7 +280,7 @@ def run_probe(
     bar.close()
     wall = time.perf_counter() - started
     if shard is not None:
-        return {"chunks": len(todo), "facts": done_now, "seconds": round(wall, 2)}
+        return ProbeShard(chunks=len(todo), facts=done_now, seconds=round(wall, 2))
     return _finish(
         cfg,
         out,
@@ -289,7 +307,7 @@ def _finish(
     wall: float,
     done_now: int,
     tokens: int,
-) -> dict[str, Any]:
+) -> ProbeSummary:
     parts = out / "parts"
     records = [r for c in range(len(chunks)) for r in read_jsonl(parts / f"{c:05d}.jsonl")]
     probed = {r["id"] for r in records}
@@ -302,23 +320,23 @@ def _finish(
     records.sort(key=lambda r: order[r["id"]])
     if PROBE_METHODS.load(cfg.method).generations:
         blobs = [(parts / f"{c:05d}.gen.jsonl.gz").read_bytes() for c in range(len(chunks))]
-        atomic_write_bytes(out / "generations.jsonl.gz", b"".join(blobs))  # gzip members
-    atomic_write_jsonl(out / "mastery.jsonl", records)
-    summary = {
-        "method": cfg.method,
-        "model": cfg.model,
-        "data": cfg.data,
-        "split": cfg.split,
-        "thresholds": list(thresholds),
-        "n_items": len(items),
-        "n_probed": len(probed),
-        "no_subject": len(items) - len(probed),
-        "histogram": histogram(records),
-        "wall_seconds": round(wall, 2),
-        "facts_per_second": round(done_now / wall, 3) if done_now and wall else None,
-        "forward_tokens": tokens,
-        "engine": _read_engine(parts),
-    }
-    atomic_write_json(out / "summary.json", summary)
+        atomic_write_bytes(out / GENERATIONS, b"".join(blobs))  # gzip members
+    atomic_write_jsonl(out / MASTERY, records)
+    summary = ProbeSummary(
+        method=cfg.method,
+        model=cfg.model,
+        data=cfg.data,
+        split=cfg.split,
+        thresholds=list(thresholds),
+        n_items=len(items),
+        n_probed=len(probed),
+        no_subject=len(items) - len(probed),
+        histogram=histogram(records),
+        wall_seconds=round(wall, 2),
+        facts_per_second=round(done_now / wall, 3) if done_now and wall else None,
+        forward_tokens=tokens,
+        engine=_read_engine(parts),
+    )
+    summary.write(out / SUMMARY)
     shutil.rmtree(parts, ignore_errors=True)
     return summary

@@ -11,7 +11,6 @@ the test set to choose.
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,9 +18,11 @@ from typing import TYPE_CHECKING, Any
 from sftscope.config import EvalConfig, RestoreConfig
 from sftscope.errors import SftscopeError
 from sftscope.evaluate import run_eval
-from sftscope.io import atomic_write_json, replace_dir
+from sftscope.io import replace_dir
+from sftscope.layout import SUMMARY, SWEEP
 from sftscope.models.factory import EngineRequest, check_engine, make_engine, one_model_per_process
 from sftscope.models.process import in_fresh_process, say_once
+from sftscope.outputs import EvalSummary, SweepPick, SweepSummary
 from sftscope.params.restore import run_restore
 from sftscope.params.tensors import has_weights
 
@@ -29,15 +30,6 @@ if TYPE_CHECKING:
     from sftscope.models.engines import Engine
 
 TUNED = "tuned"  # label of the unrestored fine-tuned model (k = 0)
-
-
-def _headline(summary: dict[str, Any], domain: str) -> float | None:
-    """The paper's headline when levels are known (mean of per-level accuracies), else plain
-    containment accuracy."""
-    block = summary.get("by_level", {}).get(domain)
-    if block and block["mean_of_levels"]["containment"] is not None:
-        return block["mean_of_levels"]["containment"]
-    return summary[domain]["containment"] if summary[domain]["n"] else None
 
 
 def _eval_dir(cfg: RestoreConfig, label: str, split: str) -> Path:
@@ -52,20 +44,20 @@ def _evaluate(
     split: str,
     done: Path | None = None,
     engine: Engine | None = None,
-) -> dict[str, Any]:
+) -> EvalSummary:
     """One model's evaluation, resumed from ``OUT/eval/<label>``; ``done`` is an evaluation of
     the same model with the same settings made elsewhere (the grid's cell eval), copied in;
     ``engine``: the model already loaded (restored in place), else it is loaded from ``model``."""
     ev = cfg.eval
     assert ev is not None
     out = _eval_dir(cfg, label, split)
-    if done is not None and (done / "summary.json").exists() and not out.exists():
+    if done is not None and (done / SUMMARY).exists() and not out.exists():
         staging = out.parent / f".{out.name}.partial"
         shutil.rmtree(staging, ignore_errors=True)
         shutil.copytree(done, staging)
         replace_dir(staging, out)
-    if (out / "summary.json").exists():
-        return json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    if (out / SUMMARY).exists():
+        return EvalSummary.read(out / SUMMARY)
     if engine is None and not has_weights(model):
         raise SftscopeError(f"{model}: no weights to evaluate (deleted by keep_models: false?)")
     settings = ev.model_dump(exclude={"pick_on", "keep_models", "mastery", "split", "prompt"})
@@ -89,8 +81,8 @@ def _row(cfg: RestoreConfig, label: str, k: float, scores: dict[str, dict]) -> d
     row: dict[str, Any] = {"label": label, "k": k}
     for split, s in scores.items():
         prefix = "" if split == cfg.eval.split else "dev_"
-        row[f"{prefix}in_domain"] = _headline(s, "in_domain")
-        row[f"{prefix}ood"] = _headline(s, "ood")
+        row[f"{prefix}in_domain"] = s.headline("in_domain")
+        row[f"{prefix}ood"] = s.headline("ood")
     return row
 
 
@@ -143,7 +135,7 @@ def _in_place_rows(cfg: RestoreConfig, tuned_eval: Path | None) -> list[dict[str
         due = [
             sp
             for sp in splits
-            if not (_eval_dir(cfg, label, sp) / "summary.json").exists()
+            if not (_eval_dir(cfg, label, sp) / SUMMARY).exists()
             and not (label == TUNED and sp == ev.split and tuned_eval is not None)
         ]
         if due and engine is None:
@@ -167,7 +159,7 @@ def _load_engine(cfg: RestoreConfig) -> Engine:
     return make_engine("hf", request)
 
 
-def run_sweep(cfg: RestoreConfig, tuned_eval: Path | None = None) -> dict[str, Any]:
+def run_sweep(cfg: RestoreConfig, tuned_eval: Path | None = None) -> SweepSummary:
     """Restore, then evaluate each model; returns (and writes ``OUT/sweep.json``) one row per
     model with in-domain / OOD scores, plus the dev pick when asked. ``tuned_eval``: an
     evaluation of the unrestored model on the evaluation split with the same settings, reused
@@ -184,24 +176,19 @@ def run_sweep(cfg: RestoreConfig, tuned_eval: Path | None = None) -> dict[str, A
             "restored model is written, evaluated in its own process, then deleted"
         )
     rows = _written_rows(cfg, tuned_eval) if written else _in_place_rows(cfg, tuned_eval)
-    result: dict[str, Any] = {"split": ev.split, "engine": cfg.engine, "rows": rows}
-    if ev.pick_on:
-        scored = [r for r in rows if r["dev_in_domain"] is not None]
-        best = max(scored, key=lambda r: (r["dev_in_domain"], -(r["k"] or 0))) if scored else None
-        result["pick"] = best and {
-            "label": best["label"],
-            "k": best["k"],
-            "dev_in_domain": best["dev_in_domain"],
-            "in_domain": best["in_domain"],
-            "ood": best["ood"],
-            "gain_in_domain": _gain(best, rows[0], "in_domain"),
-            "gain_ood": _gain(best, rows[0], "ood"),
-        }
-    atomic_write_json(Path(cfg.out) / "sweep.json", result)
+    result = SweepSummary(split=ev.split, engine=cfg.engine, rows=rows)
+    scored = [r for r in result.rows if r.dev_in_domain is not None]
+    if ev.pick_on and scored:
+        best = max(scored, key=lambda r: (r.dev_in_domain, -(r.k or 0)))
+        tuned = result.rows[0]
+        result.pick = SweepPick(
+            **best.model_dump(include={"label", "k", "dev_in_domain", "in_domain", "ood"}),
+            gain_in_domain=_gain(best.in_domain, tuned.in_domain),
+            gain_ood=_gain(best.ood, tuned.ood),
+        )
+    result.write(Path(cfg.out) / SWEEP)
     return result
 
 
-def _gain(row: dict[str, Any], tuned: dict[str, Any], key: str) -> float | None:
-    if row[key] is None or tuned[key] is None:
-        return None
-    return row[key] - tuned[key]
+def _gain(restored: float | None, tuned: float | None) -> float | None:
+    return None if restored is None or tuned is None else restored - tuned

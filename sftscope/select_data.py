@@ -57,6 +57,7 @@ from sftscope.data.schema import QAItem
 from sftscope.data.templates import load_templates, packaged_datasets
 from sftscope.errors import SftscopeError
 from sftscope.io import atomic_write_text, json_text, read_jsonl
+from sftscope.layout import MASTERY
 from sftscope.mastery import N_LEVELS
 from sftscope.models.factory import check_engine
 from sftscope.probe import plan_probe, probe_pool, run_probe
@@ -211,7 +212,7 @@ def run_select(cfg: SelectConfig, engine: Engine | None = None) -> dict[str, Any
     rows = input_rows(dataset, items)
     probe = run_probe(pcfg, engine, plan=plan)  # resumable; bad input fails before it writes
 
-    records = {r["id"]: r for r in read_jsonl(pcfg.out / "mastery.jsonl")}
+    records = {r["id"]: r for r in read_jsonl(pcfg.out / MASTERY)}
     levels = {it.id: records[it.id]["level"] for it in items}
     order = sorted(range(len(items)), key=lambda k: rows[k][0])
     ordered = [(items[k], rows[k][1]) for k in order]
@@ -232,7 +233,7 @@ def run_select(cfg: SelectConfig, engine: Engine | None = None) -> dict[str, Any
         "data": cfg.data,
         "data_dir": str(cfg.data_dir or dataset.root),
         "method": pcfg.method,
-        "thresholds": probe["thresholds"],
+        "thresholds": probe.thresholds,
         "histogram": hist,
         "recommended": picked,
         "files": sorted(texts),

@@ -25,11 +25,13 @@ from tqdm.auto import tqdm
 
 from sftscope.config import KLConfig
 from sftscope.data.schema import QAItem
+from sftscope.layout import MASTERY
 from sftscope.mastery import N_LEVELS
 from sftscope.models.batching import auto_batch_size
 from sftscope.models.engines import left_pad
 from sftscope.models.factory import engine_info, hf_engine
 from sftscope.models.process import say_once
+from sftscope.outputs import FullKL, KLSummary, PaperKL
 
 
 def topk_kl(tuned_logits: torch.Tensor, base_logits: torch.Tensor, k: int = 10) -> float:
@@ -243,7 +245,7 @@ def full_kl_items(
 _ESTIMATED: dict[tuple, int] = {}  # best template per (base, probe, relation, facts)
 
 
-def run_kl(cfg: KLConfig, base_engine: Any = None) -> dict[str, Any]:
+def run_kl(cfg: KLConfig, base_engine: Any = None) -> KLSummary:
     """The ``sftscope kl`` stage: writes ``cfg.out`` (summary JSON) and, beside it,
     ``<name>.records.jsonl`` (one line per fact and measure)."""
     from pathlib import Path
@@ -252,14 +254,14 @@ def run_kl(cfg: KLConfig, base_engine: Any = None) -> dict[str, Any]:
     from sftscope.data.readers import resolve_dataset
     from sftscope.data.templates import fill, load_templates
     from sftscope.errors import SftscopeError
-    from sftscope.io import atomic_write_json, atomic_write_jsonl, read_jsonl
+    from sftscope.io import atomic_write_jsonl, read_jsonl
     from sftscope.models.loading import load_model
     from sftscope.probe_methods.likelihood import likelihood_scores
     from sftscope.prompts import sft_prompt
 
     dataset = resolve_dataset(cfg.data, cfg.data_dir)
     items = load_items(dataset, [cfg.split], cfg.relations, cfg.limit_per_relation)
-    probe_file = Path(cfg.probe) / "mastery.jsonl" if Path(cfg.probe).is_dir() else Path(cfg.probe)
+    probe_file = Path(cfg.probe) / MASTERY if Path(cfg.probe).is_dir() else Path(cfg.probe)
     if not probe_file.is_file():
         raise SftscopeError(f"{probe_file}: probe not found (run sftscope probe on {cfg.split})")
     probe_rows = [r for r in read_jsonl(probe_file) if r.get("level") is not None]
@@ -330,14 +332,10 @@ def run_kl(cfg: KLConfig, base_engine: Any = None) -> dict[str, Any]:
         {"measure": "paper", "id": it.id, "relation": it.relation, "kl": v}
         for it, v in zip(kept, kls, strict=True)
     ]
-    summary: dict[str, Any] = {
-        "base": cfg.base,
-        "tuned": cfg.tuned,
-        "split": cfg.split,
-        "engine": engine_info(engine),
-    }
+    summary = KLSummary(base=cfg.base, tuned=str(cfg.tuned), split=cfg.split,
+                        engine=engine_info(engine))  # fmt: skip
     if cfg.paper:
-        summary["paper"] = {
+        summary.paper = PaperKL(**{
             **paper_summary(paper_rows),
             "level": cfg.level,
             "candidates": len(chosen),
@@ -345,7 +343,7 @@ def run_kl(cfg: KLConfig, base_engine: Any = None) -> dict[str, Any]:
             "top_k": cfg.top_k,
             "prompts": {"tuned": cfg.tuned_prompt, "base": cfg.base_prompt},
             "templates": template,
-        }
+        })  # fmt: skip
     full_rows: list[dict[str, Any]] = []
     if cfg.full:
         probed = [it for it in items if it.id in levels]
@@ -362,8 +360,8 @@ def run_kl(cfg: KLConfig, base_engine: Any = None) -> dict[str, Any]:
             {"measure": "full", "id": it.id, "relation": it.relation, "level": levels[it.id], **v}
             for it, v in zip(probed, values, strict=True)
         ]
-        summary["full"] = {**full_summary(full_rows), "prompt": "sft (both models)"}
+        summary.full = FullKL(**full_summary(full_rows), prompt="sft (both models)")
     out = Path(cfg.out)
     atomic_write_jsonl(out.with_name(out.stem + ".records.jsonl"), paper_rows + full_rows)
-    atomic_write_json(out, summary)
+    summary.write(out)
     return summary

@@ -16,6 +16,7 @@ from typing import Any
 from sftscope.data.schema import Domain, QAItem
 from sftscope.errors import SftscopeError
 from sftscope.io import read_jsonl
+from sftscope.layout import MASTERY, RECORDS
 from sftscope.mastery import N_LEVELS
 
 KNOWN = 3  # levels 3-4 (R > .5 with the paper's thresholds) count as known, 0-1 as unknown
@@ -23,7 +24,7 @@ KNOWN = 3  # levels 3-4 (R > .5 with the paper's thresholds) count as known, 0-1
 
 def read_mastery(folder: Path) -> dict[str, dict[str, Any]]:
     """Probed facts (level not None) of a probe folder, by id."""
-    path = Path(folder) / "mastery.jsonl"
+    path = Path(folder) / MASTERY
     if not path.exists():
         raise SftscopeError(f"{path}: not found (run sftscope probe first)")
     return {r["id"]: r for r in read_jsonl(path) if r.get("level") is not None}
@@ -107,7 +108,7 @@ def answer_transitions(
 
 def read_answers(folder: Path) -> dict[str, tuple[bool, int | None]]:
     """An eval folder's in-domain items by id: (answered right, base mastery level)."""
-    path = Path(folder) / "records.jsonl"
+    path = Path(folder) / RECORDS
     if not path.exists():
         raise SftscopeError(f"{path}: not found (run sftscope eval first)")
     return {

@@ -17,6 +17,7 @@ from sftscope.errors import SftscopeError
 from sftscope.evaluate import run_eval
 from sftscope.models.factory import EngineRequest, engine_for, engine_info, make_engine
 from sftscope.models.process import in_fresh_process
+from sftscope.outputs import EvalSummary
 from sftscope.pipeline.grid import Grid
 from sftscope.registry import ENGINES
 
@@ -71,9 +72,10 @@ def test_the_engine_is_recorded_and_counts_only_when_not_hf(
         out=tmp_path / "e",
     )
     summary = run_eval(cfg)
-    assert summary["engine"]["engine"] == "hf" and summary["engine"]["version"]
+    assert summary.engine["engine"] == "hf" and summary.engine["version"]
     on_disk = json.loads((tmp_path / "e" / "summary.json").read_text())
-    assert on_disk["engine"] == summary["engine"]
+    assert on_disk["engine"] == summary.engine
+    assert EvalSummary.read(tmp_path / "e" / "summary.json") == summary  # written as typed
     # hf, the engine of every earlier run, leaves fingerprints as they were; vllm counts
     probe = ProbeConfig(model="m", out=tmp_path)
     assert "engine" not in result_fields(probe) and "vllm" not in result_fields(probe)

@@ -52,7 +52,7 @@ def test_sampling_same_seed_same_levels(tiny_model_dir: Path, tmp_path: Path) ->
     b = run_probe(_cfg(tmp_path, "b", tiny_model_dir))
     c = run_probe(_cfg(tmp_path, "c", tiny_model_dir, seed=1))
     ma, mb = _lines(tmp_path / "a" / "mastery.jsonl"), _lines(tmp_path / "b" / "mastery.jsonl")
-    assert ma == mb and a["histogram"] == b["histogram"]
+    assert ma == mb and a.histogram == b.histogram
     assert len(ma) == 8 and all(r["n_total"] == 6 for r in ma)
     assert {r["method"] for r in ma} == {"sampling"}
     ga = gzip.decompress((tmp_path / "a" / "generations.jsonl.gz").read_bytes()).decode()
@@ -60,7 +60,7 @@ def test_sampling_same_seed_same_levels(tiny_model_dir: Path, tmp_path: Path) ->
     gens = [json.loads(x) for x in ga.splitlines()]
     assert [g["id"] for g in gens] == [r["id"] for r in ma]
     assert all(len(g["samples"]) == 3 and all(len(s) == 2 for s in g["samples"]) for g in gens)
-    assert ga != gc and c["n_probed"] == 8
+    assert ga != gc and c.n_probed == 8
     assert not (tmp_path / "a" / "parts").exists()
 
 
@@ -137,14 +137,14 @@ def test_likelihood_aggregation_with_fixed_scores() -> None:
 
 def test_likelihood_and_slick_run(tiny_model_dir: Path, tmp_path: Path) -> None:
     lik = run_probe(_cfg(tmp_path, "lik", tiny_model_dir, method="likelihood"))
-    assert lik["n_probed"] == 8 and lik["forward_tokens"] > 0
+    assert lik.n_probed == 8 and lik.forward_tokens > 0
     rows = _lines(tmp_path / "lik" / "mastery.jsonl")
     assert all(0.0 <= r["R"] <= 1.0 and r["n_total"] == 3 for r in rows)
     slick = run_probe(
         _cfg(tmp_path, "slick", tiny_model_dir, method="slick", slick_sets=2, slick_samples=2)
     )
     rows = _lines(tmp_path / "slick" / "mastery.jsonl")
-    assert sum(slick["histogram"]["total"]) == 8
+    assert sum(slick.histogram["total"]) == 8
     assert all(r["n_total"] == 2 * 3 and r["category"] for r in rows)
 
 

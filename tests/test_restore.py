@@ -17,6 +17,7 @@ from sftscope.cli import app
 from sftscope.config import RestoreConfig, load_config
 from sftscope.errors import SftscopeError
 from sftscope.models.tiny import save_tiny
+from sftscope.outputs import SweepSummary
 from sftscope.params.reference import load_all, reference_restore
 from sftscope.params.restore import run_restore
 
@@ -279,7 +280,9 @@ def test_cuda_restore_is_bit_identical_to_cpu(bf16_pair, tmp_path: Path, strateg
         assert all(torch.equal(x[n], y[n]) and x[n].dtype == y[n].dtype for n in x)
 
 
-def _sweep(base: Path, tuned: Path, out: Path, save: bool, prompt: str = "sft", **kw) -> dict:
+def _sweep(
+    base: Path, tuned: Path, out: Path, save: bool, prompt: str = "sft", **kw
+) -> SweepSummary:
     from sftscope.config import RestoreEval
     from sftscope.restore_sweep import run_sweep
 
@@ -334,7 +337,7 @@ def test_in_place_sweep_scores_equal_the_written_sweep(
     assert not list(b.rglob("*.safetensors"))  # no checkpoint written
     again = _sweep(base, tuned, b, False, **kw)  # every eval done: reused, no model loaded
     assert again == written
-    last = written["rows"][-1]["label"]  # resumed: only the last output's evals are redone
+    last = written.rows[-1].label  # resumed: only the last output's evals are redone
     for name in (last, f"{last}.dev"):
         shutil.rmtree(b / "eval" / name)
     assert _sweep(base, tuned, b, False, **kw) == written
@@ -363,7 +366,7 @@ def test_sweep_evaluates_with_the_prompt_asked_for(pair, tmp_path: Path) -> None
             out=tmp_path / "e",
         )
     )
-    assert direct["in_domain"]["n"] > 0
+    assert direct.in_domain.n > 0
     got = (tmp_path / "s" / "eval" / "tuned" / "records.jsonl").read_text()
     assert got == (tmp_path / "e" / "records.jsonl").read_text()
     assert "prompt" not in result_fields(RestoreEval(data="geo"))

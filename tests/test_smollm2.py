@@ -52,8 +52,8 @@ def test_smollm2_knows_easy_capitals(smol: HFEngine, tmp_path: Path) -> None:
     root = write_dataset(tmp_path / "caps", {"test": {"P36": rows}, "train": {"P36": train}})
     cfg = EvalConfig(model="smollm2", data="entityquestions", data_dir=root, out=tmp_path / "out")
     summary = run_eval(cfg, engine=smol)
-    assert summary["overall"]["n"] == len(CAPITALS)
-    assert summary["overall"]["containment"] >= 0.75, summary
+    assert summary.overall.n == len(CAPITALS)
+    assert summary.overall.containment >= 0.75, summary
     # Batched, left-padded generation gives the one-at-a-time answers.
     prompts = [f"Question: What is the capital of {c}?\nAnswer:" for c, _ in CAPITALS[:6]]
     single = HFEngine(smol.model, smol.tokenizer, batch_size=1, progress=False)

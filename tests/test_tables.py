@@ -219,7 +219,7 @@ def test_probe_eval_and_grid_on_popqa_and_generic_tables(
             out=tmp_path / "probe",
         )
     )
-    assert probe["n_probed"] == 24
+    assert probe.n_probed == 24
     too_many = ProbeConfig(
         model=str(tiny_model_dir),
         data="generic",
@@ -239,7 +239,7 @@ def test_probe_eval_and_grid_on_popqa_and_generic_tables(
         out=tmp_path / "eval",
     )
     summary = run_eval(ecfg)
-    assert summary["ood"]["n"] == 8 and summary["in_domain"]["n"] == 8
+    assert summary.ood.n == 8 and summary.in_domain.n == 8
 
     popqa = write_tsv(tmp_path / "popqa.tsv", popqa_rows())
     for data, path, extra in (
@@ -299,7 +299,7 @@ def test_the_question_probe_needs_no_templates_nor_subjects(
         out=tmp_path / "q",
     )
     summary = run_probe(cfg)
-    assert summary["n_probed"] == 6 and sum(summary["histogram"]["total"]) == 6
+    assert summary.n_probed == 6 and sum(summary.histogram["total"]) == 6
     records = [json.loads(line) for line in (tmp_path / "q" / "mastery.jsonl").open()]
     assert all(r["n_total"] == 6 and len(r["per_set"]) == 3 for r in records)
     assert "per_template" not in records[0]

@@ -56,7 +56,7 @@ def test_dataset_reads_like_any_other_and_probes(tmp_path: Path, tiny_engine) ->
         out=tmp_path / "probe",
     )
     summary = run_probe(cfg, engine=tiny_engine)
-    assert summary["n_probed"] == 2 * len(RELATIONS)
+    assert summary.n_probed == 2 * len(RELATIONS)
 
 
 @pytest.mark.slow

@@ -165,11 +165,12 @@ def test_run_kl_filters_level_and_answer_first(tiny_model_dir: Path, tmp_path: P
         out=tmp_path / "kl" / "cell.json",
     )
     s = run_kl(cfg, base_engine=_FakeEngine(completions))
-    assert s["paper"]["candidates"] == 3 and s["paper"]["answer_first"] == 1
-    assert s["paper"]["n"] == 1 and s["paper"]["mean"] == 0.0  # tuned == base, same prompt
-    assert s["paper"]["templates"]["P17"].count("{subject}") == 1
-    assert [b["n"] for b in s["full"]["per_level"]] == [0, 1, 0, 0, 3]
-    assert s["full"]["overall"]["kl_mean"] == 0.0
+    assert s.paper is not None and s.full is not None
+    assert s.paper.candidates == 3 and s.paper.answer_first == 1
+    assert s.paper.n == 1 and s.paper.mean == 0.0  # tuned == base, same prompt
+    assert s.paper.templates["P17"].count("{subject}") == 1
+    assert [b.n for b in s.full.per_level] == [0, 1, 0, 0, 3]
+    assert s.full.overall.kl_mean == 0.0
     recs = (tmp_path / "kl" / "cell.records.jsonl").read_text().splitlines()
     assert len(recs) == 1 + 4
 

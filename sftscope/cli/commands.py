@@ -39,6 +39,7 @@ from sftscope.config import (
     load_config,
 )
 from sftscope.errors import SftscopeError
+from sftscope.registry import READERS
 
 app = typer.Typer(
     help="Measure and control what supervised fine-tuning does to a model's knowledge.",
@@ -68,8 +69,8 @@ def eval_cmd(options: Options, overrides: Overrides = None, config: ConfigOpt = 
     cfg = load_config(EvalConfig, config, options, overrides)
     summary = run_eval(cfg)
     console.print(summary_table(summary, f"{cfg.model} on {cfg.data}/{cfg.split} ({cfg.prompt})"))
-    if "by_level" in summary:
-        console.print(level_table(summary["by_level"]))
+    if summary.by_level is not None:
+        console.print(level_table(summary.by_level))
     console.print(f"records and summary in {cfg.out}")
 
 
@@ -83,11 +84,11 @@ def probe_cmd(options: Options, overrides: Overrides = None, config: ConfigOpt =
     cfg = load_config(ProbeConfig, config, options, overrides)
     summary = run_probe(cfg)
     console.print(histogram_table(summary))
-    rate = summary["facts_per_second"]
+    rate, skipped = summary.facts_per_second, summary.no_subject
     console.print(
-        f"{summary['n_probed']} facts probed"
+        f"{summary.n_probed} facts probed"
         + (f" at {rate} facts/s" if rate else "")
-        + (f"; {summary['no_subject']} without a subject skipped" if summary["no_subject"] else "")
+        + (f"; {skipped} without a subject skipped" if skipped else "")
         + f"; results in {cfg.out}"
     )
 
@@ -185,24 +186,18 @@ def kl_cmd(options: Options, overrides: Overrides = None, config: ConfigOpt = No
 
     cfg = load_config(KLConfig, config, options, overrides)
     s = run_kl(cfg)
-    if "paper" in s:
-        p = s["paper"]
+    if (p := s.paper) is not None:
         console.print(
-            f"paper KL (top-{p['top_k']}, level {p['level']}, {p['answer_first']} of "
-            f"{p['candidates']} facts answer first): mean {num(p['mean'])} ± {num(p['std'])}"
+            f"paper KL (top-{p.top_k}, level {p.level}, {p.answer_first} of "
+            f"{p.candidates} facts answer first): mean {num(p.mean)} ± {num(p.std)}"
         )
-    if "full" in s:
+    if s.full is not None:
         table = Table(title="full-vocabulary KL per answer token, by mastery level")
         for col in ("level", "facts", "KL mean", "KL std", "Δ log p(gold)", "gained %"):
             table.add_column(col, justify="right")
-        for k, b in enumerate(s["full"]["per_level"]):
+        for k, b in enumerate(s.full.per_level):
             table.add_row(
-                str(k),
-                str(b["n"]),
-                num(b["kl_mean"]),
-                num(b["kl_std"]),
-                num(b["dlogp_mean"]),
-                pct(b["gained"]),
+                str(k), str(b.n), num(b.kl_mean), num(b.kl_std), num(b.dlogp_mean), pct(b.gained)
             )
         console.print(table)
     console.print(f"summary in {cfg.out}")
@@ -288,7 +283,7 @@ def build_geo_cmd(
 @data_app.command("stats")
 @_one_line_errors
 def stats_cmd(
-    data: Annotated[str, typer.Option(help="geo | entityquestions")] = "geo",
+    data: Annotated[str, typer.Option(help=f"dataset reader: {' | '.join(READERS.names)}")] = "geo",
     data_dir: Annotated[Path | None, typer.Option(help="dataset folder")] = None,
 ) -> None:
     """Items per relation and split, and how many subjects could not be recovered."""

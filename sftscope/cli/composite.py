@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Annotated
@@ -16,6 +15,8 @@ from sftscope.cli.options import Options, with_config_options
 from sftscope.cli.tables import grid_tables, pct, transition_line, transition_table
 from sftscope.config import AuditConfig, GridConfig, load_config
 from sftscope.errors import SftscopeError
+from sftscope.layout import AUDIT
+from sftscope.outputs import AuditSummary
 
 
 def plan_table(grid) -> Table:
@@ -115,8 +116,7 @@ def audit_cmd(
     audit = Audit(cfg)
     if not run_and_show(audit, dry_run):
         return
-    summary = json.loads((audit.root / "audit.json").read_text(encoding="utf-8"))
-    t = summary["transitions"]
+    t = AuditSummary.read(audit.root / AUDIT).transitions
     title = f"knowledge transitions of the {cfg.eval.split} facts (same probe, base → tuned)"
     console.print(transition_table(t, title))
     console.print(

@@ -8,6 +8,8 @@ from typing import Any
 
 from rich.table import Table
 
+from sftscope.outputs import EvalSummary, LevelScores, ProbeSummary, SweepSummary
+
 
 def pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.1f}"
@@ -17,39 +19,39 @@ def num(x: float | None, digits: int = 4) -> str:
     return "-" if x is None else f"{x:.{digits}f}"
 
 
-def summary_table(summary: dict[str, Any], title: str) -> Table:
+def summary_table(summary: EvalSummary, title: str) -> Table:
     """Per-relation accuracy under both criteria, then the in-domain / OOD / overall rows."""
     table = Table(title=title)
     for col in ("relation", "domain", "n", "containment %", "exact %"):
         table.add_column(col, justify="left" if col in ("relation", "domain") else "right")
-    for rel, v in summary["per_relation"].items():
-        table.add_row(rel, v["domain"], str(v["n"]), pct(v["containment"]), pct(v["exact"]))
+    for rel, v in summary.per_relation.items():
+        table.add_row(rel, v.domain, str(v.n), pct(v.containment), pct(v.exact))
     table.add_section()
     for key, label in (("in_domain", "in-domain"), ("ood", "out-of-domain"), ("overall", "all")):
-        v = summary[key]
-        if v["n"]:
-            table.add_row(label, "", str(v["n"]), pct(v["containment"]), pct(v["exact"]))
-    macro = summary["macro_relations"]
-    table.add_row("mean of relations", "", "", pct(macro["containment"]), pct(macro["exact"]))
+        v = summary.group(key)
+        if v.n:
+            table.add_row(label, "", str(v.n), pct(v.containment), pct(v.exact))
+    macro = summary.macro_relations
+    table.add_row("mean of relations", "", "", pct(macro.containment), pct(macro.exact))
     return table
 
 
-def level_table(by_level: dict[str, Any]) -> Table:
+def level_table(by_level: dict[str, LevelScores]) -> Table:
     """Accuracy per mastery level of the test items and the mean over levels (docs/method.md §4)."""
     table = Table(title="containment accuracy % per mastery level of the test items")
     for col in ("items", *(f"level {k}" for k in range(5)), "mean of levels"):
         table.add_column(col, justify="left" if col == "items" else "right")
     for key, label in (("in_domain", "in-domain"), ("ood", "out-of-domain")):
         block = by_level[key]
-        cells = [f"{pct(v['containment'])} ({v['n']})" for v in block["per_level"]]
-        table.add_row(label, *cells, pct(block["mean_of_levels"]["containment"]))
+        cells = [f"{pct(v.containment)} ({v.n})" for v in block.per_level]
+        table.add_row(label, *cells, pct(block.mean_of_levels.containment))
     return table
 
 
-def histogram_table(summary: dict[str, Any]) -> Table:
+def histogram_table(summary: ProbeSummary) -> Table:
     """Facts per mastery level and relation (docs/method.md §1.3 style)."""
-    title = f"mastery levels: {summary['method']} probe, {summary['data']}/{summary['split']}"
-    return _levels_table(title, summary["histogram"], "facts")
+    title = f"mastery levels: {summary.method} probe, {summary.data}/{summary.split}"
+    return _levels_table(title, summary.histogram, "facts")
 
 
 def _levels_table(
@@ -108,26 +110,27 @@ def selection_table(s: dict[str, Any], title: str) -> Table:
     return table
 
 
-def sweep_tables(s: dict[str, Any], title: str, split: str) -> list[Table | str]:
+def sweep_tables(s: SweepSummary, title: str, split: str) -> list[Table | str]:
     """The restore sweep's rows as a table, and the dev pick as a line."""
-    dev = "pick" in s
+    dev = any(r.dev_in_domain is not None for r in s.rows)
     table = Table(title=title)
     cols = ["model", "k %", "in-domain", "out-of-domain"]
     cols += ["dev in-domain", "dev out-of-domain"] if dev else []
     for col in cols:
         table.add_column(col, justify="left" if col == "model" else "right")
-    for r in s["rows"]:
-        k = "-" if r["k"] is None else f"{r['k']:g}"  # (layer blocks have no k)
-        cells = [r["label"], k, pct(r["in_domain"]), pct(r["ood"])]
-        cells += [pct(r["dev_in_domain"]), pct(r["dev_ood"])] if dev else []
+    for r in s.rows:
+        k = "-" if r.k is None else f"{r.k:g}"  # (layer blocks have no k)
+        cells = [r.label, k, pct(r.in_domain), pct(r.ood)]
+        cells += [pct(r.dev_in_domain), pct(r.dev_ood)] if dev else []
         table.add_row(*cells)
     out: list[Table | str] = [table]
-    pick = s.get("pick")
-    if pick:
+    pick = s.pick
+    if pick is not None:
+        k = "-" if pick.k is None else f"{pick.k:g}"
         out.append(
-            f"picked on dev: {pick['label']} (k={pick['k']:g}%): {split} in-domain "
-            f"{pct(pick['in_domain'])} ({_signed(pick['gain_in_domain'])} vs unrestored), "
-            f"out-of-domain {pct(pick['ood'])} ({_signed(pick['gain_ood'])})"
+            f"picked on dev: {pick.label} (k={k}%): {split} in-domain "
+            f"{pct(pick.in_domain)} ({_signed(pick.gain_in_domain)} vs unrestored), "
+            f"out-of-domain {pct(pick.ood)} ({_signed(pick.gain_ood)})"
         )
     return out
 
@@ -237,7 +240,8 @@ def grid_tables(root: Path, scope: str, strategy: str, split: str) -> list[Table
             out.append(f"{cell}: share of Σr held by the top k% of weights: {shares}")
         if "sweep" in entry:
             title = f"{cell}: restore sweep ({scope}, {strategy})"
-            out += sweep_tables(entry["sweep"], title, split)
+            out += sweep_tables(SweepSummary.model_validate(entry["sweep"]), title, split)
         if "blocks" in entry:
-            out += sweep_tables(entry["blocks"], f"{cell}: layer blocks restored", split)
+            blocks = SweepSummary.model_validate(entry["blocks"])
+            out += sweep_tables(blocks, f"{cell}: layer blocks restored", split)
     return out

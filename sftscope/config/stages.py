@@ -11,7 +11,7 @@ from pydantic import Field, ValidationInfo, field_validator
 
 from sftscope.config.base import BatchSize, PromptStyle, Split, StageConfig, added, runtime
 from sftscope.config.engine import EngineFields
-from sftscope.registry import READERS
+from sftscope.registry import PROBE_METHODS, READERS
 
 
 class DataSource(StageConfig):
@@ -84,7 +84,7 @@ class EvalConfig(RunContext, DataConfig, EvalSettings):
     out: Path = runtime(description="output folder")
 
 
-ProbeMethod = Literal["sampling", "likelihood", "slick", "question"]
+ProbeMethod = PROBE_METHODS.literal()
 PAPER_THRESHOLDS = (0.0, 0.25, 0.5, 0.75)
 
 
@@ -92,11 +92,7 @@ class ProbeSettings(StageConfig):
     """How mastery is measured (docs/method.md §2); defaults are the paper's. Shared by
     ``sftscope probe`` and the grid."""
 
-    method: ProbeMethod = Field(
-        "sampling",
-        description="sampling (paper), likelihood (scored; calibrate it), slick "
-        "(SliCK), question (sampling with few-shot question prompts: any QA data)",
-    )
+    method: ProbeMethod = Field("sampling", description=f"probe method: {PROBE_METHODS.help()}")
     templates: int = Field(
         21, ge=1, description="mapping templates per fact (N_map); question: exemplar sets"
     )
@@ -140,7 +136,7 @@ class ProbeConfig(RunContext, DataConfig, ProbeSettings):
     out: Path = runtime(description="output folder")
 
 
-SelectMethod = Literal["auto", "sampling", "likelihood", "slick", "question"]
+SelectMethod = PROBE_METHODS.literal("auto")
 
 
 class SelectProbe(ProbeSettings):

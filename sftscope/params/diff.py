@@ -20,6 +20,7 @@ import torch
 
 from sftscope.config import PAPER_K, DiffConfig
 from sftscope.errors import SftscopeError
+from sftscope.layout import CONCENTRATION, DIFF, DIFF_TSV
 from sftscope.params.ranking import Ranking
 from sftscope.params.tensors import Checkpoint, check_compatible, iter_pairs
 
@@ -227,14 +228,14 @@ def diff_checkpoints(
         "zero_base",
         "zero_base_sum",
     )
-    atomic_write_text(Path(out) / "diff_summary.tsv", tsv_text(cols, stats))
+    atomic_write_text(Path(out) / DIFF_TSV, tsv_text(cols, stats))
     total = conc["other"]["total"] if nonzero_base else conc["total"]  # over every weight
     zero = {
         "weights": sum(row["zero_base"] for row in stats),
         "share_of_r": sum(row["zero_base_sum"] for row in stats) / total if total else 0.0,
     }
     atomic_write_json(
-        Path(out) / "concentration.json",
+        Path(out) / CONCENTRATION,
         {"region": region, "nonzero_base": nonzero_base, "zero_base": zero, **conc},
     )
     summary = {
@@ -247,5 +248,5 @@ def diff_checkpoints(
         "nonzero_base": nonzero_base,
         "concentration": conc["rows"],
     }
-    atomic_write_json(Path(out) / "diff.json", summary)
+    atomic_write_json(Path(out) / DIFF, summary)
     return summary

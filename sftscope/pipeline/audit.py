@@ -37,9 +37,9 @@ from sftscope.io import (
     atomic_write_json,
     atomic_write_jsonl,
     atomic_write_text,
-    json_text,
 )
-from sftscope.layout import RunLayout
+from sftscope.layout import AUDIT, TRANSITIONS, RunLayout
+from sftscope.outputs import AuditSummary
 from sftscope.pipeline.plan import (
     Plan,
     diff_stage,
@@ -266,41 +266,41 @@ class Audit(Plan):
         from sftscope.report.audit import write_audit_report
 
         rows, summary = self.summarize()
-        atomic_write_jsonl(self.root / "transitions.jsonl", rows)
-        atomic_write_text(self.root / "audit.json", json_text(summary))
+        atomic_write_jsonl(self.root / TRANSITIONS, rows)
+        summary.write(self.root / AUDIT)
         write_audit_report(self.root, summary)
 
     # -- the results ----------------------------------------------------------------------
-    def summarize(self) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    def summarize(self) -> tuple[list[dict[str, Any]], AuditSummary]:
         """(transitions.jsonl rows, audit.json) from the finished stages."""
         before = read_mastery(self.probes["base"].output)
         after = read_mastery(self.probes[TUNED].output)
         correct = {name: correct_by_id(s.output) for name, s in self.evals.items()}
         rows = fact_changes(self.items, before, after, correct)
         ev = self.cfg.eval
-        summary: dict[str, Any] = {
-            "base": self.base,
-            "tuned": str(self.tuned),
-            "data": self.cfg.data,
-            "data_dir": str(self.cfg.data_dir or self.dataset.root),
-            "split": ev.split,
-            "facts": len(self.items),
-            "notes": self.notes,
-            "probe": {
+        summary = AuditSummary(
+            base=self.base,
+            tuned=str(self.tuned),
+            data=self.cfg.data,
+            data_dir=str(self.cfg.data_dir or self.dataset.root),
+            split=ev.split,
+            facts=len(self.items),
+            notes=self.notes,
+            probe={
                 k: self.probes["base"].config[k]
                 for k in ("method", "templates", "samples", "temperature", "thresholds")
             },
-            "prompts": {
+            prompts={
                 "base": "fewshot",
                 TUNED: ev.tuned_prompt,
                 "restore sweep": ev.tuned_prompt if "restore" in self.params else None,
             },
-            "transitions": {**transitions(before, after), **change_counts(rows, before, after)},
-            "accuracy": {name: accuracy(s.output) for name, s in self.evals.items()},
-            "answers": answer_transitions(
+            transitions={**transitions(before, after), **change_counts(rows, before, after)},
+            accuracy={name: accuracy(s.output) for name, s in self.evals.items()},
+            answers=answer_transitions(
                 read_answers(self.evals["base"].output), read_answers(self.evals[TUNED].output)
             ),
-            "kl": kl_summary(self.kl.output) if self.kl else None,
-            "params": params_summary({k: s.output for k, s in self.params.items()}),
-        }
+            kl=kl_summary(self.kl.output) if self.kl else None,
+            params=params_summary({k: s.output for k, s in self.params.items()}),
+        )
         return rows, summary

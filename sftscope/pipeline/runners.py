@@ -64,11 +64,12 @@ def execute(stage: Stage) -> dict[str, Any]:
 
 
 def probe(cfg: ProbeConfig, stage: Stage, shard: tuple[int, int] | None = None) -> dict:
-    from sftscope.probe import run_probe
+    from sftscope.probe import run_probe, run_probe_shard
 
-    summary = run_probe(cfg, shard=shard)
-    keep = ("n_probed", "histogram", "facts_per_second", "thresholds", "chunks")
-    return {k: summary[k] for k in keep if k in summary}
+    if shard is not None:
+        return run_probe_shard(cfg, shard).model_dump(include={"chunks"})
+    keep = {"n_probed", "histogram", "facts_per_second", "thresholds"}
+    return run_probe(cfg).model_dump(include=keep)
 
 
 def select(cfg: SelectConfig, stage: Stage) -> dict:
@@ -92,10 +93,10 @@ def evaluate(cfg: EvalConfig, stage: Stage) -> dict:
     from sftscope.evaluate import run_eval
 
     summary = run_eval(cfg)
-    out = {k: summary[k]["containment"] for k in ("in_domain", "ood", "overall")}
-    for key, block in summary.get("by_level", {}).items():
-        out[f"{key}_per_level"] = [v["containment"] for v in block["per_level"]]
-        out[f"{key}_mean_of_levels"] = block["mean_of_levels"]["containment"]
+    out = {k: summary.group(k).containment for k in ("in_domain", "ood", "overall")}
+    for key, block in (summary.by_level or {}).items():
+        out[f"{key}_per_level"] = [v.containment for v in block.per_level]
+        out[f"{key}_mean_of_levels"] = block.mean_of_levels.containment
     return out
 
 
@@ -103,12 +104,11 @@ def kl(cfg: KLConfig, stage: Stage) -> dict:
     from sftscope.token_kl import run_kl
 
     summary, out = run_kl(cfg), {}
-    if "paper" in summary:
-        p = summary["paper"]
-        out = {"paper_mean": p["mean"], "paper_std": p["std"], "paper_n": p["n"]}
-    if "full" in summary:
-        out["full_per_level"] = [b["kl_mean"] for b in summary["full"]["per_level"]]
-        out["dlogp_per_level"] = [b["dlogp_mean"] for b in summary["full"]["per_level"]]
+    if (p := summary.paper) is not None:
+        out = {"paper_mean": p.mean, "paper_std": p.std, "paper_n": p.n}
+    if (full := summary.full) is not None:
+        out["full_per_level"] = [b.kl_mean for b in full.per_level]
+        out["dlogp_per_level"] = [b.dlogp_mean for b in full.per_level]
     return out
 
 
@@ -124,4 +124,4 @@ def restore(cfg: RestoreConfig, stage: Stage) -> dict:
     (``inputs["tuned_eval"]``)."""
     from sftscope.restore_sweep import run_sweep
 
-    return run_sweep(cfg, stage.inputs.get("tuned_eval"))
+    return run_sweep(cfg, stage.inputs.get("tuned_eval")).model_dump(mode="json")

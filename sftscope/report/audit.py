@@ -9,6 +9,8 @@ from typing import Any
 
 from sftscope.layout import RunLayout
 from sftscope.mastery import N_LEVELS
+from sftscope.outputs import AuditSummary
+from sftscope.registry import PROBE_METHODS
 from sftscope.report.figures import _finish, _plt
 from sftscope.report.render import Block, fmt, param_blocks, write_page
 from sftscope.report.results import restore_tables
@@ -98,19 +100,19 @@ def change_by_layer_module(diff: dict[str, Any], figdir: Path) -> list[tuple[str
     return out
 
 
-def blocks(s: dict[str, Any], root: Path, figdir: Path) -> list[Block]:
-    probe, t = s["probe"], s["transitions"]
-    out: list[Block] = [("h1", f"sftscope audit: {Path(s['tuned']).name}")]
+def blocks(s: AuditSummary, root: Path, figdir: Path) -> list[Block]:
+    probe, t = s.probe, s.transitions
+    out: list[Block] = [("h1", f"sftscope audit: {Path(s.tuned).name}")]
     sampled = f" × {probe['samples']} samples at T = {probe['temperature']}"
     out.append(
         (
             "p",
-            f"Base `{s['base']}`, tuned `{s['tuned']}`; data `{s['data']}` "
-            f"(`{s['data_dir']}`), {s['facts']} facts of the {s['split']} split. Probe: "
+            f"Base `{s.base}`, tuned `{s.tuned}`; data `{s.data}` "
+            f"(`{s.data_dir}`), {s.facts} facts of the {s.split} split. Probe: "
             f"{probe['method']} ({probe['templates']} templates or exemplar sets"
-            f"{sampled if probe['method'] in ('sampling', 'question') else ''}), the "
-            f"same for both models. Prompts: base {s['prompts']['base']}, tuned "
-            f"{s['prompts']['tuned']}." + "".join(f" Note: {n}." for n in s["notes"]),
+            f"{sampled if PROBE_METHODS.load(probe['method']).generations else ''}), the "
+            f"same for both models. Prompts: base {s.prompts['base']}, tuned "
+            f"{s.prompts['tuned']}." + "".join(f" Note: {n}." for n in s.notes),
         )
     )
     out.append(("h2", "Knowledge transitions (the same probe before and after SFT)"))
@@ -170,24 +172,24 @@ def blocks(s: dict[str, Any], root: Path, figdir: Path) -> list[Block]:
         )
     )
     out += accuracy_blocks(s, figdir)
-    if s["kl"]:
-        out += kl_blocks(s["kl"])
+    if s.kl:
+        out += kl_blocks(s.kl)
     entry = restore_tables(root).get("tuned")
     if entry:
         out += param_blocks("tuned", entry, figdir)
-    if "diff" in s["params"]:
-        out += [("img", n, c) for n, c in change_by_layer_module(s["params"]["diff"], figdir)]
-    pick = s["params"].get("restore", {}).get("pick")
+    if "diff" in s.params:
+        out += [("img", n, c) for n, c in change_by_layer_module(s.params["diff"], figdir)]
+    pick = s.params.get("restore", {}).get("pick")
     if pick:
         out.append(
             (
                 "p",
                 f"Picked on dev: k = {pick['k']:g} % ({pick['label']}), dev in-domain "
-                f"{fmt(pick['dev_in_domain'])} %; on {s['split']}: in-domain "
+                f"{fmt(pick['dev_in_domain'])} %; on {s.split}: in-domain "
                 f"{fmt(pick['in_domain'])} % ({_points(pick['gain_in_domain'])} vs the "
                 f"unrestored model), out-of-domain {fmt(pick['ood'])} % "
                 f"({_points(pick['gain_ood'])}). The sweep's models are evaluated with "
-                f"the tuned model's prompt, {s['prompts']['restore sweep']}.",
+                f"the tuned model's prompt, {s.prompts['restore sweep']}.",
             )
         )
     return out
@@ -201,7 +203,7 @@ def accuracy_blocks(s: dict[str, Any], figdir: Path) -> list[Block]:
     """Both models' CBQA accuracy per base level, ID / OOD, and the answers kept and lost."""
     out: list[Block] = [("h2", "Accuracy (closed-book QA, greedy, containment)")]
     rows = []
-    for name, a in s["accuracy"].items():
+    for name, a in s.accuracy.items():
         ind, ood = a["in_domain"], a["ood"]
         rows.append(
             [
@@ -238,8 +240,8 @@ def accuracy_blocks(s: dict[str, Any], figdir: Path) -> list[Block]:
             rows,
         )
     )
-    out += [("img", name, cap) for name, cap in accuracy_by_level(s["accuracy"], figdir)]
-    a = s["answers"]["all"]
+    out += [("img", name, cap) for name, cap in accuracy_by_level(s.accuracy, figdir)]
+    a = s.answers["all"]
     out.append(
         (
             "p",
@@ -303,7 +305,7 @@ def kl_blocks(kl: dict[str, Any]) -> list[Block]:
     return out
 
 
-def write_audit_report(root: Path, summary: dict[str, Any]) -> Path:
+def write_audit_report(root: Path, summary: AuditSummary) -> Path:
     """``ROOT/report``: report.md, index.html, figures/*.png."""
     root = Path(root)
     return write_page(RunLayout(root).report(), lambda figdir: blocks(summary, root, figdir))

@@ -6,16 +6,19 @@ number in the report carries its spread; the per-cell rows stay available for th
 
 from __future__ import annotations
 
-import json
 import statistics
 from collections import defaultdict
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
+from sftscope.config import GridConfig
 from sftscope.errors import SftscopeError
 from sftscope.io import read_yaml
-from sftscope.layout import RunLayout
+from sftscope.layout import SUMMARY, RunLayout
+from sftscope.outputs import ProbeSummary
 from sftscope.report.results import (
     answer_transition_tables,
     cell_order,
@@ -111,8 +114,16 @@ def aggregate_answers(ts: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     ]
 
 
-def _summary(path: Path) -> dict[str, Any] | None:
-    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
+def read_run_config(path: Path) -> GridConfig:
+    """The run's ``config.yaml``, validated as the grid config it was written from (so the
+    report reads its settings, defaults included, instead of restating them)."""
+    raw = read_yaml(path, "run config")
+    try:
+        return GridConfig.model_validate(raw)
+    except ValidationError as e:
+        err = e.errors()[0]
+        field = ".".join(str(x) for x in err["loc"]) or "config"
+        raise SftscopeError(f"{path}: not a grid config (field {field!r}: {err['msg']})") from None
 
 
 def collect(root: Path) -> dict[str, Any]:
@@ -120,10 +131,8 @@ def collect(root: Path) -> dict[str, Any]:
     parameter-level results (each section empty when the run has none)."""
     root, layout = Path(root), RunLayout(root)
     manifest = read_manifest(root)
-    config = read_yaml(layout.config, "run config")
-    if not isinstance(config, dict):
-        raise SftscopeError(f"{layout.config}: not a grid config")
-    split = (config.get("eval") or {}).get("split", "test")
+    config = read_run_config(layout.config)
+    split = config.eval.split
     rows = cell_table(root)
     if not rows:
         raise SftscopeError(f"{root}: no evaluated cells (run sftscope run first)")
@@ -135,7 +144,7 @@ def collect(root: Path) -> dict[str, Any]:
         "probes": {
             name: s
             for name in ("train", split)
-            if (s := _summary(layout.probe(name) / "summary.json"))
+            if (s := ProbeSummary.read_if(layout.probe(name) / SUMMARY))
         },
         "base": next((r for r in rows if r["cell"] == "base"), None),
         "groups": aggregate(rows),

@@ -14,10 +14,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from sftscope.config import TrainRecipe
+from sftscope.config import GridConfig, TrainRecipe
 from sftscope.config.base import counts
 from sftscope.io import atomic_write_text, replace_dir
 from sftscope.layout import RunLayout
+from sftscope.registry import PROBE_METHODS
 from sftscope.report.collect import collect
 from sftscope.report.figures import accuracy_vs_size, layer_shares, sweep_curves
 from sftscope.report.findings import basis_text, findings
@@ -38,12 +39,11 @@ def fmt(s: dict[str, Any] | float | None, scale: float = 100, digits: int = 1) -
     return "-" if s is None else f"{scale * s:.{digits}f}"
 
 
-def recipe_text(train: dict[str, Any]) -> str:
+def recipe_text(run: TrainRecipe) -> str:
     """The run's SFT recipe, and every setting that departs from the paper's (the defaults of
     :class:`TrainRecipe` are the paper's, docs/method.md §3.2), so a reader never mistakes a
     small-model recipe for the paper's."""
     paper = TrainRecipe()
-    run = TrainRecipe(**train)
     kind = f"LoRA r = {run.lora_r}" if run.lora else "full fine-tuning"
     text = (
         f"SFT: {kind}, learning rate {run.learning_rate:g}, batch {run.batch_size}, "
@@ -71,28 +71,27 @@ def recipe_text(train: dict[str, Any]) -> str:
 
 
 def blocks(data: dict[str, Any], figdir: Path) -> list[Block]:
-    cfg, split = data["config"], data["split"]
-    probe = cfg.get("probe") or {}
+    cfg: GridConfig = data["config"]
+    split, probe = data["split"], cfg.probe
     out: list[Block] = [("h1", f"sftscope report: {Path(data['root']).name}")]
     out.append(
         (
             "p",
-            f"Base model `{cfg.get('model')}`, data `{cfg.get('data')}`, evaluation on "
-            f"the {split} split; levels {cfg.get('levels')}, sizes {cfg.get('sizes')}, "
-            f"seeds {cfg.get('seeds')}. Probe: {probe.get('method', 'sampling')} "
-            f"({probe.get('templates', 21)} templates"
+            f"Base model `{cfg.model}`, data `{cfg.data}`, evaluation on "
+            f"the {split} split; levels {cfg.levels}, sizes {cfg.sizes}, "
+            f"seeds {cfg.seeds}. Probe: {probe.method} ({probe.templates} templates"
             + (
-                f" × {probe.get('samples', 10)} samples at T = {probe.get('temperature', 0.7)}"
-                if probe.get("method", "sampling") == "sampling"
+                f" × {probe.samples} samples at T = {probe.temperature}"
+                if PROBE_METHODS.load(probe.method).generations
                 else ""
             )
-            + (f", calibration `{probe['calibration']}`" if probe.get("calibration") else "")
+            + (f", calibration `{probe.calibration}`" if probe.calibration else "")
             + ").",
         )
     )
-    out.append(("p", recipe_text(cfg.get("train") or {})))
-    if cfg.get("note"):
-        out.append(("p", f"Note: {cfg['note']}"))
+    out.append(("p", recipe_text(cfg.train)))
+    if cfg.note:
+        out.append(("p", f"Note: {cfg.note}"))
     out.append(("h2", "Findings"))
     out.append(
         (
@@ -120,7 +119,7 @@ def blocks(data: dict[str, Any], figdir: Path) -> list[Block]:
     )
     out.append(("h2", "Data and mastery levels"))
     for name, s in data["probes"].items():
-        rows = [[rel, *map(str, c), str(sum(c))] for rel, c in s["histogram"].items()]
+        rows = [[rel, *map(str, c), str(sum(c))] for rel, c in s.histogram.items()]
         out.append(
             ("table", [f"{name} facts: relation", *(f"L{k}" for k in range(5)), "facts"], rows)
         )

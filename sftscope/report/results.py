@@ -9,7 +9,8 @@ from typing import Any
 
 from sftscope.errors import SftscopeError
 from sftscope.io import read_jsonl
-from sftscope.layout import RunLayout
+from sftscope.layout import CONCENTRATION, DIFF, RECORDS, SUMMARY, SWEEP, RunLayout
+from sftscope.outputs import EvalSummary, KLSummary, SweepSummary
 
 
 def read_manifest(root: Path) -> dict[str, Any]:
@@ -36,43 +37,36 @@ def cell_table(root: Path) -> list[dict[str, Any]]:
     rows = []
     layout = RunLayout(root)
     cells = sorted(layout.names("eval"), key=cell_order)
-    for path in (layout.eval(c) / "summary.json" for c in cells):
-        if not path.exists():
+    for cell in cells:
+        s = EvalSummary.read_if(layout.eval(cell) / SUMMARY)
+        if s is None:
             continue
-        s = json.loads(path.read_text(encoding="utf-8"))
-        ind, ood = (s.get("by_level", {}).get(k, {}) for k in ("in_domain", "ood"))
+        ind, ood = s.levels("in_domain"), s.levels("ood")
         rows.append(
             {
-                "cell": path.parent.name,
-                "in_domain_per_level": [v["containment"] for v in ind.get("per_level", [])],
-                "in_domain_mean": ind.get("mean_of_levels", {}).get("containment"),
-                "ood_mean": ood.get("mean_of_levels", {}).get("containment"),
-                "in_domain": s["in_domain"]["containment"],
-                "ood": s["ood"]["containment"],
-                "in_domain_n": s["in_domain"]["n"],
-                **_kl_columns(layout.kl(path.parent.name)),
+                "cell": cell,
+                "in_domain_per_level": [v.containment for v in ind.per_level] if ind else [],
+                "in_domain_mean": ind.mean_of_levels.containment if ind else None,
+                "ood_mean": ood.mean_of_levels.containment if ood else None,
+                "in_domain": s.in_domain.containment,
+                "ood": s.ood.containment,
+                "in_domain_n": s.in_domain.n,
+                **_kl_columns(layout.kl(cell)),
             }
         )
     return rows
 
 
 def _kl_columns(path: Path) -> dict[str, Any]:
-    if not path.exists():
-        return {
-            "kl_paper": None,
-            "kl_paper_std": None,
-            "kl_paper_n": 0,
-            "kl_full": None,
-            "kl_full_per_level": [None] * 5,
-        }
-    k = json.loads(path.read_text(encoding="utf-8"))
-    full, paper = k.get("full", {}), k.get("paper", {"mean": None, "std": None, "n": 0})
+    k = KLSummary.read_if(path)
+    paper = k.paper if k is not None else None
+    full = k.full if k is not None else None
     return {
-        "kl_paper": paper["mean"],
-        "kl_paper_std": paper["std"],
-        "kl_paper_n": paper["n"],
-        "kl_full": full.get("overall", {}).get("kl_mean"),
-        "kl_full_per_level": [b.get("kl_mean") for b in full.get("per_level", [{}] * 5)],
+        "kl_paper": paper.mean if paper else None,
+        "kl_paper_std": paper.std if paper else None,
+        "kl_paper_n": paper.n if paper else 0,
+        "kl_full": full.overall.kl_mean if full else None,
+        "kl_full_per_level": [b.kl_mean for b in full.per_level] if full else [None] * 5,
     }
 
 
@@ -85,7 +79,7 @@ def restore_tables(root: Path) -> dict[str, dict[str, Any]]:
     layout = RunLayout(root)
     for cell_dir in map(layout.params, sorted(layout.names("params"), key=cell_order)):
         entry: dict[str, Any] = {}
-        conc = layout.params(cell_dir.name, "diff") / "concentration.json"
+        conc = layout.params(cell_dir.name, "diff") / CONCENTRATION
         if conc.exists():
             c = json.loads(conc.read_text(encoding="utf-8"))
             entry["concentration"] = c["rows"]
@@ -93,9 +87,9 @@ def restore_tables(root: Path) -> dict[str, dict[str, Any]]:
                 entry["concentration_nonzero"] = c["other"]["rows"]
                 entry["zero_base"] = c["zero_base"]
         for key, folder in (("sweep", "restore"), ("blocks", "blocks")):
-            sweep = cell_dir / folder / "sweep.json"
-            if sweep.exists():
-                entry[key] = json.loads(sweep.read_text(encoding="utf-8"))
+            sweep = SweepSummary.read_if(cell_dir / folder / SWEEP)
+            if sweep is not None:
+                entry[key] = sweep.model_dump(mode="json")
         if "sweep" in entry and (where := update_shares(cell_dir / "restore")):
             entry["where"] = where
         if entry:
@@ -121,46 +115,43 @@ def answer_transition_tables(root: Path) -> dict[str, dict[str, Any]]:
 
     layout = RunLayout(root)
     base = layout.eval("base")
-    if not (base / "records.jsonl").exists():
+    if not (base / RECORDS).exists():
         return {}
     before = read_answers(base)  # once, for every cell
     cells = [c for c in layout.names("eval") if c != "base"]
     return {
         c: answer_transitions(before, read_answers(layout.eval(c)))
         for c in sorted(cells, key=cell_order)
-        if (layout.eval(c) / "records.jsonl").exists()
+        if (layout.eval(c) / RECORDS).exists()
     }
 
 
 def correct_by_id(folder: Path) -> dict[str, bool]:
-    return {r["id"]: bool(r["containment"]) for r in read_jsonl(folder / "records.jsonl")}
+    return {r["id"]: bool(r["containment"]) for r in read_jsonl(folder / RECORDS)}
 
 
 def accuracy(folder: Path) -> dict[str, Any]:
     """One model's containment accuracy: in-domain, OOD, overall, and per base level."""
-    s = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
-    out: dict[str, Any] = {"prompt": s["prompt"]}
+    s = EvalSummary.read(folder / SUMMARY)
+    out: dict[str, Any] = {"prompt": s.prompt}
     for key in ("in_domain", "ood", "overall"):
-        out[key] = {"n": s[key]["n"], "accuracy": s[key]["containment"]}
-    for key, block in s.get("by_level", {}).items():
-        out[key]["per_level"] = [v["containment"] for v in block["per_level"]]
-        out[key]["n_per_level"] = [v["n"] for v in block["per_level"]]
-        out[key]["mean_of_levels"] = block["mean_of_levels"]["containment"]
+        out[key] = {"n": s.group(key).n, "accuracy": s.group(key).containment}
+    for key, block in (s.by_level or {}).items():
+        out[key]["per_level"] = [v.containment for v in block.per_level]
+        out[key]["n_per_level"] = [v.n for v in block.per_level]
+        out[key]["mean_of_levels"] = block.mean_of_levels.containment
     return out
 
 
 def kl_summary(path: Path) -> dict[str, Any]:
-    k = json.loads(Path(path).read_text(encoding="utf-8"))
+    """The audit's KL block: the paper KL's statistics, the full KL per level."""
+    k = KLSummary.read(path)
     out: dict[str, Any] = {}
-    if "paper" in k:
-        out["paper"] = {key: k["paper"][key] for key in ("mean", "std", "n", "level", "prompts")}
-    if "full" in k:
-        full = k["full"]
-        out["full"] = {
-            "overall": full["overall"],
-            "per_level": full["per_level"],
-            "prompt": full["prompt"],
-        }
+    if k.paper is not None:
+        keep = {"mean", "std", "n", "level", "prompts"}
+        out["paper"] = k.paper.model_dump(mode="json", include=keep)
+    if k.full is not None:
+        out["full"] = k.full.model_dump(mode="json", include={"overall", "per_level", "prompt"})
     return out
 
 
@@ -170,8 +161,8 @@ def params_summary(outputs: dict[str, Path]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if "diff" in outputs:
         folder = outputs["diff"]
-        d = json.loads((folder / "diff.json").read_text(encoding="utf-8"))
-        c = json.loads((folder / "concentration.json").read_text(encoding="utf-8"))
+        d = json.loads((folder / DIFF).read_text(encoding="utf-8"))
+        c = json.loads((folder / CONCENTRATION).read_text(encoding="utf-8"))
         out["diff"] = {
             "region": d["region"],
             "weights": d["weights"],
@@ -185,5 +176,5 @@ def params_summary(outputs: dict[str, Path]) -> dict[str, Any]:
         }
     for part in ("restore", "blocks"):
         if part in outputs:
-            out[part] = json.loads((outputs[part] / "sweep.json").read_text(encoding="utf-8"))
+            out[part] = SweepSummary.read(outputs[part] / SWEEP).model_dump(mode="json")
     return out

@@ -46,7 +46,7 @@ def test_greedy_eval_predictions_match_the_hf_engine(engines, tmp_path: Path) ->
             out=tmp_path / name,
         )
         summary = run_eval(cfg, engine)
-        assert summary["engine"]["engine"] == name and summary["engine"]["version"]
+        assert summary.engine["engine"] == name and summary.engine["version"]
         records[name] = read_jsonl(tmp_path / name / "records.jsonl")
     pairs = list(zip(records["hf"], records["vllm"], strict=True))
     same = sum(a["prediction"] == b["prediction"] for a, b in pairs)
@@ -72,7 +72,7 @@ def test_sampling_probe_levels_agree_with_the_hf_engine(engines, tmp_path: Path)
             out=tmp_path / name,
         )
         summary = run_probe(cfg, engine)
-        assert summary["engine"]["engine"] == name
+        assert summary.engine["engine"] == name
         rows[name] = {r["id"]: r for r in read_jsonl(tmp_path / name / "mastery.jsonl")}
     ids = [i for i, r in rows["hf"].items() if r["level"] is not None]
     agree = sum(rows["hf"][i]["level"] == rows["vllm"][i]["level"] for i in ids)
@@ -138,7 +138,7 @@ def test_a_grid_runs_end_to_end_on_vllm(tmp_path: Path) -> None:
     run = Path(cfg.out)
     for name in ("base", "0-4-0"):
         summary = json.loads((run / "eval" / name / "summary.json").read_text())
-        assert summary["engine"]["engine"] == "vllm", name
+        assert summary.engine["engine"] == "vllm", name
     for split in ("train", "test"):
         probe = json.loads((run / "probe" / split / "summary.json").read_text())
         assert probe["engine"]["engine"] == "vllm"
