@@ -12,7 +12,8 @@ from sftscope.mastery import N_LEVELS
 from sftscope.outputs import AuditSummary
 from sftscope.registry import PROBE_METHODS
 from sftscope.report.figures import _finish, _plt
-from sftscope.report.render import Block, fmt, param_blocks, write_page
+from sftscope.report.page import Block, fmt, write_page
+from sftscope.report.render import param_blocks
 from sftscope.report.results import restore_tables
 
 LEVELS = [f"L{k}" for k in range(N_LEVELS)]
