@@ -84,17 +84,18 @@ def build_llama(out: Path, tokenizer, layers: int = 22) -> Path:
 def perturbed(base: Path, out: Path, seed: int = 0) -> Path:
     """A stand-in fine-tuned copy: half of every decoder weight moved by a small relative step
     (streamed, so it needs no model in memory)."""
-    from sftscope.params.diff import layer_of
+    from sftscope.params.structure import structure_of
     from sftscope.params.tensors import ShardWriter, open_checkpoint, plan_of, read_tensor
 
     if (out / "config.json").exists():
         return out
     ckpt = open_checkpoint(base)
+    layer_of = {n: structure_of(base).role(n).layer for n in ckpt.names}
     g = torch.Generator().manual_seed(seed)
     writer = ShardWriter(out, plan_of(ckpt))
     for name in ckpt.names:
         t = read_tensor(ckpt, name)
-        if layer_of(name) is not None and t.is_floating_point():
+        if layer_of[name] is not None and t.is_floating_point():
             moved = torch.rand(t.shape, generator=g) < 0.5
             step = torch.randn(t.shape, generator=g) * 1e-2 * t.float().abs() * moved
             t = (t.float() + step).to(t.dtype)

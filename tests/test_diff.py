@@ -11,23 +11,25 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from sftscope.errors import SftscopeError
-from sftscope.params.diff import concentration, diff_checkpoints, in_region, module_of, region_names
+from sftscope.params.diff import concentration, diff_checkpoints, region_names
+from sftscope.params.structure import structure_of
 from sftscope.params.tensors import open_checkpoint
 
 from helpers import perturbed_copy
 
 
-def test_regions_and_modules() -> None:
-    assert in_region("model.layers.3.self_attn.q_proj.weight", "paper")
-    assert not in_region("model.layers.3.input_layernorm.weight", "paper")
-    assert not in_region("model.embed_tokens.weight", "paper")
-    assert in_region("model.embed_tokens.weight", "embedding")
-    assert in_region("model.layers.0.mlp.up_proj.weight", "mlp")
-    assert not in_region("model.layers.0.mlp.up_proj.weight", "attention")
-    assert in_region("model.layers.0.mlp.up_proj.weight", "re:up_proj")
-    assert module_of("model.layers.0.mlp.down_proj.weight") == "down_proj"
+def test_regions_and_modules(tiny_model_dir: Path) -> None:
+    s = structure_of(tiny_model_dir)  # a 2-layer LLaMA
+    assert s.in_region("model.layers.1.self_attn.q_proj.weight", "paper")
+    assert not s.in_region("model.layers.1.input_layernorm.weight", "paper")
+    assert not s.in_region("model.embed_tokens.weight", "paper")
+    assert s.in_region("model.embed_tokens.weight", "embedding")
+    assert s.in_region("model.layers.0.mlp.up_proj.weight", "mlp")
+    assert not s.in_region("model.layers.0.mlp.up_proj.weight", "attention")
+    assert s.in_region("model.layers.0.mlp.up_proj.weight", "re:up_proj")
+    assert s.role("model.layers.0.mlp.down_proj.weight").module == "down_proj"
     with pytest.raises(SftscopeError, match="region 'mlps'"):
-        in_region("x", "mlps")
+        s.in_region("model.embed_tokens.weight", "mlps")
 
 
 def test_concentration_equals_a_flat_reference(tiny_model_dir: Path, tmp_path: Path) -> None:
@@ -69,7 +71,7 @@ def test_run_diff_outputs_and_nan(tiny_model_dir: Path, tmp_path: Path) -> None:
     }
     assert set(s["per_layer"]) == {"0", "1"}
     tsv = (tmp_path / "out" / "diff_summary.tsv").read_text().splitlines()
-    assert tsv[0].startswith("tensor\tlayer\tmodule") and len(tsv) == 15
+    assert tsv[0].startswith("tensor\tlayer\tblock\tmodule\texpert") and len(tsv) == 15
     assert [r["k"] for r in s["concentration"]] == [1, 3, 5, 10, 20, 40, 60]
     w = load_file(tuned_dir / "model.safetensors")
     bad = tmp_path / "nan"

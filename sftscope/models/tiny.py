@@ -1,7 +1,9 @@
-"""A tiny LLaMA-architecture model and a locally trained tokenizer, for tests and toy worlds.
+"""Tiny models and a locally trained tokenizer, for tests and toy worlds.
 
 Nothing is downloaded: the tokenizer is a byte-level BPE trained with ``tokenizers`` on the
-texts given, and the model is randomly initialised from a small ``LlamaConfig``.
+texts given, and the model is randomly initialised from a small config: a LLaMA
+(:func:`save_tiny`), or any of :data:`ARCHITECTURES` (:func:`save_tiny_arch`), the matrix of
+model types the parameter level and the stages are tested on.
 """
 
 from __future__ import annotations
@@ -11,7 +13,13 @@ from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerFast,
+)
 
 SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>"]
 
@@ -67,6 +75,60 @@ def save_tiny(texts: Iterable[str], out_dir: str | Path, seed: int = 0, **kw) ->
     out = Path(out_dir)
     tokenizer = build_tokenizer(texts)
     model = build_tiny_model(tokenizer, seed=seed, **kw)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+# Model type -> what its config needs beyond the common small sizes (dense, fused-projection and
+# mixture-of-experts architectures; GPT-2 and GPT-NeoX name their layers otherwise).
+ARCHITECTURES: dict[str, dict] = {
+    "llama": {},
+    "qwen2": {},
+    "qwen3": {"head_dim": 8},
+    "mistral": {},
+    "gemma2": {"head_dim": 8},
+    "gemma3_text": {"head_dim": 8},
+    "phi3": {},
+    "gpt_neox": {},
+    "gpt2": {"n_embd": 32, "n_layer": 2, "n_head": 4, "n_positions": 128},
+    "falcon": {},
+    "olmo2": {},
+    "granite": {},
+    "mixtral": {"num_local_experts": 4, "num_experts_per_tok": 2},
+    "qwen3_moe": {
+        "num_experts": 4,
+        "num_experts_per_tok": 2,
+        "moe_intermediate_size": 16,
+        "head_dim": 8,
+    },
+}
+MOE = ("mixtral", "qwen3_moe")
+
+
+def save_tiny_arch(
+    model_type: str, texts: Iterable[str], out_dir: str | Path, seed: int = 0
+) -> Path:
+    """A 2-layer random model of ``model_type`` (a key of :data:`ARCHITECTURES`) with a BPE
+    tokenizer over ``texts``, saved with ``save_pretrained`` into ``out_dir``."""
+    tokenizer = build_tokenizer(texts)
+    config = AutoConfig.for_model(
+        model_type,
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        **ARCHITECTURES[model_type],
+    )
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    out = Path(out_dir)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out

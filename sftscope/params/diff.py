@@ -1,5 +1,9 @@
 """Relative change of every weight (docs/method.md §7.1) and how concentrated it is (§7.2).
 
+Which tensors a region holds, and each tensor's layer, block, module and expert, come from the
+architecture (:mod:`sftscope.params.structure`), so the tables read the same on LLaMA, GPT-2,
+GPT-NeoX, Phi-3 or a mixture of experts.
+
 r_i = |s_i - p_i| / (|p_i| + 1e-8) in fp32, for the tensors of a region (the paper's: decoder
 layer weights, norms excluded). Streamed tensor by tensor; the concentration table (share of the
 total r held by the top k% of weights) is exact without a flat vector: two streamed histogram
@@ -22,40 +26,10 @@ from sftscope.config import PAPER_K, DiffConfig
 from sftscope.errors import SftscopeError
 from sftscope.layout import CONCENTRATION, DIFF, DIFF_TSV
 from sftscope.params.ranking import Ranking
+from sftscope.params.structure import Role, Structure, structure_of
 from sftscope.params.tensors import Checkpoint, check_compatible, iter_pairs
 
 EPS = 1e-8
-REGIONS = ("paper", "attention", "mlp", "embedding", "all")
-_LAYER = re.compile(r"\.layers\.(\d+)\.")
-_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-
-
-def layer_of(name: str) -> int | None:
-    m = _LAYER.search(name)
-    return int(m.group(1)) if m else None
-
-
-def module_of(name: str) -> str:
-    return next((m for m in _MODULES if f".{m}." in f"{name}."), "other")
-
-
-def in_region(name: str, region: str) -> bool:
-    """The paper's region is every decoder-layer parameter except norms; ``re:PATTERN``
-    selects tensors whose name matches the regular expression."""
-    if region.startswith("re:"):
-        return re.search(region[3:], name) is not None
-    if region == "all":
-        return True
-    if region == "embedding":
-        return "embed_tokens" in name or "lm_head" in name
-    in_layers = layer_of(name) is not None and "norm" not in name
-    if region == "paper":
-        return in_layers
-    if region == "attention":
-        return in_layers and "self_attn" in name
-    if region == "mlp":
-        return in_layers and ".mlp." in name
-    raise SftscopeError(f"region {region!r}: expected one of {', '.join(REGIONS)} or re:PATTERN")
 
 
 def natural_key(name: str) -> list:
@@ -72,19 +46,25 @@ def relative_change(base: torch.Tensor, tuned: torch.Tensor) -> torch.Tensor:
     return d.div_(p.abs().add_(EPS))
 
 
-def region_names(ckpt: Checkpoint, region: str) -> list[str]:
-    names = [n for n in ckpt.names if in_region(n, region)]
+def region_names(ckpt: Checkpoint, region: str, structure: Structure | None = None) -> list[str]:
+    """The checkpoint's tensors in ``region`` (see :mod:`sftscope.params.structure`)."""
+    structure = structure or structure_of(ckpt.root)
+    names = structure.names(ckpt.names, region)
     if not names:
         raise SftscopeError(f"region {region!r} selects no tensor of {ckpt.root}")
     return names
 
 
-def tensor_stats(name: str, base: torch.Tensor, tuned: torch.Tensor, r: torch.Tensor) -> dict:
+def tensor_stats(
+    name: str, role: Role, module: str, base: torch.Tensor, tuned: torch.Tensor, r: torch.Tensor
+) -> dict:
     delta = tuned.float() - base.float()
     return {
         "tensor": name,
-        "layer": layer_of(name),
-        "module": module_of(name),
+        "layer": role.layer,
+        "block": role.block,
+        "module": module,
+        "expert": role.expert,
         "numel": r.numel(),
         "mean": float(r.double().mean()),
         "max": float(r.max()),
@@ -196,17 +176,22 @@ def diff_checkpoints(
     device = resolve_device(compute_device, "--compute-device")
     base, tuned = open_checkpoint(base_dir), open_checkpoint(tuned_dir)
     check_compatible(base, tuned)
-    names = region_names(base, region)
+    structure = structure_of(base.root)
+    names = region_names(base, region, structure)
+    modules = structure.modules_of(names)
     stats: list[dict[str, Any]] = []
 
     def collect(name: str, p: torch.Tensor, s: torch.Tensor, r: torch.Tensor) -> None:
-        stats.append(tensor_stats(name, p, s, checked(name, r)))
+        role = structure.role(name)
+        stats.append(tensor_stats(name, role, modules[name], p, s, checked(name, r)))
 
     conc = concentration(base, tuned, names, each=collect, nonzero_base=nonzero_base, device=device)
 
     def group(key: str) -> dict[str, Any]:
         out: dict[str, dict[str, float]] = {}
         for row in stats:
+            if row[key] is None and key == "expert":  # (not an expert's tensor)
+                continue
             g = out.setdefault(str(row[key]), {"numel": 0, "sum": 0.0, "max": 0.0})
             g["numel"] += row["numel"]
             g["sum"] += row["sum"]
@@ -218,7 +203,9 @@ def diff_checkpoints(
     cols = (
         "tensor",
         "layer",
+        "block",
         "module",
+        "expert",
         "numel",
         "mean",
         "max",
@@ -244,7 +231,9 @@ def diff_checkpoints(
         "weights": conc["n"],
         "zero_base": zero,
         "per_layer": group("layer"),
+        "per_block": group("block"),
         "per_module": group("module"),
+        "per_expert": group("expert"),
         "nonzero_base": nonzero_base,
         "concentration": conc["rows"],
     }

@@ -15,8 +15,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from sftscope.params.diff import in_region, natural_key, relative_change
+from sftscope.params.diff import natural_key, relative_change
 from sftscope.params.restore import group_of, random_scores
+from sftscope.params.structure import structure_of
 from sftscope.params.tensors import open_checkpoint
 
 
@@ -56,10 +57,11 @@ def reference_restore(
 ) -> Iterator[tuple[float, dict[str, torch.Tensor]]]:
     """(k, restored state dict) for each k in turn; ``method`` "sort" or "kth" (same result)."""
     base, tuned = load_all(base_dir), load_all(tuned_dir)
-    names = sorted((n for n in base if in_region(n, region)), key=natural_key)
+    structure = structure_of(base_dir)
+    names = sorted(structure.names(list(base), region), key=natural_key)
     groups: dict[Hashable, list[str]] = {}
     for n in names:
-        groups.setdefault(group_of(n, scope), []).append(n)
+        groups.setdefault(group_of(n, scope, structure.role(n).layer), []).append(n)
     flats = {}
     for g, members in groups.items():
         parts = []

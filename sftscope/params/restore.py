@@ -45,8 +45,9 @@ from tqdm.auto import tqdm
 from sftscope.config import RestoreConfig, dump_config, result_fields
 from sftscope.errors import SftscopeError
 from sftscope.io import atomic_write_json, atomic_write_text, read_yaml, replace_dir, tsv_text
-from sftscope.params.diff import checked, layer_of, natural_key, region_names, relative_change
+from sftscope.params.diff import checked, natural_key, region_names, relative_change
 from sftscope.params.ranking import Cut, Ranking, Selector
+from sftscope.params.structure import structure_of
 from sftscope.params.tensors import (
     Checkpoint,
     ShardWriter,
@@ -58,12 +59,11 @@ from sftscope.params.tensors import (
 )
 
 
-def group_of(name: str, scope: str) -> Hashable:
-    """The ranking a tensor belongs to."""
+def group_of(name: str, scope: str, layer: int | None) -> Hashable:
+    """The ranking a tensor belongs to (``layer``: its decoder layer, None outside them)."""
     if scope == "global":
         return "all"
     if scope == "layer":
-        layer = layer_of(name)
         return f"layer {layer}" if layer is not None else name
     return name
 
@@ -112,8 +112,12 @@ class Restorer:
     ) -> None:
         self.cfg, self.base, self.tuned = cfg, base, tuned
         self.device = device or torch.device("cpu")
-        self.names = sorted(region_names(base, cfg.region), key=natural_key)
-        self.groups = {n: group_of(n, cfg.scope) for n in self.names}
+        structure = structure_of(base.root)
+        self.names = sorted(region_names(base, cfg.region, structure), key=natural_key)
+        self.layers = {n: structure.role(n).layer for n in self.names}
+        self.blocks = {n: structure.role(n).block for n in self.names}
+        self.modules = structure.modules_of(self.names)
+        self.groups = {n: group_of(n, cfg.scope, self.layers[n]) for n in self.names}
         self.sizes: dict[Hashable, int] = {}
         for n in self.names:
             self.sizes[self.groups[n]] = self.sizes.get(self.groups[n], 0) + base.numel(n)
@@ -140,10 +144,9 @@ class Restorer:
         self.total_r = 0.0
         self.rows: list[dict[str, Any]] = []
 
-    @staticmethod
-    def in_block(name: str, block: tuple[int, int] | None) -> bool:
+    def in_block(self, name: str, block: tuple[int, int] | None) -> bool:
         """Whether tensor ``name`` lies in the layer ``block`` (False for no block)."""
-        layer = layer_of(name)
+        layer = self.layers[name]
         return block is not None and layer is not None and block[0] <= layer <= block[1]
 
     def _scores(self, name: str, r: torch.Tensor) -> torch.Tensor:
@@ -270,7 +273,9 @@ class Restorer:
             {
                 "output": out.label,
                 "tensor": name,
-                "layer": layer_of(name),
+                "layer": self.layers[name],
+                "block": self.blocks[name],
+                "module": self.modules[name],
                 "numel": numel,
                 "restored": n,
                 "restored_pct": 100 * n / numel,
@@ -323,6 +328,8 @@ STATS_COLUMNS = (
     "restored_pct",
     "sum_r",
     "restored_sum_r",
+    "block",
+    "module",
 )
 
 

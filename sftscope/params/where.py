@@ -14,8 +14,6 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from sftscope.params.diff import _MODULES, module_of
-
 
 def _shares(
     rows: list[dict[str, str]], key, ks: dict[str, float], order: list[str]
@@ -42,6 +40,18 @@ def _shares(
         for g in order
         if g in weights
     ]
+
+
+# The module of a row of a restore folder written before rows carried one (LLaMA names).
+_LEGACY_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def _module(row: dict[str, str]) -> str:
+    """The row's module (the structure map's label); for an older folder, from the name."""
+    if row.get("module"):
+        return row["module"]
+    name = f"{row['tensor']}."
+    return next((m for m in _LEGACY_MODULES if f".{m}." in name), "other")
 
 
 def update_shares(restore_dir: Path) -> dict[str, Any] | None:
@@ -71,5 +81,5 @@ def update_shares(restore_dir: Path) -> dict[str, Any] | None:
         "strategy": sel["strategy"],
         "ks": sorted(ks.values()),
         "per_layer": _shares(rows, layer, ks, layers),
-        "per_module": _shares(rows, lambda r: module_of(r["tensor"]), ks, [*_MODULES, "other"]),
+        "per_module": _shares(rows, _module, ks, list(dict.fromkeys(map(_module, rows)))),
     }
