@@ -14,7 +14,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -191,9 +191,22 @@ def load_model(
     except OSError as e:
         raise SftscopeError(_offline_message(name, e)) from None
     model.to(dev).eval()
+    for_inference(model.config)
     if model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
+
+
+def for_inference(config: Any) -> None:
+    """Switch off what only training needs: a mixture of experts fine-tuned with its router's
+    load-balancing loss is saved with ``output_router_logits: true`` (TRL turns it on), and its
+    forward then computes that loss on every decoding step, where the cached keys make the
+    shapes disagree (a size-mismatch error deep in transformers). Generation and scoring never
+    use the router's logits."""
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    for cfg in {id(c): c for c in (config, text)}.values():
+        if getattr(cfg, "output_router_logits", False):
+            cfg.output_router_logits = False
 
 
 def stored_dtype(name: str, trust_remote_code: bool = False) -> torch.dtype | None:
