@@ -23,8 +23,10 @@ from sftscope.layout import SUMMARY, SWEEP
 from sftscope.models.factory import EngineRequest, check_engine, make_engine, one_model_per_process
 from sftscope.models.process import in_fresh_process, say_once
 from sftscope.outputs import EvalSummary, SweepPick, SweepSummary
+from sftscope.params.diff import region_names
 from sftscope.params.restore import run_restore
-from sftscope.params.tensors import has_weights
+from sftscope.params.structure import structure_of
+from sftscope.params.tensors import has_weights, open_checkpoint
 
 if TYPE_CHECKING:
     from sftscope.models.engines import Engine
@@ -175,6 +177,13 @@ def run_sweep(cfg: RestoreConfig, tuned_eval: Path | None = None) -> SweepSummar
             f"restore: {cfg.engine} cannot evaluate weights restored in place; each "
             "restored model is written, evaluated in its own process, then deleted"
         )
+    elif not written and (renamed := _loaded_under_other_names(cfg)):
+        written = True
+        say_once(
+            f"restore: the model holds {renamed[0]} (and {len(renamed) - 1} more) under another "
+            "name than its checkpoint (fused weights), so it cannot be restored in place; each "
+            "restored model is written, evaluated, then deleted"
+        )
     rows = _written_rows(cfg, tuned_eval) if written else _in_place_rows(cfg, tuned_eval)
     result = SweepSummary(split=ev.split, engine=cfg.engine, rows=rows)
     scored = [r for r in result.rows if r.dev_in_domain is not None]
@@ -188,6 +197,13 @@ def run_sweep(cfg: RestoreConfig, tuned_eval: Path | None = None) -> SweepSummar
         )
     result.write(Path(cfg.out) / SWEEP)
     return result
+
+
+def _loaded_under_other_names(cfg: RestoreConfig) -> list[str]:
+    """The region's tensors the loaded model holds under other names (fused experts)."""
+    tuned = open_checkpoint(cfg.tuned)
+    structure = structure_of(cfg.tuned, cfg.trust_remote_code)
+    return structure.renamed(region_names(tuned, cfg.region, structure))
 
 
 def _gain(restored: float | None, tuned: float | None) -> float | None:

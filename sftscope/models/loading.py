@@ -166,6 +166,10 @@ def load_model(
 
     dev = resolve_device(device)
     location = resolve_model(name)
+    if Path(location).is_dir():  # a truncated or corrupt file, a missing shard: one line
+        from sftscope.params.tensors import open_checkpoint
+
+        open_checkpoint(location)
     tokenizer = load_tokenizer(name, trust_remote_code=trust_remote_code)
     kwargs = dict(
         dtype=dtype or default_dtype(dev),

@@ -123,6 +123,12 @@ class Structure:
             found = found or kind
         return found or "other"
 
+    def renamed(self, names: list[str]) -> list[str]:
+        """The tensors the model holds under another name or shape than the checkpoint (a
+        per-expert ``experts.3.w1`` inside a fused ``experts.gate_up_proj``): the loaded model
+        has no weight that is one of these tensors."""
+        return [n for n in names if self._rename(n) != n]
+
     def names(self, names: list[str], region: str) -> list[str]:
         """The tensors of ``names`` in ``region``."""
         return [n for n in names if self.in_region(n, region)]

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 
 from sftscope.errors import SftscopeError
 from sftscope.io import atomic_write_json, replace_dir
@@ -88,10 +88,13 @@ def open_checkpoint(path: str | Path) -> Checkpoint:
         file = root / name
         if not file.exists():
             raise SftscopeError(f"{root}: shard {name} named in {INDEX} is missing")
-        with safe_open(file, framework="pt") as f:
-            for key in f.keys():  # noqa: SIM118 - safe_open handles are not dicts
-                sl = f.get_slice(key)
-                ckpt.tensors[key] = TensorInfo(tuple(sl.get_shape()), sl.get_dtype(), file)
+        try:
+            with safe_open(file, framework="pt") as f:
+                for key in f.keys():  # noqa: SIM118 - safe_open handles are not dicts
+                    sl = f.get_slice(key)
+                    ckpt.tensors[key] = TensorInfo(tuple(sl.get_shape()), sl.get_dtype(), file)
+        except (SafetensorError, OSError) as e:  # truncated, corrupt, unreadable
+            raise SftscopeError(f"{file}: not a readable safetensors file ({e})") from None
     return ckpt
 
 
