@@ -132,7 +132,7 @@ def level_breakdown(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 def prepare_eval(cfg: EvalConfig) -> tuple[list[QAItem], dict[str, list[QAItem]]]:
     """Everything that can fail on bad input, done before a model is loaded or a file written."""
-    dataset = resolve_dataset(cfg.data, cfg.data_dir)
+    dataset = resolve_dataset(cfg.data, cfg.data_dir, cfg.columns)
     items = load_items(dataset, [cfg.split], cfg.relations, cfg.limit_per_relation)
     if not items:
         raise SftscopeError(f"no items to evaluate in {dataset.root} (split {cfg.split})")

@@ -162,7 +162,7 @@ def plan_probe(
     """Load the items (unless given: :func:`probe_pool` of ``dataset``), thresholds and
     templates or exemplar sets of a probe; bad input is an error here, before anything is
     written."""
-    dataset = dataset or resolve_dataset(cfg.data, cfg.data_dir)
+    dataset = dataset or resolve_dataset(cfg.data, cfg.data_dir, cfg.columns)
     items = probe_pool(dataset, cfg) if items is None else items
     if not items:
         raise SftscopeError(f"no items to probe in {dataset.root} (split {cfg.split})")

@@ -202,7 +202,7 @@ def run_select(cfg: SelectConfig, engine: Engine | None = None) -> dict[str, Any
     out = Path(cfg.out)
     if engine is None:
         check_engine(cfg.engine)
-    dataset = resolve_dataset(cfg.data, cfg.data_dir)
+    dataset = resolve_dataset(cfg.data, cfg.data_dir, cfg.columns)
     asked = cfg.probe.method if cfg.probe.method != "auto" else "question"  # auto: no warning
     items = probe_pool(dataset, probe_config(cfg, asked))
     if not items:

@@ -259,7 +259,7 @@ def run_kl(cfg: KLConfig, base_engine: Any = None) -> KLSummary:
     from sftscope.probe_methods.likelihood import likelihood_scores
     from sftscope.prompts import sft_prompt
 
-    dataset = resolve_dataset(cfg.data, cfg.data_dir)
+    dataset = resolve_dataset(cfg.data, cfg.data_dir, cfg.columns)
     items = load_items(dataset, [cfg.split], cfg.relations, cfg.limit_per_relation)
     probe_file = Path(cfg.probe) / MASTERY if Path(cfg.probe).is_dir() else Path(cfg.probe)
     if not probe_file.is_file():

@@ -1,9 +1,11 @@
 """Supervised fine-tuning (docs/method.md §3): a thin layer over TRL's ``SFTTrainer``.
 
 Examples are prompt/completion pairs in the paper's format (``<|question|> q <|answer|>`` then
-`` answer <eos>``), so TRL puts the loss on the completion tokens only. TRL silently drops an
-example whose completion was truncated away; here every example is checked after TRL has
-prepared it, before the first step, and a lost answer is an error naming the example.
+`` answer <eos>``), so TRL puts the loss on the completion tokens only; chat rows stay chat
+turns, rendered by the model's chat template, with the loss on the last assistant turn. TRL
+silently drops an example whose completion was truncated away; here every example is checked
+after TRL has prepared it, before the first step, and a lost answer is an error naming the
+example.
 
 Runs unchanged under ``accelerate launch`` (DDP, FSDP, DeepSpeed): ``batch_size`` is the global
 batch, split over the processes. On CUDA, ``dtype: auto`` is bf16 mixed precision with TF32
@@ -27,6 +29,16 @@ from typing import Any
 import torch
 
 from sftscope.config import TrainConfig, dump_config
+from sftscope.data.columns import (
+    SFT_COLUMNS,
+    Columns,
+    answers_of,
+    chat_turns,
+    is_chat,
+    last_assistant,
+    question_text,
+)
+from sftscope.data.tables import SUFFIXES, read_table
 from sftscope.errors import SftscopeError
 from sftscope.io import (
     atomic_write_json,
@@ -41,33 +53,76 @@ log = logging.getLogger(__name__)
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def read_examples(path: Path, eos_token: str | None) -> list[dict[str, str]]:
-    """Rows of ``{id, prompt, completion}`` from a JSONL file of ``question`` + ``answer``
-    (formatted here in the paper's format) or ready-made ``prompt`` + ``completion``."""
+def read_examples(path: Path, eos_token: str | None) -> list[dict[str, Any]]:
+    """Rows of ``{id, prompt, completion}`` from a file of SFT rows (JSONL, or any table
+    :func:`~sftscope.data.tables.read_table` reads by its suffix) in any shape
+    :mod:`sftscope.data.columns` recognises: a question and its answer (``question`` +
+    ``answer``, an answers list, Alpaca's ``instruction`` / ``input`` / ``output``, ...)
+    formatted here in the paper's format (the first answer is the target); a ready-made
+    ``prompt`` + ``completion``; or chat turns (TRL's ``messages``, or a conversational
+    ``prompt`` + ``completion``), kept as a conversational prompt + completion split at the last
+    assistant turn, so TRL renders them with the model's chat template and the loss covers that
+    turn only. TRL trains one kind per dataset: a file mixing chat and plain rows is an error."""
     path = Path(path)
     if not path.is_file():
         raise SftscopeError(f"{path}: training file not found")
-    out = []
-    for k, row in enumerate(read_jsonl(path), 1):
-        if not isinstance(row, dict):
-            row = {}
-        if _nonempty(row, "question") and _nonempty(row, "answer"):
-            pair = sft_prompt(row["question"]), sft_completion(row["answer"], eos_token)
-        elif _nonempty(row, "prompt") and _nonempty(row, "completion"):
-            pair = row["prompt"], row["completion"]
-        else:
+    if path.suffix in SUFFIXES:
+        rows = read_table(path)
+    else:  # any other name: JSONL, as always
+        rows = [(f"{path}: row {k}", r) for k, r in enumerate(read_jsonl(path), 1)]
+    out: list[dict[str, Any]] = []
+    columns = Columns()
+    for k, (where, row) in enumerate(rows, 1):
+        prompt, completion = _pair(row if isinstance(row, dict) else {}, where, eos_token, columns)
+        chat = isinstance(prompt, list)
+        if out and chat != isinstance(out[0]["prompt"], list):
+            kinds = ("plain", "chat") if chat else ("chat", "plain")
             raise SftscopeError(
-                f"{path}: row {k}: expected fields 'question' and 'answer' "
-                "(or 'prompt' and 'completion') with non-empty strings"
+                f"{where}: a {kinds[1]} row after {kinds[0]} ones; TRL trains one kind per file"
             )
-        out.append({"id": str(row.get("id", f"row{k}")), "prompt": pair[0], "completion": pair[1]})
+        out.append(
+            {"id": str(row.get("id", f"row{k}")), "prompt": prompt, "completion": completion}
+        )
     if not out:
         raise SftscopeError(f"{path}: no training examples")
     return out
 
 
-def _nonempty(row: dict, key: str) -> bool:
-    return isinstance(row.get(key), str) and bool(row[key].strip())
+Pair = tuple[str, str] | tuple[list[dict[str, str]], list[dict[str, str]]]
+
+
+def _pair(row: dict[str, Any], where: str, eos_token: str | None, columns: Columns) -> Pair:
+    """One row's prompt and completion (see :func:`read_examples`)."""
+    found = columns(row)
+    q_col, a_col = found["question"], found["answers"]
+    if q_col and a_col and not {q_col, a_col} & SFT_COLUMNS:  # a question and its answers
+        answer = next((a for a in answers_of(row, where, columns) if a.strip()), None)
+        if answer is None:
+            raise SftscopeError(f"{where}: '{a_col}' has no non-empty answer")
+        question = question_text(row, where, columns)
+        return sft_prompt(question), sft_completion(answer, eos_token)
+    if "prompt" in row and "completion" in row:
+        prompt, completion = row["prompt"], row["completion"]
+        if is_chat(prompt) or is_chat(completion):
+            return chat_turns(prompt, where, "prompt"), chat_turns(completion, where, "completion")
+        if _nonempty(prompt) and _nonempty(completion):
+            return prompt, completion
+        raise SftscopeError(f"{where}: 'prompt' and 'completion' must be non-empty strings")
+    if "messages" in row:
+        turns = chat_turns(row["messages"], where, "messages")
+        end = last_assistant(turns)
+        if not end:  # None, or nothing before it to prompt with
+            raise SftscopeError(f"{where}: 'messages' has no assistant turn after a prompt")
+        return turns[:end], [turns[end]]
+    raise SftscopeError(
+        f"{where}: expected fields 'question' and 'answer' (or another question and answers "
+        "column: docs/data.md), 'prompt' and 'completion', 'messages', or Alpaca's "
+        "'instruction' and 'output', with non-empty values"
+    )
+
+
+def _nonempty(value: Any) -> bool:
+    return isinstance(value, str) and bool(value.strip())
 
 
 def check_loss_mask(
@@ -92,13 +147,28 @@ def check_loss_mask(
             )
 
 
-def _peft_config(cfg: TrainConfig):
+def _fused_experts(model: torch.nn.Module) -> bool:
+    """Whether the model keeps its experts' weights as fused parameters (transformers 5's
+    Mixtral and Qwen-MoE experts), which PEFT's ``all-linear`` LoRA wraps as parameters."""
+    return any(
+        "Experts" in type(m).__name__ and any(True for _ in m.parameters(recurse=False))
+        for m in model.modules()
+    )
+
+
+def _peft_config(cfg: TrainConfig, model: torch.nn.Module):
     from peft import LoraConfig
 
+    dropout = cfg.lora_dropout
+    if dropout and cfg.lora_targets == "all-linear" and _fused_experts(model):
+        log.warning(
+            "lora_dropout %g -> 0: PEFT's LoRA on fused expert weights takes no dropout", dropout
+        )
+        dropout = 0.0
     return LoraConfig(
         r=cfg.lora_r,
         lora_alpha=cfg.lora_alpha,
-        lora_dropout=cfg.lora_dropout,
+        lora_dropout=dropout,
         target_modules=cfg.lora_targets,
         task_type="CAUSAL_LM",
     )
@@ -164,6 +234,11 @@ def build_trainer(cfg: TrainConfig, staging: Path):
     if getattr(tokenizer, "eos_token", None) is None:
         raise SftscopeError(f"model {cfg.model!r}: its tokenizer has no EOS token to end answers")
     examples = read_examples(cfg.train_file, tokenizer.eos_token)
+    if isinstance(examples[0]["prompt"], list) and not getattr(tokenizer, "chat_template", None):
+        raise SftscopeError(
+            f"{cfg.train_file}: chat rows need a chat template, and the tokenizer of "
+            f"{cfg.model!r} has none; give question/answer rows instead"
+        )
     args = SFTConfig(
         output_dir=str(staging / "trainer"),
         per_device_train_batch_size=cfg.batch_size // world,
@@ -193,7 +268,7 @@ def build_trainer(cfg: TrainConfig, staging: Path):
         args=args,
         train_dataset=Dataset.from_list(examples),
         processing_class=tokenizer,
-        peft_config=_peft_config(cfg) if cfg.lora else None,
+        peft_config=_peft_config(cfg, model) if cfg.lora else None,
     )
     if cfg.lora and (trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled):
         raise SftscopeError(
@@ -206,7 +281,7 @@ def build_trainer(cfg: TrainConfig, staging: Path):
 
 def run_train(cfg: TrainConfig) -> dict[str, Any]:
     """The ``sftscope train`` stage; see the module docstring."""
-    from sftscope.models.loading import stored_dtype
+    from sftscope.models.loading import for_inference, stored_dtype
     from sftscope.params.tensors import cast_checkpoint
 
     out = Path(cfg.out)
@@ -222,6 +297,7 @@ def run_train(cfg: TrainConfig) -> dict[str, Any]:
     started = time.perf_counter()
     result = trainer.train()
     wall = time.perf_counter() - started
+    for_inference(trainer.model.config)  # saved without the router loss TRL switched on
     model_dir = staging / "model"
     if cfg.lora:
         trainer.save_model(str(model_dir / "adapter"))  # the adapter alone, for PEFT users

@@ -283,9 +283,9 @@ def other_architecture(tmp_path_factory: pytest.TempPathFactory) -> Path:
         (None, ["--tuned", "{other}"], r"tensor \S+: shape \[\d+(, \d+)*\] in \S+ but \["),
         ([{"question": "Q?"}], [], r"row 1: no 'answers'"),
         (
-            [{"question": "Q?", "answers": "Paris"}],
+            [{"question": "Q?", "answers": "[Paris, Rome]"}],
             [],
-            r"row 1: 'answers' is not a list or a JSON list",
+            r"row 1: 'answers' '\[Paris, Rome\]' is neither a JSON nor a Python list",
         ),
         (
             [{"question": "Q?", "answers": ["a"], "split": "test"}],

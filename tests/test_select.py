@@ -296,10 +296,9 @@ def test_recommend_filters_levels_balances_relations_and_nests() -> None:
     [
         ([{"question": "Q?"}], [], r"row 1: no 'answers'"),
         (
-            [{"question": "Q?", "answers": "Paris"}],
+            [{"question": "Q?", "answers": "[Paris, Rome]"}],
             [],
-            r"row 1: 'answers' is not a list or a "
-            "JSON list",
+            r"row 1: 'answers' '\[Paris, Rome\]' is neither a JSON nor a Python list",
         ),
         (
             [{"question": "Q?", "answers": ["a"]}],

@@ -123,8 +123,7 @@ def test_generic_jsonl_csv_folder_and_saved_by_datasets(tmp_path: Path) -> None:
                     "possible_answers": "B, C",
                 }
             ],
-            r"row 1: 'possible_answers' is not a list or a "
-            "JSON list",
+            r"row 1: 'possible_answers' 'B, C' is not a list",
         ),
         (
             "popqa",
@@ -142,8 +141,7 @@ def test_generic_jsonl_csv_folder_and_saved_by_datasets(tmp_path: Path) -> None:
         (
             "generic",
             [{"question": "Q?", "answers": "[1, 2]"}],
-            r"row 1: 'answers' is not a list "
-            "or a JSON list of strings",
+            r"row 1: 'answers' is not a list of strings",
         ),
         ("generic", [{"question": "Q?"}], r"row 1: no 'answers'"),
         ("generic", [{"question": "Q?", "answers": ["a"], "split": "val2"}], r"'split' 'val2'"),

@@ -28,6 +28,7 @@ from sftscope.cli.tables import (
     sweep_tables,
 )
 from sftscope.config import (
+    DataSource,
     DiffConfig,
     EvalConfig,
     KLConfig,
@@ -285,12 +286,17 @@ def build_geo_cmd(
 def stats_cmd(
     data: Annotated[str, typer.Option(help=f"dataset reader: {' | '.join(READERS.names)}")] = "geo",
     data_dir: Annotated[Path | None, typer.Option(help="dataset folder")] = None,
+    columns: Annotated[
+        str | None,
+        typer.Option(help="generic: the table's column of each field, e.g. answers=golden_answers"),
+    ] = None,
 ) -> None:
     """Items per relation and split, and how many subjects could not be recovered."""
     from sftscope.data.dataset import dataset_stats
     from sftscope.data.readers import resolve_dataset
 
-    ds = resolve_dataset(data, data_dir)
+    src = load_config(DataSource, options={"data": data, "data_dir": data_dir, "columns": columns})
+    ds = resolve_dataset(src.data, src.data_dir, src.columns)
     rows = dataset_stats(ds)
     table = Table(title=f"{ds.name} ({ds.root})")
     for col in ("relation", "domain", "train", "dev", "test", "no subject"):

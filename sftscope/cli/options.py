@@ -5,11 +5,12 @@ flattened or the key renamed), its annotation the option's type, its description
 
 Types: ``int``, ``float``, ``str`` and ``Path`` as themselves; ``bool`` as ``--flag/--no-flag``;
 a ``Literal`` as a string with its values listed in the help; a union (``BatchSize``: an int or
-``auto``) or a list (comma-separated) as a string. The config validates every value as it
-would the same value from YAML or ``key=value``, so a bad one is the same one-line ``error:
-config field ...`` with exit code 2 (a click ``Choice`` would print a framed usage error
-instead). A field of any other type (a tuple, a dict) has no option and must be excluded by
-name; a field without a description is an error: every option has help.
+``auto``), a list (comma-separated) or a ``dict[str, str]`` (comma-separated ``key=value``) as a
+string. The config validates every value as it would the same value from YAML or ``key=value``,
+so a bad one is the same one-line ``error: config field ...`` with exit code 2 (a click
+``Choice`` would print a framed usage error instead). A field of any other type (a tuple,
+another dict) has no option and must be excluded by name; a field without a description is an
+error: every option has help.
 
 Every generated option defaults to ``None``, "not given": the command receives the given ones as
 ``options`` (dotted config key -> value) for :func:`sftscope.config.load_config`, where they rank
@@ -96,6 +97,8 @@ def _cli_type(annotation: Any) -> tuple[type, tuple[str, ...]] | None:
         return t, ()
     if get_origin(t) is list and get_args(t)[0] in (str, int, float):
         return str, ()  # comma-separated; the field's validator splits it
+    if get_origin(t) is dict and get_args(t) == (str, str):
+        return str, ()  # comma-separated key=value pairs; the field's validator parses them
     return None
 
 
@@ -155,8 +158,16 @@ def config_options(
         short = next((key[len(p) :] for p in prefixes if key.startswith(p)), key)
         name = names.get(key) or short.replace(".", "-").replace("_", "-")
         kind, choices = parsed
-        listed = [get_origin(m) for m in _members(field.annotation)] == [list]
-        notes = [" | ".join(choices)] if choices else ["comma-separated"] if listed else []
+        origins = [get_origin(m) for m in _members(field.annotation)]
+        notes = (
+            [" | ".join(choices)]
+            if choices
+            else ["comma-separated"]
+            if origins == [list]
+            else ["comma-separated key=value"]
+            if origins == [dict]
+            else []
+        )
         text = help.get(key) or _help(field.description, field, kind, name, notes)
         out.append(ConfigOption(key, name, kind, choices, text, panel and f"{panel}.* settings"))
 

@@ -32,6 +32,7 @@ from sftscope.config.runs import (
     ParamsSettings,
 )
 from sftscope.config.stages import (
+    COLUMN_FIELDS,
     PAPER_K,
     PAPER_THRESHOLDS,
     DataConfig,
@@ -55,6 +56,7 @@ from sftscope.config.stages import (
 )
 
 __all__ = [
+    "COLUMN_FIELDS",
     "PAPER_K",
     "PAPER_THRESHOLDS",
     "SPLITS",

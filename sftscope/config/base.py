@@ -44,10 +44,18 @@ def runtime(default: Any = ..., description: str | None = None, **kw: Any) -> An
 
 def added(default: Any, description: str, **kw: Any) -> Any:
     """A field that changes results, added after runs were made with what is now its default:
-    it counts in fingerprints only when set to something else, so those runs stay done."""
+    it counts in fingerprints only when set to something else, so those runs stay done. One
+    whose default is None is also left out of the config's JSON and YAML while unset, so the
+    stage specs and config files of those runs stay byte-equal too."""
+    if default is None:
+        kw.setdefault("exclude_if", _is_none)
     return Field(
         default, description=description, json_schema_extra={"fingerprint": "unless-default"}, **kw
     )
+
+
+def _is_none(value: Any) -> bool:
+    return value is None
 
 
 def _marker(field: Any) -> Any:

@@ -13,6 +13,9 @@ from sftscope.config.base import BatchSize, PromptStyle, Split, StageConfig, add
 from sftscope.config.engine import EngineFields
 from sftscope.registry import PROBE_METHODS, READERS
 
+# The fields of a QA item a generic table's column mapping may name (docs/data.md).
+COLUMN_FIELDS = ("question", "answers", "subject", "relation", "split", "popularity", "domain")
+
 
 class DataSource(StageConfig):
     """Where a stage's QA data comes from: a reader (the registry's names) over a folder or file."""
@@ -23,6 +26,35 @@ class DataSource(StageConfig):
         description="dataset folder ({split}/{rel}.{split}.json) or table file (popqa, "
         "generic: JSONL, JSON, CSV, TSV, Parquet, or a datasets save_to_disk folder)",
     )
+    columns: dict[str, str] | None = added(
+        None,
+        "generic: the table's column of each field, e.g. answers=golden_answers "
+        f"({', '.join(COLUMN_FIELDS)}); unmapped fields are recognised by name",
+    )
+
+    @field_validator("columns", mode="before")
+    @classmethod
+    def _column_pairs(cls, v: Any) -> Any:
+        """``question=q,answers=a`` (the option's and ``key=value``'s form) or a mapping; the
+        keys must be item fields. Empty is None, so an empty mapping changes no fingerprint."""
+        if isinstance(v, str):
+            pairs: dict[str, str] = {}
+            for part in filter(None, (x.strip() for x in v.split(","))):
+                key, sep, column = (x.strip() for x in part.partition("="))
+                if not (sep and key and column):
+                    raise ValueError(f"{part!r} is not FIELD=COLUMN")
+                if key in pairs:
+                    raise ValueError(f"field {key!r} is mapped twice")
+                pairs[key] = column
+            v = pairs
+        if isinstance(v, dict):
+            unknown = [k for k in v if k not in COLUMN_FIELDS]
+            if unknown:
+                raise ValueError(
+                    f"unknown field {unknown[0]!r} (expected {', '.join(COLUMN_FIELDS)})"
+                )
+            return v or None
+        return v
 
 
 class ModelRuntime(EngineFields):
@@ -44,7 +76,8 @@ class RunContext(ModelRuntime, DataSource):
 
     def context(self) -> dict[str, Any]:
         """The context's fields as they are (to build a stage's config with)."""
-        return {**self.runtime_fields(), "data": self.data, "data_dir": self.data_dir}
+        data = {name: getattr(self, name) for name in DataSource.model_fields}
+        return {**self.runtime_fields(), **data}
 
 
 class DataConfig(DataSource):
@@ -218,7 +251,10 @@ class TrainConfig(TrainRecipe):
     """``sftscope train``: one fine-tuning run on one JSONL file."""
 
     model: str = Field(description="local path, hub id, or 'smollm2' (the bundled model)")
-    train_file: Path = Field(description="JSONL: question+answer or prompt+completion per line")
+    train_file: Path = Field(
+        description="SFT rows (JSONL, JSON, CSV, TSV, Parquet): question+answer, "
+        "prompt+completion, chat messages or Alpaca instruction/input/output"
+    )
     trust_remote_code: bool = Field(False, description="run the model repo's own code")
     out: Path = runtime(description="output folder")
 

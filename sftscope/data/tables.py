@@ -6,13 +6,16 @@ A table is a JSONL, JSON (a list of objects), CSV, TSV or Parquet file, or a fol
 :mod:`sftscope.data.dataset`, so every stage reads these like the EntityQuestions layout.
 
 * **PopQA** (Mallen et al., 2023): columns ``subj``, ``prop``, ``obj``, ``question``,
-  ``possible_answers`` (a JSON string holding a list) and ``s_pop`` (the subject's popularity).
+  ``possible_answers`` (a list, or a string holding one: JSON, or a Python literal as some
+  exports write it) and ``s_pop`` (the subject's popularity).
   Its 16 relations are the values of ``prop``, with spaces as underscores (``place_of_birth``);
   their mapping templates are in ``templates.yaml`` under ``popqa``.
-* **generic**: ``question`` and ``answers`` (a list, or a JSON string holding one), and
-  optionally ``relation`` (default ``qa``), ``subject``, ``split``, ``popularity`` and ``domain``
-  (``in-domain``, the default, or ``out-of-domain``). The probe's templates come from a user
-  file (``templates_file``, dataset key ``generic``) and need a ``subject`` per item.
+* **generic**: a question and its answers, and optionally ``relation`` (default ``qa``),
+  ``subject``, ``split``, ``popularity`` and ``domain`` (``in-domain``, the default, or
+  ``out-of-domain``), each in the column a mapping names (``--columns``) or one recognised by
+  name, answers in any of their forms, and SFT rows too (prompt/completion, chat messages,
+  Alpaca): :mod:`sftscope.data.columns`. The probe's templates come from a user file
+  (``templates_file``, dataset key ``generic``) and need a ``subject`` per item.
 
 Splits: a ``split`` column, else the file's split name, else a stable hash of the item (its
 relation and question) puts 80 % in train, 10 % in dev and 10 % in test: PopQA ships a single
@@ -25,10 +28,12 @@ import csv
 import hashlib
 import io
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sftscope.data.columns import Columns, answer_list, answers_of, optional, question_text
 from sftscope.data.dataset import Dataset
 from sftscope.data.schema import SPLITS, Domain, Relation
 from sftscope.errors import SftscopeError
@@ -163,18 +168,6 @@ def _saved_by_datasets(path: Path) -> list[tuple[str, Row]]:
     return out
 
 
-def answer_list(value: Any, where: str, column: str) -> list[str]:
-    """A column holding answers: a list of strings, or a JSON string of one (PopQA's)."""
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError:
-            raise SftscopeError(f"{where}: '{column}' is not a list or a JSON list") from None
-    if not isinstance(value, list) or not all(isinstance(a, str) for a in value):
-        raise SftscopeError(f"{where}: '{column}' is not a list or a JSON list of strings")
-    return value
-
-
 def _need(row: Row, where: str, columns: tuple[str, ...], reader_name: str) -> None:
     missing = [c for c in columns if row.get(c) in (None, "")]
     if missing:
@@ -183,8 +176,9 @@ def _need(row: Row, where: str, columns: tuple[str, ...], reader_name: str) -> N
         )
 
 
-def _split_of(row: Row, where: str, key: str) -> str:
-    value = row.get("split")
+def _split_of(row: Row, where: str, key: str, value: Any = None) -> str:
+    """The split ``value`` names (default: the row's ``split``), else the hash split of ``key``."""
+    value = row.get("split") if value is None else value
     if value in (None, ""):
         bucket = int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) % 10
         return "train" if bucket < 8 else "dev" if bucket == 8 else "test"
@@ -194,8 +188,8 @@ def _split_of(row: Row, where: str, key: str) -> str:
     return split
 
 
-def _popularity(row: Row, where: str, column: str) -> float | None:
-    value = row.get(column)
+def _popularity(row: Row, where: str, column: str | None) -> float | None:
+    value = row.get(column) if column is not None else None
     if value in (None, ""):
         return None
     try:
@@ -229,7 +223,7 @@ def read_popqa(path: Path) -> Dataset:
             )
         answers = [
             str(row["obj"]),
-            *answer_list(row["possible_answers"], where, "possible_answers"),
+            *answer_list(row["possible_answers"], where, "possible_answers", single=False),
         ]
         item = {
             "question": row["question"],
@@ -241,25 +235,30 @@ def read_popqa(path: Path) -> Dataset:
     return _dataset("popqa", path, list(POPQA_RELATIONS), rows)
 
 
-def read_generic(path: Path) -> Dataset:
+def read_generic(path: Path, columns: Mapping[str, str] | None = None) -> Dataset:
+    """Any QA or SFT table; ``columns`` maps item fields to the table's columns (the others
+    are recognised by name: :mod:`sftscope.data.columns`)."""
     relations: dict[str, Relation] = {}
     rows = []
+    cols = Columns(columns)
     for where, row in read_table(path):
-        _need(row, where, ("question", "answers"), "a generic QA table")
-        rid = str(row.get("relation") or "qa")
-        domain = _domain(row, where)
-        rel = relations.setdefault(
-            rid, Relation(id=rid, name=rid, question_template=None, domain=domain)
-        )
+        question = question_text(row, where, cols)
+        rid = str(optional(row, "relation", cols) or "qa")
+        domain = _domain(optional(row, "domain", cols), where, cols(row)["domain"])
+        rel = relations.get(rid)
+        if rel is None:  # built once per relation, not per row
+            rel = relations[rid] = Relation(id=rid, name=rid, question_template=None, domain=domain)
         if rel.domain != domain:
             raise SftscopeError(f"{where}: relation {rid!r} is both in-domain and out-of-domain")
+        subject = optional(row, "subject", cols)
         item = {
-            "question": row["question"],
-            "answers": answer_list(row["answers"], where, "answers"),
-            "subject": row.get("subject") or None,
-            "popularity": _popularity(row, where, "popularity"),
+            "question": question,
+            "answers": answers_of(row, where, cols),
+            "subject": str(subject) if subject is not None else None,
+            "popularity": _popularity(row, where, cols(row)["popularity"]),
         }
-        rows.append((rid, _split_of(row, where, f"{rid}\n{row['question']}"), item, row))
+        split = _split_of(row, where, f"{rid}\n{question}", optional(row, "split", cols))
+        rows.append((rid, split, item, row))
     if not rows:
         raise SftscopeError(f"{path}: no rows")
     return _dataset("generic", path, list(relations.values()), rows)
@@ -268,8 +267,8 @@ def read_generic(path: Path) -> Dataset:
 DOMAINS = {"in-domain": _IN, "in_domain": _IN, "id": _IN, "out-of-domain": _OOD, "ood": _OOD}
 
 
-def _domain(row: Row, where: str) -> Domain:
-    value = str(row.get("domain") or "in-domain").lower()
+def _domain(value: Any, where: str, name: str | None) -> Domain:
+    value = str(value or "in-domain").lower()
     if value not in DOMAINS:
-        raise SftscopeError(f"{where}: 'domain' {value!r} is not in-domain or out-of-domain")
+        raise SftscopeError(f"{where}: '{name}' {value!r} is not in-domain or out-of-domain")
     return DOMAINS[value]

@@ -96,7 +96,7 @@ class Audit(Plan):
         self.cfg = cfg
         self.layout = RunLayout(Path(cfg.out).resolve())
         self.base, self.tuned = check_pair(cfg.base, cfg.tuned)
-        self.dataset = resolve_dataset(cfg.data, cfg.data_dir)
+        self.dataset = resolve_dataset(cfg.data, cfg.data_dir, cfg.columns)
         ev, params = cfg.eval, cfg.params
         self.items = load_items(self.dataset, [ev.split], cfg.relations, ev.limit_per_relation)
         if not self.items:

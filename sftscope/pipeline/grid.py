@@ -64,7 +64,7 @@ class Grid(Plan):
     def __init__(self, cfg: GridConfig):
         self.cfg = cfg
         self.layout = RunLayout(Path(cfg.out).resolve())  # workers may start elsewhere
-        self.dataset = resolve_dataset(cfg.data, cfg.data_dir)
+        self.dataset = resolve_dataset(cfg.data, cfg.data_dir, cfg.columns)
         in_domain = self.dataset.relation_ids(Domain.IN_DOMAIN)
         present = [r for r in in_domain if self.dataset.has(r, "train")]
         self.relations = cfg.relations or present
