@@ -34,7 +34,7 @@ class Summary(Part):
     def write(self, path: str | Path) -> Path:
         """Atomically, as indented JSON with each list of numbers on one line (its presence
         marks a stage's output complete)."""
-        return atomic_write_text(path, json_text(json.loads(self.model_dump_json())))
+        return atomic_write_text(path, json_text(self.model_dump(mode="json")))
 
     @classmethod
     def read(cls, path: str | Path) -> Self:

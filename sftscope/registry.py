@@ -135,10 +135,6 @@ class Registry(Mapping[str, P], Generic[P]):
         """``Literal[...]`` of the names (after ``extra``): a config field's type."""
         return Literal[(*extra, *self._entries)]  # type: ignore[valid-type]
 
-    def where(self, predicate: Any) -> tuple[str, ...]:
-        """The names whose entry satisfies ``predicate``."""
-        return tuple(n for n, e in self._entries.items() if predicate(e))
-
     def load(self, name: str) -> Any:
         return self[name].load()
 

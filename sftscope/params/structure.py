@@ -23,7 +23,6 @@ its expert. The regions keep their meaning on every architecture:
 from __future__ import annotations
 
 import re
-from collections import Counter
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -247,8 +246,3 @@ def structure_of(folder: str | Path, trust_remote_code: bool = False) -> Structu
             f"{folder}: no config.json (the parameter level reads the architecture from it)"
         )
     return _cached(config.read_text(encoding="utf-8"), str(Path(folder)), trust_remote_code)
-
-
-def module_counts(structure: Structure, names: list[str]) -> Counter[str]:
-    """Tensors per block (a check that nothing known lands in ``other``)."""
-    return Counter(structure.role(n).block for n in names)
