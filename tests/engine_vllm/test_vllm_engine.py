@@ -138,7 +138,7 @@ def test_a_grid_runs_end_to_end_on_vllm(tmp_path: Path) -> None:
     run = Path(cfg.out)
     for name in ("base", "0-4-0"):
         summary = json.loads((run / "eval" / name / "summary.json").read_text())
-        assert summary.engine["engine"] == "vllm", name
+        assert summary["engine"]["engine"] == "vllm", name
     for split in ("train", "test"):
         probe = json.loads((run / "probe" / split / "summary.json").read_text())
         assert probe["engine"]["engine"] == "vllm"
