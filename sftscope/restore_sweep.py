@@ -24,9 +24,10 @@ from sftscope.models.factory import EngineRequest, check_engine, make_engine, on
 from sftscope.models.process import in_fresh_process, say_once
 from sftscope.outputs import EvalSummary, SweepPick, SweepSummary
 from sftscope.params.diff import region_names
+from sftscope.params.lora import open_weights
 from sftscope.params.restore import run_restore
 from sftscope.params.structure import structure_of
-from sftscope.params.tensors import has_weights, open_checkpoint
+from sftscope.params.tensors import has_weights
 
 if TYPE_CHECKING:
     from sftscope.models.engines import Engine
@@ -157,7 +158,9 @@ def _in_place_rows(cfg: RestoreConfig, tuned_eval: Path | None) -> list[dict[str
 def _load_engine(cfg: RestoreConfig) -> Engine:
     """The tuned model on the HF engine, whose weights the in-place sweep edits."""
     assert cfg.eval is not None
-    request = EngineRequest(str(cfg.tuned), cfg.device, cfg.eval.batch_size, cfg.trust_remote_code)
+    request = EngineRequest(
+        str(cfg.tuned), cfg.device, cfg.eval.batch_size, cfg.trust_remote_code, base=cfg.base
+    )
     return make_engine("hf", request)
 
 
@@ -201,8 +204,8 @@ def run_sweep(cfg: RestoreConfig, tuned_eval: Path | None = None) -> SweepSummar
 
 def _loaded_under_other_names(cfg: RestoreConfig) -> list[str]:
     """The region's tensors the loaded model holds under other names (fused experts)."""
-    tuned = open_checkpoint(cfg.tuned)
-    structure = structure_of(cfg.tuned, cfg.trust_remote_code)
+    tuned = open_weights(cfg.tuned, base=cfg.base)
+    structure = structure_of(tuned.config_root, cfg.trust_remote_code)
     return structure.renamed(region_names(tuned, cfg.region, structure))
 
 

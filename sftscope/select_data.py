@@ -87,6 +87,7 @@ def probe_config(cfg: SelectConfig, method: str) -> ProbeConfig:
         method=method,
         split="all",
         model=cfg.model,
+        base=cfg.base,
         relations=cfg.relations,
         limit_per_relation=cfg.limit_per_relation,
         out=Path(cfg.out) / "probe",

@@ -279,7 +279,9 @@ def run_kl(cfg: KLConfig, base_engine: Any = None) -> KLSummary:
     if not (cfg.paper or cfg.full):
         raise SftscopeError("paper=false and full=false: no KL to measure")
 
-    tuned, tok = load_model(cfg.tuned, cfg.device, trust_remote_code=cfg.trust_remote_code)
+    tuned, tok = load_model(
+        cfg.tuned, cfg.device, trust_remote_code=cfg.trust_remote_code, base=cfg.base
+    )
     base, base_tok = load_model(cfg.base, cfg.device, trust_remote_code=cfg.trust_remote_code)
     if len(tok) != len(base_tok) or tok.get_vocab() != base_tok.get_vocab():
         raise SftscopeError(f"{cfg.tuned} and {cfg.base} do not share a vocabulary")

@@ -230,7 +230,7 @@ def build_trainer(cfg: TrainConfig, staging: Path):
         )
     set_seed(cfg.seed)
     # Loaded on CPU: the Trainer (accelerate) places it on this process's device.
-    model, tokenizer = load_model(cfg.model, "cpu", dtype, cfg.trust_remote_code)
+    model, tokenizer = load_model(cfg.model, "cpu", dtype, cfg.trust_remote_code, base=cfg.base)
     if getattr(tokenizer, "eos_token", None) is None:
         raise SftscopeError(f"model {cfg.model!r}: its tokenizer has no EOS token to end answers")
     examples = read_examples(cfg.train_file, tokenizer.eos_token)
@@ -285,7 +285,7 @@ def run_train(cfg: TrainConfig) -> dict[str, Any]:
     from sftscope.params.tensors import cast_checkpoint
 
     out = Path(cfg.out)
-    save_dtype = stored_dtype(cfg.model, cfg.trust_remote_code)
+    save_dtype = stored_dtype(cfg.model, cfg.trust_remote_code, cfg.base)
     staging = out.parent / f".{out.name}.partial"
     shutil.rmtree(staging, ignore_errors=True)  # a killed earlier attempt
     try:

@@ -108,7 +108,18 @@ class EvalSettings(StageConfig):
     fold_accents: bool = Field(False, description="accent-insensitive answer matching")
 
 
-class EvalConfig(RunContext, DataConfig, EvalSettings):
+class AdapterBase(StageConfig):
+    """For a stage of one model, which may be a PEFT adapter folder (a stage comparing a tuned
+    model with a base applies a tuned adapter to that base)."""
+
+    base: str | None = added(
+        None,
+        "with a PEFT adapter folder as the model: its base model (default: "
+        "base_model_name_or_path in its adapter_config.json)",
+    )
+
+
+class EvalConfig(RunContext, DataConfig, EvalSettings, AdapterBase):
     """Closed-book QA evaluation (docs/method.md §4): greedy, 16 new tokens, stop at newline."""
 
     model: str = Field(description="local path, hub id, or 'smollm2' (the bundled model)")
@@ -157,7 +168,7 @@ class ProbeSettings(StageConfig):
 ProbeSplit = Literal["train", "dev", "test", "all"]
 
 
-class ProbeConfig(RunContext, DataConfig, ProbeSettings):
+class ProbeConfig(RunContext, DataConfig, ProbeSettings, AdapterBase):
     """``sftscope probe``: the mastery level of every fact of one split, for one base model."""
 
     model: str = Field(description="local path, hub id, or 'smollm2' (the bundled model)")
@@ -182,7 +193,7 @@ class SelectProbe(ProbeSettings):
     )
 
 
-class SelectConfig(RunContext, DataConfig):
+class SelectConfig(RunContext, DataConfig, AdapterBase):
     """``sftscope select``: the base model's mastery level of every pair of an SFT file, and
     the subsets the paper's findings recommend (see :mod:`sftscope.select_data`)."""
 
@@ -247,7 +258,7 @@ class TrainRecipe(StageConfig):
     logging_steps: int = runtime(1, "log the loss every N steps", ge=1)
 
 
-class TrainConfig(TrainRecipe):
+class TrainConfig(TrainRecipe, AdapterBase):
     """``sftscope train``: one fine-tuning run on one JSONL file."""
 
     model: str = Field(description="local path, hub id, or 'smollm2' (the bundled model)")

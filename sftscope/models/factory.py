@@ -42,9 +42,15 @@ def make_engine(name: str, request: EngineRequest) -> Engine:
 
 def engine_for(cfg: Any, progress: bool = True) -> Engine:
     """The engine a stage config asks for (``engine``, ``model``, ``device``, ``batch_size``,
-    ``trust_remote_code`` and the engine's settings section)."""
+    ``trust_remote_code``, the engine's settings section, and ``base`` for an adapter)."""
     request = EngineRequest(
-        cfg.model, cfg.device, cfg.batch_size, cfg.trust_remote_code, progress, engine_settings(cfg)
+        cfg.model,
+        cfg.device,
+        cfg.batch_size,
+        cfg.trust_remote_code,
+        progress,
+        engine_settings(cfg),
+        getattr(cfg, "base", None),
     )
     return make_engine(cfg.engine, request)
 
@@ -65,7 +71,7 @@ def build_hf(req: EngineRequest) -> Engine:
     from sftscope.models.loading import load_model
 
     model, tokenizer = load_model(
-        req.model, device=req.device, trust_remote_code=req.trust_remote_code
+        req.model, device=req.device, trust_remote_code=req.trust_remote_code, base=req.base
     )
     return hf_engine(model, tokenizer, req.batch_size, req.progress)
 

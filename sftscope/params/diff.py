@@ -48,7 +48,7 @@ def relative_change(base: torch.Tensor, tuned: torch.Tensor) -> torch.Tensor:
 
 def region_names(ckpt: Checkpoint, region: str, structure: Structure | None = None) -> list[str]:
     """The checkpoint's tensors in ``region`` (see :mod:`sftscope.params.structure`)."""
-    structure = structure or structure_of(ckpt.root)
+    structure = structure or structure_of(ckpt.config_root)
     names = structure.names(ckpt.names, region)
     if not names:
         raise SftscopeError(f"region {region!r} selects no tensor of {ckpt.root}")
@@ -171,12 +171,12 @@ def diff_checkpoints(
     checkpoint folders; ``compute_device`` (auto, cpu, cuda[:N]) is where the arithmetic runs."""
     from sftscope.io import atomic_write_json, atomic_write_text, tsv_text
     from sftscope.models.loading import resolve_device
-    from sftscope.params.tensors import open_checkpoint
+    from sftscope.params.lora import open_weights
 
     device = resolve_device(compute_device, "--compute-device")
-    base, tuned = open_checkpoint(base_dir), open_checkpoint(tuned_dir)
+    base, tuned = open_weights(base_dir), open_weights(tuned_dir, base=base_dir)
     check_compatible(base, tuned)
-    structure = structure_of(base.root)
+    structure = structure_of(base.config_root)
     names = region_names(base, region, structure)
     modules = structure.modules_of(names)
     stats: list[dict[str, Any]] = []

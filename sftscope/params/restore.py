@@ -46,6 +46,7 @@ from sftscope.config import RestoreConfig, dump_config, result_fields
 from sftscope.errors import SftscopeError
 from sftscope.io import atomic_write_json, atomic_write_text, read_yaml, replace_dir, tsv_text
 from sftscope.params.diff import checked, natural_key, region_names, relative_change
+from sftscope.params.lora import open_weights
 from sftscope.params.ranking import Cut, Ranking, Selector
 from sftscope.params.structure import structure_of
 from sftscope.params.tensors import (
@@ -54,7 +55,6 @@ from sftscope.params.tensors import (
     WriteQueue,
     check_compatible,
     iter_pairs,
-    open_checkpoint,
     plan_of,
 )
 
@@ -112,7 +112,7 @@ class Restorer:
     ) -> None:
         self.cfg, self.base, self.tuned = cfg, base, tuned
         self.device = device or torch.device("cpu")
-        structure = structure_of(base.root)
+        structure = structure_of(base.config_root)
         self.names = sorted(region_names(base, cfg.region, structure), key=natural_key)
         self.layers = {n: structure.role(n).layer for n in self.names}
         self.blocks = {n: structure.role(n).block for n in self.names}
@@ -243,7 +243,9 @@ class Restorer:
                 queue.drain()
             self.check_counts()
             for w in writers:
-                w.close(side_files_from=(self.tuned.root, self.base.root))
+                w.close(
+                    side_files_from=(self.tuned.root, self.tuned.config_root, self.base.config_root)
+                )
         except BaseException:
             for w in writers:
                 w.abort()
@@ -352,8 +354,8 @@ def prepare_restore(cfg: RestoreConfig) -> tuple[Checkpoint, Checkpoint, torch.d
 
     device = resolve_device(cfg.compute_device, "--compute-device")
     _check_settings(cfg)
-    base = open_checkpoint(resolve_model(cfg.base))
-    tuned = open_checkpoint(cfg.tuned)
+    base = open_weights(resolve_model(cfg.base))
+    tuned = open_weights(cfg.tuned, base=cfg.base)
     check_compatible(base, tuned)
     return base, tuned, device
 

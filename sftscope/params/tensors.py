@@ -59,6 +59,18 @@ class Checkpoint:
     def names(self) -> list[str]:
         return list(self.tensors)
 
+    @property
+    def config_root(self) -> Path:
+        """The folder holding the ``config.json`` its architecture is read from."""
+        return self.root
+
+    def read(self, name: str) -> torch.Tensor:
+        """One tensor, copied out of its file. The file is opened (memory-mapped) for this read
+        only: a handle kept open for a whole pass keeps every page it touched mapped, so the
+        process's resident memory would grow to the size of the checkpoint."""
+        with safe_open(self.tensors[name].file, framework="pt") as f:
+            return f.get_tensor(name)
+
     def numel(self, name: str) -> int:
         n = 1
         for d in self.tensors[name].shape:
@@ -67,7 +79,8 @@ class Checkpoint:
 
 
 def open_checkpoint(path: str | Path) -> Checkpoint:
-    """Index a checkpoint folder; a missing folder, file or shard is a one-line error."""
+    """Index a checkpoint folder; a missing folder, file or shard is a one-line error (a PEFT
+    adapter folder: :func:`sftscope.params.lora.open_weights`)."""
     root = Path(path)
     if not root.is_dir():
         raise SftscopeError(f"{root}: checkpoint folder not found")
@@ -126,11 +139,8 @@ def check_compatible(base: Checkpoint, tuned: Checkpoint) -> None:
 
 
 def read_tensor(ckpt: Checkpoint, name: str) -> torch.Tensor:
-    """One tensor, copied out of its file. The file is opened (memory-mapped) for this read only:
-    a handle kept open for a whole pass keeps every page it touched mapped, so the process's
-    resident memory would grow to the size of the checkpoint."""
-    with safe_open(ckpt.tensors[name].file, framework="pt") as f:
-        return f.get_tensor(name)
+    """One tensor of ``ckpt`` (:meth:`Checkpoint.read`)."""
+    return ckpt.read(name)
 
 
 def iter_pairs(

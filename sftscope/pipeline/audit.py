@@ -39,6 +39,7 @@ from sftscope.io import (
     atomic_write_text,
 )
 from sftscope.layout import AUDIT, TRANSITIONS, RunLayout
+from sftscope.models.adapters import find_adapter
 from sftscope.outputs import AuditSummary
 from sftscope.pipeline.plan import (
     Plan,
@@ -71,7 +72,8 @@ def check_pair(base: str, tuned: Path) -> tuple[str, Path]:
     """Both checkpoints as absolute local folders, with the same tensors (names, shapes,
     dtypes); a one-line error otherwise."""
     from sftscope.models.loading import SMOLLM2, resolve_model
-    from sftscope.params.tensors import check_compatible, open_checkpoint
+    from sftscope.params.lora import open_weights
+    from sftscope.params.tensors import check_compatible
 
     if not Path(tuned).is_dir():
         raise SftscopeError(f"--tuned {tuned}: no such model folder")
@@ -82,7 +84,7 @@ def check_pair(base: str, tuned: Path) -> tuple[str, Path]:
             "save_pretrained folder (or smollm2)"
         )
     base_dir, tuned_dir = Path(location).resolve(), Path(tuned).resolve()
-    check_compatible(open_checkpoint(base_dir), open_checkpoint(tuned_dir))
+    check_compatible(open_weights(base_dir), open_weights(tuned_dir, base=base_dir))
     return (base if base == SMOLLM2 else str(base_dir)), tuned_dir
 
 
@@ -114,6 +116,8 @@ class Audit(Plan):
         self.tuned_fp = fingerprint(model_identity(str(self.tuned)))
         limit, layout = ev.limit_per_relation, self.layout
         models = {"base": (self.base, self.base_fp), TUNED: (str(self.tuned), self.tuned_fp)}
+        # a tuned PEFT adapter applies to the audit's base
+        bases = {"base": None, TUNED: self.base if find_adapter(self.tuned) else None}
         self.probes = {
             name: probe_stage(
                 cfg,
@@ -125,6 +129,7 @@ class Audit(Plan):
                 limit=limit,
                 out=layout.probe(name),
                 upstream=fp,
+                base=bases[name],
             )
             for name, (model, fp) in models.items()
         }
@@ -145,6 +150,7 @@ class Audit(Plan):
                 out=layout.eval(name),
                 upstream=fp,
                 relations=cfg.relations,
+                base=bases[name],
             )
             for name, (model, fp) in models.items()
         }

@@ -71,13 +71,16 @@ def probe_stage(
     limit: int | None,
     out: Path,
     upstream: str,
+    base: str | None = None,
 ) -> Stage:
-    """A probe of ``model`` on one split; its fingerprint chains ``upstream`` (the model's)."""
+    """A probe of ``model`` on one split; its fingerprint chains ``upstream`` (the model's);
+    ``base``: the base of ``model`` when that is a PEFT adapter folder."""
     from sftscope.probe import load_thresholds
 
     pcfg = ProbeConfig(
         **settings.model_dump(),
         model=model,
+        base=base,
         split=split,
         relations=relations,
         limit_per_relation=limit,
@@ -101,11 +104,14 @@ def eval_stage(
     out: Path,
     upstream: str,
     relations: list[str] | None = None,
+    base: str | None = None,
 ) -> Stage:
-    """CBQA of ``model`` on the probed split, per mastery level of ``probe``."""
+    """CBQA of ``model`` on the probed split, per mastery level of ``probe`` (``base``: as in
+    :func:`probe_stage`)."""
     ecfg = EvalConfig(
         **_section(settings, EvalSettings),
         model=model,
+        base=base,
         relations=relations,
         prompt=prompt,
         mastery=probe.output,

@@ -39,13 +39,18 @@ def file_digest(path: Path) -> str:
 
 def model_identity(name: str) -> dict[str, Any]:
     """A base model's identity for fingerprints: its name and, for a local folder, the config
-    and the file sizes (cheap, and changes when the weights are replaced)."""
+    (or a PEFT adapter's) and the file sizes (cheap, and changes when the weights are
+    replaced)."""
     path = Path(name).expanduser()
     if not path.is_dir():
         return {"model": name}
     files = sorted((p.name, p.stat().st_size) for p in path.iterdir() if p.is_file())
     cfg = path / "config.json"
-    return {"model": name, "files": files, "config": file_digest(cfg) if cfg.exists() else None}
+    identity = {"model": name, "files": files, "config": file_digest(cfg) if cfg.exists() else None}
+    adapter = path / "adapter_config.json"  # a PEFT adapter folder: its rank, targets, base
+    if adapter.exists() and not cfg.exists():
+        identity["adapter_config"] = file_digest(adapter)
+    return identity
 
 
 class Stage(BaseModel):
