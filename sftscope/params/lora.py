@@ -7,8 +7,9 @@ The delta of a target is PEFT's own (``get_delta_weight``): ``(B @ A) * scaling`
 ``lora_alpha / r`` (``alpha / sqrt(r)`` with rsLoRA; ``alpha_pattern`` per module); it is added
 to the base weight the way PEFT merges (in place, in the base's dtype), so every tensor equals
 the merged model's bit for bit. Modules the adapter saved whole (``modules_to_save``, and the
-embeddings PEFT saves beside their LoRA) replace the base's. What PEFT merges differently (DoRA, LoRA on fused expert parameters, trainable
-tokens, other PEFT methods) is a one-line error: merge such an adapter first.
+embeddings PEFT saves beside their LoRA) replace the base's. What PEFT merges differently
+(DoRA, LoRA on fused expert parameters, trainable tokens, other PEFT methods) is a one-line
+error: merge such an adapter first.
 """
 
 from __future__ import annotations
