@@ -87,9 +87,7 @@ def test_the_adapters_base_is_given_or_named_or_one_line(pair, tmp_path: Path) -
         open_weights(dora, base=base)
 
 
-def test_eval_and_diff_of_an_adapter_whose_base_is_lost_are_one_line(
-    pair, tmp_path: Path
-) -> None:
+def test_eval_and_diff_of_an_adapter_whose_base_is_lost_are_one_line(pair, tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
     from sftscope.cli import app
