@@ -169,3 +169,25 @@ def generic_rows() -> list[dict]:
         for c, city in zip(COUNTRIES, CITIES, strict=True)
     ]
     return rows
+
+
+def make_adapter(base: Path, out: Path, *, seed: int = 0, **lora) -> tuple[Path, Path]:
+    """A LoRA adapter of ``base`` with random (nonzero) factors, and the merged model beside it
+    (PEFT's ``merge_and_unload``, saved with the tokenizer): ``(adapter, merged)``."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(base)
+    settings = {"r": 4, "lora_alpha": 8, "target_modules": "all-linear", **lora}
+    peft_model = get_peft_model(model, LoraConfig(init_lora_weights=False, **settings))
+    with torch.no_grad():  # big enough to change greedy answers and the selection
+        for name, p in peft_model.named_parameters():
+            if "lora_" in name:
+                p.mul_(4.0)
+    adapter, merged = out / "adapter", out / "merged"
+    peft_model.save_pretrained(adapter)
+    peft_model.merge_and_unload().save_pretrained(merged)
+    AutoTokenizer.from_pretrained(base).save_pretrained(merged)
+    return adapter, merged
