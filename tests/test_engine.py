@@ -302,3 +302,75 @@ def test_cuda_engine_bf16_sdpa_auto_batch(tiny_model_dir) -> None:
     conts = [" Iran", " Ben", " was", " Rafael", " x"]
     for g, c in zip(gpu.score(PROMPTS, conts), cpu.score(PROMPTS, conts), strict=True):
         assert torch.allclose(torch.tensor(g), torch.tensor(c), atol=0.1)
+
+
+def test_a_prompt_longer_than_the_models_positions_is_one_error_line(
+    tiny_engine: HFEngine,
+) -> None:
+    """Not an IndexError from a learned position table (GPT-2), nor rotary positions run past
+    what the model knows: the engine names the prompt and the limit."""
+    from sftscope.errors import SftscopeError
+
+    long = "the capital of France " * 200
+    with pytest.raises(SftscopeError, match=r"prompt 1 \('the capital.*more than the model's"):
+        tiny_engine.generate(["a short one", long], max_new_tokens=4)
+    with pytest.raises(SftscopeError, match="scored prompt 0 .* positions"):
+        tiny_engine.score([long], [" Paris"])
+    assert tiny_engine.generate(["a short one"], max_new_tokens=2)
+
+
+@pytest.fixture(scope="module")
+def hybrid_engines(tmp_path_factory: pytest.TempPathFactory) -> dict[str, HFEngine]:
+    """Engines over tiny hybrids whose caches hold recurrent states: Qwen3-Next (Gated DeltaNet
+    linear attention beside attention) and Falcon-H1 (Mamba 2 beside attention)."""
+    from sftscope.models.loading import load_model
+    from sftscope.models.tiny import save_tiny_arch
+
+    from helpers import fixture_questions
+
+    root = tmp_path_factory.mktemp("hybrids")
+    out = {}
+    for arch in ("qwen3_next", "falcon_h1"):  # (built lazily would not save: ~0.2 s each)
+        model, tok = load_model(str(save_tiny_arch(arch, fixture_questions(), root / arch)), "cpu")
+        out[arch] = HFEngine(model, tok, batch_size=4, progress=False)
+    return out
+
+
+# Falcon-H1's Mamba runs transformers' reference PyTorch scan on CPU (~60 s here)
+@pytest.mark.parametrize("arch", ["qwen3_next", pytest.param("falcon_h1", marks=pytest.mark.slow)])
+def test_a_recurrent_cache_decodes_and_scores_like_one_prompt_at_a_time(
+    arch: str, hybrid_engines: dict[str, HFEngine]
+) -> None:
+    """Rows cannot leave a recurrent state's batch, nor share a prefix's prefill: the engine
+    prefills each prompt whole and keeps finished rows riding along, with the same answers."""
+    engine = hybrid_engines[arch]
+    assert not engine.plain_cache
+    batched = engine.generate(PROMPTS, max_new_tokens=6, stop=["\n"])
+    assert batched == [engine.generate([p], max_new_tokens=6, stop=["\n"])[0] for p in PROMPTS]
+    sampled = engine.generate(PROMPTS, max_new_tokens=6, temperature=0.7, n=3, seed=1)
+    assert [len(s) for s in sampled] == [3] * len(PROMPTS)
+    assert sampled == engine.generate(PROMPTS, max_new_tokens=6, temperature=0.7, n=3, seed=1)
+    conts = [" Iran", " Paris is", " x"]
+    scores = engine.score(PROMPTS[:3], conts)
+    for prompt, cont, got in zip(PROMPTS[:3], conts, scores, strict=True):
+        p = engine.tokenizer(prompt)["input_ids"]
+        c = engine.tokenizer(cont, add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            logits = engine.model(input_ids=torch.tensor([p + c])).logits[0].float()
+        want = torch.log_softmax(logits[len(p) - 1 : -1], -1)[range(len(c)), c]
+        assert torch.allclose(torch.tensor(got), want, atol=1e-4), (prompt, got, want)
+
+
+def test_the_whole_prompt_path_equals_the_fast_path_on_a_plain_cache(
+    tiny_engine: HFEngine,
+) -> None:
+    conts = [" Iran", " Paris is", " x", " y", " Who"]
+    fast = tiny_engine.score(PROMPTS, conts), tiny_engine.generate(PROMPTS, max_new_tokens=6)
+    tiny_engine.plain_cache = False
+    try:
+        whole = tiny_engine.score(PROMPTS, conts), tiny_engine.generate(PROMPTS, max_new_tokens=6)
+    finally:
+        tiny_engine.plain_cache = True
+    assert whole[1] == fast[1]
+    for a, b in zip(whole[0], fast[0], strict=True):
+        assert torch.allclose(torch.tensor(a), torch.tensor(b), atol=1e-5)

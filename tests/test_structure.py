@@ -32,6 +32,9 @@ OWN_NAMES = {
     "falcon": {"query_key_value", "dense_h_to_4h"},
     "mixtral": {"w1", "w2", "w3", "gate"},
     "qwen3_moe": {"gate_proj", "up_proj", "down_proj", "gate"},
+    # linear attention's own projections, the experts beside a shared expert, the router
+    "qwen3_next": {"in_proj_qkvz", "out_proj", "q_proj", "experts.down_proj", "gate"},
+    "falcon_h1": {"in_proj", "out_proj", "conv1d", "A_log", "q_proj", "down_proj"},
 }
 
 

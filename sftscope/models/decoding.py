@@ -12,7 +12,10 @@ change every other row's random draws. This loop fixes both:
   which rows were dropped;
 * a token is drawn by inverse-CDF sampling (cumulative softmax + one binary search per row),
   which is exact categorical sampling and, on CPU, a fraction of ``multinomial``'s cost;
-* finished rows are removed from the batch and the KV cache before the next step.
+* finished rows are removed from the batch and the KV cache before the next step (where the
+  model's cache is attention only: a recurrent state, as hybrid linear-attention and Mamba
+  layers keep, cannot drop rows, so there finished rows ride along, unread; see
+  :func:`plain_cache`).
 
 Greedy decoding (temperature 0) is the same loop with ``argmax``.
 """
@@ -25,7 +28,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
-from transformers import PreTrainedModel
+from transformers import DynamicCache, PreTrainedModel
 
 DoneIf = Callable[[str], bool]
 
@@ -40,6 +43,20 @@ def cache_kwarg(model: PreTrainedModel, cache) -> dict:
     """``{name: cache}`` for the model's forward: transformers 5.24 renamed ``past_key_values``
     to ``cache`` (the old name warns and goes away in 5.40); older 5.x only knows the old one."""
     return {_cache_name(type(model)): cache}
+
+
+def plain_cache(model: PreTrainedModel) -> bool:
+    """Whether every layer of the model's cache is a key/value cache (full or sliding window):
+    the engine's fast paths then share a prefix's prefill between rows, continue a prefill in
+    chunks, and drop finished rows. A recurrent layer (hybrid linear attention: Qwen3-Next,
+    Jamba, Falcon-H1, Mamba 2, ...) supports none of that; its models are prefilled whole and
+    decoded with every row in the batch."""
+    layers = DynamicCache(config=model.config).layers
+    return all(
+        hasattr(layer, "batch_select_indices")
+        and not any("LinearAttention" in k.__name__ for k in type(layer).__mro__)
+        for layer in layers
+    )
 
 
 @dataclass(frozen=True)
@@ -96,17 +113,20 @@ def decode(
     temperature: float,
     uniforms: torch.Tensor | None,
     finish: Finish,
+    prune: bool = True,
 ) -> tuple[list[list[int]], int]:
     """Continue prefilled rows; returns each row's new tokens (without EOS) and the number of
     token positions forwarded.
 
     ``last`` is ``[rows]``, each row's last prompt token (not yet in ``cache``); ``mask`` is
-    the attention mask over the cached positions plus that token.
+    the attention mask over the cached positions plus that token. ``prune``: finished rows
+    leave the batch and the cache (else they stay, their tokens unread).
     """
     device = last.device
     rows = last.shape[0]
     out: list[list[int]] = [[] for _ in range(rows)]
     alive = list(range(rows))  # original row of each batch position
+    over: set[int] = set()  # finished rows kept in the batch (prune=False)
     cur = last[:, None]
     pos = mask.sum(-1, keepdim=True) - 1
     forwarded = 0
@@ -121,8 +141,10 @@ def decode(
         forwarded += len(alive)
         u = uniforms[alive, step].to(device) if temperature > 0 else None
         nxt = sample_tokens(logits, temperature, u)
-        done: set[int] = set()
+        done: set[int] = set(over)
         for b, (row, token) in enumerate(zip(alive, nxt.tolist(), strict=True)):
+            if b in over:
+                continue
             if token in finish.eos_ids:
                 done.add(b)
             else:
@@ -135,7 +157,9 @@ def decode(
             )
         if step == max_new_tokens - 1 or len(done) == len(alive):
             break
-        if done:
+        if done and not prune:
+            over = done
+        elif done:
             keep = [b for b in range(len(alive)) if b not in done]
             index = torch.tensor(keep, device=device)
             cache.batch_select_indices(index)

@@ -29,8 +29,16 @@ import torch
 from tqdm.auto import tqdm
 from transformers import DynamicCache, PreTrainedModel
 
+from sftscope.errors import SftscopeError
 from sftscope.models.batching import auto_batch_size
-from sftscope.models.decoding import DoneIf, Finish, cache_kwarg, decode, row_uniforms
+from sftscope.models.decoding import (
+    DoneIf,
+    Finish,
+    cache_kwarg,
+    decode,
+    plain_cache,
+    row_uniforms,
+)
 
 
 class Engine(Protocol):
@@ -151,6 +159,14 @@ def encode_prompts(
     return encoded
 
 
+def max_positions(config) -> int | None:
+    """The positions a model has (``max_position_embeddings``, GPT-2's ``n_positions``), from
+    its text config; None when the config does not say."""
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    value = getattr(text, "max_position_embeddings", None)
+    return value if isinstance(value, int) and value > 0 else None
+
+
 def eos_ids(generation_eos: int | Sequence[int] | None, tokenizer) -> frozenset[int]:
     """Where a sequence ends: the generation config's end ids and the tokenizer's."""
     ids = {generation_eos} if isinstance(generation_eos, int) else set(generation_eos or ())
@@ -179,6 +195,7 @@ class HFEngine:
         self.last_batch_size: int | None = None  # what the latest call used
         self.progress = progress
         self.tokens_forwarded = 0  # non-padding token positions run through the model
+        self.plain_cache = plain_cache(model)  # else: no prefix sharing, no row dropping
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
 
@@ -194,6 +211,20 @@ class HFEngine:
 
     def _encode(self, texts: Sequence[str], special: bool) -> list[list[int]]:
         return self.tokenizer(list(texts), add_special_tokens=special)["input_ids"]
+
+    def _check_fits(self, rows: Sequence[Sequence[int]], new: int, what: str) -> None:
+        """One error line when the longest ``what`` plus ``new`` tokens outgrows the model's
+        positions (a learned position table would fail with an IndexError deep in the model,
+        rotary ones would silently run past what the model was trained on)."""
+        limit = max_positions(self.model.config)
+        longest = max(range(len(rows)), key=lambda i: len(rows[i]))
+        if limit is not None and len(rows[longest]) + new > limit:
+            text = self.tokenizer.decode(rows[longest][:16], skip_special_tokens=True)[:40]
+            raise SftscopeError(
+                f"{what} {longest} ({text!r}...) is {len(rows[longest])} tokens (+{new} new), "
+                f"more than the model's {limit} positions; use fewer few-shot exemplars or "
+                "shorter prompts"
+            )
 
     def _left_pad(self, rows: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         return left_pad(rows, self.tokenizer.pad_token_id, self.device)
@@ -223,6 +254,8 @@ class HFEngine:
         position ids from the attention mask, so every token keeps its unpadded position.
         Finally the cache is repeated ``n`` times: the ``n`` samples of a prompt share its prefill.
         """
+        if not self.plain_cache:
+            return self._prefill_whole(rows, n)
         prefixes, group_of_row = _shared_prefixes(rows)
         rests = [r[len(prefixes[g]) :] for r, g in zip(rows, group_of_row, strict=True)]
         pre_ids, pre_mask = self._left_pad(prefixes)
@@ -259,6 +292,24 @@ class HFEngine:
             ids, mask = ids.repeat_interleave(n, dim=0), mask.repeat_interleave(n, dim=0)
         return ids, mask, cache
 
+    def _prefill_whole(self, rows: Sequence[Sequence[int]], n: int):
+        """:meth:`_prefill` for a model with recurrent cache layers: every row's prompt (each
+        repeated ``n`` times) in one left-padded forward, nothing shared or gathered."""
+        rows = [r for r in rows for _ in range(n)]
+        ids, mask = self._left_pad(rows)
+        cache = DynamicCache(config=self.model.config)
+        self.tokens_forwarded += int(mask[:, :-1].sum())
+        if ids.shape[1] > 1:
+            self.model(
+                input_ids=ids[:, :-1],
+                attention_mask=mask[:, :-1],
+                position_ids=(mask[:, :-1].cumsum(-1) - 1).clamp(min=0),
+                **cache_kwarg(self.model, cache),
+                use_cache=True,
+                logits_to_keep=1,
+            )
+        return ids, mask, cache
+
     @torch.inference_mode()
     def generate(
         self,
@@ -274,6 +325,7 @@ class HFEngine:
         if not prompts:
             return []
         encoded = encode_prompts(self.tokenizer, prompts, temperature, n)
+        self._check_fits(encoded, max_new_tokens, "prompt")
         ends = eos_ids(self.model.generation_config.eos_token_id, self.tokenizer)
         out: list[list[str]] = [[] for _ in prompts]
         bar = tqdm(total=len(prompts), desc=desc, unit="prompt", disable=not self.progress)
@@ -297,6 +349,7 @@ class HFEngine:
                 temperature,
                 uniforms,
                 finish,
+                prune=self.plain_cache,
             )
             self.tokens_forwarded += forwarded
             texts = self.tokenizer.batch_decode(tokens, skip_special_tokens=True)
@@ -319,6 +372,8 @@ class HFEngine:
         continuation token, their cache is gathered to the rows, and the continuations (right-
         padded) follow in a second forward whose logits predict the remaining tokens.
         """
+        if not self.plain_cache:
+            return self._score_whole(prompts, conts, temperature)
         distinct: list[Sequence[int]] = []
         group_of_row: list[int] = []
         for p in prompts:
@@ -373,6 +428,31 @@ class HFEngine:
             scores.append(values)
         return scores
 
+    def _score_whole(
+        self,
+        prompts: Sequence[Sequence[int]],
+        conts: Sequence[Sequence[int]],
+        temperature: float,
+    ) -> list[list[float]]:
+        """:meth:`_score_batch` for a model with recurrent cache layers: each row's prompt and
+        continuation in one left-padded forward, without a cache."""
+        ids, mask = self._left_pad([list(p) + list(c) for p, c in zip(prompts, conts, strict=True)])
+        logits = self.model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+            use_cache=False,
+        ).logits.float()
+        self.tokens_forwarded += int(mask.sum())
+        width = ids.shape[1]
+        scores = []
+        for j, c in enumerate(conts):  # row j's continuation ends at the right edge
+            at = torch.arange(width - len(c) - 1, width - 1, device=self.device)
+            lp = torch.log_softmax(logits[j, at] / temperature, dim=-1)
+            targets = torch.tensor(c, device=self.device)
+            scores.append(lp.gather(-1, targets[:, None])[:, 0].tolist())
+        return scores
+
     @torch.inference_mode()
     def score(
         self,
@@ -389,6 +469,7 @@ class HFEngine:
             return []
         p_ids = self._encode(prompts, special=True)
         c_ids = self._encode(continuations, special=False)
+        self._check_fits([p + c for p, c in zip(p_ids, c_ids, strict=True)], 0, "scored prompt")
         out: list[list[float]] = [[] for _ in prompts]
         bar = tqdm(total=len(prompts), desc=desc, unit="prompt", disable=not self.progress)
         order = sorted(range(len(prompts)), key=lambda i: (p_ids[i], c_ids[i], i))

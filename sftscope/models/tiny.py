@@ -102,8 +102,21 @@ ARCHITECTURES: dict[str, dict] = {
         "moe_intermediate_size": 16,
         "head_dim": 8,
     },
+    # hybrids: linear attention (Gated DeltaNet) + attention layers, MoE; Mamba 2 beside attention
+    "qwen3_next": {
+        "num_experts": 4,
+        "num_experts_per_tok": 2,
+        "moe_intermediate_size": 16,
+        "head_dim": 8,
+        "linear_num_value_heads": 2,
+        "linear_num_key_heads": 2,
+        "linear_key_head_dim": 8,
+        "linear_value_head_dim": 8,
+        "layer_types": ["linear_attention", "full_attention"],
+    },
+    "falcon_h1": {},
 }
-MOE = ("mixtral", "qwen3_moe")
+MOE = ("mixtral", "qwen3_moe", "qwen3_next")
 
 
 def save_tiny_arch(

@@ -62,7 +62,7 @@ def _kind(module: nn.Module, attr: str) -> str | None:
         attr in ("gate", "router", "shared_expert_gate") and isinstance(module, nn.Linear)
     ):
         return "router"
-    if "Attention" in name or "Attn" in name:
+    if "Attention" in name or "Attn" in name or _sequence_mixer(name, attr):
         return "attention"
     if isinstance(module, nn.LayerNorm) or "Norm" in name:
         return "norm"
@@ -71,6 +71,18 @@ def _kind(module: nn.Module, attr: str) -> str | None:
     if isinstance(module, nn.Embedding):
         return "embedding"
     return None
+
+
+def _sequence_mixer(name: str, attr: str) -> bool:
+    """A recurrent token mixer in place of (or beside) attention: linear attention (Qwen3-Next's
+    Gated DeltaNet) and state-space layers (Mamba, Falcon-H1's mixer); their block is
+    ``attention``, the layer's sequence mixing."""
+    return (
+        "DeltaNet" in name
+        or "Mamba" in name
+        or name.endswith("Mixer")
+        or attr in ("linear_attn", "mamba", "mixer")
+    )
 
 
 class Structure:
