@@ -164,3 +164,24 @@ def test_an_audit_of_base_and_adapter_equals_the_audit_of_the_merged_model(
     assert {k: v for k, v in sa.items() if k != "tuned"} == {
         k: v for k, v in sm.items() if k != "tuned"
     }
+
+
+def test_a_grid_runs_on_an_adapter_as_its_model(pair, tmp_path: Path) -> None:
+    """The grid's model may be an adapter folder (its base from adapter_config.json): probed,
+    fine-tuned further, and compared weight by weight as base + delta."""
+    from typer.testing import CliRunner
+
+    from sftscope.cli import app
+
+    from helpers import grid_yaml
+
+    _, adapter, _ = pair
+    params = {"cells": ["1-4-0"], "k": [10]}
+    path = grid_yaml(tmp_path, adapter, sizes=[4], levels=[1], params=params)
+    res = CliRunner().invoke(app, ["run", str(path)])
+    assert res.exit_code == 0, res.output
+    cell = tmp_path / "run" / "params" / "1-4-0"
+    diff = json.loads((cell / "diff" / "diff.json").read_text())
+    assert diff["tensors"] > 0 and set(diff["per_layer"]) == {"0", "1"}
+    kl = json.loads((tmp_path / "run" / "kl" / "1-4-0.json").read_text())
+    assert kl["full"]["overall"]["n"] > 0

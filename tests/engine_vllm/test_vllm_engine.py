@@ -149,3 +149,35 @@ def test_a_grid_runs_end_to_end_on_vllm(tmp_path: Path) -> None:
     kl = json.loads((run / "kl" / "0-4-0.json").read_text())
     assert kl["engine"]["engine"] == "hf"
     assert all(status == "done" for _, status in Grid(cfg).plan())
+
+
+def test_an_adapter_on_vllm_answers_as_its_merged_model(tmp_path: Path) -> None:
+    """vLLM serves a PEFT adapter folder as a LoRA request on its base; its greedy answers are
+    those of the merged checkpoint on vLLM (each in a process of its own)."""
+    import os
+    import subprocess
+    import sys
+
+    from sftscope.models.tiny import save_tiny
+
+    from helpers import EQ_FIXTURE, fixture_questions, make_adapter
+
+    base = save_tiny(fixture_questions(), tmp_path / "base", num_heads=1)
+    targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    adapter, merged = make_adapter(base, tmp_path, target_modules=targets)
+    data = ["--data", "entityquestions", "--data-dir", str(EQ_FIXTURE), "--max-new-tokens", "6"]
+    predictions = {}
+    for name, model in (("adapter", adapter), ("merged", merged)):
+        out = tmp_path / f"eval-{name}"
+        cmd = ["eval", "--model", str(model), "--engine", "vllm", *data, "--out", str(out)]
+        env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+        run = subprocess.run(
+            [sys.executable, "-m", "sftscope.cli", *cmd, "--limit-per-relation", "3"],
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        assert run.returncode == 0, run.stderr[-2000:]
+        predictions[name] = [r["prediction"] for r in read_jsonl(out / "records.jsonl")]
+    assert len(predictions["adapter"]) == 15
+    assert predictions["adapter"] == predictions["merged"]
