@@ -19,6 +19,7 @@ CONCENTRATION = "concentration.json"  # diff: share of the change in the top k %
 DIFF_TSV = "diff_summary.tsv"  # diff: one row per tensor
 AUDIT = "audit.json"  # audit: the summary numbers
 TRANSITIONS = "transitions.jsonl"  # audit: every fact lost or gained
+REPAIR = "repair.json"  # repair: every point on dev, the picks on test
 
 
 @dataclass(frozen=True)

@@ -222,6 +222,37 @@ class SweepSummary(Summary):
     pick: SweepPick | None = None
 
 
+# -- repair ---------------------------------------------------------------------------------
+class RepairPoint(Part):
+    """One model of a repair sweep on one split: the unrepaired fine-tune (no method) or a
+    method at a strength. ``known_kept``: of the in-domain facts the base model knew (levels
+    3-4), the share answered right; ``lost`` / ``gained``: in-domain facts the unrepaired model
+    answered right and this one wrong, and the reverse; ``p_value``: exact McNemar test of
+    those flips (test picks only)."""
+
+    label: str
+    method: str | None = None
+    strength: float | None = None
+    split: str
+    in_domain: float | None = None
+    ood: float | None = None
+    known_kept: float | None = None
+    lost: int = 0
+    gained: int = 0
+    p_value: float | None = None
+
+
+class RepairSummary(Summary):
+    """``repair.json``: every point on dev, and per method the dev pick on the test split."""
+
+    region: str
+    split: str
+    pick_rule: str = "paper"
+    tuned: dict[str, RepairPoint]  # split -> the unrepaired model
+    points: list[RepairPoint]
+    picks: list[RepairPoint]
+
+
 # -- the audit ------------------------------------------------------------------------------
 class AuditSummary(Summary):
     """``audit.json``: what fine-tuning did to a model's knowledge (see

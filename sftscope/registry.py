@@ -99,6 +99,28 @@ class ProbeMethodPlugin(Plugin):
     question: bool = False
 
 
+@dataclass(frozen=True)
+class RepairPlugin(Plugin):
+    """A repair method (:class:`sftscope.params.repair.base.RepairMethod`; ``target`` is its
+    class, made once per sweep). ``knob``: what its strength is; ``strengths``: the default
+    grid; a strength must lie in ``[low, high]``, either end open when ``open`` says so."""
+
+    knob: str = ""
+    strengths: tuple[float, ...] = ()
+    low: float = 0.0
+    high: float = 1.0
+    open: tuple[bool, bool] = (False, False)
+
+    def check_strength(self, name: str, value: float) -> float:
+        lo, hi = self.open
+        if (value < self.low or (lo and value == self.low)) or (
+            value > self.high or (hi and value == self.high)
+        ):
+            span = f"{'(' if lo else '['}{self.low:g}, {self.high:g}{')' if hi else ']'}"
+            raise SftscopeError(f"repair method {name!r}: {self.knob} {value:g} is outside {span}")
+        return value
+
+
 P = TypeVar("P", bound=Plugin)
 
 
@@ -241,6 +263,52 @@ PROBE_METHODS: Registry[ProbeMethodPlugin] = Registry(
             f"{_PM}.question:METHOD",
             help="sampling with few-shot question prompts: any QA data",
             question=True,
+        ),
+    },
+)
+
+_RM = "sftscope.params.repair"
+REPAIR_METHODS: Registry[RepairPlugin] = Registry(
+    "repair method",
+    {
+        "restore": RepairPlugin(
+            f"{_RM}.restore:Restore",
+            help="the paper's: top-k % most-changed weights back to base",
+            knob="k (%)",
+            strengths=(1, 3, 5, 10, 20, 40, 60),
+            high=100.0,
+            open=(True, True),
+        ),
+        "interpolate": RepairPlugin(
+            f"{_RM}.interpolate:Interpolate",
+            help="WiSE-FT: base + alpha * change",
+            knob="alpha",
+            strengths=(0.25, 0.5, 0.75, 0.9),
+        ),
+        "dare": RepairPlugin(
+            f"{_RM}.dare:Dare",
+            help="drop a share p of the change, rescale the rest",
+            knob="p",
+            strengths=(0.1, 0.3, 0.5, 0.7, 0.9),
+            open=(False, True),
+        ),
+        "magnitude": RepairPlugin(
+            f"{_RM}.magnitude:Magnitude",
+            help="keep the largest share d of the change per tensor (TIES trim)",
+            knob="d",
+            strengths=(0.1, 0.2, 0.4, 0.6, 0.8),
+        ),
+        "spectral": RepairPlugin(
+            f"{_RM}.spectral:Spectral",
+            help="keep the top share r of each matrix's singular directions of the change",
+            knob="r",
+            strengths=(0.01, 0.05, 0.1, 0.25, 0.5),
+        ),
+        "depth": RepairPlugin(
+            f"{_RM}.depth:Depth",
+            help="LiNeS: change scaled from lambda_min at layer 0 to 1 at the top",
+            knob="lambda_min",
+            strengths=(0.0, 0.25, 0.5, 0.75),
         ),
     },
 )

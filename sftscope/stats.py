@@ -3,6 +3,7 @@ probe-vs-exposure check both rank-correlate two scores."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 
@@ -34,3 +35,14 @@ def spearman(x: Sequence[float], y: Sequence[float]) -> float:
     vx = sum((a - mx) ** 2 for a in rx) ** 0.5
     vy = sum((b - my) ** 2 for b in ry) ** 0.5
     return cov / (vx * vy) if vx and vy else float("nan")
+
+
+def mcnemar(b: int, c: int) -> float:
+    """Exact two-sided McNemar p-value of paired right/wrong outcomes: ``b`` items only the
+    first model answers right, ``c`` only the second (a binomial test of b against b + c at
+    one half); 1.0 when no item flipped."""
+    n = b + c
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, i) for i in range(min(b, c) + 1)) / 2**n
+    return min(1.0, 2 * tail)

@@ -22,6 +22,7 @@ from sftscope.cli.tables import (
     level_table,
     num,
     pct,
+    repair_table,
     select_table,
     selection_table,
     summary_table,
@@ -33,6 +34,7 @@ from sftscope.config import (
     EvalConfig,
     KLConfig,
     ProbeConfig,
+    RepairConfig,
     RestoreConfig,
     RestoreEval,
     SelectConfig,
@@ -226,6 +228,21 @@ def diff_cmd(options: Options, overrides: Overrides = None, config: ConfigOpt = 
     console.print(
         f"{s['tensors']} tensors; diff_summary.tsv, diff.json, concentration.json in {out}"
     )
+
+
+@app.command("repair")
+@_one_line_errors
+@with_config_options(RepairConfig, flatten=["eval"], names={"eval.seed": "eval-seed"})
+def repair_cmd(options: Options, overrides: Overrides = None, config: ConfigOpt = None) -> None:
+    """Compare the ways to move a fine-tune back toward its base (the paper's restore,
+    interpolation, DARE, magnitude trimming, spectral filtering, depth scaling): every strength
+    applied in place and evaluated on dev, each method's best dev point reported on test."""
+    from sftscope.repair import run_repair
+
+    cfg = load_config(RepairConfig, config, options, overrides)
+    s = run_repair(cfg)
+    console.print(repair_table(s))
+    console.print(f"repair.json, config.yaml and every evaluation in {cfg.out}")
 
 
 @app.command("restore")

@@ -8,7 +8,7 @@ from typing import Any
 
 from rich.table import Table
 
-from sftscope.outputs import EvalSummary, LevelScores, ProbeSummary, SweepSummary
+from sftscope.outputs import EvalSummary, LevelScores, ProbeSummary, RepairSummary, SweepSummary
 
 
 def pct(x: float | None) -> str:
@@ -245,3 +245,37 @@ def grid_tables(root: Path, scope: str, strategy: str, split: str) -> list[Table
             blocks = SweepSummary.model_validate(entry["blocks"])
             out += sweep_tables(blocks, f"{cell}: layer blocks restored", split)
     return out
+
+
+def repair_table(s: RepairSummary) -> Table:
+    """Per method, the point picked on dev and its test scores beside the unrepaired model."""
+    table = Table(title=f"repair: per method, the dev pick on {s.split} (accuracy %)")
+    cols = ["method", "strength", "dev in-domain", "in-domain", "out-of-domain", "known kept"]
+    for col in (*cols, "lost", "gained", "McNemar p"):
+        table.add_column(col, justify="left" if col == "method" else "right")
+    tuned = s.tuned[s.split]
+    table.add_row(
+        "(unrepaired)",
+        "-",
+        pct(s.tuned["dev"].in_domain),
+        pct(tuned.in_domain),
+        pct(tuned.ood),
+        pct(tuned.known_kept),
+        "-",
+        "-",
+        "-",
+    )
+    dev = {p.label: p for p in s.points}
+    for p in s.picks:
+        table.add_row(
+            p.method or "",
+            f"{p.strength:g}",
+            pct(dev[p.label].in_domain),
+            pct(p.in_domain),
+            pct(p.ood),
+            pct(p.known_kept),
+            str(p.lost),
+            str(p.gained),
+            "-" if p.p_value is None else f"{p.p_value:.3g}",
+        )
+    return table

@@ -19,6 +19,7 @@ from sftscope.config.base import (
 )
 from sftscope.config.engine import EngineFields, EngineName, VLLMSettings
 from sftscope.config.executors import ExecutorConfig, RaySettings, SlurmSettings
+from sftscope.config.repair import RepairConfig, RepairEval
 from sftscope.config.runs import (
     AuditConfig,
     AuditEval,
@@ -86,6 +87,8 @@ __all__ = [
     "ProbeSettings",
     "PromptStyle",
     "RaySettings",
+    "RepairConfig",
+    "RepairEval",
     "RestoreConfig",
     "RestoreEval",
     "RestoreSettings",

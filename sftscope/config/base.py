@@ -54,6 +54,20 @@ def added(default: Any, description: str, **kw: Any) -> Any:
     )
 
 
+def key_values(text: str, form: str) -> dict[str, str]:
+    """``a=x,b=y`` (a dict option's and ``key=value``'s form) as a mapping; ``form`` names one
+    part's shape in the error (``FIELD=COLUMN``)."""
+    pairs: dict[str, str] = {}
+    for part in filter(None, (x.strip() for x in text.split(","))):
+        key, sep, value = (x.strip() for x in part.partition("="))
+        if not (sep and key and value):
+            raise ValueError(f"{part!r} is not {form}")
+        if key in pairs:
+            raise ValueError(f"{key!r} is given twice")
+        pairs[key] = value
+    return pairs
+
+
 def _is_none(value: Any) -> bool:
     return value is None
 

@@ -9,7 +9,15 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationInfo, field_validator
 
-from sftscope.config.base import BatchSize, PromptStyle, Split, StageConfig, added, runtime
+from sftscope.config.base import (
+    BatchSize,
+    PromptStyle,
+    Split,
+    StageConfig,
+    added,
+    key_values,
+    runtime,
+)
 from sftscope.config.engine import EngineFields
 from sftscope.registry import PROBE_METHODS, READERS
 
@@ -38,15 +46,7 @@ class DataSource(StageConfig):
         """``question=q,answers=a`` (the option's and ``key=value``'s form) or a mapping; the
         keys must be item fields. Empty is None, so an empty mapping changes no fingerprint."""
         if isinstance(v, str):
-            pairs: dict[str, str] = {}
-            for part in filter(None, (x.strip() for x in v.split(","))):
-                key, sep, column = (x.strip() for x in part.partition("="))
-                if not (sep and key and column):
-                    raise ValueError(f"{part!r} is not FIELD=COLUMN")
-                if key in pairs:
-                    raise ValueError(f"field {key!r} is mapped twice")
-                pairs[key] = column
-            v = pairs
+            v = key_values(v, "FIELD=COLUMN")
         if isinstance(v, dict):
             unknown = [k for k in v if k not in COLUMN_FIELDS]
             if unknown:

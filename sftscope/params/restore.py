@@ -42,7 +42,7 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
-from sftscope.config import RestoreConfig, dump_config, result_fields
+from sftscope.config import RestoreConfig, RestoreSettings, dump_config, result_fields
 from sftscope.errors import SftscopeError
 from sftscope.io import atomic_write_json, atomic_write_text, read_yaml, replace_dir, tsv_text
 from sftscope.params.diff import checked, natural_key, region_names, relative_change
@@ -105,7 +105,7 @@ class Restorer:
 
     def __init__(
         self,
-        cfg: RestoreConfig,
+        cfg: RestoreSettings,
         base: Checkpoint,
         tuned: Checkpoint,
         device: torch.device | None = None,

@@ -1,0 +1,207 @@
+"""``sftscope repair``: the ways to move a fine-tune back toward its base, compared on the same
+facts (the repair methods of :data:`sftscope.registry.REPAIR_METHODS`, :mod:`sftscope.params.
+repair`).
+
+The fine-tuned model is loaded once on the HF engine. Every method at every strength of its
+grid is applied in place, evaluated on dev, and undone exactly; per method the point with the
+best dev score (the paper's rule: the in-domain mean of mastery levels, or plain in-domain
+accuracy without a probe; ties: the first in the grid) is applied again and evaluated on the
+test split, beside the unrepaired model, with an exact McNemar test of the facts that flipped.
+Evaluations are the usual folders (``OUT/eval/<label>/<split>/``), so a rerun resumes: a point
+whose evaluation exists is neither applied nor evaluated again.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from sftscope.config import EvalConfig, RepairConfig, dump_config
+from sftscope.data.dataset import load_items
+from sftscope.data.readers import resolve_dataset
+from sftscope.errors import SftscopeError
+from sftscope.evaluate import run_eval
+from sftscope.io import atomic_write_text
+from sftscope.layout import REPAIR, SUMMARY
+from sftscope.outputs import EvalSummary, RepairPoint, RepairSummary
+from sftscope.registry import REPAIR_METHODS
+from sftscope.stats import mcnemar
+from sftscope.transitions import KNOWN, read_answers
+
+if TYPE_CHECKING:
+    from sftscope.models.engines import Engine
+    from sftscope.params.repair.base import RepairContext, Repairer
+
+log = logging.getLogger(__name__)
+TUNED = "tuned"  # the unrepaired fine-tune's label
+DEV = "dev"
+
+
+class Sweep:
+    """The state of one repair run: the checkpoints, and the model once an evaluation is due."""
+
+    def __init__(self, cfg: RepairConfig) -> None:
+        from sftscope.models.loading import resolve_device, resolve_model
+        from sftscope.params.lora import open_weights
+        from sftscope.params.repair.base import RepairContext
+
+        if cfg.engine != "hf":
+            raise SftscopeError(
+                f"--engine {cfg.engine}: repair applies every point in place to the loaded "
+                "model, which only the hf engine allows"
+            )
+        self.cfg, self.out = cfg, Path(cfg.out)
+        if cfg.eval.split == DEV:
+            raise SftscopeError("eval.split dev: dev is where points are picked; report on test")
+        self.mastery = {s: self._mastery(s) for s in (DEV, cfg.eval.split)}
+        dataset = resolve_dataset(cfg.data, cfg.data_dir, cfg.columns)
+        if not load_items(dataset, [DEV], cfg.relations):
+            raise SftscopeError(f"{dataset.root}: no dev items to pick the repair on")
+        device = resolve_device(cfg.compute_device, "--compute-device")
+        base = open_weights(resolve_model(cfg.base))
+        tuned = open_weights(cfg.tuned, base=cfg.base)
+        self.ctx: RepairContext = RepairContext(base, tuned, cfg.region, cfg.seed, device)
+        self.engine: Engine | None = None
+        self.repairer: Repairer | None = None
+
+    def _mastery(self, split: str) -> Path | None:
+        root = self.cfg.eval.mastery
+        if root is None:
+            return None
+        folder = Path(root) / split
+        if not (folder / "mastery.jsonl").exists():
+            raise SftscopeError(f"eval.mastery: {folder}/mastery.jsonl not found (probe {split})")
+        return folder
+
+    def folder(self, label: str, split: str) -> Path:
+        return self.out / "eval" / label / split
+
+    def done(self, label: str, split: str) -> bool:
+        return (self.folder(label, split) / SUMMARY).exists()
+
+    def model(self) -> Repairer:
+        """The fine-tuned model, loaded on first use, and its repairer."""
+        if self.repairer is None:
+            from sftscope.models.factory import EngineRequest, make_engine
+            from sftscope.params.repair.base import Repairer
+
+            cfg = self.cfg
+            request = EngineRequest(
+                str(cfg.tuned),
+                cfg.device,
+                cfg.eval.batch_size,
+                cfg.trust_remote_code,
+                base=cfg.base,
+            )
+            self.engine = make_engine("hf", request)
+            self.repairer = Repairer(self.ctx, self.engine.model)
+        return self.repairer
+
+    def evaluate(self, label: str, split: str) -> EvalSummary:
+        """The evaluation of the model as it is now, resumed from its folder."""
+        out = self.folder(label, split)
+        if (out / SUMMARY).exists():
+            return EvalSummary.read(out / SUMMARY)
+        self.model()
+        ev, cfg = self.cfg.eval, self.cfg
+        ecfg = EvalConfig(
+            **ev.model_dump(exclude={"mastery", "split"}),
+            model=str(cfg.tuned),
+            base=cfg.base,
+            split=split,
+            mastery=self.mastery[split],
+            relations=cfg.relations,
+            out=out,
+            **cfg.context(),
+        )
+        return run_eval(ecfg, self.engine)
+
+    def point(self, label: str, split: str, method: str | None, strength: float | None):
+        """The scores of an evaluated point, its flips against the unrepaired model."""
+        s = EvalSummary.read(self.folder(label, split) / SUMMARY)
+        now = read_answers(self.folder(label, split))
+        before = read_answers(self.folder(TUNED, split))
+        known = [ok for ok, level in now.values() if level is not None and level >= KNOWN]
+        lost = sum(before[i][0] and not now[i][0] for i in now if i in before)
+        gained = sum(now[i][0] and not before[i][0] for i in now if i in before)
+        return RepairPoint(
+            label=label,
+            method=method,
+            strength=strength,
+            split=split,
+            in_domain=s.headline("in_domain"),
+            ood=s.headline("ood"),
+            known_kept=sum(known) / len(known) if known else None,
+            lost=lost,
+            gained=gained,
+        )
+
+    def at(self, method: Method, strength: float, label: str, split: str) -> None:
+        """Evaluate ``method`` at ``strength`` on ``split`` unless done: apply, eval, undo."""
+        if self.done(label, split):
+            return
+        repairer = self.model()
+        repairer.apply(method.ready(self.ctx), strength, label)
+        try:
+            self.evaluate(label, split)
+        finally:
+            repairer.undo()
+
+
+class Method:
+    """One method of the run and its grid; prepared (e.g. its SVDs) on first use only, so a
+    resumed run that has every evaluation does no work."""
+
+    def __init__(self, name: str, strengths: list[float]) -> None:
+        self.name, self.strengths = name, strengths
+        self.impl = REPAIR_METHODS.load(name)()
+        self.prepared = False
+        self.labels = [f"{name}-{x:g}" for x in strengths]
+
+    def ready(self, ctx: RepairContext):
+        if not self.prepared:
+            self.impl.prepare(ctx, self.strengths)
+            self.prepared = True
+        return self.impl
+
+
+def _best(points: list[RepairPoint]) -> RepairPoint:
+    """The paper's pick: the best dev in-domain score (mean of levels when known)."""
+    scored = [p for p in points if p.in_domain is not None]
+    if not scored:
+        raise SftscopeError("repair: no in-domain dev items to pick on")
+    return max(scored, key=lambda p: p.in_domain)  # max keeps the first of equals
+
+
+def run_repair(cfg: RepairConfig) -> RepairSummary:
+    """Every method's sweep on dev, each method's pick on test; writes ``OUT/repair.json``."""
+    sweep = Sweep(cfg)
+    split = cfg.eval.split
+    for s in (DEV, split):
+        sweep.evaluate(TUNED, s)
+    points: list[RepairPoint] = []
+    picks: list[RepairPoint] = []
+    for name in cfg.methods:
+        method = Method(name, cfg.grid(name))
+        grid = list(zip(method.strengths, method.labels, strict=True))
+        for x, label in grid:
+            sweep.at(method, x, label, DEV)
+        mine = [sweep.point(label, DEV, name, x) for x, label in grid]
+        points += mine
+        best = _best(mine)
+        assert best.strength is not None
+        sweep.at(method, best.strength, best.label, split)
+        pick = sweep.point(best.label, split, name, best.strength)
+        pick.p_value = mcnemar(pick.gained, pick.lost)
+        picks.append(pick)
+    summary = RepairSummary(
+        region=cfg.region,
+        split=split,
+        tuned={s: sweep.point(TUNED, s, None, None) for s in (DEV, split)},
+        points=points,
+        picks=picks,
+    )
+    atomic_write_text(Path(cfg.out) / "config.yaml", dump_config(cfg))
+    summary.write(Path(cfg.out) / REPAIR)
+    return summary

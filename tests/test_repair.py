@@ -1,0 +1,255 @@
+"""Repair methods: each in-place result equals a plain dense implementation over whole state
+dicts, and apply-then-undo leaves the loaded model bit-identical."""
+
+from __future__ import annotations
+
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from sftscope.errors import SftscopeError
+from sftscope.params.diff import natural_key
+from sftscope.params.reference import reference_restore
+from sftscope.params.repair.base import RepairContext, Repairer
+from sftscope.params.structure import structure_of
+from sftscope.params.tensors import open_checkpoint
+from sftscope.registry import REPAIR_METHODS
+
+from helpers import perturbed_copy
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> tuple[Path, Path]:
+    tuned = perturbed_copy(tiny_model_dir, tmp_path_factory.mktemp("repair") / "tuned", seed=3)
+    return tiny_model_dir, tuned
+
+
+def _region(base: Path) -> list[str]:
+    s = structure_of(base)
+    return sorted(s.names(list(load_file(base / "model.safetensors")), "paper"), key=natural_key)
+
+
+def reference(method: str, base: Path, tuned: Path, strength: float) -> dict[str, torch.Tensor]:
+    """The repaired state dict, computed densely and independently of the streamed code."""
+    if method == "restore":
+        return next(iter(reference_restore(base, tuned, [strength])))[1]
+    p_all, s_all = load_file(base / "model.safetensors"), load_file(tuned / "model.safetensors")
+    out = dict(s_all)
+    names = _region(base)
+    layers = {n: structure_of(base).role(n).layer for n in names}
+    top = max(v for v in layers.values() if v is not None)
+    for n in names:
+        p, s = p_all[n].float(), s_all[n].float()
+        d = s - p
+        if method == "interpolate":
+            out[n] = p + strength * d
+        elif method == "dare":
+            g = torch.Generator().manual_seed(zlib.crc32(f"0:{n}".encode()))
+            out[n] = p + d * (torch.rand(p.shape, generator=g) >= strength) / (1 - strength)
+        elif method == "magnitude":
+            flat = d.flatten().numpy()
+            keep = np.zeros(flat.size, dtype=bool)
+            keep[np.argsort(-np.abs(flat), kind="stable")[: round(strength * flat.size)]] = True
+            out[n] = p + (d.flatten() * torch.from_numpy(keep)).view(p.shape)
+        elif method == "spectral" and p.dim() == 2:
+            u, sv, vh = torch.linalg.svd(d, full_matrices=False)
+            k = round(strength * min(p.shape))
+            out[n] = p + (u[:, :k] * sv[:k]) @ vh[:k]
+        elif method == "depth":
+            out[n] = p + (strength + (1 - strength) * layers[n] / top) * d
+    return out
+
+
+CASES = [
+    ("restore", 20.0),
+    ("interpolate", 0.3),
+    ("dare", 0.4),
+    ("magnitude", 0.25),
+    ("spectral", 0.25),
+    ("depth", 0.5),
+]
+
+
+def _loaded(tuned: Path) -> torch.nn.Module:
+    from sftscope.models.loading import load_model
+
+    return load_model(str(tuned), "cpu")[0]
+
+
+@pytest.mark.parametrize(("method", "strength"), CASES, ids=[c[0] for c in CASES])
+def test_in_place_repair_equals_a_dense_reference_and_undoes_exactly(
+    method: str, strength: float, pair: tuple[Path, Path]
+) -> None:
+    base, tuned = pair
+    model = _loaded(tuned)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    ctx = RepairContext(open_checkpoint(base), open_checkpoint(tuned))
+    repair = REPAIR_METHODS.load(method)()
+    repair.prepare(ctx, [strength, *REPAIR_METHODS[method].strengths[:2]])
+    repairer = Repairer(ctx, model)
+    repairer.apply(repair, strength)
+    want = reference(method, base, tuned, strength)
+    got = model.state_dict()
+    changed = [n for n in ctx.names if not torch.equal(got[n], before[n])]
+    assert changed, method
+    for name in ctx.names:
+        assert torch.equal(got[name], want[name].to(got[name].dtype)), (method, name)
+    repairer.undo()
+    after = model.state_dict()
+    assert all(torch.equal(after[k], before[k]) for k in before), method
+
+
+def test_a_strength_out_of_range_is_one_line() -> None:
+    for method, value in (("dare", 1.0), ("interpolate", 1.5), ("restore", 0.0)):
+        with pytest.raises(SftscopeError, match=f"repair method '{method}'"):
+            REPAIR_METHODS[method].check_strength(method, value)
+    with pytest.raises(SftscopeError, match="repair method 'ties': expected one of restore"):
+        REPAIR_METHODS["ties"]
+
+
+def _cli(*args: str):
+    from typer.testing import CliRunner
+
+    from sftscope.cli import app
+
+    return CliRunner().invoke(app, list(args))
+
+
+def _data(out: Path) -> list[str]:
+    from helpers import EQ_FIXTURE
+
+    return [
+        "--data",
+        "entityquestions",
+        "--data-dir",
+        str(EQ_FIXTURE),
+        "--relations",
+        "P17,P36",
+        "--limit-per-relation",
+        "3",
+        "--max-new-tokens",
+        "4",
+        "--device",
+        "cpu",
+        "--out",
+        str(out),
+    ]
+
+
+def test_repair_end_to_end_picks_on_dev_reports_test_and_resumes(
+    pair: tuple[Path, Path], tmp_path: Path
+) -> None:
+    import json
+
+    base, tuned = pair
+    out = tmp_path / "repair"
+    args = ["repair", "--base", str(base), "--tuned", str(tuned), *_data(out)]
+    args += ["--methods", "restore,interpolate,dare", "--strengths", "restore=5/40,dare=0.5"]
+    res = _cli(*args)
+    assert res.exit_code == 0, res.output
+    s = json.loads((out / "repair.json").read_text())
+    assert [p["label"] for p in s["points"]] == [
+        "restore-5",
+        "restore-40",
+        "interpolate-0.25",
+        "interpolate-0.5",
+        "interpolate-0.75",
+        "interpolate-0.9",
+        "dare-0.5",
+    ]
+    assert [p["method"] for p in s["picks"]] == ["restore", "interpolate", "dare"]
+    assert all(p["split"] == "test" and 0 <= p["p_value"] <= 1 for p in s["picks"])
+    assert set(s["tuned"]) == {"dev", "test"} and s["tuned"]["test"]["lost"] == 0
+    assert "repair: per method, the dev pick on test" in res.output
+    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("summary.json")}
+    assert _cli(*args).exit_code == 0  # everything evaluated: nothing is applied again
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("summary.json")} == stamps
+
+
+def test_an_in_place_point_evaluates_as_the_same_point_written_and_reloaded(
+    pair: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """The eval records of ``dare`` at 0.5 in place equal those of its dense reference saved
+    with save_pretrained and loaded back."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    base, tuned = pair
+    res = _cli(
+        "repair",
+        "--base",
+        str(base),
+        "--tuned",
+        str(tuned),
+        *_data(tmp_path / "repair"),
+        "--methods",
+        "dare",
+        "--strengths",
+        "dare=0.5",
+        "--split",
+        "test",
+    )
+    assert res.exit_code == 0, res.output
+    written = tmp_path / "written"
+    model = AutoModelForCausalLM.from_pretrained(tuned)
+    model.load_state_dict(reference("dare", base, tuned, 0.5))
+    model.save_pretrained(written)
+    AutoTokenizer.from_pretrained(tuned).save_pretrained(written)
+    res = _cli(
+        "eval",
+        "--model",
+        str(written),
+        "--prompt",
+        "sft",
+        "--split",
+        "dev",
+        *_data(tmp_path / "eval-written"),
+    )
+    assert res.exit_code == 0, res.output
+    in_place = (tmp_path / "repair" / "eval" / "dare-0.5" / "dev" / "records.jsonl").read_text()
+    assert in_place == (tmp_path / "eval-written" / "records.jsonl").read_text()
+
+
+@pytest.mark.parametrize(
+    ("extra", "says"),
+    [
+        (["--methods", "ties"], "repair method 'ties': expected one of restore"),
+        (["--methods", "dare", "--strengths", "dare=1"], "repair method 'dare': p 1 is outside"),
+        (["--methods", "dare", "--strengths", "spectral=0.1"], "'spectral', which is not in"),
+    ],
+)
+def test_bad_repair_input_is_one_line_and_writes_nothing(
+    pair: tuple[Path, Path], tmp_path: Path, extra: list[str], says: str
+) -> None:
+    base, tuned = pair
+    out = tmp_path / "repair"
+    res = _cli("repair", "--base", str(base), "--tuned", str(tuned), *_data(out), *extra)
+    errors = [x for x in res.output.splitlines() if x.startswith("error:")]
+    assert res.exit_code == 2 and len(errors) == 1 and says in errors[0], res.output
+    assert not out.exists()
+
+
+def test_repair_of_a_different_architecture_or_without_dev_is_one_line(
+    pair: tuple[Path, Path], tmp_path: Path
+) -> None:
+    import shutil
+
+    from sftscope.models.tiny import save_tiny_arch
+
+    from helpers import EQ_FIXTURE, fixture_questions
+
+    base, tuned = pair
+    other = save_tiny_arch("gpt2", fixture_questions(), tmp_path / "gpt2")
+    out = tmp_path / "repair"
+    res = _cli("repair", "--base", str(other), "--tuned", str(tuned), *_data(out))
+    assert res.exit_code == 2 and "error:" in res.output and not out.exists(), res.output
+    no_dev = tmp_path / "no-dev"
+    shutil.copytree(EQ_FIXTURE, no_dev, ignore=shutil.ignore_patterns("dev"))
+    args = [*_data(out), "--data-dir", str(no_dev)]
+    res = _cli("repair", "--base", str(base), "--tuned", str(tuned), *args)
+    errors = [x for x in res.output.splitlines() if x.startswith("error:")]
+    assert res.exit_code == 2 and len(errors) == 1 and "dev" in errors[0], res.output
+    assert not out.exists()
