@@ -251,6 +251,7 @@ class RepairSummary(Summary):
     tuned: dict[str, RepairPoint]  # split -> the unrepaired model
     points: list[RepairPoint]
     picks: list[RepairPoint]
+    saved: str | None = None  # the repaired checkpoint written (``save``)
 
 
 # -- the audit ------------------------------------------------------------------------------

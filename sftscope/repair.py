@@ -174,6 +174,25 @@ def _best(points: list[RepairPoint]) -> RepairPoint:
     return max(scored, key=lambda p: p.in_domain)  # max keeps the first of equals
 
 
+def _save(sweep: Sweep, choice: str, summary: RepairSummary) -> Path:
+    """``save``: the chosen point as a checkpoint (``OUT/models/<label>``), unless written."""
+    from sftscope.params.repair.base import save_repaired
+
+    if choice == "best":
+        dev = {p.label: p for p in summary.points}
+        pick = max(summary.picks, key=lambda p: dev[p.label].in_domain or 0.0)
+        name, strength = pick.method, pick.strength
+    else:
+        name, _, value = choice.partition(":")
+        strength = float(value)
+    assert name is not None and strength is not None
+    out = sweep.out / "models" / f"{name}-{strength:g}"
+    if not (out / "config.json").exists():
+        method = Method(name, [strength])
+        save_repaired(sweep.ctx, method.ready(sweep.ctx), strength, out)
+    return out
+
+
 def run_repair(cfg: RepairConfig) -> RepairSummary:
     """Every method's sweep on dev, each method's pick on test; writes ``OUT/repair.json``."""
     sweep = Sweep(cfg)
@@ -202,6 +221,8 @@ def run_repair(cfg: RepairConfig) -> RepairSummary:
         points=points,
         picks=picks,
     )
+    if cfg.save is not None:
+        summary.saved = str(_save(sweep, cfg.save, summary))
     atomic_write_text(Path(cfg.out) / "config.yaml", dump_config(cfg))
     summary.write(Path(cfg.out) / REPAIR)
     return summary

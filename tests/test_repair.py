@@ -173,31 +173,32 @@ def test_repair_end_to_end_picks_on_dev_reports_test_and_resumes(
 def test_an_in_place_point_evaluates_as_the_same_point_written_and_reloaded(
     pair: tuple[Path, Path], tmp_path: Path
 ) -> None:
-    """The eval records of ``dare`` at 0.5 in place equal those of its dense reference saved
-    with save_pretrained and loaded back."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """``--save dare:0.5`` writes the point (equal to the dense reference, loadable with
+    from_pretrained); evaluated from disk, its records are those of the in-place point."""
+    from transformers import AutoModelForCausalLM
 
     base, tuned = pair
+    out = tmp_path / "repair"
     res = _cli(
         "repair",
         "--base",
         str(base),
         "--tuned",
         str(tuned),
-        *_data(tmp_path / "repair"),
+        *_data(out),
         "--methods",
         "dare",
         "--strengths",
         "dare=0.5",
-        "--split",
-        "test",
+        "--save",
+        "dare:0.5",
     )
     assert res.exit_code == 0, res.output
-    written = tmp_path / "written"
-    model = AutoModelForCausalLM.from_pretrained(tuned)
-    model.load_state_dict(reference("dare", base, tuned, 0.5))
-    model.save_pretrained(written)
-    AutoTokenizer.from_pretrained(tuned).save_pretrained(written)
+    written = out / "models" / "dare-0.5"
+    assert "repaired checkpoint" in res.output
+    want, got = reference("dare", base, tuned, 0.5), load_file(written / "model.safetensors")
+    assert set(got) == set(want) and all(torch.equal(got[n], want[n]) for n in want)
+    AutoModelForCausalLM.from_pretrained(written)
     res = _cli(
         "eval",
         "--model",
@@ -206,11 +207,11 @@ def test_an_in_place_point_evaluates_as_the_same_point_written_and_reloaded(
         "sft",
         "--split",
         "dev",
-        *_data(tmp_path / "eval-written"),
+        *_data(tmp_path / "ev"),
     )
     assert res.exit_code == 0, res.output
-    in_place = (tmp_path / "repair" / "eval" / "dare-0.5" / "dev" / "records.jsonl").read_text()
-    assert in_place == (tmp_path / "eval-written" / "records.jsonl").read_text()
+    in_place = (out / "eval" / "dare-0.5" / "dev" / "records.jsonl").read_text()
+    assert in_place == (tmp_path / "ev" / "records.jsonl").read_text()
 
 
 @pytest.mark.parametrize(
@@ -219,6 +220,7 @@ def test_an_in_place_point_evaluates_as_the_same_point_written_and_reloaded(
         (["--methods", "ties"], "repair method 'ties': expected one of restore"),
         (["--methods", "dare", "--strengths", "dare=1"], "repair method 'dare': p 1 is outside"),
         (["--methods", "dare", "--strengths", "spectral=0.1"], "'spectral', which is not in"),
+        (["--methods", "dare", "--save", "dare"], "expected best or METHOD:STRENGTH"),
     ],
 )
 def test_bad_repair_input_is_one_line_and_writes_nothing(

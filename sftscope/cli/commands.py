@@ -242,6 +242,8 @@ def repair_cmd(options: Options, overrides: Overrides = None, config: ConfigOpt 
     cfg = load_config(RepairConfig, config, options, overrides)
     s = run_repair(cfg)
     console.print(repair_table(s))
+    if s.saved:
+        console.print(f"repaired checkpoint: {s.saved}")
     console.print(f"repair.json, config.yaml and every evaluation in {cfg.out}")
 
 

@@ -45,6 +45,11 @@ class RepairConfig(RunContext):
     )
     seed: int = Field(0, description="seed of random draws (dare)")
     eval: RepairEval = Field(RepairEval(), description="how repaired models are evaluated")
+    save: str | None = runtime(
+        None,
+        "write a repaired checkpoint (OUT/models/LABEL): best (the pick with the best dev "
+        "score) or METHOD:STRENGTH",
+    )
     compute_device: str = compute_device_field()
     out: Path = runtime(description="output folder")
 
@@ -74,6 +79,15 @@ class RepairConfig(RunContext):
             raise ValueError(f"strengths for {unknown[0]!r}, which is not in methods")
         for method in self.methods:
             self.grid(method)
+        if self.save not in (None, "best"):
+            method, sep, value = self.save.partition(":")
+            try:
+                strength = float(value)
+            except ValueError:
+                strength = None
+            if not sep or strength is None:
+                raise ValueError(f"save {self.save!r}: expected best or METHOD:STRENGTH")
+            REPAIR_METHODS[method].check_strength(method, strength)
         return self
 
     def grid(self, method: str) -> list[float]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 
 import torch
@@ -23,7 +24,14 @@ from tqdm.auto import tqdm
 from sftscope.errors import SftscopeError
 from sftscope.params.diff import natural_key, region_names
 from sftscope.params.structure import structure_of
-from sftscope.params.tensors import Checkpoint, check_compatible, iter_pairs, read_tensor
+from sftscope.params.tensors import (
+    Checkpoint,
+    ShardWriter,
+    check_compatible,
+    iter_pairs,
+    plan_of,
+    read_tensor,
+)
 
 
 @dataclass
@@ -118,3 +126,26 @@ class Repairer:
             with torch.no_grad():
                 w.copy_(read_tensor(self.ctx.tuned, name).to(w.device, w.dtype))
         self.changed = []
+
+
+def save_repaired(ctx: RepairContext, method: RepairMethod, strength: float, out: Path) -> Path:
+    """The repaired model as a checkpoint in ``out`` (safetensors in the fine-tune's dtype, its
+    config and tokenizer beside), streamed tensor by tensor and moved into place when complete:
+    it loads with ``from_pretrained``."""
+    plan = sorted(plan_of(ctx.tuned), key=lambda e: natural_key(e[0]))
+    writer = ShardWriter(out, plan)
+    region = set(ctx.names)
+    try:
+        names = [e[0] for e in plan]
+        for name, p, s in iter_pairs(ctx.base, ctx.tuned, names, ctx.device):
+            values = (
+                method.repaired(ctx, name, p.float(), s.float(), strength)
+                if name in region
+                else None
+            )
+            writer.add(name, s if values is None else values.to(s.dtype))
+        writer.close(side_files_from=(ctx.tuned.root, ctx.tuned.config_root, ctx.base.config_root))
+    except BaseException:
+        writer.abort()
+        raise
+    return out
