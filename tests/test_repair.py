@@ -165,6 +165,8 @@ def test_repair_end_to_end_picks_on_dev_reports_test_and_resumes(
     assert all(p["split"] == "test" and 0 <= p["p_value"] <= 1 for p in s["picks"])
     assert set(s["tuned"]) == {"dev", "test"} and s["tuned"]["test"]["lost"] == 0
     assert "repair: per method, the dev pick on test" in res.output
+    report = (out / "report" / "report.md").read_text()
+    assert "## Picks on test" in report and (out / "report" / "figures" / "pareto.png").exists()
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("summary.json")}
     assert _cli(*args).exit_code == 0  # everything evaluated: nothing is applied again
     assert {p: p.stat().st_mtime_ns for p in out.rglob("summary.json")} == stamps

@@ -238,13 +238,15 @@ def repair_cmd(options: Options, overrides: Overrides = None, config: ConfigOpt 
     interpolation, DARE, magnitude trimming, spectral filtering, depth scaling): every strength
     applied in place and evaluated on dev, each method's best dev point reported on test."""
     from sftscope.repair import run_repair
+    from sftscope.report.repair import write_repair_report
 
     cfg = load_config(RepairConfig, config, options, overrides)
     s = run_repair(cfg)
     console.print(repair_table(s))
     if s.saved:
         console.print(f"repaired checkpoint: {s.saved}")
-    console.print(f"repair.json, config.yaml and every evaluation in {cfg.out}")
+    page = write_repair_report(cfg.out, s)
+    console.print(f"repair.json, every evaluation and the report ({page}/index.html) in {cfg.out}")
 
 
 @app.command("restore")

@@ -1,0 +1,108 @@
+"""``REPAIR/report/``: the repair comparison as report.md and index.html, with the Pareto
+figure (the fine-tune's task against knowledge, one line per method, the dev picks marked),
+from ``repair.json`` alone."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sftscope.outputs import RepairPoint, RepairSummary
+from sftscope.report.figures import _finish, _plt
+from sftscope.report.page import Block, fmt, write_page
+
+TASK = "task: in-domain accuracy %, SFT prompt (mean of levels when probed)"
+
+
+def knowledge_axis(s: RepairSummary) -> tuple[str, str]:
+    """What the knowledge axis shows: the base-known facts kept when the base was probed,
+    else out-of-domain accuracy (facts of relations the fine-tune never saw)."""
+    if s.tuned["dev"].known_kept is not None:
+        return "known_kept", "knowledge: facts the base knew (levels 3-4) still right, %"
+    return "ood", "knowledge: out-of-domain accuracy %"
+
+
+def pareto(s: RepairSummary, figdir: Path) -> list[tuple[str, str]]:
+    """Task against knowledge on dev: one line per method through its strengths, the
+    unrepaired fine-tune as a star, each method's pick circled."""
+    key, label = knowledge_axis(s)
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.4, 4.6), dpi=110)
+    picks = {p.label for p in s.picks}
+
+    def xy(p: RepairPoint) -> tuple[float, float] | None:
+        x, y = getattr(p, key), p.in_domain
+        return None if x is None or y is None else (100 * x, 100 * y)
+
+    for method in dict.fromkeys(p.method for p in s.points):
+        pts = [(p, xy(p)) for p in s.points if p.method == method]
+        pts = [(p, c) for p, c in pts if c is not None]
+        if not pts:
+            continue
+        (line,) = ax.plot([c[0] for _, c in pts], [c[1] for _, c in pts], marker=".", label=method)
+        for p, c in pts:
+            if p.label in picks:
+                ax.scatter(*c, s=120, facecolors="none", edgecolors=line.get_color(), zorder=3)
+    tuned = xy(s.tuned["dev"])
+    if tuned is not None:
+        ax.scatter(*tuned, marker="*", s=160, color="black", label="unrepaired", zorder=4)
+    name = _finish(fig, ax, label, TASK, figdir / "pareto.png")
+    return [
+        (
+            name,
+            "Every repair point on dev: the task it keeps against the knowledge it gives "
+            "back; circles mark each method's pick (best dev task score), the star the "
+            "unrepaired fine-tune. Up and to the right is better.",
+        )
+    ]
+
+
+def blocks(s: RepairSummary, figdir: Path) -> list[Block]:
+    tuned = s.tuned[s.split]
+    dev = {p.label: p for p in s.points}
+    key, _ = knowledge_axis(s)
+    head = ["method", "strength", "dev task", "task", "out-of-domain", "known kept"]
+    head += ["facts lost", "facts gained", "McNemar p"]
+    rows = [
+        ["unrepaired", "-", fmt(s.tuned["dev"].in_domain), fmt(tuned.in_domain), fmt(tuned.ood)]
+        + [fmt(tuned.known_kept), "-", "-", "-"]
+    ]
+    for p in s.picks:
+        rows.append(
+            [p.method or "", f"{p.strength:g}", fmt(dev[p.label].in_domain), fmt(p.in_domain)]
+            + [fmt(p.ood), fmt(p.known_kept), str(p.lost), str(p.gained)]
+            + ["-" if p.p_value is None else f"{p.p_value:.3g}"]
+        )
+    sweep = [
+        [p.method or "", f"{p.strength:g}", fmt(p.in_domain), fmt(p.ood), fmt(p.known_kept)]
+        + [str(p.lost), str(p.gained)]
+        for p in s.points
+    ]
+    page: list[Block] = [
+        ("h1", "Repair: the ways back toward the base, on the same facts"),
+        (
+            "p",
+            f"Region `{s.region}`. Every method's strengths were applied in place to the "
+            "fine-tuned model and evaluated on dev; each method's pick (its best dev task "
+            f"score) is reported on {s.split}, with the in-domain facts it lost and gained "
+            "against the unrepaired model and an exact McNemar test of those flips.",
+        ),
+        ("h2", f"Picks on {s.split}"),
+        ("table", head, rows),
+    ]
+    page += [("img", *f) for f in pareto(s, figdir)]
+    page += [("h2", "Every point on dev"), ("table", head[:2] + head[3:8], sweep)]
+    if key == "ood":
+        page.append(
+            (
+                "p",
+                "Without a probe of the base (eval.mastery), knowledge is out-of-domain accuracy.",
+            )
+        )
+    if s.saved:
+        page.append(("p", f"Repaired checkpoint written: `{s.saved}`."))
+    return page
+
+
+def write_repair_report(root: Path, summary: RepairSummary) -> Path:
+    """``ROOT/report``: report.md, index.html, figures/pareto.png."""
+    return write_page(Path(root) / "report", lambda figdir: blocks(summary, figdir))
