@@ -66,13 +66,18 @@ class Sweep:
         self.repairer: Repairer | None = None
 
     def _mastery(self, split: str) -> Path | None:
+        """The base's probe of ``split`` under ``eval.mastery`` (a grid's ``probe/`` folder
+        has the evaluation split's; dev may be missing: its points are then scored without
+        levels)."""
         root = self.cfg.eval.mastery
         if root is None:
             return None
         folder = Path(root) / split
-        if not (folder / "mastery.jsonl").exists():
-            raise SftscopeError(f"eval.mastery: {folder}/mastery.jsonl not found (probe {split})")
-        return folder
+        if (folder / "mastery.jsonl").exists():
+            return folder
+        if split == DEV:
+            return None
+        raise SftscopeError(f"eval.mastery: {folder}/mastery.jsonl not found (probe {split})")
 
     def folder(self, label: str, split: str) -> Path:
         return self.out / "eval" / label / split

@@ -172,6 +172,26 @@ def test_repair_end_to_end_picks_on_dev_reports_test_and_resumes(
     assert {p: p.stat().st_mtime_ns for p in out.rglob("summary.json")} == stamps
 
 
+def test_repair_scores_test_by_mastery_level_from_a_probe_of_the_split(
+    pair: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """``--mastery DIR`` with a probe of the test split only (a grid's probe/ folder): test
+    points get per-level scores, dev points are scored without levels."""
+    import json
+
+    base, tuned = pair
+    probe = ["probe", "--model", str(base), "--split", "test", "--method", "likelihood"]
+    res = _cli(*probe, "--templates", "2", *_data(tmp_path / "probe" / "test"))
+    assert res.exit_code == 0, res.output
+    out = tmp_path / "repair"
+    args = ["repair", "--base", str(base), "--tuned", str(tuned), *_data(out)]
+    res = _cli(*args, "--methods", "interpolate", "--mastery", str(tmp_path / "probe"))
+    assert res.exit_code == 0, res.output
+    test = json.loads((out / "eval" / "tuned" / "test" / "summary.json").read_text())
+    dev = json.loads((out / "eval" / "tuned" / "dev" / "summary.json").read_text())
+    assert test["by_level"] and not dev.get("by_level")
+
+
 def test_an_in_place_point_evaluates_as_the_same_point_written_and_reloaded(
     pair: tuple[Path, Path], tmp_path: Path
 ) -> None:

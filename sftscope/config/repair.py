@@ -19,8 +19,9 @@ class RepairEval(EvalSettings):
     prompt: PromptStyle = Field("sft", description="prompt of every evaluated model")
     mastery: Path | None = Field(
         None,
-        description="the base model's probes, DIR/dev and DIR/<split> (sftscope probe --split S "
-        "--out DIR/S): per-level accuracy (the paper's mean of levels) and the known facts kept",
+        description="the base model's probes, DIR/<split> and optionally DIR/dev (sftscope probe "
+        "--split S --out DIR/S; a grid's probe/ folder): per-level accuracy (the paper's mean of "
+        "levels) and the known facts kept",
     )
 
 
