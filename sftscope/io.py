@@ -77,6 +77,21 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
+def read_json(path: str | Path, what: str = "file") -> Any:
+    """Parse a JSON file; a missing, unreadable or malformed one is a one-line error naming it."""
+    from sftscope.errors import SftscopeError
+
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SftscopeError(f"{path}: {what} not found") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise SftscopeError(f"{path}: cannot read {what} ({e})") from None
+    except json.JSONDecodeError as e:
+        raise SftscopeError(f"{path}: malformed JSON at line {e.lineno} ({e.msg})") from None
+
+
 def read_yaml(path: str | Path, what: str = "file") -> Any:
     """Parse a YAML file; a missing, unreadable or malformed one is a one-line error naming it."""
     import yaml

@@ -191,3 +191,22 @@ def make_adapter(base: Path, out: Path, *, seed: int = 0, **lora) -> tuple[Path,
     peft_model.merge_and_unload().save_pretrained(merged)
     AutoTokenizer.from_pretrained(base).save_pretrained(merged)
     return adapter, merged
+
+
+def tiny_audit(base: Path, tuned: Path, out: Path):
+    """An audit config sized for a tiny model: P17 and P36 of the EQ fixture, 3 test items per
+    relation, the likelihood probe with 2 templates, restore at k = 5 and 20 %."""
+    from sftscope.config import AuditConfig
+
+    return AuditConfig(
+        base=str(base),
+        tuned=tuned,
+        data="entityquestions",
+        data_dir=EQ_FIXTURE,
+        relations=["P17", "P36"],
+        probe={"method": "likelihood", "templates": 2, "batch_size": 16},
+        eval={"limit_per_relation": 3, "max_new_tokens": 4, "batch_size": 16},
+        params={"k": [5, 20]},
+        device="cpu",
+        out=out,
+    )

@@ -16,7 +16,7 @@ from sftscope.models.tiny import save_tiny_arch
 from sftscope.params.lora import open_weights
 from sftscope.params.tensors import open_checkpoint
 
-from helpers import EQ_FIXTURE, fixture_questions, make_adapter
+from helpers import EQ_FIXTURE, fixture_questions, make_adapter, tiny_audit
 
 
 @pytest.fixture(scope="module")
@@ -134,25 +134,12 @@ def test_an_audit_of_base_and_adapter_equals_the_audit_of_the_merged_model(
 ) -> None:
     """Probes, CBQA records, KL, diff and the restore sweep (in place, on the merged weights
     PEFT loads) of base + adapter are those of base + merged."""
-    from sftscope.config import AuditConfig
     from sftscope.pipeline.audit import Audit
 
     base, adapter, merged = pair
     summaries = {}
     for name, tuned in (("adapter", adapter), ("merged", merged)):
-        cfg = AuditConfig(
-            base=str(base),
-            tuned=tuned,
-            data="entityquestions",
-            data_dir=EQ_FIXTURE,
-            relations=["P17", "P36"],
-            probe={"method": "likelihood", "templates": 2, "batch_size": 16},
-            eval={"limit_per_relation": 3, "max_new_tokens": 4, "batch_size": 16},
-            params={"k": [5, 20]},
-            device="cpu",
-            out=tmp_path / name,
-        )
-        Audit(cfg).run()
+        Audit(tiny_audit(base, tuned, tmp_path / name)).run()
         summaries[name] = json.loads((tmp_path / name / "audit.json").read_text())
     a, m = summaries["adapter"], summaries["merged"]
     for key in ("accuracy", "kl", "params", "transitions", "facts"):

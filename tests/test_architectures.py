@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from sftscope.config import AuditConfig, TrainConfig
+from sftscope.config import TrainConfig
 from sftscope.models.tiny import ARCHITECTURES, MOE, save_tiny_arch
 from sftscope.pipeline.audit import Audit
 from sftscope.train import run_train
 
-from helpers import EQ_FIXTURE, fixture_questions, write_jsonl
+from helpers import EQ_FIXTURE, fixture_questions, tiny_audit, write_jsonl
 
 LORA = ("llama", "gpt2", "qwen3_moe")  # adapters on a fused-attention and an MoE model too
 CASES = [(arch, False) for arch in ARCHITECTURES] + [(arch, True) for arch in LORA]
@@ -53,19 +53,7 @@ def test_train_then_audit(arch: str, lora: bool, sft_file: Path, tmp_path: Path)
         None,
         False,
     )
-    cfg = AuditConfig(
-        base=str(base),
-        tuned=tuned,
-        data="entityquestions",
-        data_dir=EQ_FIXTURE,
-        relations=["P17", "P36"],
-        probe={"method": "likelihood", "templates": 2, "batch_size": 16},
-        eval={"limit_per_relation": 3, "max_new_tokens": 4, "batch_size": 16},
-        params={"k": [5, 20]},
-        device="cpu",
-        out=tmp_path / "audit",
-    )
-    Audit(cfg).run()
+    Audit(tiny_audit(base, tuned, tmp_path / "audit")).run()
     s = json.loads((tmp_path / "audit" / "audit.json").read_text())
     assert s["facts"] == 6 and s["accuracy"]["tuned"]["in_domain"]["n"] == 6
     assert s["kl"]["full"]["overall"]["n"] == 6

@@ -31,6 +31,7 @@ from sftscope.data.aliases import AliasTable
 from sftscope.data.entityquestions import EQ_RELATIONS
 from sftscope.data.schema import SPLITS, Domain, QAItem, Relation, item_id
 from sftscope.errors import SftscopeError
+from sftscope.io import read_json
 
 log = logging.getLogger(__name__)
 
@@ -132,12 +133,7 @@ def recover_subject(template: str, question: str) -> str | None:
 
 
 def _read_file(path: Path) -> list:
-    if not path.exists():
-        raise SftscopeError(f"{path}: file not found")
-    try:
-        rows = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise SftscopeError(f"{path}: malformed JSON at line {e.lineno} ({e.msg})") from None
+    rows = read_json(path)
     if not isinstance(rows, list):
         raise SftscopeError(f"{path}: expected a JSON list of items")
     return rows

@@ -14,12 +14,12 @@ adapter's weight deltas tensor by tensor instead (:mod:`sftscope.params.lora`).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sftscope.errors import SftscopeError
+from sftscope.io import read_json
 from sftscope.models.locations import SMOLLM2, looks_like_path, offline
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -59,10 +59,7 @@ def find_adapter(name: str | Path) -> Adapter | None:
     config = path / ADAPTER_CONFIG
     if not config.is_file() or any((path / f).exists() for f in _FULL_WEIGHTS):
         return None
-    try:
-        parsed = json.loads(config.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise SftscopeError(f"{config}: not valid JSON ({e.msg}, line {e.lineno})") from None
+    parsed = read_json(config, "adapter config")
     if not isinstance(parsed, dict):
         raise SftscopeError(f"{config}: not a PEFT adapter config (expected a JSON object)")
     if not (path / ADAPTER_WEIGHTS).exists():

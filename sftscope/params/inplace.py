@@ -17,12 +17,39 @@ Memory: the model, one byte per region weight on the CPU, and one tensor pair at
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from tqdm.auto import tqdm
 
 from sftscope.errors import SftscopeError
 from sftscope.params.restore import Output, Restorer
 from sftscope.params.tensors import read_tensor
+
+
+def region_weights(
+    model: torch.nn.Module, names: list[str], root: Path, otherwise: str
+) -> dict[str, torch.Tensor]:
+    """The loaded model's weights of the region ``names``, to edit in place; one error line
+    (ending with ``otherwise``, what to do instead) when one is not a weight of the model
+    (fused or renamed on loading) or shares its storage with another (tied: editing it would
+    change its twin as well)."""
+    state = model.state_dict(keep_vars=True)
+    missing = [n for n in names if n not in state]
+    if missing:
+        raise SftscopeError(
+            f"{root}: tensor {missing[0]} of the region is not a weight of the loaded model; "
+            + otherwise
+        )
+    owners: dict[int, str] = {}
+    region = set(names)
+    for name, t in state.items():
+        other = owners.setdefault(t.data_ptr(), name)
+        if other != name and (name in region or other in region):
+            raise SftscopeError(
+                f"{root}: {name} and {other} share one weight in the loaded model; " + otherwise
+            )
+    return {n: state[n] for n in names}
 
 
 class InPlace:
@@ -48,23 +75,7 @@ class InPlace:
     def attach(self, model: torch.nn.Module) -> None:
         """The loaded (fine-tuned) model whose weights ``apply`` changes."""
         r = self.restorer
-        state = model.state_dict(keep_vars=True)
-        missing = [n for n in r.names if n not in state]
-        if missing:
-            raise SftscopeError(
-                f"{r.tuned.root}: tensor {missing[0]} of the region is not a "
-                "weight of the loaded model; restore with save: true"
-            )
-        owners: dict[int, str] = {}
-        region = set(r.names)
-        for name, t in state.items():  # a tied region weight would change its twin as well
-            other = owners.setdefault(t.data_ptr(), name)
-            if other != name and (name in region or other in region):
-                raise SftscopeError(
-                    f"{r.tuned.root}: {name} and {other} share one weight in the "
-                    "loaded model; restore with save: true"
-                )
-        self.weights = {n: state[n] for n in r.names}
+        self.weights = region_weights(model, r.names, r.tuned.root, "restore with save: true")
 
     def apply(self, out: Output) -> None:
         """Make the model hold ``out``; the outputs of a k sweep go in ascending k."""

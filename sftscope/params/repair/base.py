@@ -16,13 +16,12 @@ import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
 
 import torch
 from tqdm.auto import tqdm
 
-from sftscope.errors import SftscopeError
 from sftscope.params.diff import natural_key, region_names
+from sftscope.params.inplace import region_weights
 from sftscope.params.structure import structure_of
 from sftscope.params.tensors import (
     Checkpoint,
@@ -72,16 +71,18 @@ class RepairContext:
         return torch.Generator().manual_seed(zlib.crc32(f"{self.seed}:{name}".encode()))
 
 
-class RepairMethod(Protocol):
-    """One way to repair; ``strengths`` are validated against its registry entry first."""
+class RepairMethod:
+    """One way to repair (a subclass per module; its strengths are checked against its
+    registry entry before it runs)."""
 
     def prepare(self, ctx: RepairContext, strengths: Sequence[float]) -> None:
-        """Work done once for every strength of a sweep (may do nothing)."""
+        """Work done once for every strength of a sweep (nothing, unless a method needs it)."""
 
     def repaired(
         self, ctx: RepairContext, name: str, p: torch.Tensor, s: torch.Tensor, strength: float
     ) -> torch.Tensor | None:
         """Tensor ``name`` repaired at ``strength`` (fp32), or None to keep the fine-tuned one."""
+        raise NotImplementedError
 
 
 class Repairer:
@@ -89,22 +90,9 @@ class Repairer:
 
     def __init__(self, ctx: RepairContext, model: torch.nn.Module) -> None:
         self.ctx = ctx
-        state = model.state_dict(keep_vars=True)
-        missing = [n for n in ctx.names if n not in state]
-        if missing:
-            raise SftscopeError(
-                f"{ctx.tuned.root}: tensor {missing[0]} of the region is not a weight of the "
-                "loaded model (fused or renamed on loading); repair cannot apply in place"
-            )
-        owners: dict[int, str] = {}
-        region = set(ctx.names)
-        for name, t in state.items():  # a tied region weight would change its twin as well
-            other = owners.setdefault(t.data_ptr(), name)
-            if other != name and (name in region or other in region):
-                raise SftscopeError(
-                    f"{ctx.tuned.root}: {name} and {other} share one weight in the loaded model"
-                )
-        self.weights = {n: state[n] for n in ctx.names}
+        self.weights = region_weights(
+            model, ctx.names, ctx.tuned.root, "repair applies in place only (use another region)"
+        )
         self.changed: list[str] = []
 
     def apply(self, method: RepairMethod, strength: float, label: str = "") -> None:

@@ -4,17 +4,12 @@ run's ``seed``), the same on any device and in any order."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 
-from sftscope.params.repair.base import RepairContext
+from sftscope.params.repair.base import RepairContext, RepairMethod
 
 
-class Dare:
-    def prepare(self, ctx: RepairContext, strengths: Sequence[float]) -> None:
-        pass
-
+class Dare(RepairMethod):
     def repaired(
         self, ctx: RepairContext, name: str, p: torch.Tensor, s: torch.Tensor, strength: float
     ) -> torch.Tensor:

@@ -5,11 +5,9 @@ paper finds restoring layers 0-3 hurts most: this method tests the opposite bet.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 
-from sftscope.params.repair.base import RepairContext
+from sftscope.params.repair.base import RepairContext, RepairMethod
 
 
 def share(layer: int | None, num_layers: int, low: float) -> float:
@@ -19,10 +17,7 @@ def share(layer: int | None, num_layers: int, low: float) -> float:
     return low + (1.0 - low) * layer / (num_layers - 1)
 
 
-class Depth:
-    def prepare(self, ctx: RepairContext, strengths: Sequence[float]) -> None:
-        pass
-
+class Depth(RepairMethod):
     def repaired(
         self, ctx: RepairContext, name: str, p: torch.Tensor, s: torch.Tensor, strength: float
     ) -> torch.Tensor | None:

@@ -3,17 +3,12 @@ the fine-tuned model, α = 0 the base (Wortsman et al. 2022)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 
-from sftscope.params.repair.base import RepairContext
+from sftscope.params.repair.base import RepairContext, RepairMethod
 
 
-class Interpolate:
-    def prepare(self, ctx: RepairContext, strengths: Sequence[float]) -> None:
-        pass
-
+class Interpolate(RepairMethod):
     def repaired(
         self, ctx: RepairContext, name: str, p: torch.Tensor, s: torch.Tensor, strength: float
     ) -> torch.Tensor:

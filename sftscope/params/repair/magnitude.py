@@ -9,10 +9,10 @@ from collections.abc import Sequence
 
 import torch
 
-from sftscope.params.repair.base import RepairContext
+from sftscope.params.repair.base import RepairContext, RepairMethod
 
 
-class Magnitude:
+class Magnitude(RepairMethod):
     def __init__(self) -> None:
         self.cuts: dict[tuple[str, float], float] = {}
 

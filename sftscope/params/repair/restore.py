@@ -10,11 +10,11 @@ from collections.abc import Sequence
 import torch
 
 from sftscope.config import RestoreSettings
-from sftscope.params.repair.base import RepairContext
+from sftscope.params.repair.base import RepairContext, RepairMethod
 from sftscope.params.restore import Restorer
 
 
-class Restore:
+class Restore(RepairMethod):
     def __init__(self) -> None:
         self.codes: dict[str, torch.Tensor] = {}
         self.rank: dict[float, int] = {}

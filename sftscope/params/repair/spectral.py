@@ -9,14 +9,14 @@ from collections.abc import Sequence
 
 import torch
 
-from sftscope.params.repair.base import RepairContext
+from sftscope.params.repair.base import RepairContext, RepairMethod
 
 
 def rank_of(strength: float, shape: Sequence[int]) -> int:
     return round(strength * min(shape))
 
 
-class Spectral:
+class Spectral(RepairMethod):
     def __init__(self) -> None:
         self.factors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
