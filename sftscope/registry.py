@@ -304,6 +304,13 @@ REPAIR_METHODS: Registry[RepairPlugin] = Registry(
             knob="r",
             strengths=(0.01, 0.05, 0.1, 0.25, 0.5),
         ),
+        "layers": RepairPlugin(
+            f"{_RM}.layers:Layers",
+            help="a block of 4 decoder layers restored entirely (the paper's Table 11)",
+            knob="first layer",
+            high=float("inf"),
+            open=(False, True),
+        ),
         "depth": RepairPlugin(
             f"{_RM}.depth:Depth",
             help="LiNeS: change scaled from lambda_min at layer 0 to 1 at the top",

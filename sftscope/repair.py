@@ -158,11 +158,12 @@ class Method:
     """One method of the run and its grid; prepared (e.g. its SVDs) on first use only, so a
     resumed run that has every evaluation does no work."""
 
-    def __init__(self, name: str, strengths: list[float]) -> None:
-        self.name, self.strengths = name, strengths
+    def __init__(self, name: str, strengths: list[float] | None, ctx: RepairContext) -> None:
         self.impl = REPAIR_METHODS.load(name)()
+        self.name, self.strengths = name, strengths or self.impl.default_grid(ctx)
+        self.impl.check(ctx, self.strengths)
         self.prepared = False
-        self.labels = [f"{name}-{x:g}" for x in strengths]
+        self.labels = [f"{name}-{x:g}" for x in self.strengths]
 
     def ready(self, ctx: RepairContext):
         if not self.prepared:
@@ -193,7 +194,7 @@ def _save(sweep: Sweep, choice: str, summary: RepairSummary) -> Path:
     assert name is not None and strength is not None
     out = sweep.out / "models" / f"{name}-{strength:g}"
     if not (out / "config.json").exists():
-        method = Method(name, [strength])
+        method = Method(name, [strength], sweep.ctx)
         save_repaired(sweep.ctx, method.ready(sweep.ctx), strength, out)
     return out
 
@@ -201,22 +202,22 @@ def _save(sweep: Sweep, choice: str, summary: RepairSummary) -> Path:
 def run_repair(cfg: RepairConfig) -> RepairSummary:
     """Every method's sweep on dev, each method's pick on test; writes ``OUT/repair.json``."""
     sweep = Sweep(cfg)
+    methods = [Method(name, cfg.grid(name), sweep.ctx) for name in cfg.methods]  # (checked)
     split = cfg.eval.split
     for s in (DEV, split):
         sweep.evaluate(TUNED, s)
     points: list[RepairPoint] = []
     picks: list[RepairPoint] = []
-    for name in cfg.methods:
-        method = Method(name, cfg.grid(name))
+    for method in methods:
         grid = list(zip(method.strengths, method.labels, strict=True))
         for x, label in grid:
             sweep.at(method, x, label, DEV)
-        mine = [sweep.point(label, DEV, name, x) for x, label in grid]
+        mine = [sweep.point(label, DEV, method.name, x) for x, label in grid]
         points += mine
         best = _best(mine)
         assert best.strength is not None
         sweep.at(method, best.strength, best.label, split)
-        pick = sweep.point(best.label, split, name, best.strength)
+        pick = sweep.point(best.label, split, method.name, best.strength)
         pick.p_value = mcnemar(pick.gained, pick.lost)
         picks.append(pick)
     summary = RepairSummary(

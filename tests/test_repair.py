@@ -61,6 +61,8 @@ def reference(method: str, base: Path, tuned: Path, strength: float) -> dict[str
             out[n] = p + (u[:, :k] * sv[:k]) @ vh[:k]
         elif method == "depth":
             out[n] = p + (strength + (1 - strength) * layers[n] / top) * d
+        elif method == "layers" and strength <= layers[n] <= strength + 3:
+            out[n] = p
     return out
 
 
@@ -71,6 +73,7 @@ CASES = [
     ("magnitude", 0.25),
     ("spectral", 0.25),
     ("depth", 0.5),
+    ("layers", 1.0),
 ]
 
 
@@ -243,6 +246,10 @@ def test_an_in_place_point_evaluates_as_the_same_point_written_and_reloaded(
         (["--methods", "dare", "--strengths", "dare=1"], "repair method 'dare': p 1 is outside"),
         (["--methods", "dare", "--strengths", "spectral=0.1"], "'spectral', which is not in"),
         (["--methods", "dare", "--save", "dare"], "expected best or METHOD:STRENGTH"),
+        (
+            ["--methods", "layers", "--strengths", "layers=2"],
+            "first layer 2 is not a layer of 0..1",
+        ),
     ],
 )
 def test_bad_repair_input_is_one_line_and_writes_nothing(

@@ -91,12 +91,13 @@ class RepairConfig(RunContext):
             REPAIR_METHODS[method].check_strength(method, strength)
         return self
 
-    def grid(self, method: str) -> list[float]:
-        """The strengths of ``method``, checked against its range."""
+    def grid(self, method: str) -> list[float] | None:
+        """The strengths of ``method``, checked against its range; None: the method's default
+        from the model (its registry entry has no grid)."""
         entry = REPAIR_METHODS[method]
         text = self.strengths.get(method)
         if text is None:
-            return [float(x) for x in entry.strengths]
+            return [float(x) for x in entry.strengths] or None
         try:
             values = [float(x) for x in text.replace(",", "/").split("/") if x.strip()]
         except ValueError:

@@ -78,6 +78,14 @@ class RepairMethod:
     def prepare(self, ctx: RepairContext, strengths: Sequence[float]) -> None:
         """Work done once for every strength of a sweep (nothing, unless a method needs it)."""
 
+    def check(self, ctx: RepairContext, strengths: Sequence[float]) -> None:
+        """A one-line error for a strength this model cannot take (before anything runs)."""
+
+    def default_grid(self, ctx: RepairContext) -> list[float]:
+        """The strengths swept when neither the config nor the registry entry gives them
+        (a grid that depends on the model, as the layer blocks do)."""
+        raise NotImplementedError
+
     def repaired(
         self, ctx: RepairContext, name: str, p: torch.Tensor, s: torch.Tensor, strength: float
     ) -> torch.Tensor | None:
