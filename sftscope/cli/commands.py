@@ -235,8 +235,9 @@ def diff_cmd(options: Options, overrides: Overrides = None, config: ConfigOpt = 
 @with_config_options(RepairConfig, flatten=["eval"], names={"eval.seed": "eval-seed"})
 def repair_cmd(options: Options, overrides: Overrides = None, config: ConfigOpt = None) -> None:
     """Compare the ways to move a fine-tune back toward its base (the paper's restore,
-    interpolation, DARE, magnitude trimming, spectral filtering, layer blocks, depth scaling): every strength
-    applied in place and evaluated on dev, each method's best dev point reported on test."""
+    interpolation, DARE, magnitude trimming, spectral filtering, layer blocks, depth scaling):
+    every strength applied in place and evaluated on dev, each method's best dev point reported
+    on test."""
     from sftscope.repair import run_repair
     from sftscope.report.repair import write_repair_report
 
