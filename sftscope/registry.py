@@ -249,6 +249,7 @@ RUNNERS: Registry[RunnerPlugin] = Registry(
         "kl": RunnerPlugin(f"{_RUN}:kl", config=f"{_CFG}:KLConfig"),
         "diff": RunnerPlugin(f"{_RUN}:diff", config=f"{_CFG}:DiffConfig"),
         "restore": RunnerPlugin(f"{_RUN}:restore", config=f"{_CFG}:RestoreConfig"),
+        "repair": RunnerPlugin(f"{_RUN}:repair", config=f"{_CFG}:RepairConfig", engine=True),
     },
 )
 

@@ -72,6 +72,8 @@ class Sweep:
         root = self.cfg.eval.mastery
         if root is None:
             return None
+        if (Path(root) / "mastery.jsonl").exists():  # one probe: the reported split's
+            return Path(root) if split == self.cfg.eval.split else None
         folder = Path(root) / split
         if (folder / "mastery.jsonl").exists():
             return folder

@@ -169,7 +169,7 @@ def test_repair_end_to_end_picks_on_dev_reports_test_and_resumes(
     assert set(s["tuned"]) == {"dev", "test"} and s["tuned"]["test"]["lost"] == 0
     assert "repair: per method, the dev pick on test" in res.output
     report = (out / "report" / "report.md").read_text()
-    assert "## Picks on test" in report and (out / "report" / "figures" / "pareto.png").exists()
+    assert "Picks on test:" in report and (out / "report" / "figures" / "pareto.png").exists()
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("summary.json")}
     assert _cli(*args).exit_code == 0  # everything evaluated: nothing is applied again
     assert {p: p.stat().st_mtime_ns for p in out.rglob("summary.json")} == stamps
@@ -284,3 +284,32 @@ def test_repair_of_a_different_architecture_or_without_dev_is_one_line(
     errors = [x for x in res.output.splitlines() if x.startswith("error:")]
     assert res.exit_code == 2 and len(errors) == 1 and "dev" in errors[0], res.output
     assert not out.exists()
+
+
+def test_audit_repair_adds_the_comparison_to_an_audit(
+    pair: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """``audit --repair`` plans the comparison as a stage of the audit (resumed like the others)
+    and puts its picks into audit.json and the audit's report."""
+    import json
+
+    from sftscope.pipeline.audit import Audit
+
+    from helpers import tiny_audit
+
+    base, tuned = pair
+    cfg = tiny_audit(base, tuned, tmp_path / "audit").model_copy(
+        update={"repair": ["interpolate", "depth"]}
+    )
+    audit = Audit(cfg)
+    assert "params/tuned/repair" in [s.key for s in audit.stages]
+    audit.run()
+    s = json.loads((tmp_path / "audit" / "audit.json").read_text())
+    assert [p["method"] for p in s["params"]["repair"]["picks"]] == ["interpolate", "depth"]
+    page = (tmp_path / "audit" / "report" / "report.md").read_text()
+    assert "Repair methods, compared on the same facts" in page
+    assert all(status == "done" for _, status in Audit(cfg).plan())
+    with pytest.raises(SftscopeError, match="repair method 'ties'"):
+        tiny_audit(base, tuned, tmp_path / "x").model_validate(
+            {**cfg.model_dump(), "repair": "ties"}
+        )

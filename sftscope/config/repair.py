@@ -20,8 +20,8 @@ class RepairEval(EvalSettings):
     mastery: Path | None = Field(
         None,
         description="the base model's probes, DIR/<split> and optionally DIR/dev (sftscope probe "
-        "--split S --out DIR/S; a grid's probe/ folder): per-level accuracy (the paper's mean of "
-        "levels) and the known facts kept",
+        "--split S --out DIR/S; a grid's probe/ folder), or one probe folder of the split: "
+        "per-level accuracy (the paper's mean of levels) and the known facts kept",
     )
 
 

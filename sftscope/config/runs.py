@@ -179,6 +179,11 @@ class AuditConfig(RunContext):
     eval: AuditEval = Field(AuditEval(), description="CBQA of both models")
     kl: AuditKL = Field(AuditKL(), description="token-level KL of the tuned model from the base")
     params: AuditParams = Field(AuditParams(), description="weight diff and restore sweep")
+    repair: list[str] = Field(
+        [],
+        description="repair methods compared in place on the tuned model, each picked on dev "
+        "(sftscope repair; all: every one); none by default",
+    )
     keep_models: bool = runtime(
         True, "false: delete each restored checkpoint (params.save: true) once evaluated"
     )
@@ -189,3 +194,15 @@ class AuditConfig(RunContext):
 
     _relations = field_validator("relations", mode="before")(_relation_list)
     _executor = field_validator("executor", mode="before")(_executor_config)
+
+    @field_validator("repair", mode="before")
+    @classmethod
+    def _methods(cls, v: Any) -> Any:
+        from sftscope.registry import REPAIR_METHODS
+
+        names = [x.strip() for x in v.split(",") if x.strip()] if isinstance(v, str) else v
+        if names == ["all"]:
+            return list(REPAIR_METHODS.names)
+        for name in names or []:
+            REPAIR_METHODS[name]  # an unknown one: one line naming the known ones
+        return names

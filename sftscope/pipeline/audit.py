@@ -48,6 +48,7 @@ from sftscope.pipeline.plan import (
     kl_stage,
     probe_chunks,
     probe_stage,
+    repair_stage,
     restore_stage,
     stage_entry,
 )
@@ -167,6 +168,24 @@ class Audit(Plan):
                 out=layout.params(TUNED, "diff"),
                 upstream=self.tuned_fp,
                 base_fp=self.base_fp,
+            )
+        if cfg.repair:
+            if not dev:
+                raise SftscopeError(f"{self.dataset.root}: no dev items to pick the repairs on")
+            self.params["repair"] = repair_stage(
+                cfg,
+                f"params/{TUNED}/repair",
+                methods=cfg.repair,
+                region=params.region,
+                base=self.base,
+                tuned=self.tuned,
+                ev=ev,
+                prompt=ev.tuned_prompt,
+                probe=probe,
+                out=layout.params(TUNED, "repair"),
+                upstream=self.tuned_fp,
+                compute_device=params.compute_device,
+                relations=cfg.relations,
             )
         reuse = {"tuned_eval": layout.eval(TUNED)}  # (the sweep uses the tuned prompt too)
         wanted = {"restore": params.restore, "blocks": bool(params.layers)}

@@ -30,6 +30,8 @@ from sftscope.config import (
     KLSettings,
     ProbeConfig,
     ProbeSettings,
+    RepairConfig,
+    RepairEval,
     RestoreConfig,
     RestoreEval,
     RestoreSettings,
@@ -227,6 +229,45 @@ def restore_stage(
         probe.fingerprint,
     )
     return spec(key, "restore", rcfg, fp, inputs=inputs or {})
+
+
+def repair_stage(
+    ctx: RunContext,
+    key: str,
+    *,
+    methods: list[str],
+    region: str,
+    base: str,
+    tuned: Path,
+    ev: EvalSettings,
+    prompt: str,
+    probe: Stage,
+    out: Path,
+    upstream: str,
+    compute_device: str,
+    relations: list[str] | None = None,
+) -> Stage:
+    """The repair methods' comparison on ``tuned`` (each point in place, picked on dev),
+    evaluated like ``ev`` says with ``prompt``, per mastery level of ``probe``."""
+    rcfg = RepairConfig(
+        base=base,
+        tuned=tuned,
+        methods=methods,
+        region=region,
+        relations=relations,
+        eval=RepairEval(**_section(ev, EvalSettings), prompt=prompt, mastery=probe.output),
+        compute_device=compute_device,
+        out=out,
+        **ctx.context(),
+    )
+    fp = fingerprint(
+        "repair",
+        result_fields(rcfg, exclude={"tuned", "eval"}),
+        result_fields(rcfg.eval, exclude={"mastery"}),
+        upstream,
+        probe.fingerprint,
+    )
+    return spec(key, "repair", rcfg, fp)
 
 
 def probe_chunks(items: Sequence[QAItem], settings: ProbeSettings) -> int:

@@ -20,6 +20,7 @@ from sftscope.config import (
     EvalConfig,
     KLConfig,
     ProbeConfig,
+    RepairConfig,
     RestoreConfig,
     SelectConfig,
     TrainConfig,
@@ -117,6 +118,13 @@ def diff(cfg: DiffConfig, stage: Stage) -> dict:
 
     s = run_diff(cfg)
     return {"concentration": {f"{r['k']:g}": r["share"] for r in s["concentration"]}}
+
+
+def repair(cfg: RepairConfig, stage: Stage) -> dict:
+    """Every repair method's sweep on dev and its pick on the evaluation split."""
+    from sftscope.repair import run_repair
+
+    return run_repair(cfg).model_dump(mode="json")
 
 
 def restore(cfg: RestoreConfig, stage: Stage) -> dict:

@@ -9,11 +9,12 @@ from typing import Any
 
 from sftscope.layout import RunLayout
 from sftscope.mastery import N_LEVELS
-from sftscope.outputs import AuditSummary
+from sftscope.outputs import AuditSummary, RepairSummary
 from sftscope.registry import PROBE_METHODS
 from sftscope.report.figures import _finish, _plt
 from sftscope.report.page import Block, fmt, write_page
 from sftscope.report.render import param_blocks
+from sftscope.report.repair import section as repair_section
 from sftscope.report.results import restore_tables
 
 LEVELS = [f"L{k}" for k in range(N_LEVELS)]
@@ -193,6 +194,8 @@ def blocks(s: AuditSummary, root: Path, figdir: Path) -> list[Block]:
                 f"the tuned model's prompt, {s.prompts['restore sweep']}.",
             )
         )
+    if "repair" in s.params:  # audit --repair
+        out += repair_section(RepairSummary.model_validate(s.params["repair"]), figdir)
     return out
 
 

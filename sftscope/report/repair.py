@@ -57,6 +57,13 @@ def pareto(s: RepairSummary, figdir: Path) -> list[tuple[str, str]]:
 
 
 def blocks(s: RepairSummary, figdir: Path) -> list[Block]:
+    """The repair run's own page."""
+    return [("h1", "Repair: the ways back toward the base, on the same facts")] + section(s, figdir)
+
+
+def section(s: RepairSummary, figdir: Path) -> list[Block]:
+    """The comparison: what was done, the picks on the split, the Pareto figure, every point
+    on dev (also the audit's section, with ``audit --repair``)."""
     tuned = s.tuned[s.split]
     dev = {p.label: p for p in s.points}
     key, _ = knowledge_axis(s)
@@ -78,7 +85,7 @@ def blocks(s: RepairSummary, figdir: Path) -> list[Block]:
         for p in s.points
     ]
     page: list[Block] = [
-        ("h1", "Repair: the ways back toward the base, on the same facts"),
+        ("h2", "Repair methods, compared on the same facts"),
         (
             "p",
             f"Region `{s.region}`. Every method's strengths were applied in place to the "
@@ -86,11 +93,11 @@ def blocks(s: RepairSummary, figdir: Path) -> list[Block]:
             f"score) is reported on {s.split}, with the in-domain facts it lost and gained "
             "against the unrepaired model and an exact McNemar test of those flips.",
         ),
-        ("h2", f"Picks on {s.split}"),
+        ("p", f"Picks on {s.split}:"),
         ("table", head, rows),
     ]
     page += [("img", *f) for f in pareto(s, figdir)]
-    page += [("h2", "Every point on dev"), ("table", head[:2] + head[3:8], sweep)]
+    page += [("p", "Every point on dev:"), ("table", head[:2] + head[3:8], sweep)]
     if key == "ood":
         page.append(
             (

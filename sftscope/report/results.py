@@ -9,8 +9,8 @@ from typing import Any
 
 from sftscope.errors import SftscopeError
 from sftscope.io import read_jsonl
-from sftscope.layout import CONCENTRATION, DIFF, RECORDS, SUMMARY, SWEEP, RunLayout
-from sftscope.outputs import EvalSummary, KLSummary, SweepSummary
+from sftscope.layout import CONCENTRATION, DIFF, RECORDS, REPAIR, SUMMARY, SWEEP, RunLayout
+from sftscope.outputs import EvalSummary, KLSummary, RepairSummary, SweepSummary
 
 
 def read_manifest(root: Path) -> dict[str, Any]:
@@ -177,4 +177,6 @@ def params_summary(outputs: dict[str, Path]) -> dict[str, Any]:
     for part in ("restore", "blocks"):
         if part in outputs:
             out[part] = SweepSummary.read(outputs[part] / SWEEP).model_dump(mode="json")
+    if "repair" in outputs:
+        out["repair"] = RepairSummary.read(outputs["repair"] / REPAIR).model_dump(mode="json")
     return out
