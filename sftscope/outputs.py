@@ -249,6 +249,7 @@ class RepairSummary(Summary):
     split: str
     pick_rule: str = "paper"
     tuned: dict[str, RepairPoint]  # split -> the unrepaired model
+    base: dict[str, RepairPoint] | None = None  # split -> the base model (keep_task)
     points: list[RepairPoint]
     picks: list[RepairPoint]
     saved: str | None = None  # the repaired checkpoint written (``save``)

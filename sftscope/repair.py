@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 TUNED = "tuned"  # the unrepaired fine-tune's label
+BASE = "base"  # the base model's (keep_task: the task gain is measured from it)
 DEV = "dev"
 
 
@@ -106,23 +107,26 @@ class Sweep:
         return self.repairer
 
     def evaluate(self, label: str, split: str) -> EvalSummary:
-        """The evaluation of the model as it is now, resumed from its folder."""
+        """The evaluation of the model as it is now (``label`` BASE: the base model, loaded
+        for it alone), resumed from its folder."""
         out = self.folder(label, split)
         if (out / SUMMARY).exists():
             return EvalSummary.read(out / SUMMARY)
-        self.model()
         ev, cfg = self.cfg.eval, self.cfg
+        base = label == BASE
+        if not base:
+            self.model()
         ecfg = EvalConfig(
             **ev.model_dump(exclude={"mastery", "split"}),
-            model=str(cfg.tuned),
-            base=cfg.base,
+            model=cfg.base if base else str(cfg.tuned),
+            base=None if base else cfg.base,
             split=split,
             mastery=self.mastery[split],
             relations=cfg.relations,
             out=out,
             **cfg.context(),
         )
-        return run_eval(ecfg, self.engine)
+        return run_eval(ecfg, None if base else self.engine)
 
     def point(self, label: str, split: str, method: str | None, strength: float | None):
         """The scores of an evaluated point, its flips against the unrepaired model."""
@@ -182,6 +186,28 @@ def _best(points: list[RepairPoint]) -> RepairPoint:
     return max(scored, key=lambda p: p.in_domain)  # max keeps the first of equals
 
 
+def knowledge(point: RepairPoint) -> float | None:
+    """A point's knowledge score: the base-known facts kept when the split was probed, else
+    out-of-domain accuracy (relations the fine-tune never saw)."""
+    return point.known_kept if point.known_kept is not None else point.ood
+
+
+def _keeping(
+    points: list[RepairPoint], share: float, base: RepairPoint, tuned: RepairPoint
+) -> RepairPoint:
+    """``keep_task``: of the points that keep ``share`` of the fine-tune's task gain over the
+    base (in-domain score, eval.prompt), the one with the most knowledge; when none does, the
+    paper's pick."""
+    if base.in_domain is None or tuned.in_domain is None:
+        return _best(points)
+    floor = base.in_domain + share * (tuned.in_domain - base.in_domain)
+    kept = [p for p in points if p.in_domain is not None and p.in_domain >= floor]
+    scored = [p for p in kept if knowledge(p) is not None]
+    if not scored:
+        return _best(points)
+    return max(scored, key=lambda p: knowledge(p))
+
+
 def _save(sweep: Sweep, choice: str, summary: RepairSummary) -> Path:
     """``save``: the chosen point as a checkpoint (``OUT/models/<label>``), unless written."""
     from sftscope.params.repair.base import save_repaired
@@ -206,8 +232,11 @@ def run_repair(cfg: RepairConfig) -> RepairSummary:
     sweep = Sweep(cfg)
     methods = [Method(name, cfg.grid(name), sweep.ctx) for name in cfg.methods]  # (checked)
     split = cfg.eval.split
-    for s in (DEV, split):
-        sweep.evaluate(TUNED, s)
+    labels = [BASE, TUNED] if cfg.keep_task is not None else [TUNED]
+    for label in labels:  # the base first: one model in memory at a time
+        for s in (DEV, split):
+            sweep.evaluate(label, s)
+    tuned_dev = sweep.point(TUNED, DEV, None, None)
     points: list[RepairPoint] = []
     picks: list[RepairPoint] = []
     for method in methods:
@@ -216,7 +245,10 @@ def run_repair(cfg: RepairConfig) -> RepairSummary:
             sweep.at(method, x, label, DEV)
         mine = [sweep.point(label, DEV, method.name, x) for x, label in grid]
         points += mine
-        best = _best(mine)
+        if cfg.keep_task is None:
+            best = _best(mine)
+        else:
+            best = _keeping(mine, cfg.keep_task, sweep.point(BASE, DEV, None, None), tuned_dev)
         assert best.strength is not None
         sweep.at(method, best.strength, best.label, split)
         pick = sweep.point(best.label, split, method.name, best.strength)
@@ -225,6 +257,10 @@ def run_repair(cfg: RepairConfig) -> RepairSummary:
     summary = RepairSummary(
         region=cfg.region,
         split=split,
+        pick_rule="paper" if cfg.keep_task is None else f"keep-task {cfg.keep_task:g}",
+        base={s: sweep.point(BASE, s, None, None) for s in (DEV, split)}
+        if cfg.keep_task is not None
+        else None,
         tuned={s: sweep.point(TUNED, s, None, None) for s in (DEV, split)},
         points=points,
         picks=picks,

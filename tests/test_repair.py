@@ -313,3 +313,32 @@ def test_audit_repair_adds_the_comparison_to_an_audit(
         tiny_audit(base, tuned, tmp_path / "x").model_validate(
             {**cfg.model_dump(), "repair": "ties"}
         )
+
+
+def test_keep_task_picks_the_most_knowledge_that_keeps_the_task_gain() -> None:
+    from sftscope.outputs import RepairPoint
+    from sftscope.repair import _keeping
+
+    def pt(label: str, task: float, ood: float) -> RepairPoint:
+        return RepairPoint(label=label, split="dev", strength=0.5, in_domain=task, ood=ood)
+
+    base, tuned = pt("base", 0.2, 0.9), pt("tuned", 0.6, 0.5)
+    points = [pt("a", 0.60, 0.55), pt("b", 0.59, 0.70), pt("c", 0.40, 0.88)]
+    assert _keeping(points, 0.95, base, tuned).label == "b"  # c keeps only 50 % of the gain
+    assert _keeping(points, 0.5, base, tuned).label == "c"
+    assert _keeping([pt("a", 0.1, 0.9)], 0.95, base, tuned).label == "a"  # none keeps: best
+
+
+def test_repair_keep_task_evaluates_the_base_and_says_its_rule(
+    pair: tuple[Path, Path], tmp_path: Path
+) -> None:
+    import json
+
+    base, tuned = pair
+    out = tmp_path / "repair"
+    args = ["repair", "--base", str(base), "--tuned", str(tuned), *_data(out)]
+    res = _cli(*args, "--methods", "interpolate", "--keep-task", "0.95")
+    assert res.exit_code == 0, res.output
+    s = json.loads((out / "repair.json").read_text())
+    assert s["pick_rule"] == "keep-task 0.95" and set(s["base"]) == {"dev", "test"}
+    assert "keeping 95 % of the task gain" in (out / "report" / "report.md").read_text()

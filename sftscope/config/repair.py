@@ -45,6 +45,14 @@ class RepairConfig(RunContext):
         "embedding, all or re:PATTERN",
     )
     seed: int = Field(0, description="seed of random draws (dare)")
+    keep_task: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="pick per method the point with the most knowledge (known facts kept, or "
+        "out-of-domain accuracy) that keeps this share of the task gain over the base, e.g. "
+        "0.95; default the paper's rule: the best dev task score",
+    )
     eval: RepairEval = Field(RepairEval(), description="how repaired models are evaluated")
     save: str | None = runtime(
         None,

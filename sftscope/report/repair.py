@@ -13,6 +13,17 @@ from sftscope.report.page import Block, fmt, write_page
 TASK = "task: in-domain accuracy %, SFT prompt (mean of levels when probed)"
 
 
+def rule(s: RepairSummary) -> str:
+    """How the picks were made, in words."""
+    if s.pick_rule.startswith("keep-task"):
+        share = float(s.pick_rule.split()[-1])
+        return (
+            f"the most knowledge among the points keeping {100 * share:g} % of the task gain "
+            "over the base on dev"
+        )
+    return "its best dev task score, the paper's rule"
+
+
 def knowledge_axis(s: RepairSummary) -> tuple[str, str]:
     """What the knowledge axis shows: the base-known facts kept when the base was probed,
     else out-of-domain accuracy (facts of relations the fine-tune never saw)."""
@@ -64,14 +75,15 @@ def blocks(s: RepairSummary, figdir: Path) -> list[Block]:
 def section(s: RepairSummary, figdir: Path) -> list[Block]:
     """The comparison: what was done, the picks on the split, the Pareto figure, every point
     on dev (also the audit's section, with ``audit --repair``)."""
-    tuned = s.tuned[s.split]
     dev = {p.label: p for p in s.points}
     key, _ = knowledge_axis(s)
     head = ["method", "strength", "dev task", "task", "out-of-domain", "known kept"]
     head += ["facts lost", "facts gained", "McNemar p"]
     rows = [
-        ["unrepaired", "-", fmt(s.tuned["dev"].in_domain), fmt(tuned.in_domain), fmt(tuned.ood)]
-        + [fmt(tuned.known_kept), "-", "-", "-"]
+        [name, "-", fmt(m["dev"].in_domain), fmt(m[s.split].in_domain), fmt(m[s.split].ood)]
+        + [fmt(m[s.split].known_kept), "-", "-", "-"]
+        for name, m in (("base", s.base), ("unrepaired", s.tuned))
+        if m is not None
     ]
     for p in s.picks:
         rows.append(
@@ -89,9 +101,9 @@ def section(s: RepairSummary, figdir: Path) -> list[Block]:
         (
             "p",
             f"Region `{s.region}`. Every method's strengths were applied in place to the "
-            "fine-tuned model and evaluated on dev; each method's pick (its best dev task "
-            f"score) is reported on {s.split}, with the in-domain facts it lost and gained "
-            "against the unrepaired model and an exact McNemar test of those flips.",
+            f"fine-tuned model and evaluated on dev; each method's pick ({rule(s)}) is "
+            f"reported on {s.split}, with the in-domain facts it lost and gained against the "
+            "unrepaired model and an exact McNemar test of those flips.",
         ),
         ("p", f"Picks on {s.split}:"),
         ("table", head, rows),
