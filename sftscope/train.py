@@ -276,6 +276,17 @@ def build_trainer(cfg: TrainConfig, staging: Path):
             "supported; train LoRA on one GPU or with DDP"
         )
     check_loss_mask(trainer.train_dataset, examples, tokenizer, cfg.max_length, cfg.train_file)
+    if cfg.watch is not None:
+        from sftscope.callbacks import LOG_FILE, KnowledgeCallback, WatchSet
+
+        KnowledgeCallback(
+            WatchSet.load(cfg.watch),
+            every_steps=cfg.watch_every,
+            stop_below=cfg.watch_stop_below,
+            log_file=staging / "model" / LOG_FILE,
+        ).attach(trainer)
+    elif cfg.watch_stop_below is not None:
+        raise SftscopeError("config field 'watch_stop_below' needs --watch (the facts to watch)")
     return trainer, examples
 
 
@@ -325,6 +336,9 @@ def run_train(cfg: TrainConfig) -> dict[str, Any]:
         "lora": cfg.lora,
         "wall_seconds": round(wall, 2),
     }
+    watcher = next((c for c in trainer.callback_handler.callbacks if hasattr(c, "watch")), None)
+    if watcher is not None:  # --watch: the last measurement, and why training stopped early
+        summary["watch"] = {**watcher.rows[-1], "stopped": watcher.stopped} if watcher.rows else {}
     if main:
         trainer.processing_class.save_pretrained(str(model_dir))
         atomic_write_jsonl(model_dir / "train_log.jsonl", trainer.state.log_history)

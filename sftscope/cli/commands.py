@@ -177,6 +177,14 @@ def train_cmd(options: Options, overrides: Overrides = None, config: ConfigOpt =
         f"{s['examples']} examples, {s['steps']} steps, train loss {s['train_loss']:.4f}, "
         f"{s['wall_seconds']} s on {s['processes']} process(es); model in {cfg.out}"
     )
+    watch = s.get("watch")
+    if watch:
+        kept = watch.get("knowledge/known_kept")
+        console.print(
+            f"watched facts: known kept {pct(kept)}% at step {watch['step']} "
+            f"(knowledge_log.jsonl in {cfg.out})"
+            + (f"; {watch['stopped']}" if watch["stopped"] else "")
+        )
 
 
 @app.command("kl")

@@ -267,6 +267,15 @@ class TrainConfig(TrainRecipe, AdapterBase):
         "prompt+completion, chat messages or Alpaca instruction/input/output"
     )
     trust_remote_code: bool = Field(False, description="run the model repo's own code")
+    watch: Path | None = runtime(
+        None,
+        "a probe folder (its known and unknown facts) or a QA file whose facts are answered "
+        "every few steps while training (knowledge_log.jsonl beside the model)",
+    )
+    watch_every: int | None = runtime(None, "steps between measurements (default: 10 % of the run)")
+    watch_stop_below: float | None = added(
+        None, "stop training when the watched known facts kept fall below this share", gt=0, le=1
+    )
     out: Path = runtime(description="output folder")
 
 
