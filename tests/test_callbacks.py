@@ -162,3 +162,16 @@ def test_a_watch_set_from_a_probe_takes_known_and_unknown_facts(tmp_path: Path) 
     assert sum(lv >= 3 for lv in chosen) == 3 and sum(lv <= 1 for lv in chosen) == 2
     again = WatchSet.from_probe(probe, known=3, unknown=2)
     assert [it.id for it in again.items] == [it.id for it in watch.items]  # seeded
+
+
+def test_a_grid_with_watch_records_each_cells_curve(tiny_model_dir: Path, tmp_path: Path) -> None:
+    from sftscope.config import GridConfig, load_config
+    from sftscope.io import read_jsonl
+    from sftscope.pipeline.grid import Grid
+
+    from helpers import grid_yaml
+
+    path = grid_yaml(tmp_path, tiny_model_dir, sizes=[4], levels=[1], watch=True)
+    Grid(load_config(GridConfig, path)).run()
+    rows = read_jsonl(tmp_path / "run" / "models" / "1-4-0" / "knowledge_log.jsonl")
+    assert rows[0]["step"] == 0 and "knowledge/acc_L0" in rows[0]

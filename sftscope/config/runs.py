@@ -100,6 +100,12 @@ class GridConfig(RunContext):
         description="re-probe the eval facts with every tuned model (probe/after/<cell>/): "
         "the knowledge-transition table, base level -> level after SFT",
     )
+    watch: bool = runtime(
+        False,
+        "record each cell's knowledge curve while it trains: the known and unknown facts of "
+        "the evaluation split's probe, answered every 10 % of the run "
+        "(models/<cell>/knowledge_log.jsonl)",
+    )
     keep_models: bool = runtime(True, "false: delete checkpoints once a cell is done")
     executor: ExecutorConfig = runtime(
         ExecutorConfig(), "how jobs run: local | processes | slurm | ray, and their settings"

@@ -180,6 +180,7 @@ class Grid(Plan):
             model=cfg.model,
             train_file=scfg.out,
             trust_remote_code=cfg.trust_remote_code,
+            watch=self.probes["eval"].output if cfg.watch else None,
             out=model_dir,
         )
         train_fp = fingerprint("train", result_fields(cfg.train), self.base_fp, sub_fp)
