@@ -175,3 +175,7 @@ def test_a_grid_with_watch_records_each_cells_curve(tiny_model_dir: Path, tmp_pa
     Grid(load_config(GridConfig, path)).run()
     rows = read_jsonl(tmp_path / "run" / "models" / "1-4-0" / "knowledge_log.jsonl")
     assert rows[0]["step"] == 0 and "knowledge/acc_L0" in rows[0]
+    from sftscope.report.render import write_report
+
+    page = (write_report(tmp_path / "run") / "report.md").read_text()
+    assert "## Knowledge while training" in page and "unknown_gained_vs_step.png" in page

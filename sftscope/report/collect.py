@@ -126,6 +126,31 @@ def read_run_config(path: Path) -> GridConfig:
         raise SftscopeError(f"{path}: not a grid config (field {field!r}: {err['msg']})") from None
 
 
+CURVES = ("knowledge/known_kept", "knowledge/unknown_gained", "knowledge/kl_paper")
+
+
+def knowledge_curves(root: Path) -> list[dict[str, Any]]:
+    """The cells' knowledge while training (``watch: true``: ``models/<cell>/knowledge_log.
+    jsonl``), one entry per (training level, size): the steps and each metric's spread over
+    the seeds at every step."""
+    from sftscope.io import read_jsonl
+
+    layout = RunLayout(root)
+    logs = [
+        (cell.parent.name, read_jsonl(cell))
+        for cell in sorted((layout.root / "models").glob("*/knowledge_log.jsonl"))
+    ]
+    out = []
+    for (level, size), runs in by_group(logs).items():
+        steps = sorted({r["step"] for rows in runs for r in rows})
+        at = [{r["step"]: r for r in rows} for rows in runs]
+        entry: dict[str, Any] = {"level": level, "size": size, "seeds": len(runs), "steps": steps}
+        for metric in CURVES:
+            entry[metric] = [spread([a.get(s, {}).get(metric) for a in at]) for s in steps]
+        out.append(entry)
+    return out
+
+
 def collect(root: Path) -> dict[str, Any]:
     """The run's config, probes, per-cell and aggregated accuracy/KL, transitions and the
     parameter-level results (each section empty when the run has none)."""
@@ -151,4 +176,5 @@ def collect(root: Path) -> dict[str, Any]:
         "transitions": aggregate_transitions(transition_tables(root, split)),
         "answers": aggregate_answers(answer_transition_tables(root)),
         "params": restore_tables(root),
+        "curves": knowledge_curves(root),
     }

@@ -173,3 +173,44 @@ def layer_shares(cell: str, where: dict[str, Any], figdir: Path) -> list[tuple[s
         fig, ax, "decoder layer", "share of the selected weights (%)", figdir / f"layers_{cell}.png"
     )
     return [(name, f"{cell}: where the most-changed weights sit, per layer (Table 9).")]
+
+
+def knowledge_curves(curves: list[dict[str, Any]], figdir: Path) -> list[tuple[str, str]]:
+    """Known facts kept, unknown facts gained and the paper KL against the training step, one
+    line per (training level, size), the band ± sd over seeds."""
+    plt = _plt()
+    specs = [
+        ("knowledge/known_kept", 100, "known facts still answered right (%)", "known_kept"),
+        ("knowledge/unknown_gained", 100, "unknown facts now answered right (%)", "unknown_gained"),
+        ("knowledge/kl_paper", 1, "paper KL to step 0, level-4 facts (nats)", "kl_paper"),
+    ]
+    out = []
+    for metric, scale, ylabel, stem in specs:
+        fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=110)
+        drawn = False
+        for c in curves:
+            pts = [
+                (s, v) for s, v in zip(c["steps"], c[metric], strict=True) if v["mean"] is not None
+            ]
+            if not pts:
+                continue
+            xs = [s for s, _ in pts]
+            mean = [scale * v["mean"] for _, v in pts]
+            sd = [scale * (v["sd"] or 0.0) for _, v in pts]
+            (line,) = ax.plot(xs, mean, marker=".", label=f"level {c['level']}, {c['size']} facts")
+            lo = [m - d for m, d in zip(mean, sd, strict=True)]
+            hi = [m + d for m, d in zip(mean, sd, strict=True)]
+            ax.fill_between(xs, lo, hi, color=line.get_color(), alpha=0.15)
+            drawn = True
+        if not drawn:
+            plt.close(fig)
+            continue
+        name = _finish(fig, ax, "training step", ylabel, figdir / f"{stem}_vs_step.png")
+        out.append(
+            (
+                name,
+                f"{ylabel[0].upper()}{ylabel[1:]} while training, measured every 10 % of the "
+                "run (watch: true); band: sd over seeds.",
+            )
+        )
+    return out

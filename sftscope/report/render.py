@@ -16,7 +16,7 @@ from sftscope.config.base import counts
 from sftscope.layout import RunLayout
 from sftscope.registry import PROBE_METHODS
 from sftscope.report.collect import collect
-from sftscope.report.figures import accuracy_vs_size, layer_shares, sweep_curves
+from sftscope.report.figures import accuracy_vs_size, knowledge_curves, layer_shares, sweep_curves
 from sftscope.report.findings import basis_text, findings
 from sftscope.report.page import Block, fmt, write_page
 
@@ -152,6 +152,18 @@ def blocks(data: dict[str, Any], figdir: Path) -> list[Block]:
     out.append(("table", header, rows))
     for name, caption in accuracy_vs_size(data["groups"], figdir, data["base"]):
         out.append(("img", name, caption))
+    if data.get("curves"):
+        out.append(("h2", "Knowledge while training"))
+        out.append(
+            (
+                "p",
+                "The evaluation split's probed facts answered while each cell trained (the "
+                "base's known facts, levels 3-4, still right; the KL of level-4 facts' first "
+                "answer token from step 0): when fine-tuning starts to overwrite what the model "
+                "knew.",
+            )
+        )
+        out += [("img", n, c) for n, c in knowledge_curves(data["curves"], figdir)]
     if any(g["kl_full"]["n"] for g in data["groups"]):
         out.append(("h2", "Token level: KL(fine-tuned ‖ base)"))
         out.append(
