@@ -336,8 +336,7 @@ def hybrid_engines(tmp_path_factory: pytest.TempPathFactory) -> dict[str, HFEngi
     return out
 
 
-# Falcon-H1's Mamba runs transformers' reference PyTorch scan on CPU (~60 s here)
-@pytest.mark.parametrize("arch", ["qwen3_next", pytest.param("falcon_h1", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("arch", ["qwen3_next", "falcon_h1"])
 def test_a_recurrent_cache_decodes_and_scores_like_one_prompt_at_a_time(
     arch: str, hybrid_engines: dict[str, HFEngine]
 ) -> None:

@@ -114,7 +114,13 @@ ARCHITECTURES: dict[str, dict] = {
         "linear_value_head_dim": 8,
         "layer_types": ["linear_attention", "full_attention"],
     },
-    "falcon_h1": {},
+    "falcon_h1": {  # its Mamba 2 mixer sized like the rest (the defaults are 128 heads)
+        "mamba_n_heads": 4,
+        "mamba_d_head": 16,
+        "mamba_d_ssm": 64,
+        "mamba_d_state": 16,
+        "mamba_chunk_size": 16,
+    },
 }
 MOE = ("mixtral", "qwen3_moe", "qwen3_next")
 
