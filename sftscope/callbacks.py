@@ -38,7 +38,7 @@ from sftscope.errors import SftscopeError
 from sftscope.io import atomic_write_jsonl
 from sftscope.layout import MASTERY
 from sftscope.mastery import N_LEVELS, read_levels
-from sftscope.prompts import PromptStyle, build_prompt
+from sftscope.prompts import ChatFormat, PromptStyle, build_prompt
 from sftscope.token_kl import topk_kl
 from sftscope.transitions import KNOWN
 
@@ -227,10 +227,11 @@ class KnowledgeCallback(TrainerCallback):
         top = [it for it in self.watch.items if self.watch.levels.get(it.id) == N_LEVELS - 1]
         if not top:
             return None
-        from sftscope.models.engines import left_pad
+        from sftscope.models.engines import encode_texts, left_pad
 
-        prompts = [build_prompt(it, self.prompt, {}) for it in top]
-        rows = tokenizer(prompts, add_special_tokens=True)["input_ids"]
+        chat = ChatFormat(tokenizer) if self.prompt == "chat" else None
+        prompts = [build_prompt(it, self.prompt, {}, chat) for it in top]
+        rows = encode_texts(tokenizer, prompts)
         device = next(net.parameters()).device
         out = []
         for a in range(0, len(rows), self.batch_size):

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sftscope.config import EvalConfig, dump_config
+from sftscope.config.base import CHAT_INSTRUCTION
 from sftscope.data.dataset import Dataset, load_items
 from sftscope.data.matching import match
 from sftscope.data.readers import resolve_dataset
@@ -24,7 +25,7 @@ from sftscope.layout import RECORDS, SUMMARY
 from sftscope.mastery import N_LEVELS, read_levels
 from sftscope.models.factory import engine_info
 from sftscope.outputs import EvalSummary
-from sftscope.prompts import PromptStyle, build_prompt, pick_exemplars
+from sftscope.prompts import ChatFormat, PromptStyle, build_prompt, pick_exemplars
 
 if TYPE_CHECKING:  # the engine (torch, transformers) loads only when a model runs
     from sftscope.models.engines import Engine
@@ -46,10 +47,14 @@ def evaluate_items(
     exemplars: dict[str, list[QAItem]] | None = None,
     max_new_tokens: int = 16,
     fold_accents: bool = False,
+    chat_instruction: str = CHAT_INSTRUCTION,
 ) -> list[dict[str, Any]]:
-    """Generate greedily for every item and score it; one record per item, in input order."""
-    prompts = [build_prompt(it, style, exemplars or {}) for it in items]
-    outputs = engine.generate(prompts, max_new_tokens=max_new_tokens, stop=STOP, desc="eval")
+    """Generate greedily for every item and score it; one record per item, in input order.
+    A chat prompt's answer is cut at the template's end of turn (and the first newline)."""
+    chat = ChatFormat(engine.tokenizer, chat_instruction) if style == "chat" else None
+    stop = STOP if chat is None else (*STOP, *filter(None, [chat.end_of_turn()]))
+    prompts = [build_prompt(it, style, exemplars or {}, chat) for it in items]
+    outputs = engine.generate(prompts, max_new_tokens=max_new_tokens, stop=stop, desc="eval")
     records = []
     for it, prompt, (raw,) in zip(items, prompts, outputs, strict=True):
         prediction = raw.strip()
@@ -153,8 +158,16 @@ def run_eval(cfg: EvalConfig, engine: Engine | None = None) -> EvalSummary:
         from sftscope.models.factory import engine_for
 
         engine = engine_for(cfg)
+    if cfg.prompt == "chat":  # a tokenizer without a template: one line naming the model
+        ChatFormat(engine.tokenizer, cfg.chat_instruction, model=f"model {cfg.model!r}")
     records = evaluate_items(
-        engine, items, cfg.prompt, exemplars, cfg.max_new_tokens, cfg.fold_accents
+        engine,
+        items,
+        cfg.prompt,
+        exemplars,
+        cfg.max_new_tokens,
+        cfg.fold_accents,
+        cfg.chat_instruction,
     )
     fields: dict[str, Any] = {}
     if levels is not None:

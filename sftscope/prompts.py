@@ -11,9 +11,13 @@ from __future__ import annotations
 import random
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
+from sftscope.config.base import CHAT_INSTRUCTION
 from sftscope.config.base import PromptStyle as PromptStyle
 from sftscope.data.schema import QAItem
+from sftscope.errors import SftscopeError
 
 
 def sft_prompt(question: str) -> str:
@@ -44,7 +48,69 @@ def pick_exemplars(pool: Sequence[QAItem], k: int, seed: int) -> dict[str, list[
     return picked
 
 
-def build_prompt(item: QAItem, style: PromptStyle, exemplars: dict[str, list[QAItem]]) -> str:
+@dataclass(frozen=True)
+class ChatFormat:
+    """Questions rendered by a tokenizer's own chat template (``add_generation_prompt``), after
+    ``instruction``; exemplars, when given, become earlier user / assistant turns. The rendered
+    text holds the template's special tokens (a BOS among them): the engines do not add them
+    again. A tokenizer without a template is a one-line error naming ``model``."""
+
+    tokenizer: Any
+    instruction: str = CHAT_INSTRUCTION
+    model: str = "the model"
+
+    def __post_init__(self) -> None:
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise SftscopeError(
+                f"{self.model}: its tokenizer has no chat template; use --prompt fewshot (or sft)"
+            )
+
+    def render(self, question: str, exemplars: Sequence[QAItem] = ()) -> str:
+        turns = []
+        for ex in exemplars:
+            turns += [_turn("user", ex.question), _turn("assistant", ex.target)]
+        turns.append(_turn("user", question.strip()))
+        return self._apply(turns, add_generation_prompt=True)
+
+    def end_of_turn(self) -> str | None:
+        """What the template writes after an assistant's answer (``<|im_end|>``,
+        ``<|eot_id|>``, ``<end_of_turn>``, ...): where a chat answer is cut."""
+        marker = "Sftscope42"
+        text = self._apply([_turn("user", "Q"), _turn("assistant", marker)], False)
+        tail = text.split(marker, 1)[-1].strip().split()
+        return tail[0] if tail else None
+
+    def _apply(self, turns: list[dict[str, str]], add_generation_prompt: bool) -> str:
+        from jinja2 import TemplateError
+
+        def render(messages: list[dict[str, str]]) -> str:
+            return self.tokenizer.apply_chat_template(
+                messages, tokenize=False, add_generation_prompt=add_generation_prompt
+            )
+
+        if not self.instruction:
+            return render(turns)
+        try:
+            return render([_turn("system", self.instruction), *turns])
+        except TemplateError:  # no system role (Gemma): the instruction opens the first turn
+            first = _turn(turns[0]["role"], f"{self.instruction}\n\n{turns[0]['content']}")
+            return render([first, *turns[1:]])
+
+
+def _turn(role: str, content: str) -> dict[str, str]:
+    return {"role": role, "content": content}
+
+
+def build_prompt(
+    item: QAItem,
+    style: PromptStyle,
+    exemplars: dict[str, list[QAItem]],
+    chat: ChatFormat | None = None,
+) -> str:
     if style == "sft":
         return sft_prompt(item.question)
+    if style == "chat":
+        if chat is None:
+            raise ValueError("chat prompts need the model's ChatFormat")
+        return chat.render(item.question, exemplars.get(item.relation, []))
     return fewshot_prompt(item.question, exemplars.get(item.relation, []))

@@ -108,7 +108,7 @@ def test_every_config_field_is_an_option(command: str, cls, excluded: set[str]) 
 @pytest.mark.parametrize(
     "args",
     [
-        ["eval", "--prompt", "chat", "--model", "m", "--out", "o"],
+        ["eval", "--prompt", "dialogue", "--model", "m", "--out", "o"],
         ["restore", "--scope", "row", "--base", "b", "--tuned", "t", "--out", "o"],
         ["kl", "--tuned-prompt", "x", "--base", "b", "--tuned", "t", "--probe", "p", "--out", "o"],
         ["train", "--dtype", "int8", "--model", "m", "--train-file", "f", "--out", "o"],

@@ -102,7 +102,7 @@ def probe_cmd(options: Options, overrides: Overrides = None, config: ConfigOpt =
     SelectConfig,
     exclude=["probe.thresholds"],
     flatten=["probe"],
-    names={"probe.seed": "probe-seed"},
+    names={"probe.seed": "probe-seed", "probe.prompt": "probe-prompt"},
 )
 def select_cmd(options: Options, overrides: Overrides = None, config: ConfigOpt = None) -> None:
     """Annotate an SFT file (any QA table) with the base model's mastery level of each pair and

@@ -78,6 +78,8 @@ AUDIT_NAMES = {
     "probe.seed": "probe-seed",
     "probe.batch_size": "probe-batch-size",
     "probe.max_new_tokens": "probe-max-new-tokens",
+    "probe.prompt": "probe-prompt",
+    "probe.chat_instruction": "probe-chat-instruction",
     "eval.seed": "eval-seed",
     "eval.batch_size": "eval-batch-size",
     "eval.max_new_tokens": "eval-max-new-tokens",

@@ -18,7 +18,9 @@ C = TypeVar("C", bound=BaseModel)
 # The values that configs and records share (the data's splits, the prompt formats).
 Split = Literal["train", "dev", "test"]
 SPLITS: tuple[Split, ...] = ("train", "dev", "test")
-PromptStyle = Literal["fewshot", "sft"]
+PromptStyle = Literal["fewshot", "sft", "chat"]
+# What a chat prompt asks for beside the question (configurable: ``chat_instruction``).
+CHAT_INSTRUCTION = "Answer with the name only, in a few words."
 
 
 def _batch_size(v: Any) -> int | str:

@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
-from sftscope.config.base import PromptStyle, runtime
+from sftscope.config.base import PromptStyle, added, runtime
 from sftscope.config.executors import ExecutorConfig
 from sftscope.config.stages import (
     DataConfig,
@@ -148,8 +148,12 @@ class AuditEval(EvalSettings):
     tuned_prompt: PromptStyle = Field(
         "fewshot",
         description="the tuned model's prompt: fewshot, the base model's own "
-        "few-shot Question/Answer prompt (n_shots exemplars; fair to any SFT format), or sft, the "
-        "paper's <|question|> ... <|answer|> (for models trained by sftscope train)",
+        "few-shot Question/Answer prompt (n_shots exemplars; fair to any SFT format), sft, the "
+        "paper's <|question|> ... <|answer|> (for models trained by sftscope train), or chat, "
+        "the tokenizer's chat template (instruct models)",
+    )
+    base_prompt: PromptStyle = added(
+        "fewshot", "the base model's prompt: fewshot, or chat for an instruct base model"
     )
 
 

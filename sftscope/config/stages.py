@@ -10,6 +10,7 @@ from typing import Any, Literal
 from pydantic import Field, ValidationInfo, field_validator
 
 from sftscope.config.base import (
+    CHAT_INSTRUCTION,
     BatchSize,
     PromptStyle,
     Split,
@@ -106,6 +107,9 @@ class EvalSettings(StageConfig):
     batch_size: BatchSize = runtime(32, "prompts per batch; auto: from free GPU memory")
     seed: int = Field(0, description="seed for exemplar choice")
     fold_accents: bool = Field(False, description="accent-insensitive answer matching")
+    chat_instruction: str = added(
+        CHAT_INSTRUCTION, "what a chat prompt asks beside the question (empty: nothing)"
+    )
 
 
 class AdapterBase(StageConfig):
@@ -123,7 +127,12 @@ class EvalConfig(RunContext, DataConfig, EvalSettings, AdapterBase):
     """Closed-book QA evaluation (docs/method.md §4): greedy, 16 new tokens, stop at newline."""
 
     model: str = Field(description="local path, hub id, or 'smollm2' (the bundled model)")
-    prompt: PromptStyle = Field("fewshot", description="'sft' for fine-tuned models")
+    prompt: PromptStyle = Field(
+        "fewshot",
+        description="fewshot (Question/Answer exemplars: base models), sft (the paper's format: "
+        "models trained by sftscope train) or chat (the tokenizer's chat template: instruct "
+        "models)",
+    )
     mastery: Path | None = Field(None, description="probe folder or mastery.jsonl: per-level acc")
     out: Path = runtime(description="output folder")
 
@@ -153,6 +162,14 @@ class ProbeSettings(StageConfig):
     slick_shots: int = Field(4, ge=1, description="SliCK and question: exemplars per set")
     slick_samples: int = Field(4, ge=1, description="SliCK: samples per set at slick_temperature")
     slick_temperature: float = Field(0.5, gt=0, description="SliCK: sampling temperature")
+    prompt: Literal["fewshot", "chat"] = added(
+        "fewshot",
+        "question: each exemplar set as few-shot Question/Answer text (fewshot), or as earlier "
+        "turns of the tokenizer's chat template before the question (chat: instruct models)",
+    )
+    chat_instruction: str = added(
+        CHAT_INSTRUCTION, "question with prompt chat: what the prompt asks beside the question"
+    )
     chunk_size: int = Field(16, ge=1, description="facts per resumable chunk")
     batch_size: BatchSize = runtime(64, "prompts per batch; auto: from free GPU memory")
     seed: int = Field(0, description="sampling and exemplar seed")

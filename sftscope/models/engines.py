@@ -146,14 +146,35 @@ def cut_at_stop(text: str, stop: Sequence[str]) -> str:
     return text[:cut]
 
 
+def encode_texts(tokenizer, texts: Sequence[str]) -> list[list[int]]:
+    """Prompts' token ids with the tokenizer's special tokens, except for a text that already
+    starts with its BOS (a chat template's rendering): a second BOS would change the answers."""
+    encoded = tokenizer(list(texts), add_special_tokens=True)["input_ids"]
+    bos = getattr(tokenizer, "bos_token", None)
+    if bos:
+        rendered = [i for i, t in enumerate(texts) if t.startswith(bos)]
+        if rendered:
+            plain = tokenizer([texts[i] for i in rendered], add_special_tokens=False)["input_ids"]
+            for i, ids in zip(rendered, plain, strict=True):
+                encoded[i] = ids
+    return encoded
+
+
+def stop_token_ids(tokenizer, stop: Sequence[str]) -> frozenset[int]:
+    """The stop strings that are single tokens of the vocabulary (a chat template's end of turn,
+    ``<|im_end|>``): matched as ids, since decoding skips special tokens."""
+    vocab = tokenizer.get_vocab()
+    return frozenset(vocab[s] for s in stop if s in vocab)
+
+
 def encode_prompts(
     tokenizer, prompts: Sequence[str], temperature: float, n: int
 ) -> list[list[int]]:
-    """The prompts' token ids (with the tokenizer's special tokens), after the checks every
-    engine's ``generate`` makes."""
+    """The prompts' token ids (:func:`encode_texts`), after the checks every engine's
+    ``generate`` makes."""
     if temperature <= 0 and n > 1:
         raise ValueError("greedy decoding with n > 1 would repeat one answer n times")
-    encoded = tokenizer(list(prompts), add_special_tokens=True)["input_ids"]
+    encoded = encode_texts(tokenizer, prompts)
     if any(not e for e in encoded):
         raise ValueError("generate: a prompt encodes to no tokens")
     return encoded
@@ -210,7 +231,9 @@ class HFEngine:
         return {"engine": "hf", "version": transformers.__version__, "device": self.device.type}
 
     def _encode(self, texts: Sequence[str], special: bool) -> list[list[int]]:
-        return self.tokenizer(list(texts), add_special_tokens=special)["input_ids"]
+        if special:
+            return encode_texts(self.tokenizer, texts)
+        return self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
 
     def _check_fits(self, rows: Sequence[Sequence[int]], new: int, what: str) -> None:
         """One error line when the longest ``what`` plus ``new`` tokens outgrows the model's
@@ -327,6 +350,7 @@ class HFEngine:
         encoded = encode_prompts(self.tokenizer, prompts, temperature, n)
         self._check_fits(encoded, max_new_tokens, "prompt")
         ends = eos_ids(self.model.generation_config.eos_token_id, self.tokenizer)
+        ends |= stop_token_ids(self.tokenizer, stop)
         out: list[list[str]] = [[] for _ in prompts]
         bar = tqdm(total=len(prompts), desc=desc, unit="prompt", disable=not self.progress)
         size = self._batch_size(max(map(len, encoded)) + max_new_tokens, n)

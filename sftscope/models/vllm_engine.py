@@ -27,7 +27,13 @@ from typing import TYPE_CHECKING, Any
 
 from sftscope.config.engine import VLLMSettings
 from sftscope.errors import SftscopeError
-from sftscope.models.engines import cut_at_stop, encode_prompts, eos_ids
+from sftscope.models.engines import (
+    cut_at_stop,
+    encode_prompts,
+    encode_texts,
+    eos_ids,
+    stop_token_ids,
+)
 from sftscope.models.factory import make_engine
 from sftscope.models.process import release_on_exit, say_once
 from sftscope.models.request import EngineRequest
@@ -190,7 +196,7 @@ class VLLMEngine:
         common = dict(
             max_tokens=max_new_tokens,
             stop=list(stop) or None,
-            stop_token_ids=self.stop_ids,
+            stop_token_ids=sorted({*self.stop_ids, *stop_token_ids(self.tokenizer, stop)}),
             skip_special_tokens=True,
         )
         if temperature > 0:
@@ -235,7 +241,7 @@ class VLLMEngine:
             return []
         from vllm import SamplingParams
 
-        p_ids = self.tokenizer(list(prompts), add_special_tokens=True)["input_ids"]
+        p_ids = encode_texts(self.tokenizer, prompts)
         c_ids = self.tokenizer(list(continuations), add_special_tokens=False)["input_ids"]
         todo = [i for i, c in enumerate(c_ids) if c]  # an empty continuation scores []
         scores: list[list[float]] = [[] for _ in prompts]

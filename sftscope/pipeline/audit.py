@@ -139,7 +139,7 @@ class Audit(Plan):
         n = probe_chunks(self.items, settings)
         self.probe_chunks = {s.key: n for s in self.probes.values()}
         probe = self.probes["base"]
-        prompts = {"base": "fewshot", TUNED: ev.tuned_prompt}
+        prompts = {"base": ev.base_prompt, TUNED: ev.tuned_prompt}
         self.evals = {
             name: eval_stage(
                 cfg,
@@ -316,7 +316,7 @@ class Audit(Plan):
                 for k in ("method", "templates", "samples", "temperature", "thresholds")
             },
             prompts={
-                "base": "fewshot",
+                "base": ev.base_prompt,
                 TUNED: ev.tuned_prompt,
                 "restore sweep": ev.tuned_prompt if "restore" in self.params else None,
             },

@@ -120,7 +120,7 @@ def eval_stage(
         out=out,
         **ctx.context(),
     )
-    if prompt == "sft":
+    if prompt in ("sft", "chat"):  # (no exemplars: n_shots would only split fingerprints)
         ecfg = ecfg.model_copy(update={"n_shots": 0})
     fp = fingerprint(
         "eval", result_fields(ecfg, exclude={"model", "mastery"}), upstream, probe.fingerprint
