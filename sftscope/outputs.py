@@ -234,6 +234,7 @@ class RepairPoint(Part):
     method: str | None = None
     strength: float | None = None
     split: str
+    task: float | None = None  # the fine-tune's own held-out rows (task_data)
     in_domain: float | None = None
     ood: float | None = None
     known_kept: float | None = None

@@ -72,6 +72,10 @@ class ChatFormat:
         turns.append(_turn("user", question.strip()))
         return self._apply(turns, add_generation_prompt=True)
 
+    def render_turns(self, turns: list[dict[str, str]]) -> str:
+        """Ready-made chat turns (an SFT row's prompt) with the generation prompt."""
+        return self._apply(turns, add_generation_prompt=True)
+
     def end_of_turn(self) -> str | None:
         """What the template writes after an assistant's answer (``<|im_end|>``,
         ``<|eot_id|>``, ``<end_of_turn>``, ...): where a chat answer is cut."""

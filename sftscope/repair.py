@@ -22,7 +22,7 @@ from sftscope.data.dataset import load_items
 from sftscope.data.readers import resolve_dataset
 from sftscope.errors import SftscopeError
 from sftscope.evaluate import run_eval
-from sftscope.io import atomic_write_text
+from sftscope.io import atomic_write_text, read_json
 from sftscope.layout import REPAIR, SUMMARY
 from sftscope.outputs import EvalSummary, RepairPoint, RepairSummary
 from sftscope.registry import REPAIR_METHODS
@@ -64,7 +64,15 @@ class Sweep:
         tuned = open_weights(cfg.tuned, base=cfg.base)
         self.ctx: RepairContext = RepairContext(base, tuned, cfg.region, cfg.seed, device)
         self.engine: Engine | None = None
+        self._base: Engine | None = None
         self.repairer: Repairer | None = None
+        self.task: list[dict[str, str]] | None = None
+        if cfg.task_data is not None:  # read (and checked) before anything is written
+            from sftscope.models.loading import load_tokenizer
+            from sftscope.task_eval import task_examples
+
+            tokenizer = load_tokenizer(str(cfg.tuned), cfg.trust_remote_code, cfg.base)
+            self.task = task_examples(cfg.task_data, tokenizer)
 
     def _mastery(self, split: str) -> Path | None:
         """The base's probe of ``split`` under ``eval.mastery`` (a grid's ``probe/`` folder
@@ -85,8 +93,14 @@ class Sweep:
     def folder(self, label: str, split: str) -> Path:
         return self.out / "eval" / label / split
 
+    def task_folder(self, label: str) -> Path:
+        return self.out / "eval" / label / "task"
+
     def done(self, label: str, split: str) -> bool:
-        return (self.folder(label, split) / SUMMARY).exists()
+        from sftscope.task_eval import TASK_SUMMARY
+
+        task = self.task is None or (self.task_folder(label) / TASK_SUMMARY).exists()
+        return task and (self.folder(label, split) / SUMMARY).exists()
 
     def model(self) -> Repairer:
         """The fine-tuned model, loaded on first use, and its repairer."""
@@ -102,6 +116,7 @@ class Sweep:
                 cfg.trust_remote_code,
                 base=cfg.base,
             )
+            self._base = None  # one model in memory at a time
             self.engine = make_engine("hf", request)
             self.repairer = Repairer(self.ctx, self.engine.model)
         return self.repairer
@@ -110,12 +125,20 @@ class Sweep:
         """The evaluation of the model as it is now (``label`` BASE: the base model, loaded
         for it alone), resumed from its folder."""
         out = self.folder(label, split)
-        if (out / SUMMARY).exists():
-            return EvalSummary.read(out / SUMMARY)
         ev, cfg = self.cfg.eval, self.cfg
         base = label == BASE
-        if not base:
+        if base:
+            engine = self._base_engine()
+        else:
             self.model()
+            engine = self.engine
+        if self.task is not None:
+            from sftscope.task_eval import evaluate_task
+
+            max_tokens = max(ev.max_new_tokens, 32)
+            evaluate_task(engine, self.task, self.task_folder(label), max_tokens)
+        if (out / SUMMARY).exists():
+            return EvalSummary.read(out / SUMMARY)
         ecfg = EvalConfig(
             **ev.model_dump(exclude={"mastery", "split"}),
             model=cfg.base if base else str(cfg.tuned),
@@ -126,7 +149,19 @@ class Sweep:
             out=out,
             **cfg.context(),
         )
-        return run_eval(ecfg, None if base else self.engine)
+        return run_eval(ecfg, engine)
+
+    def _base_engine(self) -> Engine:
+        """The base model (keep_task), loaded once and kept only until the fine-tune loads."""
+        from sftscope.models.factory import EngineRequest, make_engine
+
+        if self._base is None:
+            cfg = self.cfg
+            request = EngineRequest(
+                cfg.base, cfg.device, cfg.eval.batch_size, cfg.trust_remote_code
+            )
+            self._base = make_engine("hf", request)
+        return self._base
 
     def point(self, label: str, split: str, method: str | None, strength: float | None):
         """The scores of an evaluated point, its flips against the unrepaired model."""
@@ -136,11 +171,17 @@ class Sweep:
         known = [ok for ok, level in now.values() if level is not None and level >= KNOWN]
         lost = sum(before[i][0] and not now[i][0] for i in now if i in before)
         gained = sum(now[i][0] and not before[i][0] for i in now if i in before)
+        task = None
+        if self.task is not None:
+            from sftscope.task_eval import TASK_SUMMARY
+
+            task = read_json(self.task_folder(label) / TASK_SUMMARY)["task"]
         return RepairPoint(
             label=label,
             method=method,
             strength=strength,
             split=split,
+            task=task,
             in_domain=s.headline("in_domain"),
             ood=s.headline("ood"),
             known_kept=sum(known) / len(known) if known else None,
@@ -178,12 +219,17 @@ class Method:
         return self.impl
 
 
+def task_of(point: RepairPoint) -> float | None:
+    """A point's task score: its own held-out SFT rows (``task_data``), else in-domain CBQA."""
+    return point.task if point.task is not None else point.in_domain
+
+
 def _best(points: list[RepairPoint]) -> RepairPoint:
-    """The paper's pick: the best dev in-domain score (mean of levels when known)."""
-    scored = [p for p in points if p.in_domain is not None]
+    """The paper's pick: the best dev task score (in-domain: the mean of levels when known)."""
+    scored = [p for p in points if task_of(p) is not None]
     if not scored:
         raise SftscopeError("repair: no in-domain dev items to pick on")
-    return max(scored, key=lambda p: p.in_domain)  # max keeps the first of equals
+    return max(scored, key=task_of)  # max keeps the first of equals
 
 
 def knowledge(point: RepairPoint) -> float | None:
@@ -196,12 +242,12 @@ def _keeping(
     points: list[RepairPoint], share: float, base: RepairPoint, tuned: RepairPoint
 ) -> RepairPoint:
     """``keep_task``: of the points that keep ``share`` of the fine-tune's task gain over the
-    base (in-domain score, eval.prompt), the one with the most knowledge; when none does, the
-    paper's pick."""
-    if base.in_domain is None or tuned.in_domain is None:
+    base, the one with the most knowledge; when none does, the paper's pick."""
+    b, t = task_of(base), task_of(tuned)
+    if b is None or t is None:
         return _best(points)
-    floor = base.in_domain + share * (tuned.in_domain - base.in_domain)
-    kept = [p for p in points if p.in_domain is not None and p.in_domain >= floor]
+    floor = b + share * (t - b)
+    kept = [p for p in points if (x := task_of(p)) is not None and x >= floor]
     scored = [p for p in kept if knowledge(p) is not None]
     if not scored:
         return _best(points)

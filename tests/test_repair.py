@@ -342,3 +342,33 @@ def test_repair_keep_task_evaluates_the_base_and_says_its_rule(
     s = json.loads((out / "repair.json").read_text())
     assert s["pick_rule"] == "keep-task 0.95" and set(s["base"]) == {"dev", "test"}
     assert "keeping 95 % of the task gain" in (out / "report" / "report.md").read_text()
+
+
+def test_repair_scores_and_picks_on_the_fine_tunes_own_task_data(
+    pair: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """``--task-data``: every point also answers the fine-tune's held-out SFT rows (any shape
+    train reads: here question/answer and chat rows would both do); the picks go by it."""
+    import json
+
+    from helpers import write_jsonl
+
+    base, tuned = pair
+    rows = [{"question": "Which country is Paris in?", "answer": "France"}] * 3
+    task = write_jsonl(tmp_path / "task.jsonl", rows)
+    out = tmp_path / "repair"
+    args = ["repair", "--base", str(base), "--tuned", str(tuned), *_data(out)]
+    res = _cli(*args, "--methods", "interpolate", "--task-data", str(task))
+    assert res.exit_code == 0, res.output
+    s = json.loads((out / "repair.json").read_text())
+    assert all(p["task"] is not None for p in s["points"] + s["picks"])
+    assert s["tuned"]["dev"]["task"] is not None
+    assert (out / "eval" / "interpolate-0.5" / "task" / "task.jsonl").exists()
+    assert "in-domain" in (out / "report" / "report.md").read_text()
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{"text": "no question here"}])
+    res = _cli(
+        *args, "--methods", "interpolate", "--task-data", str(bad), "--out", str(tmp_path / "x")
+    )
+    errors = [x for x in res.output.splitlines() if x.startswith("error:")]
+    assert res.exit_code == 2 and len(errors) == 1 and "bad.jsonl" in errors[0], res.output
+    assert not (tmp_path / "x").exists()

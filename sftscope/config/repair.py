@@ -45,6 +45,11 @@ class RepairConfig(RunContext):
         "embedding, all or re:PATTERN",
     )
     seed: int = Field(0, description="seed of random draws (dare)")
+    task_data: Path | None = Field(
+        None,
+        description="the fine-tune's own held-out SFT rows (any shape train reads): the task "
+        "every point is scored on and picked by; default the in-domain CBQA in eval.prompt",
+    )
     keep_task: float | None = Field(
         None,
         gt=0,

@@ -7,10 +7,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from sftscope.outputs import RepairPoint, RepairSummary
+from sftscope.repair import task_of
 from sftscope.report.figures import _finish, _plt
 from sftscope.report.page import Block, fmt, write_page
 
-TASK = "task: in-domain accuracy %, SFT prompt (mean of levels when probed)"
+TASK = "task %: the fine-tune's own held-out rows, else in-domain accuracy"
 
 
 def rule(s: RepairSummary) -> str:
@@ -41,7 +42,7 @@ def pareto(s: RepairSummary, figdir: Path) -> list[tuple[str, str]]:
     picks = {p.label for p in s.picks}
 
     def xy(p: RepairPoint) -> tuple[float, float] | None:
-        x, y = getattr(p, key), p.in_domain
+        x, y = getattr(p, key), task_of(p)
         return None if x is None or y is None else (100 * x, 100 * y)
 
     for method in dict.fromkeys(p.method for p in s.points):
@@ -77,22 +78,27 @@ def section(s: RepairSummary, figdir: Path) -> list[Block]:
     on dev (also the audit's section, with ``audit --repair``)."""
     dev = {p.label: p for p in s.points}
     key, _ = knowledge_axis(s)
-    head = ["method", "strength", "dev task", "task", "out-of-domain", "known kept"]
-    head += ["facts lost", "facts gained", "McNemar p"]
+    own = s.tuned["dev"].task is not None  # task_data: the task is not the in-domain CBQA
+    head = ["method", "strength", "dev task", "task"] + (["in-domain"] if own else [])
+    head += ["out-of-domain", "known kept", "facts lost", "facts gained", "McNemar p"]
+
+    def scores(p: RepairPoint) -> list[str]:
+        return [fmt(task_of(p))] + ([fmt(p.in_domain)] if own else []) + [fmt(p.ood)]
+
     rows = [
-        [name, "-", fmt(m["dev"].in_domain), fmt(m[s.split].in_domain), fmt(m[s.split].ood)]
-        + [fmt(m[s.split].known_kept), "-", "-", "-"]
+        [name, "-", fmt(task_of(m["dev"])), *scores(m[s.split]), fmt(m[s.split].known_kept)]
+        + ["-", "-", "-"]
         for name, m in (("base", s.base), ("unrepaired", s.tuned))
         if m is not None
     ]
     for p in s.picks:
         rows.append(
-            [p.method or "", f"{p.strength:g}", fmt(dev[p.label].in_domain), fmt(p.in_domain)]
-            + [fmt(p.ood), fmt(p.known_kept), str(p.lost), str(p.gained)]
+            [p.method or "", f"{p.strength:g}", fmt(task_of(dev[p.label])), *scores(p)]
+            + [fmt(p.known_kept), str(p.lost), str(p.gained)]
             + ["-" if p.p_value is None else f"{p.p_value:.3g}"]
         )
     sweep = [
-        [p.method or "", f"{p.strength:g}", fmt(p.in_domain), fmt(p.ood), fmt(p.known_kept)]
+        [p.method or "", f"{p.strength:g}", *scores(p), fmt(p.known_kept)]
         + [str(p.lost), str(p.gained)]
         for p in s.points
     ]
@@ -109,7 +115,7 @@ def section(s: RepairSummary, figdir: Path) -> list[Block]:
         ("table", head, rows),
     ]
     page += [("img", *f) for f in pareto(s, figdir)]
-    page += [("p", "Every point on dev:"), ("table", head[:2] + head[3:8], sweep)]
+    page += [("p", "Every point on dev:"), ("table", head[:2] + head[3:-1], sweep)]
     if key == "ood":
         page.append(
             (
