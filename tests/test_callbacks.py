@@ -32,38 +32,19 @@ def knows(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
     root = tmp_path_factory.mktemp("knows")
     facts = write_jsonl(root / "facts.jsonl", _rows("P17", 8))
     base = save_tiny(fixture_questions(), root / "tiny")
-    model = root / "knows"
-    run_train(
-        TrainConfig(
-            model=str(base),
-            train_file=facts,
-            out=model,
-            learning_rate=3e-3,
-            batch_size=4,
-            epochs=40,
-            device="cpu",
-            logging_steps=50,
-        )
-    )
-    return model, facts, write_jsonl(root / "other.jsonl", _rows("P36", 16))
+    _train(base, facts, root / "knows", epochs=40, logging_steps=50)
+    return root / "knows", facts, write_jsonl(root / "other.jsonl", _rows("P36", 16))
+
+
+def _train(model: Path, rows: Path, out: Path, **kw) -> dict:
+    """``sftscope train`` at a high learning rate (a tiny model learns or forgets in steps)."""
+    recipe = {"learning_rate": 3e-3, "batch_size": 4, "device": "cpu", **kw}
+    return run_train(TrainConfig(model=str(model), train_file=rows, out=out, **recipe))
 
 
 def _forget(knows, out: Path, **kw) -> dict:
     model, facts, other = knows
-    return run_train(
-        TrainConfig(
-            model=str(model),
-            train_file=other,
-            out=out,
-            learning_rate=3e-3,
-            batch_size=4,
-            epochs=5,
-            device="cpu",
-            watch=facts,
-            watch_every=2,
-            **kw,
-        )
-    )
+    return _train(model, other, out, epochs=5, watch=facts, watch_every=2, **kw)
 
 
 def test_known_kept_falls_as_sft_overwrites_the_facts_and_equals_an_eval(knows, tmp_path) -> None:

@@ -143,6 +143,12 @@ def _data(out: Path) -> list[str]:
     ]
 
 
+def _repair(pair: tuple[Path, Path], out: Path) -> list[str]:
+    """``sftscope repair`` of the pair with the tiny data settings, into ``out``."""
+    base, tuned = pair
+    return ["repair", "--base", str(base), "--tuned", str(tuned), *_data(out)]
+
+
 def test_repair_end_to_end_picks_on_dev_reports_test_and_resumes(
     pair: tuple[Path, Path], tmp_path: Path
 ) -> None:
@@ -150,7 +156,7 @@ def test_repair_end_to_end_picks_on_dev_reports_test_and_resumes(
 
     base, tuned = pair
     out = tmp_path / "repair"
-    args = ["repair", "--base", str(base), "--tuned", str(tuned), *_data(out)]
+    args = _repair(pair, out)
     args += ["--methods", "restore,interpolate,dare", "--strengths", "restore=5/40,dare=0.5"]
     res = _cli(*args)
     assert res.exit_code == 0, res.output
@@ -187,7 +193,7 @@ def test_repair_scores_test_by_mastery_level_from_a_probe_of_the_split(
     res = _cli(*probe, "--templates", "2", *_data(tmp_path / "probe" / "test"))
     assert res.exit_code == 0, res.output
     out = tmp_path / "repair"
-    args = ["repair", "--base", str(base), "--tuned", str(tuned), *_data(out)]
+    args = _repair(pair, out)
     res = _cli(*args, "--methods", "interpolate", "--mastery", str(tmp_path / "probe"))
     assert res.exit_code == 0, res.output
     test = json.loads((out / "eval" / "tuned" / "test" / "summary.json").read_text())
@@ -336,7 +342,7 @@ def test_repair_keep_task_evaluates_the_base_and_says_its_rule(
 
     base, tuned = pair
     out = tmp_path / "repair"
-    args = ["repair", "--base", str(base), "--tuned", str(tuned), *_data(out)]
+    args = _repair(pair, out)
     res = _cli(*args, "--methods", "interpolate", "--keep-task", "0.95")
     assert res.exit_code == 0, res.output
     s = json.loads((out / "repair.json").read_text())
@@ -357,7 +363,7 @@ def test_repair_scores_and_picks_on_the_fine_tunes_own_task_data(
     rows = [{"question": "Which country is Paris in?", "answer": "France"}] * 3
     task = write_jsonl(tmp_path / "task.jsonl", rows)
     out = tmp_path / "repair"
-    args = ["repair", "--base", str(base), "--tuned", str(tuned), *_data(out)]
+    args = _repair(pair, out)
     res = _cli(*args, "--methods", "interpolate", "--task-data", str(task))
     assert res.exit_code == 0, res.output
     s = json.loads((out / "repair.json").read_text())

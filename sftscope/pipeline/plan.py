@@ -221,14 +221,21 @@ def restore_stage(
         ),
         **fields,
     )
-    fp = fingerprint(
-        "restore",
-        result_fields(rcfg, exclude={"tuned", "eval"}),
-        result_fields(rcfg.eval, exclude={"mastery"}),
+    fp = _evaluating_fingerprint("restore", rcfg, upstream, probe)
+    return spec(key, "restore", rcfg, fp, inputs=inputs or {})
+
+
+def _evaluating_fingerprint(kind: str, cfg: BaseModel, upstream: str, probe: Stage) -> str:
+    """A stage that changes the tuned model and evaluates it: its settings but the tuned
+    folder (``upstream`` stands for it), its evaluation's but the probe's folder (the probe's
+    fingerprint stands for it)."""
+    return fingerprint(
+        kind,
+        result_fields(cfg, exclude={"tuned", "eval"}),
+        result_fields(cfg.eval, exclude={"mastery"}),  # type: ignore[attr-defined]
         upstream,
         probe.fingerprint,
     )
-    return spec(key, "restore", rcfg, fp, inputs=inputs or {})
 
 
 def repair_stage(
@@ -260,14 +267,7 @@ def repair_stage(
         out=out,
         **ctx.context(),
     )
-    fp = fingerprint(
-        "repair",
-        result_fields(rcfg, exclude={"tuned", "eval"}),
-        result_fields(rcfg.eval, exclude={"mastery"}),
-        upstream,
-        probe.fingerprint,
-    )
-    return spec(key, "repair", rcfg, fp)
+    return spec(key, "repair", rcfg, _evaluating_fingerprint("repair", rcfg, upstream, probe))
 
 
 def probe_chunks(items: Sequence[QAItem], settings: ProbeSettings) -> int:
