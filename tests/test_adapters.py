@@ -172,3 +172,59 @@ def test_a_grid_runs_on_an_adapter_as_its_model(pair, tmp_path: Path) -> None:
     assert diff["tensors"] > 0 and set(diff["per_layer"]) == {"0", "1"}
     kl = json.loads((tmp_path / "run" / "kl" / "1-4-0.json").read_text())
     assert kl["full"]["overall"]["n"] > 0
+
+
+def test_select_takes_an_adapter_as_its_model(pair, tmp_path: Path) -> None:
+    """``select --model ADAPTER``: the adapter's base from its config, merged by PEFT; the
+    levels equal those of the merged model."""
+    from typer.testing import CliRunner
+
+    from sftscope.cli import app
+
+    from helpers import write_jsonl
+
+    _, adapter, merged = pair
+    rows = json.loads((EQ_FIXTURE / "test" / "P17.test.json").read_text())[:4]
+    data = write_jsonl(
+        tmp_path / "sft.jsonl", [{"question": r["question"], "answers": r["answers"]} for r in rows]
+    )
+    fast = ["--templates", "2", "--samples", "2", "--max-new-tokens", "4", "--device", "cpu"]
+    levels = {}
+    for name, model in (("adapter", adapter), ("merged", merged)):
+        out = tmp_path / name
+        res = CliRunner().invoke(
+            app,
+            ["select", "--model", str(model), "--data-dir", str(data), *fast, "--out", str(out)],
+        )
+        assert res.exit_code == 0, res.output
+        levels[name] = [
+            r["mastery_level"]
+            for r in map(json.loads, (out / "annotated.jsonl").read_text().splitlines())
+        ]
+    assert levels["adapter"] == levels["merged"]
+
+
+def test_a_diff_of_two_architectures_is_one_line(pair, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from sftscope.cli import app
+
+    base, adapter, _ = pair
+    other = save_tiny_arch("gpt2", fixture_questions(), tmp_path / "gpt2")
+    for tuned in (other, adapter):  # (the adapter is applied to the gpt2 base: no such tensor)
+        out = tmp_path / "diff"
+        res = CliRunner().invoke(
+            app,
+            [
+                "diff",
+                "--base",
+                str(other if tuned is adapter else base),
+                "--tuned",
+                str(tuned),
+                "--out",
+                str(out),
+            ],
+        )
+        errors = [x for x in res.output.splitlines() if x.startswith("error:")]
+        assert res.exit_code == 2 and len(errors) == 1, res.output
+        assert not out.exists()
