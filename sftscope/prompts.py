@@ -4,6 +4,9 @@
   following after a space; used for fine-tuned models, and as the SFT training format.
 * ``fewshot``: plain ``Question: …\\nAnswer: …`` with exemplars from the same relation's train
   split; used for base / instruct models that have never seen the SFT format.
+* ``chat``: the question as a user turn through the tokenizer's own chat template, after a short
+  instruction (:class:`ChatFormat`); used for instruct / chat models, in the format they were
+  tuned on.
 """
 
 from __future__ import annotations
@@ -53,7 +56,9 @@ class ChatFormat:
     """Questions rendered by a tokenizer's own chat template (``add_generation_prompt``), after
     ``instruction``; exemplars, when given, become earlier user / assistant turns. The rendered
     text holds the template's special tokens (a BOS among them): the engines do not add them
-    again. A tokenizer without a template is a one-line error naming ``model``."""
+    again. Questions are asked with ``enable_thinking=False``: a reasoning template (Qwen3,
+    SmolLM3) would otherwise spend the answer's few tokens thinking; templates without that
+    switch ignore it. A tokenizer without a template is a one-line error naming ``model``."""
 
     tokenizer: Any
     instruction: str = CHAT_INSTRUCTION
@@ -70,26 +75,34 @@ class ChatFormat:
         for ex in exemplars:
             turns += [_turn("user", ex.question), _turn("assistant", ex.target)]
         turns.append(_turn("user", question.strip()))
-        return self._apply(turns, add_generation_prompt=True)
+        return self._apply(turns, add_generation_prompt=True, enable_thinking=False)
 
     def render_turns(self, turns: list[dict[str, str]]) -> str:
-        """Ready-made chat turns (an SFT row's prompt) with the generation prompt."""
+        """Ready-made chat turns (an SFT row's prompt) with the generation prompt, rendered as
+        training rendered them (the template's own defaults)."""
         return self._apply(turns, add_generation_prompt=True)
 
     def end_of_turn(self) -> str | None:
         """What the template writes after an assistant's answer (``<|im_end|>``,
         ``<|eot_id|>``, ``<end_of_turn>``, ...): where a chat answer is cut."""
         marker = "Sftscope42"
-        text = self._apply([_turn("user", "Q"), _turn("assistant", marker)], False)
+        turns = [_turn("user", "Q"), _turn("assistant", marker)]
+        text = self._apply(turns, add_generation_prompt=False, enable_thinking=False)
         tail = text.split(marker, 1)[-1].strip().split()
         return tail[0] if tail else None
 
-    def _apply(self, turns: list[dict[str, str]], add_generation_prompt: bool) -> str:
+    def _apply(
+        self, turns: list[dict[str, str]], add_generation_prompt: bool, **variables: Any
+    ) -> str:
+        """``variables``: extra template variables (``enable_thinking``)."""
         from jinja2 import TemplateError
 
         def render(messages: list[dict[str, str]]) -> str:
             return self.tokenizer.apply_chat_template(
-                messages, tokenize=False, add_generation_prompt=add_generation_prompt
+                messages,
+                tokenize=False,
+                add_generation_prompt=add_generation_prompt,
+                **variables,
             )
 
         if not self.instruction:

@@ -6,8 +6,8 @@ default, or ``popqa``, an EntityQuestions-layout folder, ...) is one pool, whate
 measured by the probe stage over that pool (:mod:`sftscope.probe` with ``split: all``, in
 ``DIR/probe/``); with a few-shot method its exemplars come from the other rows, never from the
 pair itself nor a copy of it. Method ``auto``: the paper's sampling protocol when every relation
-has mapping templates and every row a subject, else ``question`` (any QA file). Then, in
-``DIR``:
+has mapping templates and every row a subject, else ``question`` (any QA file; also under
+``--probe-prompt chat``, the instruct model's own chat template). Then, in ``DIR``:
 
 * ``annotated.jsonl``: every input row in input order, its own fields kept, plus
   ``mastery_level`` (0-4; null for a row the method could not probe), ``R``, ``n_correct`` and
@@ -108,9 +108,12 @@ def has_templates(
 
 def pick_method(probe: SelectProbe, dataset: Dataset, items: list[QAItem]) -> str:
     """``auto``: the paper's protocol where it applies to every row (a subject, and mapping
-    templates for its relation), else ``question``."""
+    templates for its relation), else ``question``; always ``question`` under a chat prompt
+    (the only method that asks the question)."""
     if probe.method != "auto":
         return probe.method
+    if probe.prompt == "chat":
+        return "question"
     ok = all(it.subject is not None for it in items) and has_templates(
         dataset, {it.relation for it in items}, probe.templates_file, probe.templates
     )

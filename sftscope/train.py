@@ -281,6 +281,8 @@ def build_trainer(cfg: TrainConfig, staging: Path):
 
         KnowledgeCallback(
             WatchSet.load(cfg.watch),
+            # asked in the format being trained: chat rows are the chat template's turns
+            prompt="chat" if isinstance(examples[0]["prompt"], list) else "sft",
             every_steps=cfg.watch_every,
             stop_below=cfg.watch_stop_below,
             log_file=staging / "model" / LOG_FILE,

@@ -109,9 +109,10 @@ def audit_cmd(
 ) -> None:
     """Audit a fine-tuned model against its base (same architecture): the same probe of the
     --split facts with both (knowledge lost and gained per fact, by level and relation), CBQA
-    accuracy of both (the tuned one with the base's few-shot prompt unless --tuned-prompt sft),
-    token KL, where the weights changed, and a restore sweep with k picked on dev. Writes
-    transitions.jsonl, audit.json and report/index.html in --out; resumable."""
+    accuracy of both (the tuned one with the base's few-shot prompt unless --tuned-prompt sft;
+    --tuned-prompt/--base-prompt chat: an instruct model's chat template), token KL, where the
+    weights changed, and a restore sweep with k picked on dev. Writes transitions.jsonl,
+    audit.json and report/index.html in --out; resumable."""
     from sftscope.pipeline.audit import Audit
 
     cfg = load_config(AuditConfig, config, options, overrides)

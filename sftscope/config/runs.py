@@ -152,7 +152,7 @@ class AuditEval(EvalSettings):
         "paper's <|question|> ... <|answer|> (for models trained by sftscope train), or chat, "
         "the tokenizer's chat template (instruct models)",
     )
-    base_prompt: PromptStyle = added(
+    base_prompt: Literal["fewshot", "chat"] = added(
         "fewshot", "the base model's prompt: fewshot, or chat for an instruct base model"
     )
 

@@ -181,6 +181,16 @@ class ProbeSettings(StageConfig):
             raise ValueError("thresholds must be ascending")
         return v
 
+    @field_validator("prompt")
+    @classmethod
+    def _chat_asks_questions(cls, v: str, info: ValidationInfo) -> str:
+        """Only the question method prompts with exemplar sets; the others would silently
+        ignore ``chat`` (``auto``, select's and the audit's, then picks ``question``)."""
+        method = info.data.get("method")
+        if v == "chat" and method not in (None, "question", "auto"):
+            raise ValueError(f"chat is for the question method, not {method}")
+        return v
+
 
 ProbeSplit = Literal["train", "dev", "test", "all"]
 
@@ -414,8 +424,9 @@ class RestoreEval(DataConfig, EvalSettings):
     keep_models: bool = runtime(True, "false: delete restored weights once evaluated")
     prompt: PromptStyle = added(
         "sft",
-        "prompt of every evaluated model: sft (the paper's format), or fewshot (the "
-        "base model's few-shot prompt, for a fine-tune in another format)",
+        "prompt of every evaluated model: sft (the paper's format), fewshot (the "
+        "base model's few-shot prompt, for a fine-tune in another format), or chat (the "
+        "tokenizer's chat template, for an instruct fine-tune)",
     )
 
 
