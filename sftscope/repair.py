@@ -125,6 +125,8 @@ class Sweep:
         """The evaluation of the model as it is now (``label`` BASE: the base model, loaded
         for it alone), resumed from its folder."""
         out = self.folder(label, split)
+        if self.done(label, split):  # resumed: no model is loaded for it
+            return EvalSummary.read(out / SUMMARY)
         ev, cfg = self.cfg.eval, self.cfg
         base = label == BASE
         if base:
