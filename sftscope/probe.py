@@ -122,6 +122,15 @@ def load_thresholds(cfg: ProbeConfig) -> tuple[float, ...]:
     return read_calibration(cfg.calibration)
 
 
+def probe_fields(cfg: ProbeConfig, exclude: frozenset[str] = frozenset()) -> dict:
+    """What a probe's results depend on: its settings, with a calibration file's thresholds in
+    place of its path (the same probe from a moved install or a worktree is the same probe)."""
+    fields = result_fields(cfg, exclude={"calibration", *exclude})
+    if cfg.calibration is not None:
+        fields["calibrated_thresholds"] = list(load_thresholds(cfg))
+    return fields
+
+
 def _settings(cfg: ProbeConfig) -> ProbeConfig:
     """The settings a probe folder records: the config without its own location."""
     return cfg.model_copy(update={"out": Path(".")})
@@ -135,8 +144,8 @@ def holds_other_probe(cfg: ProbeConfig) -> bool:
         return False
     saved = read_yaml(path, "probe settings")
     try:
-        return result_fields(ProbeConfig.model_validate(saved)) != result_fields(_settings(cfg))
-    except ValidationError:
+        return probe_fields(ProbeConfig.model_validate(saved)) != probe_fields(_settings(cfg))
+    except (ValidationError, OSError, ValueError):  # (a calibration file since removed)
         return True
 
 

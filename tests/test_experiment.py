@@ -171,3 +171,18 @@ def test_new_calibration_content_redoes_the_probe(tiny_model_dir: Path, tmp_path
     assert Grid(load_config(GridConfig, path)).probes["train"].fingerprint == before
     cal.write_text(json.dumps({"thresholds": [0.001, 0.1, 0.2, 0.4]}))
     assert Grid(load_config(GridConfig, path)).probes["train"].fingerprint != before
+
+
+def test_calibration_file_elsewhere_keeps_the_probe(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """The same thresholds read from another path (a moved install, a worktree) are the same
+    probe: a finished probe folder is kept, not redone."""
+    thresholds = json.dumps({"thresholds": [0.001, 0.1, 0.2, 0.3]})
+    fingerprints = []
+    for folder in ("a", "b"):
+        cal = tmp_path / folder / "cal.json"
+        cal.parent.mkdir()
+        cal.write_text(thresholds)
+        probe = {"method": "likelihood", "templates": 3, "calibration": str(cal)}
+        path = grid_yaml(tmp_path, tiny_model_dir, probe=probe)
+        fingerprints.append(Grid(load_config(GridConfig, path)).probes["train"].fingerprint)
+    assert fingerprints[0] == fingerprints[1]

@@ -77,7 +77,7 @@ def probe_stage(
 ) -> Stage:
     """A probe of ``model`` on one split; its fingerprint chains ``upstream`` (the model's);
     ``base``: the base of ``model`` when that is a PEFT adapter folder."""
-    from sftscope.probe import load_thresholds
+    from sftscope.probe import probe_fields
 
     pcfg = ProbeConfig(
         **settings.model_dump(),
@@ -89,9 +89,7 @@ def probe_stage(
         out=out,
         **ctx.context(),
     )
-    fields = result_fields(pcfg, exclude={"model"})
-    if pcfg.calibration is not None:  # the thresholds in the file, not just its path
-        fields["calibrated_thresholds"] = list(load_thresholds(pcfg))
+    fields = probe_fields(pcfg, exclude=frozenset({"model"}))
     return spec(key, "probe", pcfg, fingerprint("probe", fields, upstream), keep_partial=True)
 
 
