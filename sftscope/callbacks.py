@@ -36,14 +36,13 @@ from sftscope.data.readers import resolve_dataset
 from sftscope.data.schema import QAItem
 from sftscope.errors import SftscopeError
 from sftscope.io import atomic_write_jsonl
-from sftscope.layout import MASTERY
+from sftscope.layout import KNOWLEDGE_LOG, MASTERY
 from sftscope.mastery import N_LEVELS, read_levels
 from sftscope.prompts import ChatFormat, PromptStyle, build_prompt
 from sftscope.token_kl import topk_kl
 from sftscope.transitions import KNOWN
 
 log = logging.getLogger(__name__)
-LOG_FILE = "knowledge_log.jsonl"
 
 
 @dataclass
@@ -132,7 +131,7 @@ class KnowledgeCallback(TrainerCallback):
         to ``knowledge_log.jsonl`` in its ``output_dir``."""
         self.trainer = trainer
         if self.log_file is None:
-            self.log_file = Path(trainer.args.output_dir) / LOG_FILE
+            self.log_file = Path(trainer.args.output_dir) / KNOWLEDGE_LOG
         trainer.add_callback(self)
         return self
 

@@ -20,6 +20,7 @@ DIFF_TSV = "diff_summary.tsv"  # diff: one row per tensor
 AUDIT = "audit.json"  # audit: the summary numbers
 TRANSITIONS = "transitions.jsonl"  # audit: every fact lost or gained
 REPAIR = "repair.json"  # repair: every point on dev, the picks on test
+KNOWLEDGE_LOG = "knowledge_log.jsonl"  # train --watch: one row a measurement, beside the model
 
 
 @dataclass(frozen=True)

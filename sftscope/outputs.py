@@ -276,3 +276,6 @@ class AuditSummary(Summary):
     answers: dict[str, Any]
     kl: dict[str, Any] | None = None
     params: dict[str, Any] = {}
+    # the fine-tune's knowledge_log.jsonl when ``sftscope train --watch`` made it: one row a
+    # measurement of its training's watch set (step, knowledge/known_kept, ...)
+    training: list[dict[str, Any]] = []

@@ -47,6 +47,7 @@ from sftscope.io import (
     read_jsonl,
     replace_dir,
 )
+from sftscope.layout import KNOWLEDGE_LOG
 from sftscope.prompts import sft_completion, sft_prompt
 
 log = logging.getLogger(__name__)
@@ -277,7 +278,7 @@ def build_trainer(cfg: TrainConfig, staging: Path):
         )
     check_loss_mask(trainer.train_dataset, examples, tokenizer, cfg.max_length, cfg.train_file)
     if cfg.watch is not None:
-        from sftscope.callbacks import LOG_FILE, KnowledgeCallback, WatchSet
+        from sftscope.callbacks import KnowledgeCallback, WatchSet
 
         KnowledgeCallback(
             WatchSet.load(cfg.watch),
@@ -285,7 +286,7 @@ def build_trainer(cfg: TrainConfig, staging: Path):
             prompt="chat" if isinstance(examples[0]["prompt"], list) else "sft",
             every_steps=cfg.watch_every,
             stop_below=cfg.watch_stop_below,
-            log_file=staging / "model" / LOG_FILE,
+            log_file=staging / "model" / KNOWLEDGE_LOG,
         ).attach(trainer)
     elif cfg.watch_stop_below is not None:
         raise SftscopeError("config field 'watch_stop_below' needs --watch (the facts to watch)")

@@ -160,3 +160,20 @@ def test_a_grid_with_watch_records_each_cells_curve(tiny_model_dir: Path, tmp_pa
 
     page = (write_report(tmp_path / "run") / "report.md").read_text()
     assert "## Knowledge while training" in page and "unknown_gained_vs_step.png" in page
+
+
+def test_audit_shows_the_curve_of_a_fine_tune_trained_with_watch(knows, tmp_path) -> None:
+    """An sftscope fine-tune carries its knowledge_log.jsonl: the audit puts the curve into
+    audit.json and draws it in its report."""
+    from sftscope.io import read_jsonl
+    from sftscope.pipeline.audit import Audit
+
+    from helpers import tiny_audit
+
+    _forget(knows, tmp_path / "ft")
+    Audit(tiny_audit(knows[0], tmp_path / "ft", tmp_path / "audit")).run()
+    s = json.loads((tmp_path / "audit" / "audit.json").read_text())
+    assert s["training"] == read_jsonl(tmp_path / "ft" / "knowledge_log.jsonl")
+    page = (tmp_path / "audit" / "report" / "report.md").read_text()
+    assert "Knowledge while it was trained" in page
+    assert (tmp_path / "audit" / "report" / "figures" / "known_kept_vs_step.png").exists()

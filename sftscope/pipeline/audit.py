@@ -37,8 +37,9 @@ from sftscope.io import (
     atomic_write_json,
     atomic_write_jsonl,
     atomic_write_text,
+    read_jsonl,
 )
-from sftscope.layout import AUDIT, TRANSITIONS, RunLayout
+from sftscope.layout import AUDIT, KNOWLEDGE_LOG, TRANSITIONS, RunLayout
 from sftscope.models.adapters import find_adapter
 from sftscope.outputs import AuditSummary
 from sftscope.pipeline.plan import (
@@ -327,5 +328,11 @@ class Audit(Plan):
             ),
             kl=kl_summary(self.kl.output) if self.kl else None,
             params=params_summary({k: s.output for k, s in self.params.items()}),
+            training=self._training_log(),
         )
         return rows, summary
+
+    def _training_log(self) -> list[dict[str, Any]]:
+        """The curve the fine-tune recorded while sftscope trained it (``train --watch``)."""
+        path = Path(self.tuned) / KNOWLEDGE_LOG
+        return read_jsonl(path) if path.is_file() else []

@@ -11,7 +11,8 @@ from sftscope.layout import RunLayout
 from sftscope.mastery import N_LEVELS
 from sftscope.outputs import AuditSummary, RepairSummary
 from sftscope.registry import PROBE_METHODS
-from sftscope.report.figures import _finish, _plt
+from sftscope.report.collect import curve
+from sftscope.report.figures import _finish, _plt, knowledge_curves
 from sftscope.report.page import Block, fmt, write_page
 from sftscope.report.render import param_blocks
 from sftscope.report.repair import section as repair_section
@@ -196,6 +197,19 @@ def blocks(s: AuditSummary, root: Path, figdir: Path) -> list[Block]:
         )
     if "repair" in s.params:  # audit --repair
         out += repair_section(RepairSummary.model_validate(s.params["repair"]), figdir)
+    if s.training:  # the fine-tune was made by sftscope train --watch
+        out.append(("h2", "Knowledge while it was trained"))
+        out.append(
+            (
+                "p",
+                f"Recorded by the knowledge callback during training ({len(s.training)} "
+                "measurements of its watch set, the facts given to `train --watch`, which need "
+                "not be this audit's): the base's known facts still answered right, unknown "
+                "facts gained, and the KL of level-4 facts' first answer token from step 0.",
+            )
+        )
+        curves = [curve([s.training], label=Path(s.tuned).name)]
+        out += [("img", n, c) for n, c in knowledge_curves(curves, figdir)]
     return out
 
 

@@ -17,7 +17,7 @@ from pydantic import ValidationError
 from sftscope.config import GridConfig
 from sftscope.errors import SftscopeError
 from sftscope.io import read_yaml
-from sftscope.layout import SUMMARY, RunLayout
+from sftscope.layout import KNOWLEDGE_LOG, SUMMARY, RunLayout
 from sftscope.outputs import ProbeSummary
 from sftscope.report.results import (
     answer_transition_tables,
@@ -131,24 +131,29 @@ CURVES = ("knowledge/known_kept", "knowledge/unknown_gained", "knowledge/kl_pape
 
 def knowledge_curves(root: Path) -> list[dict[str, Any]]:
     """The cells' knowledge while training (``watch: true``: ``models/<cell>/knowledge_log.
-    jsonl``), one entry per (training level, size): the steps and each metric's spread over
-    the seeds at every step."""
+    jsonl``), one :func:`curve` per (training level, size)."""
     from sftscope.io import read_jsonl
 
     layout = RunLayout(root)
     logs = [
         (cell.parent.name, read_jsonl(cell))
-        for cell in sorted((layout.root / "models").glob("*/knowledge_log.jsonl"))
+        for cell in sorted((layout.root / "models").glob(f"*/{KNOWLEDGE_LOG}"))
     ]
-    out = []
-    for (level, size), runs in by_group(logs).items():
-        steps = sorted({r["step"] for rows in runs for r in rows})
-        at = [{r["step"]: r for r in rows} for rows in runs]
-        entry: dict[str, Any] = {"level": level, "size": size, "seeds": len(runs), "steps": steps}
-        for metric in CURVES:
-            entry[metric] = [spread([a.get(s, {}).get(metric) for a in at]) for s in steps]
-        out.append(entry)
-    return out
+    return [
+        curve(runs, level=level, size=size, label=f"level {level}, {size} facts")
+        for (level, size), runs in by_group(logs).items()
+    ]
+
+
+def curve(runs: list[list[dict[str, Any]]], **meta: Any) -> dict[str, Any]:
+    """Knowledge logs of one setting (its seeds) as one curve: the steps and each metric's
+    spread over the runs at every step, with ``meta`` (its ``label`` names it in figures)."""
+    steps = sorted({r["step"] for rows in runs for r in rows})
+    at = [{r["step"]: r for r in rows} for rows in runs]
+    entry: dict[str, Any] = {**meta, "seeds": len(runs), "steps": steps}
+    for metric in CURVES:
+        entry[metric] = [spread([a.get(s, {}).get(metric) for a in at]) for s in steps]
+    return entry
 
 
 def collect(root: Path) -> dict[str, Any]:

@@ -197,7 +197,7 @@ def knowledge_curves(curves: list[dict[str, Any]], figdir: Path) -> list[tuple[s
             xs = [s for s, _ in pts]
             mean = [scale * v["mean"] for _, v in pts]
             sd = [scale * (v["sd"] or 0.0) for _, v in pts]
-            (line,) = ax.plot(xs, mean, marker=".", label=f"level {c['level']}, {c['size']} facts")
+            (line,) = ax.plot(xs, mean, marker=".", label=c["label"])
             lo = [m - d for m, d in zip(mean, sd, strict=True)]
             hi = [m + d for m, d in zip(mean, sd, strict=True)]
             ax.fill_between(xs, lo, hi, color=line.get_color(), alpha=0.15)
@@ -209,8 +209,8 @@ def knowledge_curves(curves: list[dict[str, Any]], figdir: Path) -> list[tuple[s
         out.append(
             (
                 name,
-                f"{ylabel[0].upper()}{ylabel[1:]} while training, measured every 10 % of the "
-                "run (watch: true); band: sd over seeds.",
+                f"{ylabel[0].upper()}{ylabel[1:]} while training (sftscope's knowledge "
+                "callback); band: sd over seeds where there are several.",
             )
         )
     return out
