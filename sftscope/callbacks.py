@@ -78,25 +78,29 @@ class WatchSet:
 
     @classmethod
     def from_data(
-        cls, data: str, data_dir: str | Path | None, split: str = "test", limit: int = 300
+        cls,
+        data: str,
+        data_dir: str | Path | None,
+        splits: Sequence[str] = ("test",),
+        limit: int = 300,
     ) -> WatchSet:
-        """The first ``limit`` items of a split of any reader's data, without levels."""
-        items = load_items(resolve_dataset(data, data_dir), [split])[:limit]
+        """The first ``limit`` items of ``splits`` of any reader's data, without levels."""
+        dataset = resolve_dataset(data, data_dir)
+        present = [s for s in splits if any(dataset.has(r.id, s) for r in dataset.select(None))]
+        items = load_items(dataset, present)[:limit] if present else []
         if not items:
-            raise SftscopeError(f"{data_dir or data}: no {split} items to watch")
+            raise SftscopeError(f"{data_dir or data}: no {'/'.join(splits)} items to watch")
         return cls(items, dict.fromkeys((it.id for it in items), None))
 
     @classmethod
     def load(cls, source: str | Path, **kw: Any) -> WatchSet:
-        """A probe folder, or a QA table (the generic reader's test split, else all rows)."""
+        """A probe folder, or a QA table: its first 300 rows, whatever their ``split`` (the
+        generic reader's hash split would keep only a tenth of a file without that column)."""
         path = Path(source)
         if (path / MASTERY).exists():
             return cls.from_probe(path, **kw)
         if path.is_file():
-            try:
-                return cls.from_data("generic", path, "test")
-            except SftscopeError:
-                return cls.from_data("generic", path, "train")
+            return cls.from_data("generic", path, ("train", "dev", "test"), **kw)
         raise SftscopeError(f"--watch {source}: neither a probe folder nor a QA file")
 
 

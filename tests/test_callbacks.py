@@ -177,3 +177,11 @@ def test_audit_shows_the_curve_of_a_fine_tune_trained_with_watch(knows, tmp_path
     page = (tmp_path / "audit" / "report" / "report.md").read_text()
     assert "Knowledge while it was trained" in page
     assert (tmp_path / "audit" / "report" / "figures" / "known_kept_vs_step.png").exists()
+
+
+def test_a_qa_file_is_watched_whole_whatever_its_split(knows) -> None:
+    """A QA file without a split column is watched whole (the reader's hash split would keep
+    only about a tenth of it); up to 300 rows."""
+    _, facts, other = knows
+    assert len(WatchSet.load(facts).items) == 8
+    assert len(WatchSet.load(other, limit=5).items) == 5
