@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import os
 import re
@@ -10,6 +12,8 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+
+from sftscope.errors import SftscopeError
 
 
 def _current_umask() -> int:
@@ -60,6 +64,37 @@ def json_text(obj: Any) -> str:
 def atomic_write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> Path:
     text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
     return atomic_write_text(path, text)
+
+
+def content_digest(path: str | Path) -> str:
+    """A file's or a folder's content as 16 hex digits (a folder: its files' relative paths
+    and contents, hidden ones included), so the same data at another path is the same input."""
+    path = Path(path).resolve()
+    if not path.exists():
+        raise SftscopeError(f"{path}: no such file or folder")
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    stats = tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files)
+    return _digest(path, stats)
+
+
+@functools.lru_cache(maxsize=64)
+def _digest(path: Path, stats: tuple[tuple[str, int, int], ...]) -> str:
+    """(cached while the files' sizes and times stay: a plan asks once per stage)"""
+    h = hashlib.sha256()
+    if not path.is_dir():
+        _hash_file(h, path)
+        return h.hexdigest()[:16]
+    for name, _, _ in stats:
+        h.update(Path(name).relative_to(path).as_posix().encode() + b"\0")
+        _hash_file(h, Path(name))
+        h.update(b"\0")
+    return h.hexdigest()[:16]
+
+
+def _hash_file(h: Any, path: Path) -> None:
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            h.update(block)
 
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:

@@ -186,3 +186,38 @@ def test_calibration_file_elsewhere_keeps_the_probe(tiny_model_dir: Path, tmp_pa
         path = grid_yaml(tmp_path, tiny_model_dir, probe=probe)
         fingerprints.append(Grid(load_config(GridConfig, path)).probes["train"].fingerprint)
     assert fingerprints[0] == fingerprints[1]
+
+
+def test_a_finished_run_resumes_moved_and_from_another_install(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """A run folder moved elsewhere, opened with its data and calibration file at other paths
+    (another clone, venv or cluster node), plans nothing: files count by content, not path.
+    An edited data file redoes what read it."""
+    import shutil
+
+    from helpers import EQ_FIXTURE
+
+    def install(name: str) -> tuple[Path, Path]:
+        shutil.copytree(EQ_FIXTURE, tmp_path / name / "data")
+        cal = tmp_path / name / "cal.json"
+        cal.write_text(json.dumps({"thresholds": [0.001, 0.1, 0.2, 0.3]}))
+        return tmp_path / name / "data", cal
+
+    def grid(data: Path, cal: Path, out: Path) -> Grid:
+        probe = {"method": "likelihood", "templates": 3, "calibration": str(cal)}
+        kw = {"data_dir": str(data), "out": str(out), "levels": ["mixed"], "sizes": [4]}
+        params = {"cells": ["mixed-4-0"], "k": [10], "pick_on": "dev"}
+        path = grid_yaml(tmp_path, tiny_model_dir, probe=probe, params=params, **kw)
+        return Grid(load_config(GridConfig, path))
+
+    data_a, cal_a = install("a")
+    data_b, cal_b = install("b")
+    grid(data_a, cal_a, tmp_path / "run").run()
+    shutil.move(tmp_path / "run", tmp_path / "moved")
+    plan = grid(data_b, cal_b, tmp_path / "moved").plan()
+    assert {status for _, status in plan} == {"done"}, plan
+    test_file = next((data_b / "test").glob("*.json"))
+    test_file.write_text(test_file.read_text().replace('"question"', '"question" ', 1))
+    assert "done" not in {status for key, status in grid(data_b, cal_b, tmp_path / "moved").plan()
+                          if key.startswith("probe/")}  # fmt: skip

@@ -11,7 +11,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PlainValidator, ValidationError
 
 from sftscope.errors import SftscopeError
-from sftscope.io import read_yaml
+from sftscope.io import content_digest, read_yaml
 
 C = TypeVar("C", bound=BaseModel)
 
@@ -56,6 +56,14 @@ def added(default: Any, description: str, **kw: Any) -> Any:
     )
 
 
+def content(default: Any, description: str, **kw: Any) -> Any:
+    """A file or folder a stage reads: it counts in fingerprints by its content
+    (:func:`sftscope.io.content_digest`), not by its path, so a run folder resumes from another
+    clone, venv or cluster node, and an edited file redoes what read it."""
+    extra = {"fingerprint": "content"}
+    return Field(default, description=description, json_schema_extra=extra, **kw)
+
+
 def key_values(text: str, form: str) -> dict[str, str]:
     """``a=x,b=y`` (a dict option's and ``key=value``'s form) as a mapping; ``form`` names one
     part's shape in the error (``FIELD=COLUMN``)."""
@@ -94,6 +102,9 @@ def result_fields(cfg: BaseModel, exclude: set[str] | frozenset[str] = frozenset
             continue
         value = getattr(cfg, name)
         if _marker(field) == "unless-default" and value == field.default:
+            continue
+        if _marker(field) == "content" and value is not None:
+            out[name] = {"content": content_digest(value)}
             continue
         out[name] = result_fields(value) if isinstance(value, BaseModel) else dumped[name]
     return out

@@ -16,6 +16,7 @@ from sftscope.config.base import (
     Split,
     StageConfig,
     added,
+    content,
     key_values,
     runtime,
 )
@@ -30,9 +31,9 @@ class DataSource(StageConfig):
     """Where a stage's QA data comes from: a reader (the registry's names) over a folder or file."""
 
     data: str = Field("geo", description=f"dataset reader: {READERS.help()}")
-    data_dir: Path | None = Field(
+    data_dir: Path | None = content(
         None,
-        description="dataset folder ({split}/{rel}.{split}.json) or table file (popqa, "
+        "dataset folder ({split}/{rel}.{split}.json) or table file (popqa, "
         "generic: JSONL, JSON, CSV, TSV, Parquet, or a datasets save_to_disk folder)",
     )
     columns: dict[str, str] | None = added(
@@ -155,8 +156,8 @@ class ProbeSettings(StageConfig):
     thresholds: tuple[float, float, float, float] = Field(
         PAPER_THRESHOLDS, description="level k when R > thresholds[k-1] (R=0 is level 0)"
     )
-    calibration: Path | None = Field(None, description="likelihood: calibration.json to use")
-    templates_file: Path | None = Field(None, description="mapping templates (default: bundled)")
+    calibration: Path | None = content(None, "likelihood: calibration.json to use")
+    templates_file: Path | None = content(None, "mapping templates (default: bundled)")
     early_exit: bool = Field(True, description="sampling: stop a sample once an alias appears")
     slick_sets: int = Field(10, ge=1, description="SliCK: few-shot exemplar sets")
     slick_shots: int = Field(4, ge=1, description="SliCK and question: exemplars per set")
@@ -334,7 +335,7 @@ class KLConfig(RunContext, DataConfig, KLSettings):
     tuned: str = Field(description="the fine-tuned model folder")
     split: Split = Field("test", description="split measured")
     probe: Path = Field(description="base-model probe of this split: levels, template success")
-    templates_file: Path | None = Field(None, description="mapping templates (default: bundled)")
+    templates_file: Path | None = content(None, "mapping templates (default: bundled)")
     out: Path = runtime(description="the JSON summary to write (records go beside it)")
 
 

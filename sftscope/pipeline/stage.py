@@ -20,6 +20,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+from sftscope.io import content_digest
+
 MARKER = "stage.json"
 _PACKAGES = ("sftscope", "torch", "transformers", "trl", "peft", "accelerate", "datasets")
 
@@ -27,14 +29,6 @@ _PACKAGES = ("sftscope", "torch", "transformers", "trl", "peft", "accelerate", "
 def fingerprint(*parts: Any) -> str:
     blob = json.dumps(parts, sort_keys=True, default=str, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()[:16]
 
 
 def model_identity(name: str) -> dict[str, Any]:
@@ -46,10 +40,11 @@ def model_identity(name: str) -> dict[str, Any]:
         return {"model": name}
     files = sorted((p.name, p.stat().st_size) for p in path.iterdir() if p.is_file())
     cfg = path / "config.json"
-    identity = {"model": name, "files": files, "config": file_digest(cfg) if cfg.exists() else None}
+    config = content_digest(cfg) if cfg.exists() else None
+    identity = {"model": name, "files": files, "config": config}
     adapter = path / "adapter_config.json"  # a PEFT adapter folder: its rank, targets, base
     if adapter.exists() and not cfg.exists():
-        identity["adapter_config"] = file_digest(adapter)
+        identity["adapter_config"] = content_digest(adapter)
     return identity
 
 
