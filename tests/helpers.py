@@ -84,6 +84,31 @@ def grid_yaml(tmp_path: Path, model: Path, **kw) -> Path:
     return path
 
 
+GRID_CELLS = ["1-4-0", "1-8-0", "mixed-4-0", "mixed-8-0"]  # grid_yaml's cells
+
+
+def grid_results(run: Path) -> dict[str, object]:
+    """What two runs of :func:`grid_yaml`'s grid must agree on: subsets, eval records, probe."""
+    out: dict[str, object] = {}
+    for cell in GRID_CELLS:
+        out[f"subset {cell}"] = (run / "subsets" / f"{cell}.jsonl").read_text()
+        out[f"records {cell}"] = (run / "eval" / cell / "records.jsonl").read_text()
+    out["records base"] = (run / "eval" / "base" / "records.jsonl").read_text()
+    out["probe"] = (run / "probe" / "train" / "mastery.jsonl").read_text()
+    return out
+
+
+def same_weights(a: Path, b: Path) -> None:
+    """Every cell's weights bit-identical in two runs of :func:`grid_yaml`'s grid."""
+    import torch
+    from safetensors.torch import load_file
+
+    for cell in GRID_CELLS:
+        x = load_file(a / "models" / cell / "model.safetensors")
+        y = load_file(b / "models" / cell / "model.safetensors")
+        assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x), cell
+
+
 def cli_run(path: Path, *overrides: str) -> subprocess.Popen:
     """``sftscope run PATH`` in a subprocess, its output appended to ``run.log`` beside PATH."""
     # Same thread count in every run: float reductions (hence greedy outputs) depend on it.

@@ -14,17 +14,14 @@ from pathlib import Path
 
 import psutil
 import pytest
-import torch
-from safetensors.torch import load_file
 
 from sftscope.config import GridConfig, load_config
 from sftscope.errors import SftscopeError
 from sftscope.pipeline.claims import Claim
 from sftscope.pipeline.grid import Grid
 
-from helpers import cli_run, grid_yaml
+from helpers import GRID_CELLS, cli_run, grid_results, grid_yaml, same_weights
 
-CELLS = ["1-4-0", "1-8-0", "mixed-4-0", "mixed-8-0"]
 EXECUTORS = {
     "processes": ["--executor", "processes", "--workers", "2", "--probe-shards", "4"],
     "slurm": [
@@ -45,23 +42,6 @@ def _log(path: Path) -> str:
     return (path.parent / "run.log").read_text()[-3000:]
 
 
-def _results(run: Path) -> dict[str, object]:
-    out: dict[str, object] = {}
-    for cell in CELLS:
-        out[f"subset {cell}"] = (run / "subsets" / f"{cell}.jsonl").read_text()
-        out[f"records {cell}"] = (run / "eval" / cell / "records.jsonl").read_text()
-    out["records base"] = (run / "eval" / "base" / "records.jsonl").read_text()
-    out["probe"] = (run / "probe" / "train" / "mastery.jsonl").read_text()
-    return out
-
-
-def _same_weights(a: Path, b: Path) -> None:
-    for cell in CELLS:
-        x = load_file(a / "models" / cell / "model.safetensors")
-        y = load_file(b / "models" / cell / "model.safetensors")
-        assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x), cell
-
-
 @pytest.fixture(scope="module")
 def reference(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The grid under the default executor (local), in a subprocess like the others."""
@@ -72,7 +52,7 @@ def reference(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) ->
 
 @pytest.mark.slow
 @pytest.mark.parametrize("executor", list(EXECUTORS))
-def test_every_executor_gives_the_local_results(
+def test_every_executor_gives_the_localgrid_results(
     executor: str, reference: Path, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
     if executor == "ray":
@@ -80,8 +60,8 @@ def test_every_executor_gives_the_local_results(
     path = grid_yaml(tmp_path, tiny_model_dir)
     assert _run(path, *EXECUTORS[executor]) == 0, _log(path)
     run = tmp_path / "run"
-    assert _results(run) == _results(reference)
-    _same_weights(run, reference)
+    assert grid_results(run) == grid_results(reference)
+    same_weights(run, reference)
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["executor"] == executor
     assert all(c["status"] == "done" for c in manifest["cells"].values())
@@ -107,25 +87,27 @@ def test_worker_killed_mid_cell_then_rerun(
     path = grid_yaml(tmp_path, tiny_model_dir)
     run = tmp_path / "run"
     driver = cli_run(path, *EXECUTORS["processes"])
-    trained = run / "models" / CELLS[0] / "stage.json"
+    trained = run / "models" / GRID_CELLS[0] / "stage.json"
     deadline = time.time() + 300
     while not trained.exists() and driver.poll() is None and time.time() < deadline:
         time.sleep(0.01)
-    worker = _worker(run, f"cell--{CELLS[0]}")
+    worker = _worker(run, f"cell--{GRID_CELLS[0]}")
     assert trained.exists() and worker is not None, "no worker to kill mid-cell"
     os.kill(worker, signal.SIGKILL)
     assert driver.wait(timeout=300) == 2
     out = _log(path)
-    assert f"cell/{CELLS[0]}: killed by signal 9" in out and f"cell--{CELLS[0]}.log" in out
-    claim = run / "claims" / f"cell--{CELLS[0]}.json"
+    assert (
+        f"cell/{GRID_CELLS[0]}: killed by signal 9" in out and f"cell--{GRID_CELLS[0]}.log" in out
+    )
+    claim = run / "claims" / f"cell--{GRID_CELLS[0]}.json"
     assert claim.exists()  # the dead worker's claim is left behind, and taken over below
-    assert not (run / "eval" / CELLS[0] / "stage.json").exists()
+    assert not (run / "eval" / GRID_CELLS[0] / "stage.json").exists()
     finished = {p: p.read_text() for p in run.rglob("stage.json")}
     assert _run(path, *EXECUTORS["processes"]) == 0, _log(path)
     changed = [str(p) for p, text in finished.items() if p.read_text() != text]
     assert not changed, f"finished stages were redone: {changed}"
-    assert _results(run) == _results(reference)
-    _same_weights(run, reference)
+    assert grid_results(run) == grid_results(reference)
+    same_weights(run, reference)
 
 
 @pytest.mark.slow

@@ -35,6 +35,12 @@ class SlurmSettings(StageConfig):
         "submitit's local executor, every job of an array at once on this machine",
     )
     poll_s: float = Field(10.0, gt=0, description="seconds between job state checks")
+    unschedulable_grace_s: float = Field(
+        120.0,
+        gt=0,
+        description="a job pending this long for a reason SLURM cannot resolve by waiting "
+        "(PartitionConfig, ReqNodeNotAvail, BadConstraints, ...) is cancelled and reported",
+    )
 
 
 class RaySettings(StageConfig):

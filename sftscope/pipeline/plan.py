@@ -415,7 +415,9 @@ class Plan:
         bar.close()
         self.write_manifest()
         if failures:
-            lines = "; ".join(f.line() for f in failures)
+            from sftscope.pipeline.executors import failures_line
+
+            lines = failures_line(failures)
             raise SftscopeError(f"{len(failures)} of {len(jobs)} jobs ({what}) failed: {lines}")
 
     def _execute(self, stage: Stage) -> None:

@@ -32,6 +32,18 @@ class Failure:
         return f"{self.job}: {self.error}" + (f" (log: {self.log})" if self.log else "")
 
 
+def failures_line(failures: list[Failure]) -> str:
+    """The failures as one line, the jobs of one cause together (an array SLURM cannot start
+    is one cause, not one line per job)."""
+    causes: dict[str, list[Failure]] = {}
+    for f in failures:
+        causes.setdefault(f.error, []).append(f)
+    return "; ".join(
+        fs[0].line() if len(fs) == 1 else f"{', '.join(f.job for f in fs)}: {cause}"
+        for cause, fs in causes.items()
+    )
+
+
 def error_line(text: str, fallback: str = "no output") -> str:
     """The cause a failed job reported last: its ``error: …`` line or the exception line that
     ends its traceback (``ValueError: …``), else its last line."""

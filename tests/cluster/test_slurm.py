@@ -1,0 +1,127 @@
+"""The slurm executor against a real one-node SLURM (``conftest.slurm``): real ``sbatch`` job
+arrays through submitit give the local executor's results; ``array_parallelism`` holds; a job
+SLURM cannot start is one line within the grace; a job cancelled mid-cell is reported with its
+log, and a rerun finishes only what was left, with identical results."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+from conftest import cluster_grid
+from helpers import GRID_CELLS, cli_run, grid_results, same_weights
+from slurm_node import SlurmNode
+
+pytestmark = pytest.mark.slow
+
+SLURM = [
+    "executor.kind=slurm",
+    "executor.slurm.cpus_per_job=1",
+    "executor.slurm.mem_gb=1",
+    "executor.slurm.poll_s=0.5",
+    "executor.probe_shards=2",
+]
+
+
+def _run(path: Path, *args: str, timeout: float = 900) -> int:
+    return cli_run(path, *args).wait(timeout=timeout)
+
+
+def _log(path: Path) -> str:
+    return (path.parent / "run.log").read_text()[-4000:]
+
+
+def _most_at_once(node: SlurmNode) -> dict[str, int]:
+    """Per array (slurmctld's log): the most of its tasks that ran at the same time."""
+    text = (node.root / "logs" / "slurmctld.log").read_text()
+    events = []
+    pattern = r"\[([\d\-T:.]+)\] (?:sched: )?(Allocate|_job_complete:) JobId=(\d+)_\d+\S* "
+    for stamp, what, array in re.findall(pattern + r"(?:NodeList|done)", text):
+        t = datetime.fromisoformat(stamp).timestamp()
+        events.append((t, what == "Allocate", array))
+    running: dict[str, int] = {}
+    most: dict[str, int] = {}
+    for _, start, array in sorted(events, key=lambda e: (e[0], e[1])):
+        running[array] = running.get(array, 0) + (1 if start else -1)
+        most[array] = max(most.get(array, 0), running[array])
+    return most
+
+
+def test_real_job_arrays_give_the_local_results(
+    slurm: SlurmNode, local_run: Path, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    path = cluster_grid(tmp_path, tiny_model_dir)
+    assert _run(path, *SLURM, "executor.slurm.array_parallelism=1") == 0, _log(path)
+    run = tmp_path / "run"
+    assert grid_results(run) == grid_results(local_run)
+    same_weights(run, local_run)
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["executor"] == "slurm"
+    assert all(c["status"] == "done" for c in manifest["cells"].values())
+    most = _most_at_once(slurm)
+    assert most and max(most.values()) == 1, most  # array_parallelism=1 on a 2-CPU node
+    # a cluster without accounting: submitit's failing sacct is said once, not every poll
+    text = (path.parent / "run.log").read_text()
+    assert text.count("keeps no accounting") == 1 and "accounting storage is disabled" not in text
+
+
+def test_a_job_slurm_cannot_start_is_one_line(
+    slurm: SlurmNode, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    path = cluster_grid(tmp_path, tiny_model_dir)
+    t0 = time.monotonic()
+    rc = _run(
+        path,
+        *SLURM,
+        f"executor.slurm.cpus_per_job={slurm.cpus * 4}",
+        "executor.slurm.unschedulable_grace_s=3",
+        timeout=120,
+    )
+    assert rc == 2 and time.monotonic() - t0 < 90, _log(path)
+    errors = [x for x in _log(path).splitlines() if x.startswith("error:")]
+    assert len(errors) == 1, _log(path)
+    assert "PartitionConfig" in errors[0]
+    assert f"cpus_per_job {slurm.cpus * 4} > partition test's {slurm.cpus} CPUs a node" in errors[0]
+    assert not slurm.run("squeue", "-h").strip()  # the array was cancelled
+
+
+def _slurm_job_of(run: Path, job: str) -> str | None:
+    """The SLURM array task (``A_T``) running ``job``, from its claim."""
+    try:
+        return json.loads((run / "claims" / f"{job}.json").read_text())["scheduler_job"]
+    except (FileNotFoundError, json.JSONDecodeError, KeyError):
+        return None
+
+
+def test_a_job_cancelled_mid_cell_is_reported_and_a_rerun_finishes_it(
+    slurm: SlurmNode, local_run: Path, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    path = cluster_grid(tmp_path, tiny_model_dir)
+    run, cell = tmp_path / "run", GRID_CELLS[1]
+    driver = cli_run(path, *SLURM)
+    deadline, task = time.time() + 600, None
+    while driver.poll() is None and time.time() < deadline:
+        task = _slurm_job_of(run, f"cell--{cell}")
+        if task and (run / "models" / f".{cell}.partial").exists():
+            break
+        time.sleep(0.05)
+    assert task, "no running cell job to cancel: " + _log(path)
+    # SIGKILL, as the OOM killer or an admin would: a plain scancel's SIGTERM is bypassed by
+    # submitit, and this container's slurmstepd was seen to let the step run to its end (and
+    # write a valid result, then kept) well past KillWait instead of killing it
+    slurm.run("scancel", "--signal=KILL", "--full", task)
+    assert driver.wait(timeout=600) == 2, _log(path)
+    error = next(x for x in _log(path).splitlines() if x.startswith("error:"))
+    assert f"cell/{cell}" in error and str(run / "logs" / f"cell--{cell}.log") in error, error
+    assert not (run / "eval" / cell / "stage.json").exists()
+    finished = {p: p.read_text() for p in run.rglob("stage.json")}
+    assert _run(path, *SLURM) == 0, _log(path)
+    changed = [str(p) for p, text in finished.items() if p.read_text() != text]
+    assert not changed, f"finished stages were redone: {changed}"
+    assert grid_results(run) == grid_results(local_run)
+    same_weights(run, local_run)
