@@ -143,9 +143,10 @@ def holds_other_probe(cfg: ProbeConfig) -> bool:
     if not path.exists():
         return False
     saved = read_yaml(path, "probe settings")
+    current = probe_fields(_settings(cfg))
     try:
-        return probe_fields(ProbeConfig.model_validate(saved)) != probe_fields(_settings(cfg))
-    except (ValidationError, OSError, ValueError):  # (a calibration file since removed)
+        return probe_fields(ProbeConfig.model_validate(saved)) != current
+    except (ValidationError, SftscopeError):  # (a file it read, since removed: not this probe)
         return True
 
 

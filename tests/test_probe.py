@@ -225,3 +225,23 @@ def test_calibrate_then_relevel_without_the_model(tiny_model_dir: Path, tmp_path
         from sftscope.calibration import relevel
 
         relevel(tmp_path / "s", tmp_path / "cal.json", tmp_path / "bad")
+
+
+def test_a_probe_folder_whose_calibration_file_is_gone_holds_another_probe(tmp_path) -> None:
+    """A partial probe made with a calibration file since removed is not resumed (its levels
+    cannot be checked), and saying so is not an error."""
+    import json
+
+    from sftscope.config import ProbeConfig, dump_config
+    from sftscope.probe import holds_other_probe
+
+    gone = tmp_path / "gone.json"
+    gone.write_text(json.dumps({"thresholds": [0.001, 0.1, 0.2, 0.3]}))
+    cfg = ProbeConfig(model="m", method="likelihood", calibration=gone, out=tmp_path / "p")
+    (tmp_path / "p").mkdir()
+    (tmp_path / "p" / "probe.yaml").write_text(dump_config(cfg.model_copy(update={"out": "."})))
+    assert not holds_other_probe(cfg)
+    kept = tmp_path / "kept.json"
+    kept.write_text(gone.read_text())
+    gone.unlink()
+    assert holds_other_probe(cfg.model_copy(update={"calibration": kept}))
