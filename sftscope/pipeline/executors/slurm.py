@@ -96,7 +96,7 @@ class SlurmExecutor:
                 "executor 'slurm': no sbatch on PATH (not a SLURM login node?); "
                 "executor.slurm.cluster=local runs the jobs on this machine"
             )
-        self.cfg, self.layout = cfg, layout
+        self.cfg, self.layout, self.cluster = cfg, layout, cluster
         if cluster == "slurm":
             _without_accounting(submitit)
         self.executor = submitit.AutoExecutor(
@@ -131,7 +131,7 @@ class SlurmExecutor:
         submitted = self.executor.map_array(job_runner(), files, timeouts)
         pending = dict(zip(submitted, jobs, strict=True))
         failures: list[Failure] = []
-        queue = _Queue(self.cfg.slurm) if (self.cfg.slurm.cluster or "slurm") == "slurm" else None
+        queue = _Queue(self.cfg.slurm) if self.cluster == "slurm" else None
         while pending:
             for handle in [h for h in pending if h.done()]:
                 job = pending.pop(handle)
@@ -193,7 +193,10 @@ class _Queue:
             return None, {}
         self.checked = now
         out = _run(["squeue", "-h", "-r", "-t", "all", "-j", ",".join(job_ids), "-o", "%i|%T|%r"])
-        if out is None:  # (squeue rejects ids it has purged: asked one by one below)
+        if out is None:
+            if _run(["scontrol", "ping"]) is None:  # the controller is away: nothing is known
+                return None, {}
+            # (squeue rejects a list holding an id it has purged: asked one by one)
             out = "".join(_run(["squeue", "-h", "-t", "all", "-j", j, "-o", "%i|%T|%r"]) or ""
                           for j in job_ids)  # fmt: skip
         rows = {r[0]: r[1:] for r in (x.split("|") for x in out.splitlines()) if len(r) == 3}
