@@ -73,7 +73,7 @@ def content_digest(path: str | Path) -> str:
     if not path.exists():
         raise SftscopeError(f"{path}: no such file or folder")
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    stats = tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files)
+    stats = tuple((str(f), st.st_size, st.st_mtime_ns) for f in files for st in [f.stat()])
     return _digest(path, stats)
 
 
@@ -98,8 +98,6 @@ def _hash_file(h: Any, path: Path) -> None:
 
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
-    from sftscope.errors import SftscopeError
-
     rows = []
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
@@ -114,8 +112,6 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
 
 def read_json(path: str | Path, what: str = "file") -> Any:
     """Parse a JSON file; a missing, unreadable or malformed one is a one-line error naming it."""
-    from sftscope.errors import SftscopeError
-
     path = Path(path)
     try:
         return json.loads(path.read_text(encoding="utf-8"))
@@ -130,8 +126,6 @@ def read_json(path: str | Path, what: str = "file") -> Any:
 def read_yaml(path: str | Path, what: str = "file") -> Any:
     """Parse a YAML file; a missing, unreadable or malformed one is a one-line error naming it."""
     import yaml
-
-    from sftscope.errors import SftscopeError
 
     path = Path(path)
     try:

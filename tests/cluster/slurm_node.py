@@ -27,7 +27,7 @@ def missing() -> str | None:
     return None
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -58,8 +58,8 @@ class SlurmNode:
         lines = {
             "ClusterName": "sftscope-test",
             "SlurmctldHost": self.host,
-            "SlurmctldPort": _free_port(),
-            "SlurmdPort": _free_port(),
+            "SlurmctldPort": free_port(),
+            "SlurmdPort": free_port(),
             "SlurmUser": "root",
             "AuthType": "auth/munge",
             "CredType": "cred/munge",

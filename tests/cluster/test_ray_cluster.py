@@ -9,7 +9,6 @@ import json
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -21,15 +20,10 @@ import pytest
 
 from conftest import cluster_grid
 from helpers import GRID_CELLS, cli_run, grid_results, same_weights
+from slurm_node import free_port
 
 pytestmark = pytest.mark.slow
 RAY = Path(sys.executable).parent / "ray"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +32,7 @@ def ray_address() -> Iterator[str]:
     since 2.5x), the token in the environment of the head, of ``ray status`` and of the
     drivers (``cli_run`` passes ``os.environ`` on)."""
     pytest.importorskip("ray")
-    port = _free_port()
+    port = free_port()
     temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # (short: Ray's socket paths are bounded)
     auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
     saved = {k: os.environ.get(k) for k in auth}
