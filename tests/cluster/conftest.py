@@ -38,7 +38,7 @@ def slurm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmNode]:
 def cluster_grid(tmp_path: Path, model: Path) -> Path:
     """The tiny grid with cells that train for several seconds (longer than the node's
     ``KillWait``), so a job can be cancelled mid-cell."""
-    return grid_yaml(tmp_path, model, train={"batch_size": 4, "learning_rate": 1e-3, "epochs": 200})
+    return grid_yaml(tmp_path, model, train={"batch_size": 4, "learning_rate": 1e-3, "epochs": 400})
 
 
 @pytest.fixture(scope="session")

@@ -104,17 +104,16 @@ def test_a_job_cancelled_mid_cell_is_reported_and_a_rerun_finishes_it(
     path = cluster_grid(tmp_path, tiny_model_dir)
     run, cell = tmp_path / "run", GRID_CELLS[1]
     driver = cli_run(path, *SLURM)
-    deadline, task = time.time() + 600, None
+    deadline, task, log = time.time() + 600, None, run / "logs" / f"cell--{cell}.log"
     while driver.poll() is None and time.time() < deadline:
         task = _slurm_job_of(run, f"cell--{cell}")
-        if task and (run / "models" / f".{cell}.partial").exists():
-            break
+        if task and log.exists() and "'loss'" in log.read_text(errors="replace"):
+            break  # training has begun: the cell has seconds to go, more than KillWait
         time.sleep(0.05)
     assert task, "no running cell job to cancel: " + _log(path)
-    # SIGKILL, as the OOM killer or an admin would: a plain scancel's SIGTERM is bypassed by
-    # submitit, and this container's slurmstepd was seen to let the step run to its end (and
-    # write a valid result, then kept) well past KillWait instead of killing it
-    slurm.run("scancel", "--signal=KILL", "--full", task)
+    # a plain scancel, as a user would: SIGTERM (which submitit bypasses), then SIGKILL after
+    # KillWait; the cell's training lasts longer than that, so the kill lands mid-cell
+    slurm.run("scancel", task)
     assert driver.wait(timeout=600) == 2, _log(path)
     error = next(x for x in _log(path).splitlines() if x.startswith("error:"))
     assert f"cell/{cell}" in error and str(run / "logs" / f"cell--{cell}.log") in error, error
