@@ -5,7 +5,10 @@ CI) makes that a failure."""
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -33,6 +36,40 @@ def slurm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmNode]:
             os.environ.pop("SLURM_CONF", None)
         else:
             os.environ["SLURM_CONF"] = before
+
+
+SLURM = [  # the grid's overrides for the test node: a job fits its CPUs, states polled often
+    "executor.kind=slurm",
+    "executor.slurm.cpus_per_job=1",
+    "executor.slurm.mem_gb=1",
+    "executor.slurm.poll_s=0.5",
+    "executor.probe_shards=2",
+]
+
+
+def run_grid(path: Path, *args: str, timeout: float = 900) -> int:
+    """``sftscope run PATH ARGS`` to its end: the exit status."""
+    return cli_run(path, *args).wait(timeout=timeout)
+
+
+def run_log(path: Path) -> str:
+    """The end of what the runs of the grid at PATH printed (for assertion messages)."""
+    return (path.parent / "run.log").read_text()[-4000:]
+
+
+def job_in_training(driver: subprocess.Popen, run: Path, cell: str, path: Path) -> str:
+    """Wait until ``cell``'s job is training (its loss in its log): the SLURM array task
+    (``A_T``) running it, from its claim. A cell then has seconds to go, more than KillWait."""
+    log, deadline = run / "logs" / f"cell--{cell}.log", time.time() + 600
+    while driver.poll() is None and time.time() < deadline:
+        try:
+            task = json.loads((run / "claims" / f"cell--{cell}.json").read_text())["scheduler_job"]
+        except (FileNotFoundError, json.JSONDecodeError, KeyError):
+            task = None
+        if task and log.exists() and "'loss'" in log.read_text(errors="replace"):
+            return task
+        time.sleep(0.05)
+    raise AssertionError(f"no job training cell {cell}: {run_log(path)}")
 
 
 def cluster_grid(tmp_path: Path, model: Path) -> Path:

@@ -63,7 +63,8 @@ class SlurmNode:
             "SlurmUser": "root",
             "AuthType": "auth/munge",
             "CredType": "cred/munge",
-            "AuthInfo": f"socket={self.munge_socket}",
+            # cred_expire is also how long a requeued job waits to start again (default 120 s)
+            "AuthInfo": f"socket={self.munge_socket},cred_expire=10",
             "ProctrackType": "proctrack/linuxproc",
             "TaskPlugin": "task/none",
             "SelectType": "select/cons_tres",
@@ -73,6 +74,7 @@ class SlurmNode:
             "MpiDefault": "none",
             "ReturnToService": 2,
             "KillWait": self.kill_wait,
+            "SlurmdTimeout": 10,  # a stopped slurmd makes its node DOWN within ~15 s
             "MinJobAge": 600,
             "SchedulerParameters": "sched_interval=1",
             "StateSaveLocation": state,
@@ -129,8 +131,14 @@ class SlurmNode:
                 proc.kill()
                 proc.wait()
 
-    def restart_slurmd(self) -> None:
+    def restart_slurmd(self, timeout: float = 120) -> None:
+        """Start slurmd again and wait for its node to be back (``ReturnToService=2``)."""
         self._spawn("slurmd", ["slurmd", "-D", "-f", str(self.conf)])
+        self._wait(self.idle, timeout, "the node to be back")
+
+    def wait_empty(self, timeout: float = 120) -> None:
+        """Wait for the queue to hold no job (ended ones aside)."""
+        self._wait(lambda: not self.run("squeue", "-h", check=False).strip(), timeout, "no job")
 
     def stop(self) -> None:
         """Cancel the node's jobs (their steps outlive slurmd), then stop what :meth:`start`

@@ -13,27 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import cluster_grid
+from conftest import SLURM, cluster_grid, job_in_training, run_grid, run_log
 from helpers import GRID_CELLS, cli_run, grid_results, same_weights
 from slurm_node import SlurmNode
 
 pytestmark = pytest.mark.slow
-
-SLURM = [
-    "executor.kind=slurm",
-    "executor.slurm.cpus_per_job=1",
-    "executor.slurm.mem_gb=1",
-    "executor.slurm.poll_s=0.5",
-    "executor.probe_shards=2",
-]
-
-
-def _run(path: Path, *args: str, timeout: float = 900) -> int:
-    return cli_run(path, *args).wait(timeout=timeout)
-
-
-def _log(path: Path) -> str:
-    return (path.parent / "run.log").read_text()[-4000:]
 
 
 def _most_at_once(node: SlurmNode) -> dict[str, int]:
@@ -56,7 +40,7 @@ def test_real_job_arrays_give_the_local_results(
     slurm: SlurmNode, local_run: Path, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
     path = cluster_grid(tmp_path, tiny_model_dir)
-    assert _run(path, *SLURM, "executor.slurm.array_parallelism=1") == 0, _log(path)
+    assert run_grid(path, *SLURM, "executor.slurm.array_parallelism=1") == 0, run_log(path)
     run = tmp_path / "run"
     assert grid_results(run) == grid_results(local_run)
     same_weights(run, local_run)
@@ -75,27 +59,19 @@ def test_a_job_slurm_cannot_start_is_one_line(
 ) -> None:
     path = cluster_grid(tmp_path, tiny_model_dir)
     t0 = time.monotonic()
-    rc = _run(
+    rc = run_grid(
         path,
         *SLURM,
         f"executor.slurm.cpus_per_job={slurm.cpus * 4}",
         "executor.slurm.unschedulable_grace_s=3",
         timeout=120,
     )
-    assert rc == 2 and time.monotonic() - t0 < 90, _log(path)
-    errors = [x for x in _log(path).splitlines() if x.startswith("error:")]
-    assert len(errors) == 1, _log(path)
+    assert rc == 2 and time.monotonic() - t0 < 90, run_log(path)
+    errors = [x for x in run_log(path).splitlines() if x.startswith("error:")]
+    assert len(errors) == 1, run_log(path)
     assert "PartitionConfig" in errors[0]
     assert f"cpus_per_job {slurm.cpus * 4} > partition test's {slurm.cpus} CPUs a node" in errors[0]
     assert not slurm.run("squeue", "-h").strip()  # the array was cancelled
-
-
-def _slurm_job_of(run: Path, job: str) -> str | None:
-    """The SLURM array task (``A_T``) running ``job``, from its claim."""
-    try:
-        return json.loads((run / "claims" / f"{job}.json").read_text())["scheduler_job"]
-    except (FileNotFoundError, json.JSONDecodeError, KeyError):
-        return None
 
 
 def test_a_job_cancelled_mid_cell_is_reported_and_a_rerun_finishes_it(
@@ -104,22 +80,16 @@ def test_a_job_cancelled_mid_cell_is_reported_and_a_rerun_finishes_it(
     path = cluster_grid(tmp_path, tiny_model_dir)
     run, cell = tmp_path / "run", GRID_CELLS[1]
     driver = cli_run(path, *SLURM)
-    deadline, task, log = time.time() + 600, None, run / "logs" / f"cell--{cell}.log"
-    while driver.poll() is None and time.time() < deadline:
-        task = _slurm_job_of(run, f"cell--{cell}")
-        if task and log.exists() and "'loss'" in log.read_text(errors="replace"):
-            break  # training has begun: the cell has seconds to go, more than KillWait
-        time.sleep(0.05)
-    assert task, "no running cell job to cancel: " + _log(path)
+    task = job_in_training(driver, run, cell, path)
     # a plain scancel, as a user would: SIGTERM (which submitit bypasses), then SIGKILL after
     # KillWait; the cell's training lasts longer than that, so the kill lands mid-cell
     slurm.run("scancel", task)
-    assert driver.wait(timeout=600) == 2, _log(path)
-    error = next(x for x in _log(path).splitlines() if x.startswith("error:"))
+    assert driver.wait(timeout=600) == 2, run_log(path)
+    error = next(x for x in run_log(path).splitlines() if x.startswith("error:"))
     assert f"cell/{cell}" in error and str(run / "logs" / f"cell--{cell}.log") in error, error
     assert not (run / "eval" / cell / "stage.json").exists()
     finished = {p: p.read_text() for p in run.rglob("stage.json")}
-    assert _run(path, *SLURM) == 0, _log(path)
+    assert run_grid(path, *SLURM) == 0, run_log(path)
     changed = [str(p) for p, text in finished.items() if p.read_text() != text]
     assert not changed, f"finished stages were redone: {changed}"
     assert grid_results(run) == grid_results(local_run)

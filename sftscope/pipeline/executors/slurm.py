@@ -41,6 +41,17 @@ NEVER = {
     "InvalidAccount": "executor.slurm.account is not one of yours (sacctmgr show assoc)",
     "InvalidQOS": "executor.slurm.qos is not one of yours (sacctmgr show assoc)",
 }
+# squeue prints some reasons as SLURM's description of them, not their name
+DESCRIBED = {"Nodes required for job are DOWN, DRAINED": "ReqNodeNotAvail"}
+
+
+def _reason(text: str) -> str:
+    """squeue's ``%r`` as a reason's name: ``ReqNodeNotAvail, UnavailableNodes:n1`` and
+    ``Nodes required for job are DOWN, DRAINED or reserved ...`` are both ReqNodeNotAvail."""
+    for prefix, name in DESCRIBED.items():
+        if text.startswith(prefix):
+            return name
+    return text.split(",")[0].strip()
 
 
 def _submitit() -> Any:
@@ -123,6 +134,17 @@ class SlurmExecutor:
     def close(self) -> None:
         pass
 
+    def _cause(self, e: Exception) -> str:
+        """A failed job's cause in one line; a job that ran out of requeues says which knobs."""
+        if "timed-out too many times" in str(e):  # submitit's UncompletedJobError
+            s = self.cfg.slurm
+            return (
+                f"SLURM timed the job out {s.max_requeues + 1} times (executor.slurm."
+                f"timeout_min={s.timeout_min}, requeued max_requeues={s.max_requeues} times): "
+                "raise executor.slurm.timeout_min"
+            )
+        return error_line(str(e), type(e).__name__)  # (submitit's: the whole remote trace)
+
     def run(self, jobs: list[Job], on_done: Callable[[Job], None]) -> list[Failure]:
         if not jobs:
             return []
@@ -138,8 +160,7 @@ class SlurmExecutor:
                 try:
                     handle.result()
                 except Exception as e:  # noqa: BLE001 - reported with the job's log
-                    cause = error_line(str(e), type(e).__name__)  # (submitit: the whole trace)
-                    failures.append(Failure(job.name, cause, self.layout.log(job.name)))
+                    failures.append(Failure(job.name, self._cause(e), self.layout.log(job.name)))
                 else:
                     on_done(job)
             stuck, ended = (
@@ -203,6 +224,7 @@ class _Queue:
         reasons, ended = {}, {}
         for job in job_ids:
             state, reason = rows.get(job, ("gone from the queue", ""))
+            reason = _reason(reason)
             if state == "PENDING" and reason in NEVER:
                 reasons[job] = reason
             if state in ENDED or job not in rows:
