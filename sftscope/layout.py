@@ -52,8 +52,13 @@ class RunLayout:
         """A planned job as JSON, what a worker process (local, SLURM, Ray) is given."""
         return self.root / "jobs" / f"{_flat(job)}.json"
 
+    @property
+    def claims(self) -> Path:
+        """Who runs which job now (:mod:`sftscope.pipeline.claims`)."""
+        return self.root / "claims"
+
     def claim(self, job: str) -> Path:
-        return self.root / "claims" / f"{_flat(job)}.json"
+        return self.claims / f"{_flat(job)}.json"
 
     def log(self, job: str) -> Path:
         return self.root / "logs" / f"{_flat(job)}.log"

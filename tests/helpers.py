@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import yaml
@@ -109,11 +110,12 @@ def same_weights(a: Path, b: Path) -> None:
         assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x), cell
 
 
-def cli_run(path: Path, *overrides: str) -> subprocess.Popen:
-    """``sftscope run PATH`` in a subprocess, its output appended to ``run.log`` beside PATH."""
+def cli_run(path: Path, *overrides: str, prefix: Sequence[str] = ()) -> subprocess.Popen:
+    """``sftscope run PATH`` in a subprocess, its output appended to ``run.log`` beside PATH;
+    ``prefix`` runs it through a wrapper (e.g. ``unshare`` for another hostname)."""
     # Same thread count in every run: float reductions (hence greedy outputs) depend on it.
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    cmd = [sys.executable, "-m", "sftscope.cli", "run", str(path), *overrides]
+    cmd = [*prefix, sys.executable, "-m", "sftscope.cli", "run", str(path), *overrides]
     log = open(path.parent / "run.log", "a")  # noqa: SIM115 - a pipe could fill up and block
     return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
 

@@ -17,7 +17,7 @@ import pytest
 
 from sftscope.config import GridConfig, load_config
 from sftscope.errors import SftscopeError
-from sftscope.pipeline.claims import Claim
+from sftscope.pipeline.claims import Claim, free_claims_of
 from sftscope.pipeline.grid import Grid
 
 from helpers import GRID_CELLS, cli_run, grid_results, grid_yaml, same_weights
@@ -165,6 +165,24 @@ def test_claims_across_hosts(tmp_path: Path) -> None:
     path.write_text(json.dumps({**other, "host": socket.gethostname(), "pid": dead.pid}))
     with Claim(path, 600):  # a dead process of this host (kill -9): taken over at once
         pass
+
+
+def test_a_dead_drivers_own_job_claims_go_with_its_run_folder(tmp_path: Path) -> None:
+    """The local executor runs jobs in the driver: when its ``.lock`` is taken over, the job
+    claims that process held are freed even if their last beat came a little later."""
+    now = time.time()
+    dead = {"host": "elsewhere", "pid": 7, "token": "x", "heartbeat": now - 61}
+    lock, claims = tmp_path / ".lock", tmp_path / "claims"
+    claims.mkdir()
+    lock.write_text(json.dumps(dead))
+    (claims / "mine.json").write_text(json.dumps({**dead, "heartbeat": now - 50}))
+    (claims / "other.json").write_text(json.dumps({**dead, "pid": 8, "heartbeat": now - 50}))
+    with Claim(lock, 60) as claim:
+        assert claim.taken_from == dead
+        assert free_claims_of(claims, claim.taken_from) == [claims / "mine.json"]
+    assert sorted(p.name for p in claims.iterdir()) == ["other.json"]  # another process's
+    with Claim(lock, 60) as claim:  # nothing taken over: nothing to free
+        assert claim.taken_from is None
 
 
 def test_two_drivers_on_one_run_folder_are_refused(tiny_model_dir: Path, tmp_path: Path) -> None:

@@ -6,6 +6,8 @@ NFS alike. While held, a daemon thread refreshes the heartbeat. A claim is stale
 over, when its holder is a dead process on this host (e.g. after ``kill -9``) or when its
 heartbeat is older than the timeout (a host that died or lost the filesystem). The driver
 claims the run folder (``.lock``); each worker claims the job it runs (``claims/<job>.json``).
+A driver that takes a dead driver's ``.lock`` over also frees the job claims that process held
+itself (the local executor runs jobs in the driver): they died with it.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ class Claim:
         self.timeout_s = timeout_s
         self.what = what
         self.token = secrets.token_hex(8)
+        self.taken_from: dict[str, Any] | None = None  # the stale holder it replaced, if any
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -88,6 +91,7 @@ class Claim:
             atomic_write_json(self.path, self._record())  # take the stale one over
             time.sleep(0.05)  # a racing taker's write lands too; the last one wins
             if (self.holder() or {}).get("token") == self.token:
+                self.taken_from = rec
                 break
         else:
             raise SftscopeError(f"{self.path}: could not claim the {self.what}")
@@ -114,6 +118,21 @@ class Claim:
 
     def __exit__(self, *exc: Any) -> None:
         self.release()
+
+
+def free_claims_of(folder: Path, dead: dict[str, Any]) -> list[Path]:
+    """Delete the claims in ``folder`` held by the process ``dead`` (host and pid of a claim
+    judged stale): the ones it held itself are as dead as it, whatever their own heartbeat
+    says (it stopped at most a beat later). Other processes' claims are left to be judged."""
+    if not dead.get("host") or not isinstance(dead.get("pid"), int):
+        return []
+    freed = []
+    for path in sorted(Path(folder).glob("*.json")):
+        rec = Claim(path).holder() or {}
+        if (rec.get("host"), rec.get("pid")) == (dead["host"], dead["pid"]):
+            path.unlink(missing_ok=True)
+            freed.append(path)
+    return freed
 
 
 def scheduler_job() -> str | None:

@@ -42,7 +42,7 @@ from sftscope.data.schema import QAItem
 from sftscope.errors import SftscopeError
 from sftscope.layout import RunLayout
 from sftscope.models.factory import check_engine
-from sftscope.pipeline.claims import Claim
+from sftscope.pipeline.claims import Claim, free_claims_of
 from sftscope.pipeline.runners import execute
 from sftscope.pipeline.stage import Job, Stage, fingerprint
 from sftscope.registry import PROBE_METHODS
@@ -377,7 +377,9 @@ class Plan:
         check_engine(self.cfg.engine)  # before anything is written
         with Claim(
             self.layout.lock, ex.claim_timeout_s, what="run folder (another sftscope run drives it)"
-        ):
+        ) as lock:
+            if lock.taken_from:
+                free_claims_of(self.layout.claims, lock.taken_from)
             for tmp in self.root.glob(".*.tmp"):  # a killed driver's half-written manifest
                 tmp.unlink(missing_ok=True)
             self.write_inputs()
