@@ -14,6 +14,11 @@ forked process, loading its models and data: ~1-2 s here); real cells run for mi
 
 ``--model smollm2 --device cuda`` on a GPU box measures cells/hour of the bundled SmolLM2 with
 one worker per GPU against ``local``.
+
+``--executors processes,slurm`` (as root, with ``slurm-wlm`` and ``munge`` installed: ``make
+test-cluster`` does it) also runs the grid as real ``sbatch`` job arrays on a one-node SLURM of
+this machine, started for the run and stopped after it (``tests/cluster/slurm_node.py``), each
+job with ``cores / workers`` CPUs and ``--workers`` tasks of an array at once.
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import yaml
@@ -82,6 +89,22 @@ def timed_run(path: Path, *args: str) -> float:
     return time.perf_counter() - started
 
 
+@contextmanager
+def slurm_node(root: Path) -> Iterator[None]:
+    """A one-node SLURM of this machine while the context lasts, clients pointed at it."""
+    sys.path.insert(0, str(ROOT / "tests" / "cluster"))
+    from slurm_node import SlurmNode, missing
+
+    if why := missing():
+        sys.exit(f"no SLURM node here: {why}")
+    node = SlurmNode(root).start()
+    os.environ.update(node.env)
+    try:
+        yield
+    finally:
+        node.stop()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workers", type=int, default=2)
@@ -95,16 +118,29 @@ def main() -> None:
     )
     ap.add_argument("--model", default=None, help="a model instead of the random-init one")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--executors", default="local,processes")
+    ap.add_argument("--executors", default="local,processes", help="of local,processes,slurm")
+    ap.add_argument("--poll-s", type=float, default=0.5, help="slurm: seconds between checks")
     ap.add_argument("--work", type=Path, default=None, help="folder for models and runs")
     args = ap.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="sftscope-executors-"))
     model = args.model or str(tiny_model(work / "model", args.hidden, args.layers))
     walls = {}
-    for kind in args.executors.split(","):
-        extra = ["--executor", kind] + (["--workers", str(args.workers)] if kind != "local" else [])
-        walls[kind] = timed_run(grid(work, model, args.device, kind, args.epochs), *extra)
-        print(f"{kind:>10}: {walls[kind]:7.1f} s  ({4 * 3600 / walls[kind]:.0f} cells/hour)")
+    with ExitStack() as stack:
+        for kind in args.executors.split(","):
+            extra = ["--executor", kind]
+            if kind == "slurm":
+                stack.enter_context(slurm_node(work / "slurm"))
+                cpus = max(1, (os.cpu_count() or 2) // args.workers)
+                extra += [f"executor.slurm.cpus_per_job={cpus}", "executor.slurm.mem_gb=1"]
+                extra += [f"executor.slurm.array_parallelism={args.workers}"]
+                extra += [f"executor.slurm.poll_s={args.poll_s}"]
+            elif kind != "local":
+                extra += ["--workers", str(args.workers)]
+            walls[kind] = timed_run(grid(work, model, args.device, kind, args.epochs), *extra)
+            print(f"{kind:>10}: {walls[kind]:7.1f} s  ({4 * 3600 / walls[kind]:.0f} cells/hour)")
+    if "slurm" in walls and "processes" in walls:
+        ratio = walls["slurm"] / walls["processes"]
+        print(f"slurm / processes --workers {args.workers} = {ratio:.2f}")
     if "local" in walls and "processes" in walls:
         ratio = walls["processes"] / walls["local"]
         print(

@@ -75,3 +75,17 @@ def test_the_controller_away_says_nothing(squeue: dict) -> None:
     q = _queue()
     for _ in range(4):
         assert q.check(["7_0"]) == (None, {})
+
+
+def test_a_slurm_job_uses_the_cpus_it_was_given(monkeypatch: pytest.MonkeyPatch) -> None:
+    from sftscope.pipeline.worker import job_threads
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("SLURM_CPUS_PER_TASK", raising=False)
+    assert job_threads() is None  # torch's default
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "3")
+    assert job_threads() == 3
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert job_threads() == 1  # the user's setting wins
+    monkeypatch.setenv("OMP_NUM_THREADS", "")
+    assert job_threads() == 3

@@ -96,6 +96,18 @@ def logged(path: Path) -> Iterator[None]:
             os.close(saved[1])
 
 
+def job_threads() -> int | None:
+    """Torch threads for a worker: ``OMP_NUM_THREADS`` (the same count gives the same float
+    reductions), else in a SLURM job the CPUs it was given. Without CPU binding
+    (``TaskPlugin=task/none``) torch would start a thread per core of the node: two jobs on a
+    2-core node trained 8x slower than one thread each."""
+    for var in ("OMP_NUM_THREADS", "SLURM_CPUS_PER_TASK"):
+        value = os.environ.get(var, "")
+        if value.isdigit() and int(value) > 0:
+            return int(value)
+    return None
+
+
 def run_job_file(path: str | Path, log: bool = False, claim_timeout_s: float | None = None) -> str:
     """Run the job saved at ``path`` (``RUN/jobs/<job>.json``); returns its name. ``log``:
     write its output to ``RUN/logs/<job>.log`` (for workers whose output goes elsewhere)."""
@@ -104,11 +116,11 @@ def run_job_file(path: str | Path, log: bool = False, claim_timeout_s: float | N
     path = Path(path)
     root = path.parent.parent
     job = Job.model_validate_json(path.read_text(encoding="utf-8"))
-    threads = os.environ.get("OMP_NUM_THREADS")
-    if threads and threads.isdigit():  # the same thread count gives the same float reductions
+    threads = job_threads()
+    if threads:
         import torch
 
-        torch.set_num_threads(int(threads))
+        torch.set_num_threads(threads)
     timeout = claim_timeout_s or float(
         os.environ.get("SFTSCOPE_CLAIM_TIMEOUT_S", DEFAULT_CLAIM_TIMEOUT_S)
     )
