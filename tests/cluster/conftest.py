@@ -57,6 +57,21 @@ def run_log(path: Path) -> str:
     return (path.parent / "run.log").read_text()[-4000:]
 
 
+def run_errors(path: Path) -> list[str]:
+    """The ``error:`` lines the runs of the grid at PATH printed."""
+    return [x for x in run_log(path).splitlines() if x.startswith("error:")]
+
+
+def slurm_cell_training(
+    tmp_path: Path, model: Path, cell: str, *args: str
+) -> tuple[Path, subprocess.Popen, str]:
+    """:func:`cluster_grid` driven on SLURM (``ARGS`` added), waited for until ``cell``
+    trains: the grid's path, the driver, and the array task running the cell."""
+    path = cluster_grid(tmp_path, model)
+    driver = cli_run(path, *SLURM, *args)
+    return path, driver, job_in_training(driver, tmp_path / "run", cell, path)
+
+
 def job_in_training(driver: subprocess.Popen, run: Path, cell: str, path: Path) -> str:
     """Wait until ``cell``'s job is training (its loss in its log): the SLURM array task
     (``A_T``) running it, from its claim. A cell then has seconds to go, more than KillWait."""

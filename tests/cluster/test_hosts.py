@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import cluster_grid, run_log
+from conftest import cluster_grid, run_errors, run_log
 from helpers import GRID_CELLS, cli_run, grid_results, same_weights
 
 pytestmark = pytest.mark.slow
@@ -54,7 +54,7 @@ def files(run: Path) -> dict[str, int]:
 def refused(path: Path, host: str) -> str:
     """Run a driver on ``host`` that must be refused: its one error line."""
     assert driver(host, path).wait(timeout=300) == 2, run_log(path)
-    errors = [x for x in run_log(path).splitlines() if x.startswith("error:")]
+    errors = run_errors(path)
     assert errors, run_log(path)
     return errors[-1]
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import cluster_grid
+from conftest import cluster_grid, run_errors, run_grid, run_log
 from helpers import GRID_CELLS, cli_run, grid_results, same_weights
 from slurm_node import free_port
 
@@ -72,16 +72,12 @@ def ray_address() -> Iterator[str]:
                 os.environ[k] = v
 
 
-def _log(path: Path) -> str:
-    return (path.parent / "run.log").read_text()[-4000:]
-
-
 def test_a_ray_cluster_gives_the_local_results(
     ray_address: str, local_run: Path, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
     path = cluster_grid(tmp_path, tiny_model_dir)
     args = ["executor.kind=ray", f"executor.ray.address={ray_address}"]
-    assert cli_run(path, *args).wait(timeout=900) == 0, _log(path)
+    assert run_grid(path, *args) == 0, run_log(path)
     run = tmp_path / "run"
     assert grid_results(run) == grid_results(local_run)
     same_weights(run, local_run)
@@ -104,13 +100,13 @@ def test_a_ray_worker_killed_mid_cell_is_reported_then_rerun(
         if pid and (run / "models" / f".{cell}.partial").exists():
             break
         time.sleep(0.05)
-    assert pid, "no running cell task to kill: " + _log(path)
+    assert pid, "no running cell task to kill: " + run_log(path)
     os.kill(pid, signal.SIGKILL)
-    assert driver.wait(timeout=600) == 2, _log(path)
-    error = next(x for x in _log(path).splitlines() if x.startswith("error:"))
+    assert driver.wait(timeout=600) == 2, run_log(path)
+    error = run_errors(path)[0]
     assert f"cell/{cell}" in error and str(run / "logs" / f"cell--{cell}.log") in error, error
     finished = {p: p.read_text() for p in run.rglob("stage.json")}
-    assert cli_run(path, *args).wait(timeout=900) == 0, _log(path)
+    assert run_grid(path, *args) == 0, run_log(path)
     changed = [str(p) for p, text in finished.items() if p.read_text() != text]
     assert not changed, f"finished stages were redone: {changed}"
     assert grid_results(run) == grid_results(local_run)

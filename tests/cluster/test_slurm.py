@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SLURM, cluster_grid, job_in_training, run_grid, run_log
-from helpers import GRID_CELLS, cli_run, grid_results, same_weights
+from conftest import SLURM, cluster_grid, run_errors, run_grid, run_log, slurm_cell_training
+from helpers import GRID_CELLS, grid_results, same_weights
 from slurm_node import SlurmNode
 
 pytestmark = pytest.mark.slow
@@ -67,7 +67,7 @@ def test_a_job_slurm_cannot_start_is_one_line(
         timeout=120,
     )
     assert rc == 2 and time.monotonic() - t0 < 90, run_log(path)
-    errors = [x for x in run_log(path).splitlines() if x.startswith("error:")]
+    errors = run_errors(path)
     assert len(errors) == 1, run_log(path)
     assert "PartitionConfig" in errors[0]
     assert f"cpus_per_job {slurm.cpus * 4} > partition test's {slurm.cpus} CPUs a node" in errors[0]
@@ -77,15 +77,13 @@ def test_a_job_slurm_cannot_start_is_one_line(
 def test_a_job_cancelled_mid_cell_is_reported_and_a_rerun_finishes_it(
     slurm: SlurmNode, local_run: Path, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
-    path = cluster_grid(tmp_path, tiny_model_dir)
     run, cell = tmp_path / "run", GRID_CELLS[1]
-    driver = cli_run(path, *SLURM)
-    task = job_in_training(driver, run, cell, path)
+    path, driver, task = slurm_cell_training(tmp_path, tiny_model_dir, cell)
     # a plain scancel, as a user would: SIGTERM (which submitit bypasses), then SIGKILL after
     # KillWait; the cell's training lasts longer than that, so the kill lands mid-cell
     slurm.run("scancel", task)
     assert driver.wait(timeout=600) == 2, run_log(path)
-    error = next(x for x in run_log(path).splitlines() if x.startswith("error:"))
+    error = run_errors(path)[0]
     assert f"cell/{cell}" in error and str(run / "logs" / f"cell--{cell}.log") in error, error
     assert not (run / "eval" / cell / "stage.json").exists()
     finished = {p: p.read_text() for p in run.rglob("stage.json")}

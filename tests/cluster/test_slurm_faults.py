@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SLURM, cluster_grid, job_in_training, run_grid, run_log
-from helpers import GRID_CELLS, cli_run, grid_results, same_weights
+from conftest import SLURM, cluster_grid, run_errors, run_grid, run_log, slurm_cell_training
+from helpers import GRID_CELLS, grid_results, same_weights
 from slurm_node import SlurmNode
 
 pytestmark = pytest.mark.slow
@@ -24,17 +24,11 @@ def _restarts(node: SlurmNode, task: str) -> int:
     return int(found.group(1)) if found else 0
 
 
-def _errors(path: Path) -> list[str]:
-    return [x for x in run_log(path).splitlines() if x.startswith("error:")]
-
-
 def test_a_requeued_job_reruns_and_the_run_completes(
     slurm: SlurmNode, local_run: Path, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
-    path = cluster_grid(tmp_path, tiny_model_dir)
-    run, cell = tmp_path / "run", GRID_CELLS[1]
-    driver = cli_run(path, *SLURM)
-    task = job_in_training(driver, run, cell, path)
+    run = tmp_path / "run"
+    path, driver, task = slurm_cell_training(tmp_path, tiny_model_dir, GRID_CELLS[1])
     probes = {p: p.read_text() for p in (run / "probe").rglob("stage.json")}
     slurm.run("scontrol", "requeue", task)  # as an admin draining a node would
     assert driver.wait(timeout=600) == 0, run_log(path)
@@ -55,7 +49,7 @@ def test_a_job_past_its_time_limit_is_requeued_then_reported(
     rc = run_grid(path, *SLURM, *limits, "levels=[1]", "sizes=[4]", "train.epochs=40000")
     assert rc == 2, run_log(path)
     assert time.monotonic() - t0 < 400
-    (error,) = _errors(path)
+    (error,) = run_errors(path)
     assert "cell/1-4-0" in error
     assert (
         "SLURM timed the job out 2 times (executor.slurm.timeout_min=1, requeued "
@@ -66,26 +60,25 @@ def test_a_job_past_its_time_limit_is_requeued_then_reported(
     assert _restarts(slurm, task) == 1
 
 
-def _stop_slurmd_with_cells_queued(slurm: SlurmNode, path: Path, *args: str):
+def _stop_slurmd_with_cells_queued(slurm: SlurmNode, tmp_path: Path, model: Path, grace: int):
     """Start the grid with one cell at a time, and stop slurmd while the first one trains and
     the others wait in the queue."""
-    driver = cli_run(path, *SLURM, "executor.slurm.array_parallelism=1", *args)
-    job_in_training(driver, path.parent / "run", GRID_CELLS[0], path)
+    one = ["executor.slurm.array_parallelism=1", f"executor.slurm.unschedulable_grace_s={grace}"]
+    path, driver, _ = slurm_cell_training(tmp_path, model, GRID_CELLS[0], *one)
     slurm.stop_daemon("slurmd")
-    return driver
+    return path, driver
 
 
 def test_slurmd_stopped_past_the_grace_is_one_line_and_a_rerun_completes(
     slurm: SlurmNode, local_run: Path, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
-    path = cluster_grid(tmp_path, tiny_model_dir)
-    driver = _stop_slurmd_with_cells_queued(slurm, path, "executor.slurm.unschedulable_grace_s=5")
+    path, driver = _stop_slurmd_with_cells_queued(slurm, tmp_path, tiny_model_dir, grace=5)
     try:
         rc = driver.wait(timeout=180)  # the node is DOWN after ~15 s, then 5 s of grace
     finally:
         slurm.restart_slurmd()
     assert rc == 2, run_log(path)
-    (error,) = _errors(path)
+    (error,) = run_errors(path)
     assert "pending ReqNodeNotAvail for over 5 s; cancelled" in error, error
     assert "the nodes it needs are down, drained or reserved (sinfo -R)" in error, error
     slurm.wait_empty()
@@ -96,8 +89,7 @@ def test_slurmd_stopped_past_the_grace_is_one_line_and_a_rerun_completes(
 def test_slurmd_back_within_the_grace_the_run_completes(
     slurm: SlurmNode, local_run: Path, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
-    path = cluster_grid(tmp_path, tiny_model_dir)
-    driver = _stop_slurmd_with_cells_queued(slurm, path, "executor.slurm.unschedulable_grace_s=120")
+    path, driver = _stop_slurmd_with_cells_queued(slurm, tmp_path, tiny_model_dir, grace=120)
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and "DOWN" not in slurm.run("squeue", "-h", "-o", "%r"):
