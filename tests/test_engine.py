@@ -373,3 +373,23 @@ def test_the_whole_prompt_path_equals_the_fast_path_on_a_plain_cache(
     assert whole[1] == fast[1]
     for a, b in zip(whole[0], fast[0], strict=True):
         assert torch.allclose(torch.tensor(a), torch.tensor(b), atol=1e-5)
+
+
+def test_the_shared_prefix_decode_gives_the_same_samples(tiny_model_dir) -> None:
+    """n samples decoded against one copy of their prompt (preallocated room, rows dropped as
+    they finish) give the samples of the repeated, regrown cache."""
+    from sftscope.models.engines import HFEngine
+    from sftscope.models.loading import load_model
+
+    model, tok = load_model(str(tiny_model_dir), device="cpu")
+    prompts = [f"Question: Where is {w} located?\nAnswer:" for w in ("Paris", "old Rome", "x")]
+    prompts += ["Question: Q1\nAnswer: A1\n" * 3 + p for p in prompts]
+    out = {}
+    for shared in (False, True):
+        engine = HFEngine(model, tok, batch_size=4, progress=False, shared_prefix=shared)
+        assert engine.shared_prefix is shared
+        assert engine.info["decode"] == ("shared-prefix-1" if shared else "dynamic-cache")
+        sampled = engine.generate(prompts, max_new_tokens=12, temperature=1.0, n=5, seed=3)
+        stopped = engine.generate(prompts, max_new_tokens=12, temperature=1.0, n=3, stop=("a",))
+        out[shared] = (sampled, stopped, engine.generate(prompts, max_new_tokens=12))
+    assert out[True] == out[False]

@@ -22,6 +22,7 @@ Greedy decoding (temperature 0) is the same loop with ``argmax``.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 from collections.abc import Callable, Sequence
@@ -29,6 +30,8 @@ from dataclasses import dataclass
 
 import torch
 from transformers import DynamicCache, PreTrainedModel
+
+from sftscope.models.shared_prefix import SharedPrefixCache, shared_prefix_attention
 
 DoneIf = Callable[[str], bool]
 
@@ -122,6 +125,27 @@ def decode(
     the attention mask over the cached positions plus that token. ``prune``: finished rows
     leave the batch and the cache (else they stay, their tokens unread).
     """
+    shared = isinstance(cache, SharedPrefixCache)
+    with shared_prefix_attention(model, cache) if shared else contextlib.nullcontext():
+        return _decode(
+            model, tokenizer, last, mask, cache, max_new_tokens, temperature, uniforms, finish,
+            prune, shared,
+        )  # fmt: skip
+
+
+def _decode(
+    model: PreTrainedModel,
+    tokenizer,
+    last: torch.Tensor,
+    mask: torch.Tensor,
+    cache,
+    max_new_tokens: int,
+    temperature: float,
+    uniforms: torch.Tensor | None,
+    finish: Finish,
+    prune: bool,
+    shared: bool,
+) -> tuple[list[list[int]], int]:
     device = last.device
     rows = last.shape[0]
     out: list[list[int]] = [[] for _ in range(rows)]
@@ -133,11 +157,13 @@ def decode(
     for step in range(max_new_tokens):
         logits = model(
             input_ids=cur,
-            attention_mask=mask,
+            attention_mask=None if shared else mask,  # (the shared cache masks the prompts)
             position_ids=pos,
             use_cache=True,
             **cache_kwarg(model, cache),
         ).logits[:, -1]
+        if shared and step == 0:
+            cache.check()
         forwarded += len(alive)
         u = uniforms[alive, step].to(device) if temperature > 0 else None
         nxt = sample_tokens(logits, temperature, u)
@@ -163,9 +189,11 @@ def decode(
             keep = [b for b in range(len(alive)) if b not in done]
             index = torch.tensor(keep, device=device)
             cache.batch_select_indices(index)
-            mask, pos, nxt = mask[index], pos[index], nxt[index]
+            pos, nxt = pos[index], nxt[index]
+            mask = mask if shared else mask[index]
             alive = [alive[b] for b in keep]
-        mask = torch.cat([mask, mask.new_ones(len(alive), 1)], dim=1)
+        if not shared:
+            mask = torch.cat([mask, mask.new_ones(len(alive), 1)], dim=1)
         pos = pos + 1
         cur = nxt[:, None]
     return out, forwarded

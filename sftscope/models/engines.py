@@ -39,6 +39,8 @@ from sftscope.models.decoding import (
     plain_cache,
     row_uniforms,
 )
+from sftscope.models.shared_prefix import VERSION as SHARED_PREFIX_VERSION
+from sftscope.models.shared_prefix import SharedPrefixCache, supports_shared_prefix
 
 
 class Engine(Protocol):
@@ -207,6 +209,7 @@ class HFEngine:
         tokenizer,
         batch_size: int | Literal["auto"] = 32,
         progress: bool = True,
+        shared_prefix: bool = False,
     ) -> None:
         if batch_size != "auto" and (not isinstance(batch_size, int) or batch_size < 1):
             raise ValueError(f"batch_size {batch_size!r}: expected a positive int or 'auto'")
@@ -217,6 +220,8 @@ class HFEngine:
         self.progress = progress
         self.tokens_forwarded = 0  # non-padding token positions run through the model
         self.plain_cache = plain_cache(model)  # else: no prefix sharing, no row dropping
+        # opt-in until its speed and equality are measured on the probe (issue 32)
+        self.shared_prefix = shared_prefix and self.plain_cache and supports_shared_prefix(model)
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
 
@@ -228,7 +233,13 @@ class HFEngine:
     def info(self) -> dict[str, str]:
         import transformers
 
-        return {"engine": "hf", "version": transformers.__version__, "device": self.device.type}
+        decode = SHARED_PREFIX_VERSION if self.shared_prefix else "dynamic-cache"
+        return {
+            "engine": "hf",
+            "version": transformers.__version__,
+            "device": self.device.type,
+            "decode": decode,
+        }
 
     def _encode(self, texts: Sequence[str], special: bool) -> list[list[int]]:
         if special:
@@ -266,7 +277,7 @@ class HFEngine:
         order = sorted(range(len(encoded)), key=lambda i: (list(encoded[i]), i))
         return [order[i : i + size] for i in range(0, len(order), size)]
 
-    def _prefill(self, rows: Sequence[Sequence[int]], n: int):
+    def _prefill(self, rows: Sequence[Sequence[int]], n: int, new_tokens: int = 1):
         """Run every prompt but its last token through the model; return the batch layout and
         the KV cache that ``generate`` continues from.
 
@@ -275,7 +286,9 @@ class HFEngine:
         prefixes) and its cache gathered to the group's rows; a row without partners is its
         own group. Each row's remainder follows, laid out as ``[pad][prefix][pad][rest]``, with
         position ids from the attention mask, so every token keeps its unpadded position.
-        Finally the cache is repeated ``n`` times: the ``n`` samples of a prompt share its prefill.
+        The ``n`` samples of a prompt share its prefill: decoded against one copy of it, with
+        room for ``new_tokens`` positions of their own (:mod:`sftscope.models.shared_prefix`),
+        or, where the model's attention does not allow that, in a cache repeated ``n`` times.
         """
         if not self.plain_cache:
             return self._prefill_whole(rows, n)
@@ -310,8 +323,11 @@ class HFEngine:
                 use_cache=True,
                 logits_to_keep=1,
             )
-        if n > 1:
+        if self.shared_prefix and width > 1:  # the prompts' cache kept once for their samples
+            cache = SharedPrefixCache(cache, mask[:, : width - 1], n, capacity=new_tokens)
+        elif n > 1:
             cache.batch_repeat_interleave(n)
+        if n > 1:
             ids, mask = ids.repeat_interleave(n, dim=0), mask.repeat_interleave(n, dim=0)
         return ids, mask, cache
 
@@ -355,7 +371,7 @@ class HFEngine:
         bar = tqdm(total=len(prompts), desc=desc, unit="prompt", disable=not self.progress)
         size = self._batch_size(max(map(len, encoded)) + max_new_tokens, n)
         for idx in self._prefix_batches(encoded, size):
-            ids, mask, cache = self._prefill([encoded[i] for i in idx], n)
+            ids, mask, cache = self._prefill([encoded[i] for i in idx], n, max_new_tokens)
             rows = [idx[j // n] for j in range(len(idx) * n)]
             uniforms = None
             if temperature > 0:  # one stream per prompt: see sftscope.models.decoding
