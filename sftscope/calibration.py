@@ -69,8 +69,11 @@ def relevel(probe_dir: Path, calibration: Path, out: Path) -> ProbeSummary:
     for r in rows:
         if r["R"] is not None:
             r["level"] = level_of(r["R"], cal)
-    relabelled = {"thresholds": list(cal), "calibration": str(calibration),
-                  "histogram": histogram(rows)}  # fmt: skip
+    relabelled = {
+        "thresholds": list(cal),
+        "calibration": str(calibration),
+        "histogram": histogram(rows),
+    }
     before = ProbeSummary.read_if(Path(probe_dir) / SUMMARY)
     if before is not None:
         summary = before.model_copy(update=relabelled)

@@ -173,10 +173,19 @@ def run_eval(cfg: EvalConfig, engine: Engine | None = None) -> EvalSummary:
     if levels is not None:
         for r in records:
             r["level"] = levels.get(r["id"])
-        fields = {"by_level": level_breakdown(records),
-                  "unprobed": sum(r["level"] is None for r in records)}  # fmt: skip
-    summary = EvalSummary(model=cfg.model, data=cfg.data, split=cfg.split, prompt=cfg.prompt,
-                          engine=engine_info(engine), **summarize(records), **fields)  # fmt: skip
+        fields = {
+            "by_level": level_breakdown(records),
+            "unprobed": sum(r["level"] is None for r in records),
+        }
+    summary = EvalSummary(
+        model=cfg.model,
+        data=cfg.data,
+        split=cfg.split,
+        prompt=cfg.prompt,
+        engine=engine_info(engine),
+        **summarize(records),
+        **fields,
+    )
     out = Path(cfg.out)
     atomic_write_jsonl(out / RECORDS, records)
     atomic_write_text(out / "config.yaml", dump_config(cfg))

@@ -334,18 +334,21 @@ def run_kl(cfg: KLConfig, base_engine: Any = None) -> KLSummary:
         {"measure": "paper", "id": it.id, "relation": it.relation, "kl": v}
         for it, v in zip(kept, kls, strict=True)
     ]
-    summary = KLSummary(base=cfg.base, tuned=str(cfg.tuned), split=cfg.split,
-                        engine=engine_info(engine))  # fmt: skip
+    summary = KLSummary(
+        base=cfg.base, tuned=str(cfg.tuned), split=cfg.split, engine=engine_info(engine)
+    )
     if cfg.paper:
-        summary.paper = PaperKL(**{
-            **paper_summary(paper_rows),
-            "level": cfg.level,
-            "candidates": len(chosen),
-            "answer_first": len(kept),
-            "top_k": cfg.top_k,
-            "prompts": {"tuned": cfg.tuned_prompt, "base": cfg.base_prompt},
-            "templates": template,
-        })  # fmt: skip
+        summary.paper = PaperKL(
+            **{
+                **paper_summary(paper_rows),
+                "level": cfg.level,
+                "candidates": len(chosen),
+                "answer_first": len(kept),
+                "top_k": cfg.top_k,
+                "prompts": {"tuned": cfg.tuned_prompt, "base": cfg.base_prompt},
+                "templates": template,
+            }
+        )
     full_rows: list[dict[str, Any]] = []
     if cfg.full:
         probed = [it for it in items if it.id in levels]

@@ -219,5 +219,8 @@ def test_a_finished_run_resumes_moved_and_from_another_install(
     assert {status for _, status in plan} == {"done"}, plan
     test_file = next((data_b / "test").glob("*.json"))
     test_file.write_text(test_file.read_text().replace('"question"', '"question" ', 1))
-    assert "done" not in {status for key, status in grid(data_b, cal_b, tmp_path / "moved").plan()
-                          if key.startswith("probe/")}  # fmt: skip
+    assert "done" not in {
+        status
+        for key, status in grid(data_b, cal_b, tmp_path / "moved").plan()
+        if key.startswith("probe/")
+    }

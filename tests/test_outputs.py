@@ -57,8 +57,12 @@ def test_a_summary_round_trips_and_keeps_keys_it_does_not_declare(tmp_path: Path
 
 
 def test_old_probe_kl_and_sweep_files_read(tmp_path: Path) -> None:
-    probe = {"method": "sampling", "thresholds": [0, 0.25, 0.5, 0.75], "n_probed": 3,
-             "histogram": {"P17": [1, 0, 0, 0, 2], "total": [1, 0, 0, 0, 2]}}  # fmt: skip
+    probe = {
+        "method": "sampling",
+        "thresholds": [0, 0.25, 0.5, 0.75],
+        "n_probed": 3,
+        "histogram": {"P17": [1, 0, 0, 0, 2], "total": [1, 0, 0, 0, 2]},
+    }
     assert ProbeSummary.read(_write(tmp_path / "p.json", probe)).calibration is None
     kl = {"base": "b", "tuned": "t", "split": "test"}  # paper=false and full=false: neither
     k = KLSummary.read(_write(tmp_path / "k.json", kl))

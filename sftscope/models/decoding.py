@@ -128,9 +128,18 @@ def decode(
     shared = isinstance(cache, SharedPrefixCache)
     with shared_prefix_attention(model, cache) if shared else contextlib.nullcontext():
         return _decode(
-            model, tokenizer, last, mask, cache, max_new_tokens, temperature, uniforms, finish,
-            prune, shared,
-        )  # fmt: skip
+            model,
+            tokenizer,
+            last,
+            mask,
+            cache,
+            max_new_tokens,
+            temperature,
+            uniforms,
+            finish,
+            prune,
+            shared,
+        )
 
 
 def _decode(

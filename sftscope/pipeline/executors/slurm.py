@@ -218,8 +218,10 @@ class _Queue:
             if _run(["scontrol", "ping"]) is None:  # the controller is away: nothing is known
                 return None, {}
             # (squeue rejects a list holding an id it has purged: asked one by one)
-            out = "".join(_run(["squeue", "-h", "-t", "all", "-j", j, "-o", "%i|%T|%r"]) or ""
-                          for j in job_ids)  # fmt: skip
+            out = "".join(
+                _run(["squeue", "-h", "-t", "all", "-j", j, "-o", "%i|%T|%r"]) or ""
+                for j in job_ids
+            )
         rows = {r[0]: r[1:] for r in (x.split("|") for x in out.splitlines()) if len(r) == 3}
         reasons, ended = {}, {}
         for job in job_ids:
@@ -247,8 +249,11 @@ class _Queue:
             return NEVER[reason]
         rows = [r.split("|") for r in (_run(["sinfo", "-h", "-o", "%P|%c|%m"]) or "").splitlines()]
         want = self.s.partition
-        nodes = [r for r in rows if len(r) == 3 and (r[0].rstrip("*") == want or (
-            want is None and r[0].endswith("*")))]  # fmt: skip
+        nodes = [
+            r
+            for r in rows
+            if len(r) == 3 and (r[0].rstrip("*") == want or (want is None and r[0].endswith("*")))
+        ]
         if not nodes:
             return NEVER[reason]
         name = nodes[0][0].rstrip("*")
