@@ -265,6 +265,8 @@ def _probe(
     started, done_now = time.perf_counter(), 0
     if todo and engine is None:  # a model that does not load leaves nothing written
         engine = engine_for(cfg, progress=False)
+    if todo and finished and method.decodes:
+        _check_same_decode(out, _read_engine(parts), engine_info(engine))
     atomic_write_text(out / "probe.yaml", dump_config(_settings(cfg)))
     atomic_write_text(out / ITEMS_DIGEST, items_digest(items) + "\n")
     if todo:  # what ran the chunks, for the summary (shards: the last to run one)
@@ -306,6 +308,22 @@ def _probe(
 def _read_engine(parts: Path) -> dict[str, Any] | None:
     path = parts / "engine.json"
     return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
+
+
+def _check_same_decode(out: Path, before: dict[str, Any] | None, now: dict[str, Any]) -> None:
+    """A resumed sampling probe must decode as its finished chunks did: another decode sums
+    attention in another order, so a few samples differ, and one probe would mix two draws.
+    (The HF engine before ``decode`` was recorded always used transformers' DynamicCache.)"""
+    if before is None:
+        return
+    was = before.get("decode", "dynamic-cache" if before.get("engine") == "hf" else None)
+    new = now.get("decode")
+    if was is not None and new is not None and was != new:
+        raise SftscopeError(
+            f"probe {out}: its finished chunks were sampled with decode {was!r} and this "
+            f"engine decodes with {new!r}; resume it with the same decode, or probe into a "
+            "new folder"
+        )
 
 
 def _finish(

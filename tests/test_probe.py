@@ -64,10 +64,8 @@ def test_sampling_same_seed_same_levels(tiny_model_dir: Path, tmp_path: Path) ->
     assert not (tmp_path / "a" / "parts").exists()
 
 
-def test_killed_probe_resumes_to_the_same_result(
-    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    run_probe(_cfg(tmp_path, "whole", tiny_model_dir))
+def _die_after_first_chunk(monkeypatch: pytest.MonkeyPatch):
+    """The sampling method killed (KeyboardInterrupt) after its first chunk; the real ``run``."""
     real, calls = sampling.METHOD.run, []
 
     def dies_after_first_chunk(*args, **kwargs):
@@ -77,6 +75,14 @@ def test_killed_probe_resumes_to_the_same_result(
         return real(*args, **kwargs)
 
     monkeypatch.setattr(sampling.METHOD, "run", dies_after_first_chunk)
+    return real
+
+
+def test_killed_probe_resumes_to_the_same_result(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run_probe(_cfg(tmp_path, "whole", tiny_model_dir))
+    real = _die_after_first_chunk(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         run_probe(_cfg(tmp_path, "killed", tiny_model_dir))
     assert len(list((tmp_path / "killed" / "parts").glob("*.jsonl"))) == 1
@@ -245,3 +251,31 @@ def test_a_probe_folder_whose_calibration_file_is_gone_holds_another_probe(tmp_p
     kept.write_text(gone.read_text())
     gone.unlink()
     assert holds_other_probe(cfg.model_copy(update={"calibration": kept}))
+
+
+def test_resume_refuses_another_decode(
+    tiny_model_dir: Path, tiny_engine: HFEngine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A probe whose finished chunks were sampled with one decode is not finished with another
+    (their float order differs, so a few samples would): one error line, nothing written; the
+    same decode finishes it as if never stopped."""
+    from sftscope.errors import SftscopeError
+
+    model, tok, model_dir = tiny_engine.model, tiny_engine.tokenizer, tiny_model_dir
+    plain = HFEngine(model, tok, batch_size=8, progress=False)
+    run_probe(_cfg(tmp_path, "whole", model_dir), engine=plain)
+    real = _die_after_first_chunk(monkeypatch)
+    cfg = _cfg(tmp_path, "p", model_dir)
+    with pytest.raises(KeyboardInterrupt):
+        run_probe(cfg, engine=plain)
+    monkeypatch.setattr(sampling.METHOD, "run", real)
+    parts = tmp_path / "p" / "parts"
+    old = {"engine": "hf", "version": "x"}  # as written before the decode was recorded
+    (parts / "engine.json").write_text(json.dumps(old))
+    before = {p: p.stat().st_mtime_ns for p in (tmp_path / "p").rglob("*")}
+    shared = HFEngine(model, tok, batch_size=8, progress=False, shared_prefix=True)
+    with pytest.raises(SftscopeError, match="decode 'dynamic-cache'.*new folder"):
+        run_probe(cfg, engine=shared)
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "p").rglob("*")} == before
+    run_probe(cfg, engine=plain)
+    assert _lines(tmp_path / "p" / "mastery.jsonl") == _lines(tmp_path / "whole" / "mastery.jsonl")

@@ -36,8 +36,11 @@ class ProbeInputs:
 class ProbeMethod(Protocol):
     """One probe method. ``generations``: it samples, and its samples are kept
     (``generations.jsonl.gz``); ``sets_field``: for a question-prompted method (its registry
-    entry says ``question``), the config field giving its number of exemplar sets."""
+    entry says ``question``), the config field giving its number of exemplar sets;
+    ``decodes``: it generates, so its results depend on the engine's decode (a resumed probe
+    refuses to mix two decodes), where a scoring method's do not."""
 
+    decodes: bool
     generations: bool
     sets_field: str
 

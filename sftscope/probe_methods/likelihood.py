@@ -43,6 +43,7 @@ def likelihood_scores(
 
 
 class Likelihood:
+    decodes = False
     generations = False
     sets_field = ""
 

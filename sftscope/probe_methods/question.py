@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
 
 class Question:
+    decodes = True
     generations = True
     sets_field = "templates"
 

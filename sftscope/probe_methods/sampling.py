@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 
 
 class Sampling:
+    decodes = True
     generations = True
     sets_field = ""
 

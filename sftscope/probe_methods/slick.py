@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 
 
 class Slick:
+    decodes = True
     generations = False
     sets_field = "slick_sets"
 
