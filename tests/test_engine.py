@@ -7,6 +7,7 @@ import torch
 
 from sftscope.models.decoding import cache_kwarg, row_uniforms, sample_tokens
 from sftscope.models.engines import HFEngine, cut_at_stop
+from sftscope.models.tiny import ARCHITECTURES
 
 PROMPTS = [
     "Question: Which country is Darreh Sib located in?\nAnswer:",
@@ -392,4 +393,27 @@ def test_the_shared_prefix_decode_gives_the_same_samples(tiny_model_dir) -> None
         sampled = engine.generate(prompts, max_new_tokens=12, temperature=1.0, n=5, seed=3)
         stopped = engine.generate(prompts, max_new_tokens=12, temperature=1.0, n=3, stop=("a",))
         out[shared] = (sampled, stopped, engine.generate(prompts, max_new_tokens=12))
+    assert out[True] == out[False]
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+def test_the_shared_prefix_decode_on_every_architecture(arch: str, tmp_path) -> None:
+    """On each tiny architecture the shared decode gives the default decode's samples and
+    greedy answers, where the model supports it; elsewhere the engine keeps transformers' cache
+    and says so in its info."""
+    from sftscope.models.loading import load_model
+    from sftscope.models.shared_prefix import supports_shared_prefix
+    from sftscope.models.tiny import save_tiny_arch
+
+    from helpers import fixture_questions
+
+    model, tok = load_model(str(save_tiny_arch(arch, fixture_questions(), tmp_path)), "cpu")
+    prompts = ["Question: Q1\nAnswer: A1\n" * 3 + q for q in fixture_questions()[:3]]
+    out = {}
+    for shared in (False, True):
+        engine = HFEngine(model, tok, batch_size=4, progress=False, shared_prefix=shared)
+        used = shared and engine.plain_cache and supports_shared_prefix(model)
+        assert engine.info["decode"] == ("shared-prefix-1" if used else "dynamic-cache")
+        sampled = engine.generate(prompts, max_new_tokens=8, temperature=1.0, n=3, seed=1)
+        out[shared] = (sampled, engine.generate(prompts, max_new_tokens=8))
     assert out[True] == out[False]
