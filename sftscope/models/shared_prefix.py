@@ -9,8 +9,9 @@ each step. Here instead:
 * the prompt's cache stays as the prefill left it, one row per prompt (``[prompts, kv heads,
   prompt length, head dim]``);
 * each sample's own positions (the prompt's last token and what it generates) go into buffers
-  allocated once for ``max_new_tokens`` positions; a step writes one position in place, and
-  finished rows are compacted in place;
+  allocated for ``BLOCK`` positions and doubled, up to ``max_new_tokens``, only for the rows
+  still decoding when they fill (most answers end within a few tokens); a step writes one
+  position in place, and finished rows are compacted in place;
 * attention is computed in two parts, the queries of a prompt's samples against its prompt
   (one matrix product per prompt for all its samples and query heads) and each row against its
   own positions, merged by their log-sum-exp: exact attention, in float32, with a different
@@ -36,6 +37,7 @@ from transformers.masking_utils import AttentionMaskInterface
 
 NAME = "sftscope_shared_prefix"
 VERSION = "shared-prefix-1"  # the engine's decode, recorded with what it generates
+BLOCK = 8  # a row's own positions allocated first (doubled as needed): most answers are short
 _ACTIVE: contextvars.ContextVar[SharedPrefixCache | None] = contextvars.ContextVar(
     "sftscope_shared_prefix", default=None
 )
@@ -53,11 +55,21 @@ class SharedPrefixLayer(CacheLayerMixin):
         self.is_initialized = True
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
-        rows, heads, _, _ = key_states.shape
-        shape = (rows, heads, self.capacity)
-        self.keys = key_states.new_empty(*shape, key_states.shape[-1])
-        self.values = value_states.new_empty(*shape, value_states.shape[-1])
-        self.rows = rows
+        self.rows = key_states.shape[0]
+        self.keys = self._room(key_states, min(self.capacity, BLOCK))
+        self.values = self._room(value_states, min(self.capacity, BLOCK))
+
+    def _room(self, like: torch.Tensor, positions: int) -> torch.Tensor:
+        return like.new_empty(self.rows, like.shape[1], positions, like.shape[-1])
+
+    def _grow(self, end: int) -> None:
+        """Room for ``end`` positions: the buffers doubled (at most ``capacity``) for the rows
+        still decoding, so rows that finished early never get room they would not use."""
+        size = min(self.capacity, max(end, 2 * self.keys.shape[-2]))
+        keys, values = self._room(self.keys, size), self._room(self.values, size)
+        keys[:, :, : self.length] = self.keys[: self.rows, :, : self.length]
+        values[:, :, : self.length] = self.values[: self.rows, :, : self.length]
+        self.keys, self.values = keys, values
 
     def update(
         self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
@@ -67,6 +79,8 @@ class SharedPrefixLayer(CacheLayerMixin):
         end = self.length + key_states.shape[-2]
         if end > self.capacity:
             raise RuntimeError(f"shared-prefix cache: {end} positions > capacity {self.capacity}")
+        if end > self.keys.shape[-2]:
+            self._grow(end)
         self.keys[: self.rows, :, self.length : end] = key_states
         self.values[: self.rows, :, self.length : end] = value_states
         self.length = end
