@@ -127,82 +127,56 @@ def decode(
     """
     shared = isinstance(cache, SharedPrefixCache)
     with shared_prefix_attention(model, cache) if shared else contextlib.nullcontext():
-        return _decode(
-            model,
-            tokenizer,
-            last,
-            mask,
-            cache,
-            max_new_tokens,
-            temperature,
-            uniforms,
-            finish,
-            prune,
-            shared,
-        )
-
-
-def _decode(
-    model: PreTrainedModel,
-    tokenizer,
-    last: torch.Tensor,
-    mask: torch.Tensor,
-    cache,
-    max_new_tokens: int,
-    temperature: float,
-    uniforms: torch.Tensor | None,
-    finish: Finish,
-    prune: bool,
-    shared: bool,
-) -> tuple[list[list[int]], int]:
-    device = last.device
-    rows = last.shape[0]
-    out: list[list[int]] = [[] for _ in range(rows)]
-    alive = list(range(rows))  # original row of each batch position
-    over: set[int] = set()  # finished rows kept in the batch (prune=False)
-    cur = last[:, None]
-    pos = mask.sum(-1, keepdim=True) - 1
-    forwarded = 0
-    for step in range(max_new_tokens):
-        logits = model(
-            input_ids=cur,
-            attention_mask=None if shared else mask,  # (the shared cache masks the prompts)
-            position_ids=pos,
-            use_cache=True,
-            **cache_kwarg(model, cache),
-        ).logits[:, -1]
-        if shared and step == 0:
-            cache.check()
-        forwarded += len(alive)
-        u = uniforms[alive, step].to(device) if temperature > 0 else None
-        nxt = sample_tokens(logits, temperature, u)
-        done: set[int] = set(over)
-        for b, (row, token) in enumerate(zip(alive, nxt.tolist(), strict=True)):
-            if b in over:
-                continue
-            if token in finish.eos_ids:
-                done.add(b)
-            else:
-                out[row].append(token)
-        todo = [b for b in range(len(alive)) if b not in done]
-        if finish.reads_text and todo:  # (batch_decode([]) returns [""] in transformers 5)
-            texts = tokenizer.batch_decode([out[alive[b]] for b in todo], skip_special_tokens=True)
-            done.update(
-                b for b, text in zip(todo, texts, strict=True) if finish.by_text(alive[b], text)
-            )
-        if step == max_new_tokens - 1 or len(done) == len(alive):
-            break
-        if done and not prune:
-            over = done
-        elif done:
-            keep = [b for b in range(len(alive)) if b not in done]
-            index = torch.tensor(keep, device=device)
-            cache.batch_select_indices(index)
-            pos, nxt = pos[index], nxt[index]
-            mask = mask if shared else mask[index]
-            alive = [alive[b] for b in keep]
-        if not shared:
-            mask = torch.cat([mask, mask.new_ones(len(alive), 1)], dim=1)
-        pos = pos + 1
-        cur = nxt[:, None]
-    return out, forwarded
+        device = last.device
+        rows = last.shape[0]
+        out: list[list[int]] = [[] for _ in range(rows)]
+        alive = list(range(rows))  # original row of each batch position
+        over: set[int] = set()  # finished rows kept in the batch (prune=False)
+        cur = last[:, None]
+        pos = mask.sum(-1, keepdim=True) - 1
+        forwarded = 0
+        for step in range(max_new_tokens):
+            logits = model(
+                input_ids=cur,
+                attention_mask=None if shared else mask,  # (the shared cache masks the prompts)
+                position_ids=pos,
+                use_cache=True,
+                **cache_kwarg(model, cache),
+            ).logits[:, -1]
+            if shared and step == 0:
+                cache.check()
+            forwarded += len(alive)
+            u = uniforms[alive, step].to(device) if temperature > 0 else None
+            nxt = sample_tokens(logits, temperature, u)
+            done: set[int] = set(over)
+            for b, (row, token) in enumerate(zip(alive, nxt.tolist(), strict=True)):
+                if b in over:
+                    continue
+                if token in finish.eos_ids:
+                    done.add(b)
+                else:
+                    out[row].append(token)
+            todo = [b for b in range(len(alive)) if b not in done]
+            if finish.reads_text and todo:  # (batch_decode([]) returns [""] in transformers 5)
+                texts = tokenizer.batch_decode(
+                    [out[alive[b]] for b in todo], skip_special_tokens=True
+                )
+                done.update(
+                    b for b, text in zip(todo, texts, strict=True) if finish.by_text(alive[b], text)
+                )
+            if step == max_new_tokens - 1 or len(done) == len(alive):
+                break
+            if done and not prune:
+                over = done
+            elif done:
+                keep = [b for b in range(len(alive)) if b not in done]
+                index = torch.tensor(keep, device=device)
+                cache.batch_select_indices(index)
+                pos, nxt = pos[index], nxt[index]
+                mask = mask if shared else mask[index]
+                alive = [alive[b] for b in keep]
+            if not shared:
+                mask = torch.cat([mask, mask.new_ones(len(alive), 1)], dim=1)
+            pos = pos + 1
+            cur = nxt[:, None]
+        return out, forwarded
