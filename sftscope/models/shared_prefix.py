@@ -95,12 +95,13 @@ class SharedPrefixLayer(CacheLayerMixin):
     def get_max_length(self) -> int:
         return self.prefix_k.shape[-2] + self.capacity
 
-    def select_rows(self, keep: torch.Tensor) -> None:
-        """Keep rows ``keep`` (ascending), moved to the front of the buffers in place."""
+    def select_rows(self, keep: torch.Tensor, first: int) -> None:
+        """Keep rows ``keep`` (ascending), moved to the front of the buffers in place; the
+        rows before ``first`` (the first one dropped) stay where they are."""
         if self.keys is not None:
-            m = len(keep)
-            self.keys[:m, :, : self.length] = self.keys[keep, :, : self.length]
-            self.values[:m, :, : self.length] = self.values[keep, :, : self.length]
+            m, moved = len(keep), keep[first:]
+            self.keys[first:m, :, : self.length] = self.keys[moved, :, : self.length]
+            self.values[first:m, :, : self.length] = self.values[moved, :, : self.length]
             self.rows = m
 
     def select_prompts(self, keep: torch.Tensor) -> None:
@@ -126,8 +127,10 @@ class SharedPrefixCache(Cache):
         """Keep the rows ``indices`` (ascending); a prompt none of whose rows is left goes too."""
         prompts = self.row_prompt[indices]
         alive = torch.unique(prompts)
+        kept = indices == torch.arange(len(indices), device=indices.device)
+        first = len(indices) if bool(kept.all()) else int(kept.logical_not().nonzero()[0])
         for layer in self.layers:
-            layer.select_rows(indices)
+            layer.select_rows(indices, first)
             if len(alive) < self.prefix_mask.shape[0]:
                 layer.select_prompts(alive)
         if len(alive) < self.prefix_mask.shape[0]:
