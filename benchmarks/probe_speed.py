@@ -128,8 +128,13 @@ def main() -> None:
         for method in ("question", "sampling"):
             a, b = runs[f"{old} {method}"], runs[f"{new} {method}"]
             speed = (b["facts"] / b["wall"]) / (a["facts"] / a["wall"])
-            same = a["levels"] == b["levels"]
-            print(f"{method} probe {new} / {old}: {speed:.2f}x facts/s; same R and levels: {same}")
+            la, lb = a["levels"], b["levels"]
+            levels = sum(la[k][0] != lb[k][0] for k in la)
+            moved = [abs(la[k][1] - lb[k][1]) for k in la if la[k][1] != lb[k][1]]
+            print(
+                f"{method} probe {new} / {old}: {speed:.2f}x facts/s; levels differ on {levels} "
+                f"of {len(la)} facts, R on {len(moved)} (largest move {max(moved, default=0):.4f})"
+            )
         a, b = runs[f"{old} batch"], runs[f"{new} batch"]
         ratio = (b["peak_mb"] - b["loaded_mb"]) / max(a["peak_mb"] - a["loaded_mb"], 1e-9)
         print(f"64x10 batch peak RSS above the model, {new} / {old}: {ratio:.2f}x")
