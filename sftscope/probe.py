@@ -310,6 +310,12 @@ def _read_engine(parts: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
 
 
+def _decode_setting(decode: str) -> str:
+    """The ``hf.decode`` setting that decodes as ``engine.info["decode"]`` says (which adds
+    a version to ``shared-prefix``: ``shared-prefix-1``)."""
+    return "shared-prefix" if decode.startswith("shared-prefix") else decode
+
+
 def _check_same_decode(out: Path, before: dict[str, Any] | None, now: dict[str, Any]) -> None:
     """A resumed sampling probe must decode as its finished chunks did: another decode sums
     attention in another order, so a few samples differ, and one probe would mix two draws.
@@ -321,8 +327,8 @@ def _check_same_decode(out: Path, before: dict[str, Any] | None, now: dict[str, 
     if was is not None and new is not None and was != new:
         raise SftscopeError(
             f"probe {out}: its finished chunks were sampled with decode {was!r} and this "
-            f"engine decodes with {new!r}; resume it with the same decode, or probe into a "
-            "new folder"
+            f"engine decodes with {new!r}; resume it with the same decode "
+            f"(--hf-decode {_decode_setting(was)}), or probe into a new folder"
         )
 
 

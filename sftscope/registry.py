@@ -180,6 +180,7 @@ ENGINES: Registry[EnginePlugin] = Registry(
         "hf": EnginePlugin(
             "sftscope.models.factory:build_hf",
             help="transformers; the default, and the faster on CPU",
+            settings="sftscope.config.engine:HFSettings",
         ),
         "vllm": EnginePlugin(
             "sftscope.models.vllm_engine:VLLMEngine",

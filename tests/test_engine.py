@@ -114,7 +114,9 @@ def test_prefill_cache_gives_exact_next_token_logits(tiny_engine: HFEngine) -> N
     """The cache built from shared prefixes + padded remainders predicts the next token
     exactly as a plain forward over each unpadded prompt does."""
     model = tiny_engine.model
-    wide = HFEngine(model, tiny_engine.tokenizer, batch_size=16, progress=False)
+    wide = HFEngine(
+        model, tiny_engine.tokenizer, batch_size=16, progress=False, shared_prefix=False
+    )
     enc = wide._encode(SHARED_PROMPTS, special=True)
     rows = [enc[i] for i in sorted(range(len(enc)), key=lambda i: enc[i])]
     with torch.inference_mode():

@@ -262,7 +262,7 @@ def test_resume_refuses_another_decode(
     from sftscope.errors import SftscopeError
 
     model, tok, model_dir = tiny_engine.model, tiny_engine.tokenizer, tiny_model_dir
-    plain = HFEngine(model, tok, batch_size=8, progress=False)
+    plain = HFEngine(model, tok, batch_size=8, progress=False, shared_prefix=False)
     run_probe(_cfg(tmp_path, "whole", model_dir), engine=plain)
     real = _die_after_first_chunk(monkeypatch)
     cfg = _cfg(tmp_path, "p", model_dir)
@@ -274,8 +274,19 @@ def test_resume_refuses_another_decode(
     (parts / "engine.json").write_text(json.dumps(old))
     before = {p: p.stat().st_mtime_ns for p in (tmp_path / "p").rglob("*")}
     shared = HFEngine(model, tok, batch_size=8, progress=False, shared_prefix=True)
-    with pytest.raises(SftscopeError, match="decode 'dynamic-cache'.*new folder"):
+    with pytest.raises(SftscopeError, match="decode 'dynamic-cache'.*--hf-decode dynamic-cache"):
         run_probe(cfg, engine=shared)
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "p").rglob("*")} == before
     run_probe(cfg, engine=plain)
     assert _lines(tmp_path / "p" / "mastery.jsonl") == _lines(tmp_path / "whole" / "mastery.jsonl")
+
+
+def test_the_hf_decode_setting(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """``hf.decode`` (``--hf-decode``) picks the engine's decode: the shared-prefix one by
+    default, transformers' cache when asked (to finish a probe begun under it)."""
+    from sftscope.models.factory import engine_for
+
+    for setting, recorded in (("shared-prefix", "shared-prefix-1"), ("dynamic-cache", None)):
+        cfg = _cfg(tmp_path, "p", tiny_model_dir, hf={"decode": setting})
+        assert engine_for(cfg, progress=False).info["decode"] == (recorded or setting)
+    assert _cfg(tmp_path, "p", tiny_model_dir).hf.decode == "shared-prefix"

@@ -17,7 +17,7 @@ from sftscope.config.base import (
     result_fields,
     runtime,
 )
-from sftscope.config.engine import EngineFields, EngineName, VLLMSettings
+from sftscope.config.engine import EngineFields, EngineName, HFSettings, VLLMSettings
 from sftscope.config.executors import ExecutorConfig, RaySettings, SlurmSettings
 from sftscope.config.repair import RepairConfig, RepairEval
 from sftscope.config.runs import (
@@ -79,6 +79,7 @@ __all__ = [
     "GridEval",
     "GridKL",
     "GridParams",
+    "HFSettings",
     "KLConfig",
     "KLSettings",
     "ModelRuntime",
@@ -100,6 +101,7 @@ __all__ = [
     "StageConfig",
     "TrainConfig",
     "TrainRecipe",
+    "HFSettings",
     "VLLMSettings",
     "added",
     "dump_config",

@@ -11,7 +11,7 @@ engine of every run made before there was a choice, leaves fingerprints as they 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, create_model
 
@@ -19,6 +19,19 @@ from sftscope.config.base import StageConfig, added, runtime
 from sftscope.registry import ENGINES, load_target
 
 EngineName = ENGINES.literal()
+
+
+class HFSettings(StageConfig):
+    """``engine: hf``: how the transformers engine decodes."""
+
+    decode: Literal["shared-prefix", "dynamic-cache"] = Field(
+        "shared-prefix",
+        description="shared-prefix: each prompt's KV cache kept once for its n samples, each "
+        "sample's own positions in preallocated room (where the model's attention allows it, "
+        "else dynamic-cache); dynamic-cache: transformers' cache, copied per sample and regrown "
+        "each step, the decode of every probe made before the other existed (a probe resumes "
+        "only under the decode it began with)",
+    )
 
 
 class VLLMSettings(StageConfig):

@@ -209,7 +209,7 @@ class HFEngine:
         tokenizer,
         batch_size: int | Literal["auto"] = 32,
         progress: bool = True,
-        shared_prefix: bool = False,
+        shared_prefix: bool = True,
     ) -> None:
         if batch_size != "auto" and (not isinstance(batch_size, int) or batch_size < 1):
             raise ValueError(f"batch_size {batch_size!r}: expected a positive int or 'auto'")
@@ -220,7 +220,7 @@ class HFEngine:
         self.progress = progress
         self.tokens_forwarded = 0  # non-padding token positions run through the model
         self.plain_cache = plain_cache(model)  # else: no prefix sharing, no row dropping
-        # opt-in until its speed and equality are measured on the probe (issue 32)
+        # each prompt's cache kept once for its samples, where the model allows it
         self.shared_prefix = shared_prefix and self.plain_cache and supports_shared_prefix(model)
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token

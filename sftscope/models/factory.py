@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from sftscope.config.engine import engine_settings
+from sftscope.config.engine import HFSettings, engine_settings
 from sftscope.models.request import EngineRequest
 from sftscope.registry import ENGINES
 
@@ -56,13 +56,24 @@ def engine_for(cfg: Any, progress: bool = True) -> Engine:
 
 
 def hf_engine(
-    model: Any, tokenizer: Any, batch_size: int | str = 32, progress: bool = True
+    model: Any,
+    tokenizer: Any,
+    batch_size: int | str = 32,
+    progress: bool = True,
+    settings: HFSettings | None = None,
 ) -> Engine:
     """The HF engine over a model already loaded: the token-level KL holds both models'
     distributions, and an in-place restore sweep edits the loaded weights."""
     from sftscope.models.engines import HFEngine
 
-    return HFEngine(model, tokenizer, batch_size=batch_size, progress=progress)
+    decode = (settings or HFSettings()).decode
+    return HFEngine(
+        model,
+        tokenizer,
+        batch_size=batch_size,
+        progress=progress,
+        shared_prefix=decode == "shared-prefix",
+    )
 
 
 def build_hf(req: EngineRequest) -> Engine:
@@ -73,7 +84,7 @@ def build_hf(req: EngineRequest) -> Engine:
     model, tokenizer = load_model(
         req.model, device=req.device, trust_remote_code=req.trust_remote_code, base=req.base
     )
-    return hf_engine(model, tokenizer, req.batch_size, req.progress)
+    return hf_engine(model, tokenizer, req.batch_size, req.progress, req.settings)
 
 
 def engine_info(engine: Engine) -> dict[str, Any]:
