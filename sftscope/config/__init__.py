@@ -101,7 +101,6 @@ __all__ = [
     "StageConfig",
     "TrainConfig",
     "TrainRecipe",
-    "HFSettings",
     "VLLMSettings",
     "added",
     "dump_config",
