@@ -114,6 +114,7 @@ class Sweep:
                 cfg.device,
                 cfg.eval.batch_size,
                 cfg.trust_remote_code,
+                settings=cfg.hf,
                 base=cfg.base,
             )
             self._base = None  # one model in memory at a time

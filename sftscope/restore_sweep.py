@@ -159,7 +159,12 @@ def _load_engine(cfg: RestoreConfig) -> Engine:
     """The tuned model on the HF engine, whose weights the in-place sweep edits."""
     assert cfg.eval is not None
     request = EngineRequest(
-        str(cfg.tuned), cfg.device, cfg.eval.batch_size, cfg.trust_remote_code, base=cfg.base
+        str(cfg.tuned),
+        cfg.device,
+        cfg.eval.batch_size,
+        cfg.trust_remote_code,
+        settings=cfg.hf,
+        base=cfg.base,
     )
     return make_engine("hf", request)
 

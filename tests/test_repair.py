@@ -181,6 +181,20 @@ def test_repair_end_to_end_picks_on_dev_reports_test_and_resumes(
     assert {p: p.stat().st_mtime_ns for p in out.rglob("summary.json")} == stamps
 
 
+def test_repair_decodes_as_hf_decode_says(pair: tuple[Path, Path], tmp_path: Path) -> None:
+    """The repair's engine takes ``--hf-decode`` like every other stage's: each evaluation
+    records the decode it ran with."""
+    import json
+
+    out = tmp_path / "repair"
+    args = [*_repair(pair, out), "--methods", "dare", "--strengths", "dare=0.5"]
+    res = _cli(*args, "--hf-decode", "dynamic-cache")
+    assert res.exit_code == 0, res.output
+    for summary in out.glob("eval/*/*/summary.json"):
+        assert json.loads(summary.read_text())["engine"]["decode"] == "dynamic-cache"
+    assert len(list(out.glob("eval/*/*/summary.json"))) >= 3
+
+
 def test_repair_scores_test_by_mastery_level_from_a_probe_of_the_split(
     pair: tuple[Path, Path], tmp_path: Path
 ) -> None:

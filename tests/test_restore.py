@@ -399,3 +399,17 @@ def test_no_save_without_eval_is_a_one_line_error(pair, tmp_path: Path) -> None:
     )
     assert res.exit_code == 2 and res.output.startswith("error: --no-save needs --eval")
     assert not (tmp_path / "x").exists()
+
+
+def test_in_place_sweep_decodes_as_hf_decode_says(pair, tmp_path: Path) -> None:
+    """The in-place sweep's engine takes the run's ``hf`` settings (``--hf-decode``), like every
+    other stage's: each evaluation records the decode it ran with."""
+    base, tuned = pair
+    for decode, recorded in (
+        ("dynamic-cache", "dynamic-cache"),
+        ("shared-prefix", "shared-prefix-1"),
+    ):
+        out = tmp_path / decode
+        _sweep(base, tuned, out, save=False, k=[50], hf={"decode": decode})
+        summary = json.loads((out / "eval" / "tuned" / "summary.json").read_text())
+        assert summary["engine"]["decode"] == recorded
