@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import glob
 import hashlib
 import json
 import os
@@ -25,11 +26,22 @@ def _current_umask() -> int:
 _UMASK = _current_umask()
 
 
+_TMP = ".tmp"
+
+
+def remove_atomic_leftovers(path: str | Path) -> None:
+    """Remove the temporaries of writes to ``path`` that a killed process left beside it (a
+    SIGKILL skips :func:`atomic_write_bytes`' own cleanup)."""
+    path = Path(path)
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*{_TMP}"):
+        tmp.unlink(missing_ok=True)
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     """Write ``data`` to a temporary file beside ``path``, then rename it into place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=_TMP)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)

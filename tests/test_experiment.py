@@ -224,3 +224,28 @@ def test_a_finished_run_resumes_moved_and_from_another_install(
         for key, status in grid(data_b, cal_b, tmp_path / "moved").plan()
         if key.startswith("probe/")
     }
+
+
+def test_a_stage_cleared_for_a_rerun_drops_a_killed_write_of_its_file_output(
+    tmp_path: Path,
+) -> None:
+    """SIGKILL during an atomic write of a file output (the KL summary beside its marker)
+    leaves ``.NAME.XXXX.tmp`` beside it; the rerun's ``clear`` removes it and nothing else."""
+    from sftscope.io import atomic_write_text
+    from sftscope.pipeline.stage import Stage
+
+    out = tmp_path / "kl" / "1-4-0.json"
+    stage = Stage(
+        key="kl/1-4-0",
+        kind="kl",
+        config={},
+        output=out,
+        fingerprint="f",
+        marker_file=out.with_suffix(".stage.json"),
+    )
+    atomic_write_text(tmp_path / "kl" / "0-4-0.json", "{}")  # another cell's, finished
+    leftovers = [out.parent / ".1-4-0.json.qhjgwosr.tmp", out.parent / ".1-4-0.stage.json.ab.tmp"]
+    for path in leftovers:
+        path.write_text("half")
+    stage.clear()
+    assert sorted(p.name for p in out.parent.iterdir()) == ["0-4-0.json"]

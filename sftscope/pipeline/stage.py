@@ -20,7 +20,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from sftscope.io import content_digest
+from sftscope.io import content_digest, remove_atomic_leftovers
 
 MARKER = "stage.json"
 _PACKAGES = ("sftscope", "torch", "transformers", "trl", "peft", "accelerate", "datasets")
@@ -97,6 +97,8 @@ class Stage(BaseModel):
         if self.output.exists() and (self.marker() is not None or not self.keep_partial):
             remove_output(self.output)
         self.marker_path.unlink(missing_ok=True)
+        for path in (self.output, self.marker_path):  # a killed write of a file output
+            remove_atomic_leftovers(path)
 
 
 class Job(BaseModel):
