@@ -105,20 +105,11 @@ class Sweep:
     def model(self) -> Repairer:
         """The fine-tuned model, loaded on first use, and its repairer."""
         if self.repairer is None:
-            from sftscope.models.factory import EngineRequest, make_engine
+            from sftscope.models.factory import in_place_engine
             from sftscope.params.repair.base import Repairer
 
-            cfg = self.cfg
-            request = EngineRequest(
-                str(cfg.tuned),
-                cfg.device,
-                cfg.eval.batch_size,
-                cfg.trust_remote_code,
-                settings=cfg.hf,
-                base=cfg.base,
-            )
             self._base = None  # one model in memory at a time
-            self.engine = make_engine("hf", request)
+            self.engine = in_place_engine(self.cfg)
             self.repairer = Repairer(self.ctx, self.engine.model)
         return self.repairer
 
@@ -161,7 +152,7 @@ class Sweep:
         if self._base is None:
             cfg = self.cfg
             request = EngineRequest(
-                cfg.base, cfg.device, cfg.eval.batch_size, cfg.trust_remote_code
+                cfg.base, cfg.device, cfg.eval.batch_size, cfg.trust_remote_code, settings=cfg.hf
             )
             self._base = make_engine("hf", request)
         return self._base

@@ -20,7 +20,7 @@ from sftscope.errors import SftscopeError
 from sftscope.evaluate import run_eval
 from sftscope.io import replace_dir
 from sftscope.layout import SUMMARY, SWEEP
-from sftscope.models.factory import EngineRequest, check_engine, make_engine, one_model_per_process
+from sftscope.models.factory import check_engine, in_place_engine, one_model_per_process
 from sftscope.models.process import in_fresh_process, say_once
 from sftscope.outputs import EvalSummary, SweepPick, SweepSummary
 from sftscope.params.diff import region_names
@@ -142,7 +142,7 @@ def _in_place_rows(cfg: RestoreConfig, tuned_eval: Path | None) -> list[dict[str
             and not (label == TUNED and sp == ev.split and tuned_eval is not None)
         ]
         if due and engine is None:
-            engine = _load_engine(cfg)
+            engine = in_place_engine(cfg)
             inplace.attach(engine.model)
         if due and output is not None:
             inplace.apply(output)  # ascending k: each adds the weights its k restores
@@ -153,20 +153,6 @@ def _in_place_rows(cfg: RestoreConfig, tuned_eval: Path | None) -> list[dict[str
         rows[label] = _row(cfg, label, k, scores)
     write_selection(cfg, restorer, in_place=True)
     return [rows[TUNED]] + [rows[o.label] for o in restorer.outputs]
-
-
-def _load_engine(cfg: RestoreConfig) -> Engine:
-    """The tuned model on the HF engine, whose weights the in-place sweep edits."""
-    assert cfg.eval is not None
-    request = EngineRequest(
-        str(cfg.tuned),
-        cfg.device,
-        cfg.eval.batch_size,
-        cfg.trust_remote_code,
-        settings=cfg.hf,
-        base=cfg.base,
-    )
-    return make_engine("hf", request)
 
 
 def run_sweep(cfg: RestoreConfig, tuned_eval: Path | None = None) -> SweepSummary:

@@ -24,6 +24,7 @@ __all__ = [
     "engine_for",
     "engine_info",
     "hf_engine",
+    "in_place_engine",
     "make_engine",
     "one_model_per_process",
 ]
@@ -53,6 +54,20 @@ def engine_for(cfg: Any, progress: bool = True) -> Engine:
         getattr(cfg, "base", None),
     )
     return make_engine(cfg.engine, request)
+
+
+def in_place_engine(cfg: Any) -> Engine:
+    """The HF engine over ``cfg.tuned``, whose weights a restore sweep or a repair edits in
+    place: the run's device, evaluation batch size, ``hf`` settings and adapter base."""
+    request = EngineRequest(
+        str(cfg.tuned),
+        cfg.device,
+        cfg.eval.batch_size,
+        cfg.trust_remote_code,
+        settings=cfg.hf,
+        base=cfg.base,
+    )
+    return make_engine("hf", request)
 
 
 def hf_engine(
